@@ -1,0 +1,1 @@
+"""Metrics, the cached and resumable matrix runner, and reports."""

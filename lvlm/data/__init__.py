@@ -1,0 +1,1 @@
+"""Dataset loaders (registered under kind "dataset") and synthetic data generators."""

@@ -1,0 +1,1 @@
+"""Everything-mode mask generators: image -> Candidates. One file per generator, each registers itself."""

@@ -1,0 +1,251 @@
+"""Reading and checking images; writing masks, overlays and RLE.
+
+Every image entering lvlm goes through :func:`load_image`, which returns an H x W x 3 uint8 RGB
+array whatever came in (path, PIL image, array; greyscale, RGBA, palette, 16-bit, CMYK,
+EXIF-rotated), or raises :class:`~lvlm.errors.ImageError` with the reason.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+#: Largest image (pixels) accepted; override with the LVLM_MAX_PIXELS environment variable.
+DEFAULT_MAX_PIXELS = 16384 * 16384
+
+
+def max_pixels() -> int:
+    return int(os.environ.get("LVLM_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale a non-uint8 array to uint8: integers by their dtype's range when they use it, else min-max."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    a = arr.astype(np.float64)
+    finite = np.isfinite(a)
+    if not finite.any():
+        return np.zeros(arr.shape, np.uint8)
+    lo, hi = float(a[finite].min()), float(a[finite].max())
+    if np.issubdtype(arr.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+        lo, hi = 0.0, 1.0  # a float image in [0, 1]
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    a = np.where(finite, a, lo)
+    return np.clip(np.round((a - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _array_to_rgb(arr: np.ndarray, what: str) -> np.ndarray:
+    if arr.size == 0 or 0 in arr.shape[:2]:
+        raise ImageError(f"{what}: image is empty (shape {arr.shape})")
+    if arr.ndim == 2:
+        arr = _to_uint8(arr)
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim == 3 and arr.shape[2] in (1, 2, 3, 4):
+        c = arr.shape[2]
+        arr = _to_uint8(arr)
+        if c == 1 or c == 2:  # grey or grey + alpha
+            return np.repeat(arr[:, :, :1], 3, axis=2)
+        return np.ascontiguousarray(arr[:, :, :3])
+    raise ImageError(f"{what}: expected an H x W or H x W x 3 (RGB) array, got shape {arr.shape}")
+
+
+def _pil_to_rgb(img: Image.Image, what: str) -> np.ndarray:
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF: keep the pixels as stored
+        pass
+    w, h = img.size
+    if w == 0 or h == 0:
+        raise ImageError(f"{what}: image is empty ({w}x{h})")
+    if w * h > max_pixels():
+        raise ImageError(
+            f"{what}: image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels():,}; "
+            "downscale it or raise the limit with LVLM_MAX_PIXELS"
+        )
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _array_to_rgb(np.asarray(img), what)
+    if mode == "RGBA" or mode == "LA" or (mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        return np.asarray(img)[:, :, :3].copy()
+    if mode != "RGB":
+        img = img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+    return np.asarray(img).copy()
+
+
+def load_image(image: ImageLike) -> np.ndarray:
+    """Any supported image -> H x W x 3 uint8 RGB array (raises ImageError with the reason)."""
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image, "array")
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image, "PIL image")
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        what = str(path)
+        if not path.exists():
+            raise ImageError(f"{what}: no such file")
+        if path.is_dir():
+            raise ImageError(f"{what}: is a directory, not an image")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{what}: file is empty (0 bytes)")
+        if path.suffix.lower() in (".tif", ".tiff"):
+            arr = _read_tiff(path)
+            if arr is not None:
+                if arr.size > max_pixels() * (arr.shape[2] if arr.ndim == 3 else 1):
+                    raise ImageError(f"{what}: image of shape {arr.shape} is over the limit of {max_pixels():,} pixels")
+                return _array_to_rgb(arr, what)
+        Image.MAX_IMAGE_PIXELS = max(max_pixels(), Image.MAX_IMAGE_PIXELS or 0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    w, h = img.size
+                    if w * h > max_pixels():
+                        raise ImageError(
+                            f"{what}: image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels():,}; "
+                            "downscale it or raise the limit with LVLM_MAX_PIXELS"
+                        )
+                    img.load()
+                    return _pil_to_rgb(img, what)
+        except ImageError:
+            raise
+        except UnidentifiedImageError:
+            raise ImageError(f"{what}: not an image file PIL can read (corrupt or unsupported format)") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(f"{what}: cannot decode image (truncated or corrupt): {exc}") from None
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{what}: {exc}") from None
+    raise ImageError(f"cannot read an image from {type(image).__name__}; give a path, PIL image or H x W x 3 array")
+
+
+def _read_tiff(path: Path) -> np.ndarray | None:
+    """Read a TIFF with tifffile when it is installed (multi-page: the first page)."""
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    try:
+        arr = tifffile.imread(str(path), key=0)
+    except Exception:
+        return None  # let PIL try and report
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
+        arr = np.moveaxis(arr, 0, 2)  # planar RGB
+    return arr
+
+
+def load_mask(path: str | os.PathLike, instance: bool = False) -> np.ndarray:
+    """Read a mask file: bool H x W (any non-zero), or the integer label image with ``instance=True``."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        arr = _read_tiff(path)
+        if arr is None:
+            arr = np.asarray(Image.open(path))
+    else:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                arr = np.asarray(img)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise ImageError(f"{path}: cannot read mask: {exc}") from None
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=2)
+    return arr if instance else arr > 0
+
+
+def image_id(image: Any, index: int = 0) -> str:
+    """A file-name-safe id: the file stem for paths, ``image{index}`` otherwise."""
+    if isinstance(image, (str, os.PathLike)):
+        return slug(Path(image).stem, sep="_", keep_case=True) or f"image{index}"
+    return f"image{index}"
+
+
+def slug(text: str, sep: str = "_", keep_case: bool = False) -> str:
+    """'Segment the Crack!' -> 'segment_the_crack' (seed 000's ``{id}_{prompt_slug}.png`` naming)."""
+    t = text if keep_case else text.lower()
+    t = re.sub(r"[^0-9A-Za-z]+", sep, t).strip(sep)
+    return t[:80]
+
+
+def mask_filename(image_ident: str, prompt: str | None) -> str:
+    """``{image_id}_{prompt_slug}.png`` (``{image_id}_mask.png`` without a text prompt)."""
+    return f"{image_ident}_{slug(prompt) if prompt else 'mask'}.png"
+
+
+def save_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
+    """Write an H x W mask as a single-channel PNG with values 0/255."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, mode="L").save(path)
+    return path
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 64, 32), alpha: float = 0.5,
+            boxes: np.ndarray | None = None, points: np.ndarray | None = None) -> np.ndarray:
+    """RGB overlay of a mask (and optional boxes / points) on an image, with the mask's outline drawn."""
+    from scipy import ndimage
+
+    img = load_image(image).astype(np.float32)
+    m = np.asarray(mask, bool)
+    col = np.asarray(color, np.float32)
+    img[m] = (1 - alpha) * img[m] + alpha * col
+    edge = m & ~ndimage.binary_erosion(m, iterations=max(1, min(m.shape) // 300))
+    img[edge] = col
+    out = Image.fromarray(img.clip(0, 255).astype(np.uint8))
+    if boxes is not None or points is not None:
+        from PIL import ImageDraw
+
+        draw = ImageDraw.Draw(out)
+        lw = max(1, min(m.shape) // 200)
+        for b in [] if boxes is None else np.asarray(boxes).reshape(-1, 4):
+            draw.rectangle([float(v) for v in b], outline=(40, 220, 40), width=lw)
+        for p in [] if points is None else np.asarray(points).reshape(-1, 2):
+            r = 2 * lw + 2
+            draw.ellipse([p[0] - r, p[1] - r, p[0] + r, p[1] + r], fill=(40, 220, 40), outline=(0, 0, 0))
+    return np.asarray(out)
+
+
+def save_overlay(path: str | os.PathLike, image: np.ndarray, mask: np.ndarray, **kwargs: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay(image, mask, **kwargs)).save(path)
+    return path
+
+
+# --- run-length encoding (COCO-compatible: column-major, counts start with zeros) -----------------
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """Uncompressed COCO RLE ``{"size": [h, w], "counts": [...]}`` of an H x W bool mask."""
+    m = np.asarray(mask, bool)
+    h, w = m.shape
+    flat = m.T.reshape(-1)  # Fortran order, as COCO
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    idx = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(idx).tolist()
+    if flat.size and flat[0]:
+        counts = [0] + counts
+    return {"size": [int(h), int(w)], "counts": [int(c) for c in counts]}
+
+
+def rle_to_mask(rle: dict) -> np.ndarray:
+    """Inverse of :func:`mask_to_rle`."""
+    h, w = rle["size"]
+    counts = np.asarray(rle["counts"], dtype=np.int64)
+    vals = np.zeros(len(counts), bool)
+    vals[1::2] = True
+    flat = np.repeat(vals, counts)
+    if flat.size != h * w:
+        raise ValueError(f"RLE counts sum to {flat.size}, expected {h * w}")
+    return flat.reshape(w, h).T.copy()

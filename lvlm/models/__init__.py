@@ -1,0 +1,1 @@
+"""Builders of the networks and their preprocessing (SAM family, CLIP presets)."""

@@ -1,0 +1,60 @@
+"""The small interface every CLIP model offers to selectors and saliency methods.
+
+Concrete models (open_clip presets, MedCLIP, our own trained CLIPs) subclass :class:`ClipModel`
+and register a builder under kind ``"clip"``; callers only use what is declared here.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+class ClipModel:
+    """An image tower + text tower in a shared embedding space, with its own preprocessing.
+
+    Attributes set by subclasses:
+      - ``name``: preset name (e.g. ``"OA-RN50"``)
+      - ``model``: the underlying ``torch.nn.Module`` (eval mode, on ``device``)
+      - ``image_size``: square input side in pixels; ``mean`` / ``std``: normalisation (0-1 scale)
+      - ``device``: torch device string; ``is_vit``: True for transformer image towers
+    """
+
+    name: str = ""
+    model: torch.nn.Module
+    image_size: int = 224
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    device: str = "cpu"
+    is_vit: bool = False
+
+    # --- preprocessing ------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """H x W x 3 uint8 images (a list, or a B x H x W x 3 array / tensor) -> B x 3 x S x S normalised
+        float tensor on ``device``, the same transform as the model's own (open_clip: resize the shortest
+        side to S with bicubic interpolation, centre crop, normalise)."""
+        raise NotImplementedError
+
+    # --- encoders -----------------------------------------------------------------------------
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """B x 3 x S x S preprocessed pixels -> B x D embeddings (L2-normalised when ``normalize``)."""
+        raise NotImplementedError
+
+    def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """T texts -> T x D embeddings (L2-normalised when ``normalize``); cached per text."""
+        raise NotImplementedError
+
+    def similarity(self, pixels: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """B x T cosine similarities of preprocessed images to normalised text embeddings (differentiable)."""
+        img = self.encode_image(pixels, normalize=True)
+        return img @ text_features.T
+
+    # --- what CAM methods need ----------------------------------------------------------------
+    def cam_target_layer(self) -> torch.nn.Module:
+        """The layer whose activations CAM methods weight (ResNet: last conv stage; ViT: last block)."""
+        raise NotImplementedError
+
+    def reshape_transform(self, activations: torch.Tensor) -> torch.Tensor:
+        """Target-layer output -> B x C x h x w (identity for CNNs; tokens to a grid for ViTs)."""
+        return activations

@@ -1,0 +1,1 @@
+"""Prompted segmenters: image + Prompts (boxes / points / text) -> Candidates. One file each."""

@@ -1,0 +1,1 @@
+"""Trainers: domain CLIP, CLIPSeg decoder, SAM mask decoder (each also an `lvlm train ...` command)."""

@@ -1,0 +1,201 @@
+"""What passes between stages: Prompts -> Candidates -> Selection -> Result.
+
+Coordinates are always in the pixel frame of the input image (x right, y down, xyxy boxes
+with exclusive right/bottom edges as in segment_anything), masks are ``bool`` arrays at the
+input image's resolution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """XYXY boxes (N x 4 float32) of N x H x W bool masks; an empty mask gives [0, 0, 0, 0]."""
+    masks = np.asarray(masks, dtype=bool)
+    n = masks.shape[0]
+    boxes = np.zeros((n, 4), dtype=np.float32)
+    if n == 0:
+        return boxes
+    rows = masks.any(axis=2)  # N x H
+    cols = masks.any(axis=1)  # N x W
+    nonempty = rows.any(axis=1)
+    h, w = masks.shape[1:]
+    y0 = rows.argmax(axis=1)
+    y1 = h - rows[:, ::-1].argmax(axis=1)
+    x0 = cols.argmax(axis=1)
+    x1 = w - cols[:, ::-1].argmax(axis=1)
+    boxes[:] = np.stack([x0, y0, x1, y1], axis=1)
+    boxes[~nonempty] = 0
+    return boxes
+
+
+@dataclass
+class Prompts:
+    """Prompts for a prompted segmenter; K prompts give K masks.
+
+    - ``boxes``: K x 4 xyxy, or None
+    - ``points``: K x P x 2 (x, y), or None (a P x 2 array is one prompt of P points); ``point_labels``: K x P (1 foreground, 0 background)
+    - ``text``: the text prompt, for text-conditioned segmenters (CLIPSeg)
+    A prompt k uses ``boxes[k]`` and/or ``points[k]``; with both None the prompt is text only.
+    """
+
+    boxes: np.ndarray | None = None
+    points: np.ndarray | None = None
+    point_labels: np.ndarray | None = None
+    text: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.boxes is not None:
+            self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        if self.points is not None:
+            pts = np.asarray(self.points, dtype=np.float32)
+            if pts.ndim == 1:
+                pts = pts.reshape(1, 1, 2)
+            elif pts.ndim == 2:  # P x 2: one prompt made of P points (segment_anything's convention)
+                pts = pts[None]
+            self.points = pts
+            if self.point_labels is None:
+                self.point_labels = np.ones(pts.shape[:2], dtype=np.int64)
+            else:
+                self.point_labels = np.asarray(self.point_labels, dtype=np.int64).reshape(pts.shape[:2])
+        if self.boxes is not None and self.points is not None and len(self.boxes) != len(self.points):
+            raise ValueError(f"{len(self.boxes)} boxes but {len(self.points)} point sets; give one per prompt")
+
+    def __len__(self) -> int:
+        if self.boxes is not None:
+            return len(self.boxes)
+        if self.points is not None:
+            return len(self.points)
+        return 1 if self.text else 0
+
+    @property
+    def empty(self) -> bool:
+        return self.boxes is None and self.points is None and not self.text
+
+    def validate(self, height: int, width: int) -> None:
+        """Raise PromptError for malformed boxes or prompts lying wholly outside a HxW image."""
+        from .errors import PromptError
+
+        if self.boxes is not None:
+            for b in self.boxes:
+                x0, y0, x1, y1 = (float(v) for v in b)
+                if not np.all(np.isfinite(b)):
+                    raise PromptError(f"box {b.tolist()} has non-finite coordinates")
+                if x1 <= x0 or y1 <= y0:
+                    raise PromptError(f"box {b.tolist()} is empty: need x0 < x1 and y0 < y1 (xyxy order)")
+                if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+                    raise PromptError(f"box {b.tolist()} lies outside the {width}x{height} image")
+        if self.points is not None:
+            pts = self.points.reshape(-1, 2)
+            if not np.all(np.isfinite(pts)):
+                raise PromptError("points have non-finite coordinates")
+            out = (pts[:, 0] < 0) | (pts[:, 0] >= width) | (pts[:, 1] < 0) | (pts[:, 1] >= height)
+            if out.any():
+                raise PromptError(f"point {pts[out][0].tolist()} lies outside the {width}x{height} image")
+
+    def clipped(self, height: int, width: int) -> "Prompts":
+        """Boxes clipped to the image (after ``validate``, so at least partly inside)."""
+        boxes = None
+        if self.boxes is not None:
+            boxes = self.boxes.copy()
+            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+        return Prompts(boxes, self.points, self.point_labels, self.text)
+
+
+@dataclass
+class Candidates:
+    """N candidate masks of one image with where they came from.
+
+    ``masks``: N x H x W bool at the input resolution; ``boxes``: N x 4 xyxy;
+    ``scores``: the producer's confidence per mask (SAM's predicted IoU, a logit mean, ...);
+    ``stability``: SAM's stability score where known; ``source``: the producing component;
+    ``extra``: per-run extras (e.g. the prompts that produced the masks).
+    """
+
+    masks: np.ndarray
+    boxes: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    stability: np.ndarray | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.masks = np.asarray(self.masks, dtype=bool)
+        if self.masks.ndim == 2:
+            self.masks = self.masks[None]
+        if self.masks.ndim != 3:
+            raise ValueError(f"masks must be N x H x W, got shape {self.masks.shape}")
+        n = len(self.masks)
+        if self.boxes is None:
+            self.boxes = masks_to_boxes(self.masks)
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(n, 4)
+        self.scores = np.ones(n, np.float32) if self.scores is None else np.asarray(self.scores, np.float32).reshape(n)
+        if self.stability is not None:
+            self.stability = np.asarray(self.stability, np.float32).reshape(n)
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.masks.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def areas(self) -> np.ndarray:
+        return self.masks.reshape(len(self.masks), -1).sum(1)
+
+    def subset(self, index) -> "Candidates":
+        """The candidates at ``index`` (indices or a boolean mask)."""
+        index = np.asarray(index)
+        return Candidates(
+            self.masks[index],
+            self.boxes[index],
+            self.scores[index],
+            None if self.stability is None else self.stability[index],
+            self.source,
+            dict(self.extra),
+        )
+
+    @classmethod
+    def empty(cls, height: int, width: int, source: str = "") -> "Candidates":
+        return cls(np.zeros((0, height, width), bool), source=source)
+
+    def union(self) -> np.ndarray:
+        """H x W union of all masks."""
+        if len(self) == 0:
+            return np.zeros(self.shape, bool)
+        return self.masks.any(axis=0)
+
+
+@dataclass
+class Selection:
+    """A selector's answer: the mask, its score, and every candidate's score (to see why)."""
+
+    mask: np.ndarray
+    score: float
+    index: int | list[int] | None = None
+    scores: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """What ``Pipeline.__call__`` returns for one image and prompt."""
+
+    mask: np.ndarray  # H x W bool at the input resolution
+    score: float
+    prompt: str | None
+    candidates: Candidates
+    scores: np.ndarray | None = None  # selector score of every candidate
+    index: int | list[int] | None = None  # chosen candidate(s)
+    prompts: Prompts | None = None  # box/point prompts given or derived (saliency)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. saliency map
+
+    @property
+    def empty(self) -> bool:
+        return not bool(self.mask.any())
