@@ -199,3 +199,21 @@ class Result:
     @property
     def empty(self) -> bool:
         return not bool(self.mask.any())
+
+
+@dataclass
+class Sample:
+    """One evaluation item from a dataset loader: an image, a text prompt and its ground-truth mask.
+
+    ``image`` is a path or an H x W x 3 uint8 array; ``mask`` an H x W bool array (or a path, read lazily
+    with :func:`lvlm.io.load_mask`); ``tags`` hold e.g. ``{"difficulty": "hard"}``, ``{"class": "crack"}``,
+    ``{"defect": "hole"}`` for per-group metrics; ``prompts`` lists alternative phrasings when known.
+    """
+
+    id: str
+    image: Any
+    prompt: str
+    mask: Any
+    tags: dict[str, Any] = field(default_factory=dict)
+    prompts: list[str] = field(default_factory=list)
+    box: np.ndarray | None = None  # optional xyxy prompt (e.g. the ground-truth box for prompted segmenters)
