@@ -1,0 +1,200 @@
+"""Caches of the expensive stages, so a C x S matrix costs S generator passes per image, not C x S.
+
+- :class:`CachedGenerator` wraps a mask generator: candidates are computed once per (generator config,
+  image), kept in memory for the current image and on disk (masks as COCO RLE) for later runs,
+  resumed runs and other workers;
+- :class:`CachedPrompter` does the same for a prompter's box / point prompts per (config, image, text).
+
+Disk entries are written to a temporary file and renamed into place, so a killed run or two workers
+writing the same entry never leave a half-written file behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..components import MaskGenerator, Prompter, image_key
+from ..io import mask_to_rle, rle_to_mask
+from ..types import Candidates, Prompts
+
+
+def masks_to_rles(masks: np.ndarray) -> list[dict[str, Any]]:
+    """N x H x W bool masks -> N COCO RLEs (compressed strings with pycocotools, else count lists)."""
+    masks = np.asarray(masks, bool)
+    if len(masks) == 0:
+        return []
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError:
+        return [mask_to_rle(m) for m in masks]
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    return [{"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
+def rles_to_masks(rles: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
+    """Inverse of :func:`masks_to_rles` (either encoding) -> N x H x W bool."""
+    if not rles:
+        return np.zeros((0, height, width), bool)
+    out = np.zeros((len(rles), height, width), bool)
+    compressed = [i for i, r in enumerate(rles) if isinstance(r["counts"], str)]
+    if compressed:
+        from ..optional import require
+
+        mask_utils = require("pycocotools.mask", "reading compressed RLE masks")
+        enc = [{"size": rles[i]["size"], "counts": rles[i]["counts"].encode("ascii")} for i in compressed]
+        out[compressed] = mask_utils.decode(enc).transpose(2, 0, 1).astype(bool)
+    for i, r in enumerate(rles):
+        if not isinstance(r["counts"], str):
+            out[i] = rle_to_mask(r)
+    return out
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _floats(a: np.ndarray | None) -> list[float] | None:
+    return None if a is None else [float(v) for v in np.asarray(a, np.float32).reshape(-1)]
+
+
+def candidates_to_json(c: Candidates) -> dict[str, Any]:
+    h, w = c.shape
+    return {"size": [int(h), int(w)], "masks": masks_to_rles(c.masks), "boxes": _floats(c.boxes),
+            "scores": _floats(c.scores), "stability": _floats(c.stability), "source": c.source}
+
+
+def candidates_from_json(d: dict[str, Any]) -> Candidates:
+    h, w = d["size"]
+    masks = rles_to_masks(d["masks"], h, w)
+    n = len(masks)
+    boxes = np.asarray(d["boxes"], np.float32).reshape(n, 4) if d.get("boxes") is not None else None
+    stab = np.asarray(d["stability"], np.float32) if d.get("stability") is not None else None
+    return Candidates(masks, boxes=boxes, scores=np.asarray(d["scores"], np.float32), stability=stab,
+                      source=d.get("source", ""))
+
+
+class ImageContext:
+    """The current image and its content hash, computed once per sample and shared by every cache.
+
+    It holds a reference to the image, so matching by data pointer is safe while it is current.
+    """
+
+    def __init__(self) -> None:
+        self.image: np.ndarray | None = None
+        self.key: str | None = None
+
+    def set(self, image: np.ndarray) -> str:
+        self.image, self.key = image, image_key(image)
+        return self.key
+
+    def key_for(self, image: np.ndarray) -> str:
+        cur = self.image
+        if (cur is not None and image.shape == cur.shape and image.dtype == cur.dtype
+                and image.__array_interface__["data"][0] == cur.__array_interface__["data"][0]
+                and image.strides == cur.strides):
+            return self.key  # type: ignore[return-value]
+        return image_key(image)
+
+
+class CachedGenerator(MaskGenerator):
+    """A mask generator whose output is computed once per image: memory (last image) > disk > compute."""
+
+    def __init__(self, generator: MaskGenerator, directory: Path | None, context: ImageContext | None = None):
+        self.generator = generator
+        self.directory = Path(directory) if directory is not None else None
+        self.context = context or ImageContext()
+        self._last: tuple[str, Candidates] | None = None
+        self.passes = 0  # forward passes of the wrapped generator
+        self.disk_hits = 0
+
+    def generate(self, image: np.ndarray) -> Candidates:
+        key = self.context.key_for(image)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        path = self.directory / f"{key}.json" if self.directory is not None else None
+        cand = None
+        if path is not None and path.is_file():
+            try:
+                cand = candidates_from_json(json.loads(path.read_text()))
+                self.disk_hits += 1
+            except (ValueError, KeyError, OSError):
+                cand = None  # unreadable entry: recompute and overwrite
+        if cand is None:
+            cand = self.generator.generate(image)
+            self.passes += 1
+            if path is not None:
+                write_json_atomic(path, candidates_to_json(cand))
+        self._last = (key, cand)
+        return cand
+
+    def __getattr__(self, name: str) -> Any:  # expose the wrapped generator's attributes
+        if name in ("generator", "__setstate__"):
+            raise AttributeError(name)
+        return getattr(self.generator, name)
+
+
+def _arr(a: np.ndarray | None) -> list | None:
+    return None if a is None else np.asarray(a).tolist()
+
+
+class CachedPrompter(Prompter):
+    """A prompter whose prompts are computed once per (image, text): memory (last image) > disk > compute.
+
+    Extras (saliency maps, ...) are kept in memory only; prompts read back from disk come with none.
+    """
+
+    def __init__(self, prompter: Prompter, directory: Path | None, context: ImageContext | None = None):
+        self.prompter = prompter
+        self.directory = Path(directory) if directory is not None else None
+        self.context = context or ImageContext()
+        self._memo: dict[tuple[str, str], tuple[Prompts, dict[str, Any]]] = {}
+        self.passes = 0
+
+    def prompts(self, image: np.ndarray, text: str) -> tuple[Prompts, dict[str, Any]]:
+        key = self.context.key_for(image)
+        if (key, text) in self._memo:
+            return self._memo[(key, text)]
+        if self._memo and next(iter(self._memo))[0] != key:
+            self._memo.clear()  # a new image
+        from .config import spec_hash
+
+        path = self.directory / f"{key}_{spec_hash(text, 10)}.json" if self.directory is not None else None
+        out = None
+        if path is not None and path.is_file():
+            try:
+                d = json.loads(path.read_text())
+                out = (Prompts(boxes=d["boxes"], points=d["points"], point_labels=d["point_labels"],
+                               text=d["text"]), {})
+            except (ValueError, KeyError, OSError):
+                out = None
+        if out is None:
+            out = self.prompter.prompts(image, text)
+            self.passes += 1
+            if path is not None:
+                p = out[0]
+                write_json_atomic(path, {"boxes": _arr(p.boxes), "points": _arr(p.points),
+                                         "point_labels": _arr(p.point_labels), "text": p.text})
+        self._memo[(key, text)] = out
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("prompter", "__setstate__"):
+            raise AttributeError(name)
+        return getattr(self.prompter, name)

@@ -1,0 +1,201 @@
+"""Running every combination of a benchmark on one sample, with shared components and stage caches.
+
+The :class:`Executor` builds each distinct component once (two combinations with the same selector spec
+share one object, so its text embeddings are computed once per prompt), wraps generators and prompters
+in the disk-backed caches of :mod:`lvlm.bench.cache`, and for one sample runs the combinations that are
+not yet done, yielding one result row each. The local runner and each Ray worker use the same class.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import ConfigError, LvlmError
+from ..io import load_image, load_mask
+from ..pipeline import STAGES, EmptyMaskWarning, Pipeline
+from ..registry import build_spec, check_kwargs, get
+from ..types import Prompts, Sample, masks_to_boxes
+from . import metrics as M
+from .cache import CachedGenerator, CachedPrompter, ImageContext, masks_to_rles
+from .config import BUILTIN_STRATEGIES, Combination, canonical, import_plugins, spec_hash
+
+
+def _with_device(kind: str, spec: Any, device: str | None) -> Any:
+    """``spec`` with ``device`` set when the component takes a ``device`` argument."""
+    if device is None or spec is None:
+        return spec
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec) if isinstance(spec, dict) else spec
+    if not isinstance(spec, dict):
+        return spec
+    try:
+        check_kwargs(get(kind, spec["name"]).obj, {"device": device}, where="")
+    except LvlmError:
+        return spec
+    return {**spec, "device": device}
+
+
+def resolve_strategy(name: str):
+    """A prompt strategy: ``text``, ``sample_box``, a name of :mod:`lvlm.bench.prompt_strategies`
+    (``center``, ``edge``, ``grid4``, ``box``), or ``module:function`` taking the ground-truth mask and
+    returning :class:`~lvlm.types.Prompts`."""
+    if name in BUILTIN_STRATEGIES:
+        return name
+    if ":" in name:
+        import importlib
+
+        mod, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"prompt strategy {name!r}: {exc}") from None
+    try:
+        from . import prompt_strategies as ps
+    except ImportError:
+        ps = None
+    valid = list(BUILTIN_STRATEGIES) + list(getattr(ps, "STRATEGIES", ()))
+    if ps is None or name not in getattr(ps, "STRATEGIES", ()):
+        raise ConfigError(f"unknown prompt strategy {name!r}; valid: {', '.join(valid)}, or 'module:function'")
+    return lambda mask: ps.make_prompts(mask, name)
+
+
+class Executor:
+    """Runs combinations on samples; components, pipelines and datasets are built on first use."""
+
+    def __init__(self, config: dict[str, Any], combos: list[Combination], cache_dir: str | Path | None = None,
+                 device: str | None = None, config_dir: str | Path | None = None):
+        self.config = config
+        self.combos = combos
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.device = device
+        self.tolerance = float((config.get("metrics") or {}).get("tolerance", M.DEFAULT_TOLERANCE))
+        self.save_masks = bool(config.get("save_masks", True))
+        import_plugins(config.get("imports"), Path(config_dir) if config_dir else None)
+        self.context = ImageContext()
+        self._components: dict[tuple[str, str], Any] = {}
+        self._pipelines: dict[str, Pipeline] = {}
+        self._datasets: dict[str, Any] = {}
+        self._strategies: dict[str, Any] = {}
+        self.by_dataset: dict[str, list[Combination]] = {}
+        for c in combos:
+            self.by_dataset.setdefault(c.dataset, []).append(c)
+
+    # --- building ---------------------------------------------------------------------------------
+    def dataset(self, label: str):
+        if label not in self._datasets:
+            spec = self.config["datasets"][label]
+            self._datasets[label] = build_spec("dataset", spec)
+        return self._datasets[label]
+
+    def component(self, kind: str, spec: Any) -> Any:
+        """One object per distinct (kind, spec); generators and prompters come wrapped in their caches."""
+        key = (kind, canonical(spec))
+        if key not in self._components:
+            obj = build_spec(kind, _with_device(kind, spec, self.device))
+            if kind == "generator":
+                d = self.cache_dir / "generator" / spec_hash(spec) if self.cache_dir else None
+                obj = CachedGenerator(obj, d, self.context)
+            elif kind == "prompter":
+                d = self.cache_dir / "prompter" / spec_hash(spec) if self.cache_dir else None
+                obj = CachedPrompter(obj, d, self.context)
+            self._components[key] = obj
+        return self._components[key]
+
+    def pipeline(self, combo: Combination) -> Pipeline:
+        if combo.id not in self._pipelines:
+            stages = {k: (self.component(k, v) if v is not None else None)
+                      for k, v in combo.stages.items() if k in STAGES}
+            pipe = Pipeline(**stages, combine=combo.stages.get("combine", "union"))
+            pipe.config = dict(combo.stages)
+            if combo.strategy != "text" and pipe.generator is not None:
+                raise ConfigError(f"prompt strategy {combo.strategy!r} needs a prompted segmenter, but combination "
+                                  f"{combo.labels} is an everything-mode generator pipeline")
+            self._pipelines[combo.id] = pipe
+        return self._pipelines[combo.id]
+
+    def strategy(self, name: str):
+        if name not in self._strategies:
+            self._strategies[name] = resolve_strategy(name)
+        return self._strategies[name]
+
+    @property
+    def generators(self) -> list[CachedGenerator]:
+        return [c for c in self._components.values() if isinstance(c, CachedGenerator)]
+
+    # --- running ----------------------------------------------------------------------------------
+    def run_sample(self, dataset: str, index: int, skip: set[str] | frozenset = frozenset(),
+                   sample: Sample | None = None) -> Iterator[dict[str, Any]]:
+        """Rows of every combination of ``dataset`` not in ``skip`` (combination ids) on sample ``index``."""
+        combos = [c for c in self.by_dataset.get(dataset, []) if c.id not in skip]
+        if not combos:
+            return
+        if sample is None:
+            sample = self.dataset(dataset)[index]
+        image = load_image(sample.image)
+        gt = load_mask(sample.mask) if not isinstance(sample.mask, np.ndarray) else np.asarray(sample.mask, bool)
+        if gt.shape != image.shape[:2]:
+            raise LvlmError(f"{dataset} sample {sample.id}: mask {gt.shape} and image {image.shape[:2]} differ in size")
+        self.context.set(image)
+        try:
+            for combo in combos:
+                yield self._run_one(combo, dataset, index, sample, image, gt)
+        finally:
+            self.context.image = None
+
+    def _prompt_args(self, combo: Combination, sample: Sample, gt: np.ndarray) -> dict[str, Any]:
+        strat = self.strategy(combo.strategy)
+        if strat == "text":
+            return {}
+        if strat == "sample_box":
+            box = sample.box if sample.box is not None else (masks_to_boxes(gt[None]) if gt.any() else None)
+            if box is None:
+                raise LvlmError("the sample has no box and an empty mask: no box prompt can be made")
+            return {"box": np.asarray(box, np.float32)}
+        if not gt.any():
+            raise LvlmError("the ground-truth mask is empty: no prompt can be derived from it")
+        p = strat(gt)
+        if not isinstance(p, Prompts):
+            p = Prompts(**p)
+        return {"box": p.boxes, "point": p.points, "point_label": p.point_labels}
+
+    def _run_one(self, combo: Combination, dataset: str, index: int, sample: Sample, image: np.ndarray,
+                 gt: np.ndarray) -> dict[str, Any]:
+        row: dict[str, Any] = {"combo": combo.id, "sample": sample.id, "dataset": dataset, "index": index,
+                               "labels": combo.labels, "prompt": sample.prompt, "tags": dict(sample.tags)}
+        pipe = self.pipeline(combo)
+        t0 = time.perf_counter()
+        try:
+            kwargs = self._prompt_args(combo, sample, gt)
+            text = sample.prompt if (combo.strategy == "text" or pipe.needs_text) else None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", EmptyMaskWarning)
+                res = pipe(image, text, **kwargs)
+        except (LvlmError, ValueError) as exc:
+            row.update({k: None for k in M.METRICS})
+            row.update(error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
+            return row
+        scores = M.segmentation_metrics(res.mask, gt, tolerance=self.tolerance)
+        row.update(scores)
+        row.update(score=res.score, n_candidates=len(res.candidates), error=None,
+                   seconds=time.perf_counter() - t0,
+                   timings={k: round(v, 6) for k, v in res.timings.items()})
+        if self.save_masks:
+            row["mask"] = masks_to_rles(res.mask[None])[0]
+        return row
+
+
+def run_info() -> dict[str, Any]:
+    """Versions recorded with every run."""
+    import platform
+    import sys
+
+    import torch
+
+    return {"lvlm": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+            "numpy": np.__version__, "platform": platform.platform(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+

@@ -1,0 +1,171 @@
+"""Generator ``sam2``: SAM 2.1's automatic mask generator (everything mode) as lvlm Candidates.
+
+Wraps ``sam2.automatic_mask_generator.SAM2AutomaticMaskGenerator``; every constructor knob of it is a
+config key with the same name and default. Masks come back at the input resolution with xyxy boxes,
+SAM 2's predicted IoU as ``scores`` and its stability score as ``stability``.
+
+``min_mask_region_area``: SAM 2 applies it to the low-resolution logits with its compiled ``_C``
+extension; where that extension is not built (CPU installs) the masks are cleaned instead with the
+generator's own ``postprocess_small_regions`` (holes and islands below the area, then box NMS; needs
+opencv), so the knob works either way.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from ..components import MaskGenerator, image_key, resolve_device
+from ..errors import ConfigError, MissingDependencyError
+from ..optional import has
+from ..registry import register
+from ..types import Candidates, masks_to_boxes
+
+
+def check_amg_knobs(**knobs: Any) -> None:
+    """ConfigError for automatic-mask-generator knobs out of range (before any model is built)."""
+    for name in ("points_per_side", "points_per_batch", "crop_n_points_downscale_factor"):
+        val = knobs[name]
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ConfigError(f"{name}={val!r}: expected a positive integer")
+    for name in ("crop_n_layers", "min_mask_region_area"):
+        val = knobs[name]
+        if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+            raise ConfigError(f"{name}={val!r}: expected an integer >= 0")
+    for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh",
+                 "crop_overlap_ratio"):
+        val = knobs[name]
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0.0 <= float(val) <= 1.0:
+            raise ConfigError(f"{name}={val!r}: expected a number in [0, 1]")
+    for name in ("stability_score_offset", "mask_threshold"):
+        if isinstance(knobs[name], bool) or not isinstance(knobs[name], (int, float)):
+            raise ConfigError(f"{name}={knobs[name]!r}: expected a number")
+
+
+@register("generator", "sam2", description="SAM 2.1 automatic mask generator (everything mode)",
+          source="facebookresearch/sam2 SAM 2.1 Hiera t/s/b+/l checkpoints (Apache-2.0)")
+class Sam2Generator(MaskGenerator):
+    """SAM 2.1 everything mode: a grid of point prompts -> filtered, de-duplicated candidate masks.
+
+    ``variant``: tiny / small / base_plus / large (tiny_random: small random model for tests);
+    ``model``: an already built SAM2Base to share (then variant / checkpoint are ignored). The other
+    keys are SAM2AutomaticMaskGenerator's, with its defaults (chosen by SAM 2 for Hiera-L). The last
+    ``cache_size`` images' candidates are kept, so several text prompts on one image run it once.
+    """
+
+    cache_size = 2
+
+    def __init__(
+        self,
+        variant: str = "large",
+        checkpoint: Any = "default",
+        device: str = "auto",
+        points_per_side: int = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.8,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        mask_threshold: float = 0.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        min_mask_region_area: int = 0,
+        use_m2m: bool = False,
+        multimask_output: bool = True,
+        model: Any = None,
+    ) -> None:
+        from ..models.sam2 import (
+            _require_sam2,
+            build_sam2_model,
+            fit_feature_sizes,
+            has_postprocessing_extension,
+        )
+
+        check_amg_knobs(
+            points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
+            mask_threshold=mask_threshold, box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers,
+            crop_nms_thresh=crop_nms_thresh, crop_overlap_ratio=crop_overlap_ratio,
+            crop_n_points_downscale_factor=crop_n_points_downscale_factor, min_mask_region_area=min_mask_region_area)
+        _require_sam2()
+        self.device = resolve_device(device)
+        self.model = model if model is not None else build_sam2_model(variant, checkpoint, self.device)
+        self.variant = variant
+        self.source = f"sam2:{variant}" if model is None else "sam2"
+        self._cache: OrderedDict[str, Candidates] = OrderedDict()
+        self.min_mask_region_area = int(min_mask_region_area)
+        # without sam2's _C extension its predictor would skip the hole/sprinkle filling with a warning
+        # per crop; give it 0 and clean the final masks here instead
+        self._clean_here = self.min_mask_region_area > 0 and not has_postprocessing_extension()
+        self.box_nms_thresh = box_nms_thresh
+        if self._clean_here and not has("cv2"):
+            raise MissingDependencyError(
+                "min_mask_region_area > 0 without sam2's compiled extension cleans masks with OpenCV; "
+                "install it with: pip install opencv-python-headless")
+
+        import warnings
+
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+        with warnings.catch_warnings():  # torch.jit.script deprecation inside SAM2Transforms
+            warnings.simplefilter("ignore", FutureWarning)
+            self.amg = SAM2AutomaticMaskGenerator(
+                self.model,
+                points_per_side=points_per_side,
+                points_per_batch=points_per_batch,
+                pred_iou_thresh=pred_iou_thresh,
+                stability_score_thresh=stability_score_thresh,
+                stability_score_offset=stability_score_offset,
+                mask_threshold=mask_threshold,
+                box_nms_thresh=box_nms_thresh,
+                crop_n_layers=crop_n_layers,
+                crop_nms_thresh=crop_nms_thresh,
+                crop_overlap_ratio=crop_overlap_ratio,
+                crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+                min_mask_region_area=0 if self._clean_here else self.min_mask_region_area,
+                output_mode="binary_mask",
+                use_m2m=use_m2m,
+                multimask_output=multimask_output,
+            )
+        fit_feature_sizes(self.amg.predictor)
+
+    def generate(self, image: np.ndarray) -> Candidates:
+        """Candidate masks (N x H x W bool at the input resolution) of an H x W x 3 uint8 RGB image."""
+        key = image_key(image)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        cands = self._generate(image)
+        self._cache[key] = cands
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return cands
+
+    def _generate(self, image: np.ndarray) -> Candidates:
+        import torch
+        from sam2.utils.amg import rle_to_mask
+
+        h, w = image.shape[:2]
+        with torch.inference_mode():
+            data = self.amg._generate_masks(np.ascontiguousarray(image))  # what amg.generate() runs
+        if self._clean_here and len(data["rles"]):
+            data = self.amg.postprocess_small_regions(data, self.min_mask_region_area, self.box_nms_thresh)
+            data.to_numpy()
+        n = len(data["rles"])
+        if n == 0:
+            return Candidates.empty(h, w, source=self.source)
+        crop_boxes = np.asarray(data["crop_boxes"], np.float32).reshape(n, 4)
+        crop_boxes[:, 2:] -= crop_boxes[:, :2]  # XYWH, as SAM 2's records give them
+        masks = np.stack([rle_to_mask(r) for r in data["rles"]]).astype(bool)
+        return Candidates(
+            masks,
+            boxes=masks_to_boxes(masks),  # lvlm's xyxy convention (exclusive right/bottom edges)
+            scores=np.asarray(data["iou_preds"], np.float32),
+            stability=np.asarray(data["stability_score"], np.float32),
+            source=self.source,
+            extra={"point_coords": np.asarray(data["points"], np.float32).reshape(n, 2),
+                   "crop_boxes": crop_boxes},
+        )

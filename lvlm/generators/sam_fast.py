@@ -1,0 +1,518 @@
+"""``sam_fast``: SAM's automatic mask generator, batched on the model's device, giving the official masks.
+
+It follows ``segment_anything.SamAutomaticMaskGenerator`` step by step (same point grids, crops, multimask
+output, predicted-IoU and stability-score filters, box NMS within each crop, uncropping, crop-level NMS that
+prefers smaller crops, and ``min_mask_region_area`` hole / island removal) and uses the same
+``segment_anything`` functions for each numeric step, so the masks are the official ones. What differs is
+how the work is laid out:
+
+- all crops (and, with :meth:`SamFastGenerator.generate_batch`, several images) go through the image
+  encoder in batches, optionally under bf16 autocast (``bf16=True``; then the masks are no longer
+  bit-identical to the fp32 official ones);
+- point prompts are decoded ``points_per_batch`` at a time (default 256 instead of 64), and the masks are
+  upsampled, scored, thresholded and boxed in chunks bounded by ``chunk_pixels`` instead of being run-length
+  encoded one by one: only the low-resolution logits of the survivors are kept, and the full-resolution
+  masks of the masks left after NMS are computed once at the end;
+- ``min_mask_region_area`` uses a batched connected-component labelling on the device (8-connectivity,
+  label propagation with root hooking and pointer jumping) instead of one ``cv2`` call per mask.
+
+The only documented difference with the official generator is a tie: when every island of a mask is smaller
+than ``min_mask_region_area`` and two of them are equally the largest, the official code keeps the one cv2
+labels first, this one the one whose first pixel comes first in raster order.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..components import MaskGenerator, resolve_device
+from ..errors import ConfigError, ImageError
+from ..registry import register
+from ..types import Candidates
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+
+@register(
+    "generator",
+    "sam_fast",
+    description="SAM automatic masks (the official ones), batched on device: 5x+ faster",
+    source="segment_anything checkpoints (vit_h / vit_l / vit_b / mobilesam)",
+)
+class SamFastGenerator(MaskGenerator):
+    """Everything-mode SAM that gives ``SamAutomaticMaskGenerator``'s masks with batched device-side work.
+
+    The knobs up to ``output_mode`` are the official ones, with the same defaults except
+    ``points_per_batch``. Extra knobs: ``bf16`` (bf16 autocast of the image encoder), ``encoder_batch_size``
+    (crops / images per encoder call), ``chunk_pixels`` (full-resolution mask pixels processed at once;
+    default 2**27 on GPU, 2**24 on CPU), ``model`` (an already-built ``segment_anything`` ``Sam``; then
+    ``model_type`` / ``checkpoint`` are ignored), ``device`` and ``progress`` (a bar over crops).
+    """
+
+    def __init__(
+        self,
+        model_type: str = "vit_h",
+        checkpoint: str | None = "default",
+        points_per_side: int | None = 32,
+        points_per_batch: int = 256,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: Sequence[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        bf16: bool = False,
+        encoder_batch_size: int = 4,
+        chunk_pixels: int | None = None,
+        device: str = "auto",
+        model: Any = None,
+        progress: bool = False,
+    ) -> None:
+        from segment_anything.utils.amg import build_all_layer_point_grids
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        if (points_per_side is None) == (point_grids is None):
+            raise ConfigError("give exactly one of points_per_side and point_grids")
+        if output_mode not in OUTPUT_MODES:
+            raise ConfigError(f"output_mode={output_mode!r}; valid values: {', '.join(OUTPUT_MODES)}")
+        if points_per_batch < 1 or encoder_batch_size < 1:
+            raise ConfigError("points_per_batch and encoder_batch_size must be >= 1")
+        if crop_n_layers < 0 or min_mask_region_area < 0:
+            raise ConfigError("crop_n_layers and min_mask_region_area must be >= 0")
+        if points_per_side is not None:
+            if points_per_side < 1:
+                raise ConfigError(f"points_per_side={points_per_side}; must be >= 1")
+            self.point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers,
+                                                           crop_n_points_downscale_factor)
+        else:
+            self.point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]
+            if len(self.point_grids) < crop_n_layers + 1:
+                raise ConfigError(f"point_grids has {len(self.point_grids)} grids; crop_n_layers={crop_n_layers} "
+                                  f"needs {crop_n_layers + 1}")
+        self.device = resolve_device(device)
+        if model is None:
+            from ..models.sam import build_sam
+
+            model = build_sam(model_type, checkpoint, device=self.device)
+        self.model = model.to(self.device).eval()
+        self.model_type = model_type
+        self.transform = ResizeLongestSide(self.model.image_encoder.img_size)
+        self.points_per_side = points_per_side
+        self.points_per_batch = int(points_per_batch)
+        self.pred_iou_thresh = float(pred_iou_thresh)
+        self.stability_score_thresh = float(stability_score_thresh)
+        self.stability_score_offset = float(stability_score_offset)
+        self.box_nms_thresh = float(box_nms_thresh)
+        self.crop_n_layers = int(crop_n_layers)
+        self.crop_nms_thresh = float(crop_nms_thresh)
+        self.crop_overlap_ratio = float(crop_overlap_ratio)
+        self.crop_n_points_downscale_factor = int(crop_n_points_downscale_factor)
+        self.min_mask_region_area = int(min_mask_region_area)
+        self.output_mode = output_mode
+        self.bf16 = bool(bf16)
+        self.encoder_batch_size = int(encoder_batch_size)
+        on_gpu = torch.device(self.device).type != "cpu"
+        self.chunk_pixels = int(chunk_pixels or (2**27 if on_gpu else 2**24))
+        self.progress = progress
+        self.last_timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ public API
+    def generate(self, image: np.ndarray) -> Candidates:
+        """Candidate masks of one HxWx3 uint8 RGB image, in the official generator's order."""
+        return self.generate_batch([image])[0]
+
+    def generate_batch(self, images: Sequence[np.ndarray]) -> list[Candidates]:
+        """Candidates of several images; all their crops share batched image-encoder calls."""
+        return [self._to_candidates(d) for d in self._generate(images)]
+
+    def generate_records(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """The official generator's output format: a list of dicts with ``segmentation`` (per ``output_mode``),
+        ``area``, ``bbox`` (XYWH), ``predicted_iou``, ``point_coords``, ``stability_score``, ``crop_box``."""
+        d = self._generate([image])[0]
+        masks = d["masks"]
+        n = len(masks)
+        areas = masks.flatten(1).sum(1).tolist() if n else []
+        boxes = _xyxy_to_xywh(d["boxes"].cpu().numpy())
+        crops = _xyxy_to_xywh(d["crop_boxes"].cpu().numpy())
+        if self.output_mode == "binary_mask":
+            segs: list[Any] = list(masks.cpu().numpy())
+        else:
+            segs = masks_to_rle(masks)
+            if self.output_mode == "coco_rle":
+                from pycocotools import mask as mask_utils  # noqa: F401  (required as by the official code)
+                from segment_anything.utils.amg import coco_encode_rle
+
+                segs = [coco_encode_rle(r) for r in segs]
+        iou = d["iou_preds"].cpu().numpy()
+        stab = d["stability_score"].cpu().numpy()
+        pts = d["points"].cpu().numpy()
+        return [
+            {
+                "segmentation": segs[i],
+                "area": int(areas[i]),
+                "bbox": boxes[i].tolist(),
+                "predicted_iou": float(iou[i]),
+                "point_coords": [pts[i].tolist()],
+                "stability_score": float(stab[i]),
+                "crop_box": crops[i].tolist(),
+            }
+            for i in range(n)
+        ]
+
+    # ------------------------------------------------------------------ pipeline
+    @torch.inference_mode()
+    def _generate(self, images: Sequence[np.ndarray]) -> list[dict[str, torch.Tensor]]:
+        from segment_anything.utils.amg import generate_crop_boxes
+
+        images = [_check_image(im) for im in images]
+        timings = {"encoder": 0.0, "decoder": 0.0, "masks": 0.0, "small_regions": 0.0}
+        jobs = []  # (image index, crop box, layer index)
+        for i, im in enumerate(images):
+            crop_boxes, layer_idxs = generate_crop_boxes(im.shape[:2], self.crop_n_layers, self.crop_overlap_ratio)
+            jobs += [(i, box, layer) for box, layer in zip(crop_boxes, layer_idxs)]
+
+        t0 = time.perf_counter()
+        features, input_sizes = self._encode([images[i][b[1]:b[3], b[0]:b[2]] for i, b, _ in jobs])
+        self._sync()
+        timings["encoder"] = time.perf_counter() - t0
+
+        per_image: list[list[dict[str, torch.Tensor]]] = [[] for _ in images]
+        bar = _progress(len(jobs), self.progress)
+        for j, (i, crop_box, layer) in enumerate(jobs):
+            t0 = time.perf_counter()
+            per_image[i].append(self._process_crop(features[j:j + 1], input_sizes[j], crop_box, layer,
+                                                   images[i].shape[:2], j))
+            self._sync()
+            timings["decoder"] += time.perf_counter() - t0
+            bar.update(1)
+        bar.close()
+        del features
+
+        out = []
+        for i, im in enumerate(images):
+            t0 = time.perf_counter()
+            data = _cat(per_image[i])
+            data = self._crop_nms(data)
+            h, w = im.shape[:2]
+            crop_of = {j: (b, input_sizes[j]) for j, (ii, b, _) in enumerate(jobs) if ii == i}
+            data["masks"] = self._final_masks(data, crop_of, h, w)
+            del data["low_res"]
+            self._sync()
+            timings["masks"] += time.perf_counter() - t0
+            if self.min_mask_region_area > 0 and len(data["masks"]):
+                t0 = time.perf_counter()
+                data = self._postprocess_small_regions(data)
+                self._sync()
+                timings["small_regions"] += time.perf_counter() - t0
+            out.append(data)
+        timings["total"] = sum(timings.values())
+        self.last_timings = timings
+        return out
+
+    def _encode(self, crops: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Image embeddings of all crops, ``encoder_batch_size`` at a time (as ``SamPredictor.set_image``)."""
+        model = self.model
+        inputs, sizes = [], []
+        for crop in crops:
+            if model.image_format != "RGB":
+                crop = crop[..., ::-1]
+            x = self.transform.apply_image(crop)
+            sizes.append(tuple(x.shape[:2]))
+            t = torch.as_tensor(x, device=self.device).permute(2, 0, 1).contiguous()[None]
+            inputs.append(model.preprocess(t))
+        feats = []
+        dev_type = torch.device(self.device).type
+        for k in range(0, len(inputs), self.encoder_batch_size):
+            batch = torch.cat(inputs[k:k + self.encoder_batch_size])
+            with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=self.bf16):
+                f = model.image_encoder(batch)
+            feats.append(f.float())
+        return torch.cat(feats), sizes
+
+    def _process_crop(self, features: torch.Tensor, input_size: tuple[int, int], crop_box: list[int],
+                      layer: int, orig_size: tuple[int, int], crop_index: int) -> dict[str, torch.Tensor]:
+        """All points of one crop: decode, filter, box, NMS; keeps the survivors' low-res logits."""
+        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score, is_box_near_crop_edge
+        from torchvision.ops.boxes import batched_nms
+
+        model, dev = self.model, self.device
+        x0, y0, x1, y1 = crop_box
+        crop_hw = (y1 - y0, x1 - x0)
+        orig_h, orig_w = orig_size
+        full_image = crop_box == [0, 0, orig_w, orig_h]
+        points = self.point_grids[layer] * np.array(crop_hw)[None, ::-1]  # float64, crop frame (as official)
+        in_points = torch.as_tensor(self.transform.apply_coords(points, crop_hw), device=dev)
+        points_t = torch.as_tensor(points, device=dev)
+        image_pe = model.prompt_encoder.get_dense_pe()
+        thr = model.mask_threshold
+        hw = crop_hw[0] * crop_hw[1]
+        side = model.image_encoder.img_size
+        per_chunk = max(1, self.chunk_pixels // (hw + side * side))
+
+        kept: dict[str, list[torch.Tensor]] = {k: [] for k in ("low_res", "iou_preds", "stability_score", "boxes",
+                                                                "points")}
+        for s in range(0, len(in_points), self.points_per_batch):
+            pts = in_points[s:s + self.points_per_batch]
+            labels = torch.ones(len(pts), 1, dtype=torch.int, device=dev)
+            sparse, dense = model.prompt_encoder(points=(pts[:, None, :], labels), boxes=None, masks=None)
+            low, iou = model.mask_decoder(image_embeddings=features, image_pe=image_pe,
+                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                          multimask_output=True)
+            n_out = low.shape[1]
+            low = low.flatten(0, 1)
+            iou = iou.flatten(0, 1)
+            pidx = torch.arange(s, s + len(pts), device=dev).repeat_interleave(n_out)
+            if self.pred_iou_thresh > 0.0:
+                keep = iou > self.pred_iou_thresh
+                low, iou, pidx = low[keep], iou[keep], pidx[keep]
+            # full-resolution work, chunked: stability, threshold, boxes, crop-edge filter
+            stab_parts, box_parts = [], []
+            for c in range(0, len(low), per_chunk):
+                m = model.postprocess_masks(low[c:c + per_chunk, None], input_size, crop_hw)[:, 0]
+                stab_parts.append(calculate_stability_score(m, thr, self.stability_score_offset))
+                box_parts.append(batched_mask_to_box(m > thr))
+                del m
+            if not stab_parts:
+                continue
+            stab = torch.cat(stab_parts)
+            boxes = torch.cat(box_parts)
+            keep = torch.ones_like(stab, dtype=torch.bool)
+            if self.stability_score_thresh > 0.0:
+                keep &= stab >= self.stability_score_thresh
+            if not full_image:
+                keep &= ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
+            kept["low_res"].append(low[keep])
+            kept["iou_preds"].append(iou[keep])
+            kept["stability_score"].append(stab[keep])
+            kept["boxes"].append(boxes[keep])
+            kept["points"].append(points_t[pidx[keep]])
+        if not kept["low_res"]:
+            h_lr = model.prompt_encoder.mask_input_size
+            data = {"low_res": torch.zeros(0, *h_lr, device=dev), "iou_preds": torch.zeros(0, device=dev),
+                    "stability_score": torch.zeros(0, device=dev),
+                    "boxes": torch.zeros(0, 4, dtype=torch.long, device=dev),
+                    "points": torch.zeros(0, 2, dtype=torch.float64, device=dev)}
+        else:
+            data = {k: torch.cat(v) for k, v in kept.items()}
+        # duplicates within this crop (scores: predicted IoU), as the official per-crop NMS
+        keep = batched_nms(data["boxes"].float(), data["iou_preds"],
+                           torch.zeros(len(data["boxes"]), device=dev), iou_threshold=self.box_nms_thresh)
+        data = {k: v[keep] for k, v in data.items()}
+        offset = torch.tensor([x0, y0], device=dev)
+        data["boxes"] = data["boxes"] + offset.repeat(2)[None]
+        data["points"] = data["points"] + offset[None]
+        data["crop_boxes"] = torch.tensor([crop_box], dtype=torch.long, device=dev).expand(len(keep), 4)
+        data["crop_index"] = torch.full((len(keep),), crop_index, dtype=torch.long, device=dev)
+        return data
+
+    def _crop_nms(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Duplicates between crops: NMS preferring masks from smaller crops (official rule)."""
+        from torchvision.ops.boxes import batched_nms, box_area
+
+        if self.crop_n_layers == 0 or len(data["boxes"]) == 0:
+            return data
+        scores = 1 / box_area(data["crop_boxes"])
+        keep = batched_nms(data["boxes"].float(), scores, torch.zeros(len(scores), device=scores.device),
+                           iou_threshold=self.crop_nms_thresh)
+        return {k: v[keep] for k, v in data.items()}
+
+    def _final_masks(self, data: dict[str, torch.Tensor], crop_of: dict[int, Any], h: int, w: int) -> torch.Tensor:
+        """Full-resolution bool masks of the survivors, recomputed from their low-res logits, in the image frame."""
+        model = self.model
+        n = len(data["low_res"])
+        masks = torch.zeros(n, h, w, dtype=torch.bool, device=self.device)
+        if n == 0:
+            return masks
+        crop_index = data["crop_index"]
+        for j in torch.unique(crop_index).tolist():  # one pass per crop, batched within it
+            (x0, y0, x1, y1), input_size = crop_of[j]
+            idx = torch.nonzero(crop_index == j).flatten()
+            hw = (y1 - y0) * (x1 - x0)
+            per_chunk = max(1, self.chunk_pixels // (hw + model.image_encoder.img_size ** 2))
+            for c in range(0, len(idx), per_chunk):
+                sel = idx[c:c + per_chunk]
+                m = model.postprocess_masks(data["low_res"][sel, None], input_size, (y1 - y0, x1 - x0))[:, 0]
+                masks[sel, y0:y1, x0:x1] = m > model.mask_threshold
+        return masks
+
+    def _postprocess_small_regions(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Fill small holes, drop small islands (as ``remove_small_regions``), then NMS preferring unchanged masks."""
+        from segment_anything.utils.amg import batched_mask_to_box
+        from torchvision.ops.boxes import batched_nms
+
+        masks, changed = remove_small_regions_batched(data["masks"], self.min_mask_region_area,
+                                                      chunk_pixels=self.chunk_pixels // 4)
+        boxes = batched_mask_to_box(masks)
+        scores = (~changed).float()
+        # the official code runs this NMS on CPU tensors; so do we, so that ties (scores are 0/1) break alike
+        keep = batched_nms(boxes.float().cpu(), scores.cpu(), torch.zeros(len(boxes)),
+                           iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh)).to(masks.device)
+        data = {k: v[keep] for k, v in data.items() if k != "masks"}
+        data["masks"] = masks[keep]
+        data["boxes"] = boxes[keep]
+        return data
+
+    # ------------------------------------------------------------------ helpers
+    def _to_candidates(self, d: dict[str, torch.Tensor]) -> Candidates:
+        boxes = d["boxes"].float()
+        nonempty = d["masks"].flatten(1).any(1) if len(boxes) else torch.zeros(0, dtype=torch.bool)
+        boxes[:, 2:] += nonempty[:, None].to(boxes)  # inclusive (segment_anything) -> exclusive right/bottom
+        extra = {
+            "points": d["points"].cpu().numpy(),
+            "crop_boxes": d["crop_boxes"].cpu().numpy(),
+            "timings": dict(self.last_timings),
+        }
+        return Candidates(
+            masks=d["masks"].cpu().numpy(),
+            boxes=boxes.cpu().numpy(),
+            scores=d["iou_preds"].float().cpu().numpy(),
+            stability=d["stability_score"].float().cpu().numpy(),
+            source="sam_fast",
+            extra=extra,
+        )
+
+    def _sync(self) -> None:
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+# ---------------------------------------------------------------------- batched mask utilities
+def _min3x3(x: torch.Tensor) -> torch.Tensor:
+    """Minimum over each pixel's 3x3 neighbourhood (separable; edges see only in-image pixels)."""
+    r = x.clone()
+    r[:, :, 1:] = torch.minimum(r[:, :, 1:], x[:, :, :-1])
+    r[:, :, :-1] = torch.minimum(r[:, :, :-1], x[:, :, 1:])
+    c = r.clone()
+    c[:, 1:] = torch.minimum(c[:, 1:], r[:, :-1])
+    c[:, :-1] = torch.minimum(c[:, :-1], r[:, 1:])
+    return c
+
+
+def label_components(fg: torch.Tensor) -> torch.Tensor:
+    """8-connected component labels of a batch of N x H x W bool masks, computed on their device.
+
+    Each foreground pixel gets the flat index (into the N x H x W batch) of its component's first pixel in
+    raster order; background pixels get their own index. Label propagation (3x3 minimum) with hooking of
+    the roots and pointer jumping; converges in a few tens of full-tensor passes for mask-like shapes.
+    """
+    n, h, w = fg.shape
+    numel = n * h * w
+    labels = torch.arange(numel, device=fg.device).view(n, h, w)
+    big = torch.tensor(numel, device=fg.device)
+    flat = labels.view(-1)
+    while True:
+        m = _min3x3(torch.where(fg, labels, big))
+        upd = fg & (m < labels)
+        if not bool(upd.any()):
+            return labels
+        # hook: the root each updated pixel points at adopts the smaller label
+        flat.scatter_reduce_(0, labels[upd], m[upd], reduce="amin")
+        torch.minimum(labels, torch.where(fg, m, labels), out=labels)
+        while True:  # pointer jumping until every pixel points at a root
+            nxt = flat.gather(0, flat)
+            if torch.equal(nxt, flat):
+                break
+            flat.copy_(nxt)
+
+
+def remove_small_regions_batched(masks: torch.Tensor, area_thresh: int,
+                                 chunk_pixels: int = 2**24) -> tuple[torch.Tensor, torch.Tensor]:
+    """``segment_anything.utils.amg.remove_small_regions`` for N masks at once: holes, then islands.
+
+    Returns the new masks and, per mask, whether anything changed (the official ``not unchanged``).
+    """
+    n, h, w = masks.shape
+    per = max(1, chunk_pixels // (h * w))
+    outs, changed = [], []
+    for s in range(0, n, per):
+        m = masks[s:s + per]
+        m, ch1 = _fill_small(m, area_thresh, holes=True)
+        m, ch2 = _fill_small(m, area_thresh, holes=False)
+        outs.append(m)
+        changed.append(ch1 | ch2)
+    return torch.cat(outs), torch.cat(changed)
+
+
+def _fill_small(mask: torch.Tensor, area_thresh: int, holes: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    n, h, w = mask.shape
+    work = ~mask if holes else mask
+    labels = label_components(work)
+    flat = labels.view(-1)
+    sizes = torch.bincount(flat[work.view(-1)], minlength=flat.numel())
+    size_px = torch.where(work, sizes[labels], 0)
+    small_px = work & (size_px < area_thresh)
+    changed = small_px.flatten(1).any(1)
+    if holes:
+        return mask | small_px, changed
+    out = work & ~small_px
+    # every island small: keep the largest (first in raster order on ties)
+    all_small = changed & ~out.flatten(1).any(1)
+    if bool(all_small.any()):
+        idx = torch.nonzero(all_small).flatten()
+        sp = size_px[idx].flatten(1)
+        best = sp.argmax(1)  # first maximal pixel in raster order = the root of the largest component
+        root = labels[idx].flatten(1).gather(1, best[:, None])
+        out[idx] = labels[idx] == root.view(-1, 1, 1)
+    return out, changed
+
+
+def masks_to_rle(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """Uncompressed COCO RLEs (``{"size": [h, w], "counts": [...]}``) of N x H x W bool masks, batched."""
+    n, h, w = masks.shape
+    if n == 0:
+        return []
+    t = masks.permute(0, 2, 1).flatten(1)  # Fortran order
+    change = torch.nonzero(t[:, 1:] ^ t[:, :-1])
+    per_mask = torch.bincount(change[:, 0], minlength=n).cpu().numpy()
+    pos = change[:, 1].cpu().numpy() + 1
+    first = t[:, 0].cpu().numpy()
+    ends = np.cumsum(per_mask)
+    out = []
+    for i in range(n):  # formatting only: the runs are computed above, all at once
+        cuts = np.concatenate([[0], pos[ends[i] - per_mask[i]:ends[i]], [h * w]])
+        counts = np.diff(cuts).tolist()
+        out.append({"size": [h, w], "counts": ([0] + counts) if first[i] else counts})
+    return out
+
+
+def _xyxy_to_xywh(b: np.ndarray) -> np.ndarray:
+    b = b.copy()
+    b[:, 2:] -= b[:, :2]
+    return b
+
+
+def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _check_image(image: Any) -> np.ndarray:
+    im = np.asarray(image)
+    if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+        raise ImageError(f"expected an H x W x 3 uint8 RGB image, got shape {im.shape} dtype {im.dtype}")
+    if min(im.shape[:2]) < 1:
+        raise ImageError(f"empty image of shape {im.shape}")
+    return np.ascontiguousarray(im)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled or total <= 1:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="sam_fast crops", unit="crop")

@@ -1,0 +1,726 @@
+"""``lvlm train clipseg``: fine-tune the CLIPSeg decoder on image + text + mask data (seed 000's recipe).
+
+The CLIP encoder is frozen (every parameter whose name contains ``clip``), the decoder is trained with
+BCE + Dice on ``image_size`` x ``image_size`` inputs, each training sample paired with a prompt drawn from
+its class's phrasings (prompt augmentation). Every epoch: validation mIoU / Dice at the source resolution,
+``last.pt`` (decoder, optimizer, scheduler, epoch, RNG states: ``--resume`` continues it exactly) and, when
+the validation mIoU improves, ``best_decoder.safetensors`` (decoder only). At the end, the best decoder
+predicts the validation set (``predictions/{id}_{prompt_slug}.png`` at the source resolution) and the
+per-class table (Class | mIoU | Dice | Samples), per-sample scores and training curves are written.
+
+Python API: :func:`train_clipseg` (several seeds) and :class:`ClipSegTrainer` (one seed).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, LvlmError
+
+#: Seed 000 section 2.4: phrasings per class, one drawn at random for every training sample.
+SEED000_PROMPTS: dict[str, list[str]] = {
+    "taping": ["segment taping area", "segment joint tape", "segment drywall seam", "segment wall joint"],
+    "crack": ["segment crack", "segment wall crack", "segment surface crack", "segment fracture"],
+}
+
+#: Seed 000 table 1.
+SEED000 = {"epochs": 20, "batch_size": 16, "lr": 1e-4, "weight_decay": 1e-4, "image_size": 352,
+           "seeds": (42, 123, 7), "threshold": 0.5}
+
+LAST = "last.pt"
+BEST = "best_decoder.safetensors"
+
+
+# --- loss and metrics ------------------------------------------------------------------------------
+
+def bce_dice_loss(logits, target, eps: float = 1.0):
+    """Seed 000 eq. 1-2: BCE(logits, target) + mean over samples of 1 - (2 sum p t + eps) / (sum p + sum t + eps)."""
+    import torch.nn.functional as F
+
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = logits.sigmoid().flatten(1)
+    t = target.flatten(1)
+    dice = 1.0 - (2.0 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)
+    return bce + dice.mean()
+
+
+def iou_dice(pred, gt) -> tuple[Any, Any]:
+    """IoU and Dice (tensors) of two bool masks; both empty counts as a perfect match (1, 1)."""
+    inter = (pred & gt).sum().float()
+    a, b = pred.sum().float(), gt.sum().float()
+    union = a + b - inter
+    iou = inter / union if union > 0 else union.new_tensor(1.0)
+    dice = 2 * inter / (a + b) if (a + b) > 0 else union.new_tensor(1.0)
+    return iou, dice
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+def _as_list(samples: Iterable) -> list:
+    return samples if isinstance(samples, list) else list(samples)
+
+
+def sample_class(sample) -> str:
+    """The group a sample is reported under: ``tags['class']``, else its prompt."""
+    return str((sample.tags or {}).get("class") or sample.prompt)
+
+
+def prompt_options(sample, prompt_map: dict[str, list[str]] | None, augment: bool = True) -> list[str]:
+    """The phrasings a training sample draws from.
+
+    ``prompt_map``'s list for the sample's class (or the list holding its prompt), else the sample's own
+    alternatives (``Sample.prompts``), else its prompt; only the prompt when ``augment`` is False.
+    """
+    if not augment:
+        return [sample.prompt]
+    cls = str((sample.tags or {}).get("class", "")).lower()
+    for key, opts in (prompt_map or {}).items():
+        if key.lower() == cls or sample.prompt in opts:
+            return list(opts)
+    if sample.prompts:
+        return list(dict.fromkeys([sample.prompt, *sample.prompts]))
+    return [sample.prompt]
+
+
+def _load_mask(mask) -> np.ndarray:
+    from ..io import load_mask
+
+    if isinstance(mask, (str, os.PathLike)):
+        return load_mask(mask)
+    return np.asarray(mask, bool)
+
+
+class _SampleSet:
+    """torch Dataset view of Samples: normalised pixels, the target at the training size, the source mask."""
+
+    def __init__(self, samples: list, image_processor, image_size: int, source_masks: bool) -> None:
+        self.samples = samples
+        self.image_processor = image_processor
+        self.image_size = image_size
+        self.source_masks = source_masks
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+        from PIL import Image
+
+        from ..io import load_image
+
+        s = self.samples[i]
+        img = load_image(s.image)
+        mask = _load_mask(s.mask)
+        if mask.shape != img.shape[:2]:
+            raise LvlmError(f"sample {s.id}: mask shape {mask.shape} != image shape {img.shape[:2]}")
+        size = {"height": self.image_size, "width": self.image_size}
+        px = self.image_processor(images=[img], size=size, return_tensors="pt")["pixel_values"][0]
+        small = Image.fromarray(mask.astype(np.uint8) * 255).resize((self.image_size, self.image_size),
+                                                                    Image.NEAREST)
+        out = {"pixels": px, "target": torch.from_numpy(np.asarray(small) > 127).float(), "index": i}
+        if self.source_masks:
+            out["mask"] = torch.from_numpy(mask)
+        return out
+
+
+def _collate(items: list[dict]) -> dict[str, Any]:
+    import torch
+
+    out = {"pixels": torch.stack([it["pixels"] for it in items]),
+           "target": torch.stack([it["target"] for it in items]),
+           "index": [it["index"] for it in items]}
+    if "mask" in items[0]:
+        out["mask"] = [it["mask"] for it in items]
+    return out
+
+
+# --- one seed ---------------------------------------------------------------------------------------
+
+@dataclass
+class EvalResult:
+    loss: float
+    miou: float
+    dice: float
+    records: list[dict[str, Any]] = field(default_factory=list)  # id, class, prompt, iou, dice per sample
+
+
+class ClipSegTrainer:
+    """One training run (one seed) of the CLIPSeg decoder; see the module docstring for what it writes."""
+
+    def __init__(self, train: Iterable, val: Iterable, out_dir: str | os.PathLike, model: str | None = None,
+                 seed: int = 42, epochs: int = 20, batch_size: int = 16, lr: float = 1e-4,
+                 weight_decay: float = 1e-4, image_size: int = 352, prompt_map: dict | None = None,
+                 augment: bool = True, threshold: float = 0.5, device: str = "auto", num_workers: int = 0,
+                 amp: bool | None = None, progress: bool = True) -> None:
+        import torch
+
+        from ..components import resolve_device
+        from ..segmenters.clipseg import DEFAULT_MODEL, load_clipseg
+
+        self.train_samples, self.val_samples = _as_list(train), _as_list(val)
+        if not self.train_samples:
+            raise ConfigError("no training samples")
+        if not self.val_samples:
+            raise ConfigError("no validation samples (the best checkpoint is chosen by validation mIoU)")
+        if epochs < 1 or batch_size < 1 or image_size < 8 or not 0 < threshold < 1:
+            raise ConfigError(f"bad settings: epochs={epochs}, batch_size={batch_size}, image_size={image_size}, "
+                              f"threshold={threshold}")
+        self.out = Path(out_dir)
+        self.model_name = str(model or DEFAULT_MODEL)
+        self.seed, self.epochs, self.batch_size = int(seed), int(epochs), int(batch_size)
+        self.lr, self.weight_decay, self.image_size = float(lr), float(weight_decay), int(image_size)
+        self.threshold = float(threshold)
+        self.device = resolve_device(device)
+        self.num_workers = int(num_workers)
+        self.amp = (self.device.startswith("cuda") if amp is None else bool(amp)) and self.device.startswith("cuda")
+        self.progress = progress
+        self.prompt_map = SEED000_PROMPTS if prompt_map is None else dict(prompt_map)
+
+        # seed 000 section 8: every generator seeded at the start of the run
+        random.seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+        torch.manual_seed(self.seed)
+        self.shuffle_gen = torch.Generator().manual_seed(self.seed)
+        self.prompt_rng = random.Random(self.seed)
+
+        self.net, self.processor = load_clipseg(self.model_name)
+        for name, param in self.net.named_parameters():  # seed 000 section 2.2
+            if "clip" in name.lower():
+                param.requires_grad = False
+        self.net.to(self.device)
+        self.trainable = [p for p in self.net.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=self.lr, weight_decay=self.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.epochs)
+
+        self.options = [prompt_options(s, self.prompt_map, augment) for s in self.train_samples]
+        texts = list(dict.fromkeys([t for o in self.options for t in o] + [s.prompt for s in self.val_samples]))
+        self.text_emb = self._embed_texts(texts)
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.best_miou, self.best_epoch = -1.0, 0
+
+    # -- setup helpers ------------------------------------------------------------------------------
+    def _embed_texts(self, texts: list[str]) -> dict[str, Any]:
+        """Frozen text encoder: each distinct prompt is embedded once for the whole run."""
+        import torch
+
+        out: dict[str, Any] = {}
+        max_len = int(self.net.config.text_config.max_position_embeddings)
+        self.net.eval()
+        for i in range(0, len(texts), 64):
+            chunk = texts[i:i + 64]
+            enc = self.processor.tokenizer(chunk, padding=True, truncation=True, max_length=max_len,
+                                           return_tensors="pt")
+            with torch.no_grad():
+                emb = self.net.get_conditional_embeddings(batch_size=len(chunk),
+                                                          input_ids=enc["input_ids"].to(self.device),
+                                                          attention_mask=enc["attention_mask"].to(self.device))
+            out.update(zip(chunk, emb))
+        return out
+
+    def _loader(self, samples: list, train: bool):
+        import torch
+
+        ds = _SampleSet(samples, self.processor.image_processor, self.image_size, source_masks=not train)
+        return torch.utils.data.DataLoader(
+            ds, batch_size=self.batch_size, shuffle=train, generator=self.shuffle_gen if train else None,
+            num_workers=self.num_workers, collate_fn=_collate, pin_memory=self.device.startswith("cuda"))
+
+    def _decoder_logits(self, pixels, texts: Sequence[str]):
+        """B x s x s logits at the decoder's own resolution (the frozen CLIP runs without gradients)."""
+        import torch
+
+        cond = torch.stack([self.text_emb[t] for t in texts])
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.net(pixel_values=pixels, conditional_embeddings=cond).logits
+        return logits.float().reshape(len(texts), *logits.shape[-2:])
+
+    def _to_train_size(self, logits):
+        """Logits upsampled (bilinear) to the training size where the decoder's map is smaller."""
+        import torch.nn.functional as F
+
+        if tuple(logits.shape[-2:]) == (self.image_size, self.image_size):
+            return logits
+        return F.interpolate(logits[:, None], size=(self.image_size, self.image_size), mode="bilinear",
+                             align_corners=False)[:, 0]
+
+    # -- epochs ---------------------------------------------------------------------------------------
+    def train_epoch(self) -> float:
+        """One pass over the training set; returns the mean BCE + Dice loss."""
+        import torch
+        from tqdm.auto import tqdm
+
+        self.net.eval()  # the frozen CLIP stays in eval mode
+        self.net.decoder.train()
+        total = torch.zeros((), device=self.device)
+        n = 0
+        bar = tqdm(self._loader(self.train_samples, train=True), desc=f"seed {self.seed} epoch "
+                   f"{self.epoch + 1}/{self.epochs}", unit="batch", disable=not self.progress, leave=False)
+        for batch in bar:
+            pixels = batch["pixels"].to(self.device, non_blocking=True)
+            target = batch["target"].to(self.device, non_blocking=True)
+            texts = [self.prompt_rng.choice(self.options[i]) for i in batch["index"]]
+            loss = bce_dice_loss(self._to_train_size(self._decoder_logits(pixels, texts)), target)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach() * len(texts)
+            n += len(texts)
+        self.scheduler.step()
+        self.net.decoder.eval()
+        return float(total / max(n, 1))
+
+    def evaluate(self, save_dir: str | os.PathLike | None = None) -> EvalResult:
+        """Validation loss, and IoU / Dice per sample at the source resolution (threshold on the probability).
+
+        With ``save_dir`` the predicted masks are written there as ``{id}_{prompt_slug}.png``.
+        """
+        import torch
+        import torch.nn.functional as F
+        from tqdm.auto import tqdm
+
+        from ..io import mask_filename, save_mask
+
+        self.net.eval()
+        cut = math.log(self.threshold / (1.0 - self.threshold))  # sigmoid(x) > t  <=>  x > logit(t)
+        losses, ious, dices = [], [], []
+        for batch in tqdm(self._loader(self.val_samples, train=False), desc="validating", unit="batch",
+                          disable=not self.progress, leave=False):
+            idx = batch["index"]
+            texts = [self.val_samples[i].prompt for i in idx]
+            with torch.no_grad():
+                pixels = batch["pixels"].to(self.device, non_blocking=True)
+                small = self._decoder_logits(pixels, texts)
+                target = batch["target"].to(self.device)
+                losses.append(bce_dice_loss(self._to_train_size(small), target) * len(idx))
+                for j, i in enumerate(idx):
+                    gt = batch["mask"][j].to(self.device)
+                    up = F.interpolate(small[j][None, None], size=gt.shape, mode="bilinear", align_corners=False)
+                    pred = up[0, 0] > cut
+                    iou, dice = iou_dice(pred, gt)
+                    ious.append(iou)
+                    dices.append(dice)
+                    if save_dir is not None:
+                        save_mask(Path(save_dir) / mask_filename(self.val_samples[i].id, texts[j]),
+                                  pred.cpu().numpy())
+        ious_np = torch.stack(ious).cpu().numpy()
+        dices_np = torch.stack(dices).cpu().numpy()
+        loss = float(torch.stack(losses).sum() / len(self.val_samples))
+        records = [{"id": s.id, "class": sample_class(s), "prompt": s.prompt, "iou": float(a), "dice": float(b)}
+                   for s, a, b in zip(self.val_samples, ious_np, dices_np)]
+        return EvalResult(loss, float(ious_np.mean()), float(dices_np.mean()), records)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"model": self.model_name, "seed": self.seed, "epochs": self.epochs, "batch_size": self.batch_size,
+                "lr": self.lr, "weight_decay": self.weight_decay, "image_size": self.image_size,
+                "threshold": self.threshold}
+
+    def save_last(self) -> Path:
+        """``last.pt``: decoder, optimizer, scheduler, epoch, history, best score and RNG states."""
+        import torch
+
+        from ..segmenters.clipseg import decoder_state
+
+        state = {
+            "model": decoder_state(self.net),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "best": {"miou": self.best_miou, "epoch": self.best_epoch},
+            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle_gen.get_state(),
+                    "prompt": self.prompt_rng.getstate()},
+            "settings": self.settings,
+        }
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / LAST
+        tmp = path.with_name(path.name + ".part")
+        torch.save(state, tmp)
+        tmp.replace(path)
+        return path
+
+    def load_last(self) -> bool:
+        """Restore ``last.pt`` when it exists (False otherwise); its settings must match this run's."""
+        import torch
+
+        path = self.out / LAST
+        if not path.is_file():
+            return False
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        diff = {k: (v, self.settings[k]) for k, v in state.get("settings", {}).items() if self.settings.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
+            raise ConfigError(f"{path} was written with other settings ({what}); resume with the same settings "
+                              "or start a new run in another output directory")
+        self.net.decoder.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.best_miou, self.best_epoch = float(state["best"]["miou"]), int(state["best"]["epoch"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.shuffle_gen.set_state(state["rng"]["shuffle"])
+        self.prompt_rng.setstate(_tuplify(state["rng"]["prompt"]))
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        return True
+
+    def fit(self, resume: bool = False, overwrite: bool = False,
+            on_epoch_end: Callable[[ClipSegTrainer, dict], None] | None = None) -> list[dict[str, Any]]:
+        """Train to ``epochs``; ``resume`` continues ``last.pt``. Returns the history (one dict per epoch)."""
+        from ..segmenters.clipseg import save_decoder
+
+        last = self.out / LAST
+        if resume:
+            if self.load_last() and self.progress:
+                print(f"resuming {last} after epoch {self.epoch}/{self.epochs}")
+        elif last.exists() and not overwrite:
+            raise ConfigError(f"{last} exists: pass --resume (resume=True) to continue that run, or --overwrite "
+                              "(overwrite=True) to start over")
+        self.out.mkdir(parents=True, exist_ok=True)
+        while self.epoch < self.epochs:
+            t0 = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            train_loss = self.train_epoch()
+            ev = self.evaluate()
+            self.epoch += 1
+            rec = {"epoch": self.epoch, "train_loss": train_loss, "val_loss": ev.loss, "val_miou": ev.miou,
+                   "val_dice": ev.dice, "lr": lr, "time_s": time.perf_counter() - t0}
+            self.history.append(rec)
+            if ev.miou > self.best_miou:
+                self.best_miou, self.best_epoch = ev.miou, self.epoch
+                save_decoder(self.net, self.out / BEST, metadata={
+                    "base_model": self.model_name, "epoch": self.epoch, "val_miou": f"{ev.miou:.6f}",
+                    "val_dice": f"{ev.dice:.6f}", "seed": self.seed, "image_size": self.image_size,
+                    "threshold": self.threshold})
+            self.save_last()
+            _write_history(self.out, self.history)
+            if self.progress:
+                print(f"seed {self.seed} epoch {self.epoch}/{self.epochs}: train loss {train_loss:.4f}, val loss "
+                      f"{ev.loss:.4f}, val mIoU {ev.miou:.4f}, val Dice {ev.dice:.4f} ({rec['time_s']:.1f} s)")
+            if on_epoch_end is not None:
+                on_epoch_end(self, rec)
+        return self.history
+
+    def finish(self, predictions: bool = True, plot: bool = True) -> dict[str, Any]:
+        """Best decoder -> validation predictions, per-class table (Markdown + CSV), per-sample CSV, curves."""
+        from ..segmenters.clipseg import load_decoder
+
+        load_decoder(self.net, self.out / BEST)
+        self.net.to(self.device)
+        ev = self.evaluate(save_dir=self.out / "predictions" if predictions else None)
+        rows = class_table(ev.records)
+        write_table(rows, self.out / "results", title=f"Validation results, seed {self.seed} "
+                    f"(best epoch {self.best_epoch})")
+        _write_csv(self.out / "per_sample.csv", ev.records)
+        if plot:
+            plot_curves({self.seed: self.history}, self.out / "curves.png")
+        return {"seed": self.seed, "best_epoch": self.best_epoch, "val_miou": ev.miou, "val_dice": ev.dice,
+                "checkpoint": str(self.out / BEST), "table": rows}
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# --- outputs ------------------------------------------------------------------------------------------
+
+def class_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Seed 000 table 3: per class (first-seen order) mean IoU / Dice and count, then ``Overall``."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r["class"], []).append(r)
+    rows = []
+    for name, rs in list(groups.items()) + [("Overall", records)]:
+        rows.append({"Class": name[:1].upper() + name[1:], "mIoU": float(np.mean([r["iou"] for r in rs])),
+                     "Dice": float(np.mean([r["dice"] for r in rs])), "Samples": len(rs)})
+    return rows
+
+
+def table_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| Class | mIoU | Dice | Samples |", "|---|---:|---:|---:|"]
+    for r in rows:
+        name = f"**{r['Class']}**" if r["Class"] == "Overall" else r["Class"]
+        lines.append(f"| {name} | {r['mIoU']:.4f} | {r['Dice']:.4f} | {r['Samples']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: list[dict[str, Any]], stem: Path, title: str = "") -> None:
+    """``{stem}.md`` and ``{stem}.csv``."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".md").write_text((f"# {title}\n\n" if title else "") + table_markdown(rows))
+    _write_csv(stem.with_suffix(".csv"), [{**r, "mIoU": f"{r['mIoU']:.4f}", "Dice": f"{r['Dice']:.4f}"}
+                                          for r in rows])
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    _write_csv(out / "history.csv", history)
+
+
+def plot_curves(histories: dict[int, list[dict[str, Any]]], path: str | os.PathLike) -> Path | None:
+    """Loss (train solid, validation dashed), validation mIoU and Dice per epoch, one colour per seed."""
+    from ..optional import require
+
+    require("matplotlib", "training curves")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 3.8))
+    axes = fig.subplots(1, 3)
+    for k, (seed, hist) in enumerate(histories.items()):
+        if not hist:
+            continue
+        ep = [h["epoch"] for h in hist]
+        c = f"C{k}"
+        axes[0].plot(ep, [h["train_loss"] for h in hist], color=c, label=f"seed {seed} train")
+        axes[0].plot(ep, [h["val_loss"] for h in hist], color=c, ls="--", label=f"seed {seed} val")
+        axes[1].plot(ep, [h["val_miou"] for h in hist], color=c, marker="o", ms=3, label=f"seed {seed}")
+        axes[2].plot(ep, [h["val_dice"] for h in hist], color=c, marker="o", ms=3, label=f"seed {seed}")
+    for ax, title in zip(axes, ("BCE + Dice loss", "validation mIoU", "validation Dice")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# --- several seeds ------------------------------------------------------------------------------------
+
+def train_clipseg(train: Iterable, val: Iterable, out_dir: str | os.PathLike = "runs/clipseg",
+                  seeds: Sequence[int] = SEED000["seeds"], resume: bool = False, overwrite: bool = False,
+                  predictions: bool = True, plot: bool = True,
+                  on_epoch_end: Callable[[ClipSegTrainer, dict], None] | None = None,
+                  **settings: Any) -> dict[str, Any]:
+    """Train one decoder per seed into ``out_dir/seed_{seed}/`` and summarise them.
+
+    ``settings`` are :class:`ClipSegTrainer` arguments (model, epochs, batch_size, lr, weight_decay,
+    image_size, prompt_map, augment, threshold, device, num_workers, amp, progress). Writes
+    ``summary.md`` / ``summary.csv`` (one row per seed), ``summary.json`` (best seed and its checkpoint),
+    ``results.md`` / ``.csv`` (the best seed's per-class table) and ``curves.png`` (all seeds).
+    """
+    train, val = _as_list(train), _as_list(val)
+    out = Path(out_dir)
+    if not seeds:
+        raise ConfigError("give at least one seed")
+    runs, histories = [], {}
+    for seed in seeds:
+        tr = ClipSegTrainer(train, val, out / f"seed_{seed}", seed=seed, **settings)
+        tr.fit(resume=resume, overwrite=overwrite, on_epoch_end=on_epoch_end)
+        runs.append(tr.finish(predictions=predictions, plot=plot))
+        histories[seed] = tr.history
+        del tr
+    best = max(runs, key=lambda r: r["val_miou"])
+    rows = [{"Seed": r["seed"], "Best epoch": r["best_epoch"], "mIoU": f"{r['val_miou']:.4f}",
+             "Dice": f"{r['val_dice']:.4f}"} for r in runs]
+    _write_csv(out / "summary.csv", rows)
+    md = ["| Seed | Best epoch | mIoU | Dice |", "|---:|---:|---:|---:|"]
+    md += [f"| {r['Seed']} | {r['Best epoch']} | {r['mIoU']} | {r['Dice']} |" for r in rows]
+    (out / "summary.md").write_text("# CLIPSeg decoder fine-tuning: validation per seed\n\n" + "\n".join(md)
+                                    + f"\n\nBest seed: **{best['seed']}** ({best['checkpoint']})\n\n"
+                                    + f"## Final evaluation results - best seed ({best['seed']})\n\n"
+                                    + table_markdown(best["table"]))
+    write_table(best["table"], out / "results", title=f"Final evaluation results - best seed ({best['seed']})")
+    summary = {"best_seed": best["seed"], "checkpoint": best["checkpoint"], "val_miou": best["val_miou"],
+               "val_dice": best["val_dice"], "runs": [{k: v for k, v in r.items() if k != "table"} for r in runs]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if plot:
+        plot_curves(histories, out / "curves.png")
+    return summary
+
+
+# --- folders ------------------------------------------------------------------------------------------
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _folder_pairs(d: Path) -> list[tuple[Path, Path]]:
+    imgs, masks = d / "images", d / "masks"
+    if not imgs.is_dir() or not masks.is_dir():
+        raise LvlmError(f"{d}: expected images/ and masks/ folders (masks named like their image, or "
+                        "<stem>_mask.<ext>), or train/ and val/ (or valid/) folders holding them")
+    by_stem = {}
+    for m in sorted(masks.iterdir()):
+        if m.suffix.lower() in IMAGE_EXTS:
+            stem = m.stem.removesuffix("_mask")
+            by_stem.setdefault(stem, m)
+    pairs, missing = [], []
+    for p in sorted(imgs.iterdir()):
+        if p.suffix.lower() not in IMAGE_EXTS:
+            continue
+        if p.stem in by_stem:
+            pairs.append((p, by_stem[p.stem]))
+        else:
+            missing.append(p.name)
+    if missing:
+        raise LvlmError(f"{masks}: no mask for {len(missing)} image(s), e.g. {missing[0]}")
+    if not pairs:
+        raise LvlmError(f"{imgs}: no images")
+    return pairs
+
+
+def folder_samples(directory: str | os.PathLike, prompt: str, cls: str | None = None, val_fraction: float = 0.2,
+                   seed: int = 42) -> tuple[list, list]:
+    """(train, val) Samples of a folder: ``train/`` + ``val/`` (or ``valid/``) each with ``images/`` +
+    ``masks/``, or one ``images/`` + ``masks/`` split ``1 - val_fraction`` / ``val_fraction`` with ``seed``."""
+    from ..types import Sample
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise LvlmError(f"{d}: no such directory")
+    if cls is None:
+        cls = next((k for k, v in SEED000_PROMPTS.items() if prompt in v), d.name)
+
+    def make(pairs):
+        return [Sample(id=p.stem, image=str(p), prompt=prompt, mask=str(m), tags={"class": cls}) for p, m in pairs]
+
+    if (d / "train").is_dir():
+        vd = next((d / n for n in ("val", "valid", "validation") if (d / n).is_dir()), None)
+        if vd is None:
+            raise LvlmError(f"{d}: has train/ but no val/ (or valid/) folder")
+        return make(_folder_pairs(d / "train")), make(_folder_pairs(vd))
+    pairs = _folder_pairs(d)
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = max(1, round(val_fraction * len(pairs))) if len(pairs) > 1 else 0
+    val = [pairs[i] for i in sorted(order[:n_val])]
+    train = [pairs[i] for i in sorted(order[n_val:])]
+    return make(train), make(val)
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    """Options of ``lvlm train clipseg`` (defaults: seed 000's table 1)."""
+    d = parser.add_argument_group("data (a registered dataset, or folders of images/ + masks/)")
+    d.add_argument("--dataset", help="registered dataset name (see `lvlm list dataset`), e.g. drywall")
+    d.add_argument("--root", action="append", default=[], metavar="DIR",
+                   help="dataset root directory (repeat for a dataset made of several roots, e.g. drywall)")
+    d.add_argument("--train-split", default="train", help="dataset split to train on (default: train)")
+    d.add_argument("--val-split", default="valid", help="dataset split to validate on (default: valid)")
+    d.add_argument("--dataset-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra dataset constructor argument (repeatable)")
+    d.add_argument("--data", action="append", default=[], metavar="DIR",
+                   help="folder with images/ + masks/ (or train/ + val/ holding them); repeatable")
+    d.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help="prompt of the --data folder(s): one for all, or one per --data, in order")
+    d.add_argument("--val-fraction", type=float, default=0.2,
+                   help="validation share of a --data folder without train/ + val/ (default: 0.2)")
+    d.add_argument("--limit", type=int, help="use at most N training and N validation samples (smoke runs)")
+    t = parser.add_argument_group("training")
+    t.add_argument("--model", default=None,
+                   help="base CLIPSeg: Hugging Face id, local directory or tiny-random (default: CIDAS/clipseg-rd64-refined)")
+    t.add_argument("--out", "-o", default="runs/clipseg", help="output directory (default: runs/clipseg)")
+    t.add_argument("--epochs", type=int, default=SEED000["epochs"])
+    t.add_argument("--batch-size", type=int, default=SEED000["batch_size"])
+    t.add_argument("--lr", type=float, default=SEED000["lr"])
+    t.add_argument("--weight-decay", type=float, default=SEED000["weight_decay"])
+    t.add_argument("--image-size", type=int, default=SEED000["image_size"])
+    t.add_argument("--seeds", type=int, nargs="+", default=list(SEED000["seeds"]),
+                   help="one run per seed (default: 42 123 7)")
+    t.add_argument("--threshold", type=float, default=SEED000["threshold"], help="sigmoid threshold (default: 0.5)")
+    t.add_argument("--prompts", metavar="FILE",
+                   help="YAML/JSON {class: [phrasings]} for prompt augmentation (default: seed 000's drywall lists)")
+    t.add_argument("--no-augment", action="store_true", help="train on each sample's own prompt only")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--num-workers", type=int, default=2, help="data loader workers (default: 2)")
+    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast (default: on for CUDA)")
+    t.add_argument("--resume", action="store_true", help="continue each seed's last.pt")
+    t.add_argument("--overwrite", action="store_true", help="start over even where last.pt exists")
+    t.add_argument("--no-predictions", action="store_true", help="do not write the validation masks")
+    t.add_argument("--no-plot", action="store_true", help="do not draw curves.png")
+    t.add_argument("--quiet", "-q", action="store_true")
+
+
+def _load_data(args) -> tuple[list, list]:
+    if args.dataset and args.data:
+        raise ConfigError("give --dataset or --data, not both")
+    if args.dataset:
+        from ..registry import build
+
+        extra: dict[str, Any] = {}
+        for kv in args.dataset_arg:
+            if "=" not in kv:
+                raise ConfigError(f"--dataset-arg {kv!r}: expected KEY=VALUE")
+            k, v = kv.split("=", 1)
+            import yaml
+
+            extra[k] = yaml.safe_load(v)
+        if args.root:
+            extra["root"] = args.root[0] if len(args.root) == 1 else list(args.root)
+        train = list(build("dataset", args.dataset, split=args.train_split, **extra))
+        val = list(build("dataset", args.dataset, split=args.val_split, **extra))
+    elif args.data:
+        prompts = args.prompt
+        if not prompts:
+            raise ConfigError("--data needs --prompt TEXT (one for all folders or one per folder)")
+        if len(prompts) == 1:
+            prompts = prompts * len(args.data)
+        if len(prompts) != len(args.data):
+            raise ConfigError(f"{len(args.data)} --data folders but {len(prompts)} --prompt values")
+        train, val = [], []
+        for d, p in zip(args.data, prompts):
+            tr, va = folder_samples(d, p, val_fraction=args.val_fraction)
+            train += tr
+            val += va
+    else:
+        raise ConfigError("give the data: --dataset NAME [--root DIR], or --data DIR --prompt TEXT")
+    if args.limit:
+        train, val = train[: args.limit], val[: args.limit]
+    return train, val
+
+
+def _load_prompt_map(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--prompts {path}: no such file")
+    data = yaml.safe_load(p.read_text())
+    if not isinstance(data, dict) or not all(isinstance(v, list) and v for v in data.values()):
+        raise ConfigError(f"--prompts {path}: expected a mapping class -> list of prompts")
+    return {str(k): [str(x) for x in v] for k, v in data.items()}
+
+
+def run(args) -> int:
+    train, val = _load_data(args)
+    if not args.quiet:
+        print(f"clipseg: {len(train)} training and {len(val)} validation samples; seeds {args.seeds}; "
+              f"output {args.out}")
+    train_clipseg(
+        train, val, args.out, seeds=args.seeds, resume=args.resume, overwrite=args.overwrite,
+        predictions=not args.no_predictions, plot=not args.no_plot, model=args.model, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, image_size=args.image_size,
+        prompt_map=_load_prompt_map(args.prompts), augment=not args.no_augment, threshold=args.threshold,
+        device=args.device, num_workers=args.num_workers, amp=args.amp, progress=not args.quiet)
+    if not args.quiet:
+        print((Path(args.out) / "summary.md").read_text())
+    return 0

@@ -1,0 +1,268 @@
+"""The benchmark runner: exact generator-pass counts, kill-and-resume safety, sweeps, Ray = local, reports."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lvlm.bench import results as results_mod
+from lvlm.bench.config import expand
+from lvlm.bench.results import ResultsLog, read_rows
+from lvlm.bench.runner import run_benchmark
+from lvlm.components import MaskGenerator, Selector
+from lvlm.errors import ConfigError
+from lvlm.registry import register
+from lvlm.types import Candidates, Selection
+
+
+@register("generator", "test_bench_bands", description="test stub: horizontal bands, counts its passes")
+class BandsGenerator(MaskGenerator):
+    """``bands`` horizontal bands plus the bright pixels; counts forward passes per process."""
+
+    calls = 0
+
+    def __init__(self, bands: int = 2, device: str = "cpu"):
+        self.bands = bands
+
+    def generate(self, image):
+        type(self).calls += 1
+        h, w = image.shape[:2]
+        masks = np.zeros((self.bands + 1, h, w), bool)
+        edges = np.linspace(0, h, self.bands + 1).astype(int)
+        for i in range(self.bands):
+            masks[i, edges[i]:edges[i + 1]] = True
+        masks[-1] = image.mean(2) > 127
+        return Candidates(masks, scores=np.linspace(1, 0.5, self.bands + 1))
+
+
+@register("selector", "test_bench_pick", description="test stub: picks the candidate by a fixed rule")
+class PickSelector(Selector):
+    """Scores a candidate by the mean brightness under it, shifted by ``offset`` candidates."""
+
+    calls = 0
+
+    def __init__(self, offset: int = 0):
+        self.offset = offset
+
+    def select(self, image, text, candidates):
+        type(self).calls += 1
+        scores = np.array([image[m].mean() if m.any() else 0.0 for m in candidates.masks])
+        i = (int(np.argmax(scores)) + self.offset) % len(candidates)
+        return Selection(candidates.masks[i], float(scores[i]), i, scores)
+
+
+def write_folder(root: Path, n: int = 4, size=(24, 32)) -> Path:
+    """A tiny images/ + masks/ dataset: a bright square on noise; the mask is the square."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        img = rng.integers(0, 100, (*size, 3), dtype=np.uint8)
+        m = np.zeros(size, bool)
+        y, x = 2 + i, 3 + 2 * i
+        m[y:y + 10, x:x + 12] = True
+        img[m] = 230
+        Image.fromarray(img).save(root / "images" / f"im{i}.png")
+        Image.fromarray(m.astype(np.uint8) * 255).save(root / "masks" / f"im{i}.png")
+    return root
+
+
+def matrix_config(root: Path, clips: int = 3, gens: int = 2, **extra) -> dict:
+    return {
+        "datasets": {"toy": {"name": "folder", "root": str(root), "prompt": "bright square"}},
+        "matrix": {
+            "selector": {f"C{i}": {"name": "test_bench_pick", "offset": i} for i in range(clips)},
+            "generator": {f"S{j}": {"name": "test_bench_bands", "bands": 2 + j} for j in range(gens)},
+        },
+        **extra,
+    }
+
+
+def _strip(rows):
+    """Rows without the fields that legitimately differ between runs (timings)."""
+    return [{k: v for k, v in r.items() if k not in ("seconds", "timings")} for r in rows]
+
+
+@pytest.fixture
+def toy(tmp_path):
+    return write_folder(tmp_path / "toy")
+
+
+def test_generator_runs_once_per_image_and_config(toy, tmp_path):
+    BandsGenerator.calls = PickSelector.calls = 0
+    out = run_benchmark(matrix_config(toy, clips=3, gens=2), tmp_path / "run", progress=False)
+    n_images, C, S = 4, 3, 2
+    assert BandsGenerator.calls == S * n_images  # not C x S
+    assert out["generator_passes"] == S * n_images
+    assert PickSelector.calls == C * S * n_images
+    rows = read_rows(tmp_path / "run")
+    assert len(rows) == C * S * n_images == out["total"] == out["written"]
+    # a second run is a no-op: nothing recomputed, nothing duplicated
+    out2 = run_benchmark(matrix_config(toy, clips=3, gens=2), tmp_path / "run", progress=False)
+    assert out2["written"] == 0 and BandsGenerator.calls == S * n_images
+    # extending the matrix with one more CLIP reuses the cached generator passes from disk
+    out3 = run_benchmark(matrix_config(toy, clips=4, gens=2), tmp_path / "run", progress=False)
+    assert out3["written"] == S * n_images and BandsGenerator.calls == S * n_images
+    assert out3["cache_hits"] == S * n_images
+
+
+def test_metrics_in_rows_are_right(toy, tmp_path):
+    run_benchmark(matrix_config(toy, clips=1, gens=1), tmp_path / "run", progress=False)
+    from lvlm.bench.cache import rles_to_masks
+    from lvlm.io import load_image, load_mask
+
+    for r in read_rows(tmp_path / "run"):
+        img = load_image(toy / "images" / f"{r['sample']}.png")
+        gt = load_mask(toy / "masks" / f"{r['sample']}.png")
+        pred = rles_to_masks([r["mask"]], *gt.shape)[0]
+        assert np.array_equal(pred, img.mean(2) > 127)  # offset 0 picks the bright-pixel candidate
+        inter, union = (pred & gt).sum(), (pred | gt).sum()
+        assert r["iou"] == pytest.approx(inter / union)
+        assert r["labels"] == {"selector": "C0", "generator": "S0"}
+        assert r["error"] is None
+
+
+def test_killed_five_times_and_resumed_gives_the_uninterrupted_rows(toy, tmp_path, monkeypatch):
+    cfg = matrix_config(toy, clips=2, gens=1, sweep={"generator.bands": [2, 3]})
+    full = _strip(read_rows(Path(run_benchmark(cfg, tmp_path / "ref", progress=False)["run_dir"])))
+    assert len(full) == 2 * 1 * 2 * 4 == len({(r["combo"], r["sample"]) for r in full})
+    rng = random.Random(7)
+    cuts = sorted(rng.sample(range(1, len(full)), 5))
+    original = ResultsLog.append
+    run = tmp_path / "killed"
+
+    class Killed(Exception):
+        pass
+
+    for k, cut in enumerate(cuts):
+        def append(self, row, _cut=cut, _k=k):
+            if self.count >= _cut:
+                if _k % 2 == 0:  # die in the middle of writing a row: half a line on disk
+                    line = json.dumps(row).encode()
+                    self._f.write(line[: len(line) // 2])
+                    self._f.flush()
+                raise Killed
+            return original(self, row)
+
+        monkeypatch.setattr(results_mod.ResultsLog, "append", append)
+        with pytest.raises(Killed):
+            run_benchmark(cfg, run, progress=False)
+        assert len(read_rows(run)) == cut
+    monkeypatch.setattr(results_mod.ResultsLog, "append", original)
+    run_benchmark(cfg, run, progress=False)
+    assert _strip(read_rows(run)) == full
+    lines = (run / "results.jsonl").read_bytes().splitlines()
+    assert len(lines) == len(full)  # no partial line and no duplicate left in the file
+
+
+def test_results_log_drops_a_truncated_line_and_refuses_duplicates(tmp_path):
+    p = tmp_path / "results.jsonl"
+    p.write_bytes(b'{"combo":"a","sample":"1","iou":0.5}\n{"combo":"a","sample":"2","io')
+    log = ResultsLog(p)
+    assert log.done == {("a", "1")}
+    assert not log.append({"combo": "a", "sample": "1", "iou": 0.9})
+    assert log.append({"combo": "a", "sample": "2", "iou": float("nan")})
+    log.close()
+    rows = read_rows(p)
+    assert [r["sample"] for r in rows] == ["1", "2"] and rows[1]["iou"] is None
+    assert p.read_bytes().endswith(b"\n")
+
+
+def test_sweep_labels_and_config_errors(toy):
+    cfg = matrix_config(toy, clips=2, gens=1, sweep={"generator.bands": [2, 4], "selector.offset": [0, 1]})
+    combos = expand(cfg)
+    assert len(combos) == 2 * 1 * 2 * 2  # C labels x S labels x sweep points (the offset sweep overrides C's)
+    assert {c.labels["generator.bands"] for c in combos} == {2, 4}
+    assert len({c.id for c in combos}) == len(combos)
+    with pytest.raises(ConfigError, match="stage"):
+        expand({**cfg, "sweep": {"points_per_side": [1]}})
+    with pytest.raises(ConfigError, match="datasets"):
+        run_benchmark({"matrix": cfg["matrix"]}, toy / "x")
+    with pytest.raises(ConfigError, match="unknown benchmark config key"):
+        run_benchmark({**cfg, "metric": {}}, toy / "x")
+
+
+def test_dataset_missing_gives_one_clear_error(tmp_path):
+    from lvlm.data.base import DatasetNotFoundError
+
+    cfg = {"datasets": {"CXR": {"name": "cxr", "root": str(tmp_path / "nope")}},
+           "matrix": {"generator": {"S": "test_bench_bands"}, "selector": {"C": "test_bench_pick"}}}
+    with pytest.raises(DatasetNotFoundError, match="kaggle.com"):
+        run_benchmark(cfg, tmp_path / "run", progress=False)
+
+
+def test_cli_bench_and_report(toy, tmp_path, capsys):
+    import yaml
+
+    from lvlm.cli import main
+
+    cfg = matrix_config(toy, clips=2, gens=2)
+    cfg["imports"] = []
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["bench", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert main(["report", str(tmp_path / "run"), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "| Model | SAM | All (↑) |" in out
+    rep = tmp_path / "run" / "report"
+    for name in ("summary.csv", "table_toy.md", "table_toy.tex", "table_toy.csv", "comparison_toy.md"):
+        assert (rep / name).is_file(), name
+    tex = (rep / "table_toy.tex").read_text()
+    assert "\\toprule" in tex and "\\textbf{" in tex
+
+
+RAY_PLUGIN = '''
+import numpy as np
+from lvlm.components import MaskGenerator, Selector
+from lvlm.registry import register
+from lvlm.types import Candidates, Selection
+
+
+@register("generator", "ray_test_bands")
+class Bands(MaskGenerator):
+    def __init__(self, bands=2):
+        self.bands = bands
+
+    def generate(self, image):
+        h, w = image.shape[:2]
+        m = np.zeros((self.bands + 1, h, w), bool)
+        e = np.linspace(0, h, self.bands + 1).astype(int)
+        for i in range(self.bands):
+            m[i, e[i]:e[i + 1]] = True
+        m[-1] = image.mean(2) > 127
+        return Candidates(m)
+
+
+@register("selector", "ray_test_pick")
+class Pick(Selector):
+    def __init__(self, offset=0):
+        self.offset = offset
+
+    def select(self, image, text, c):
+        s = np.array([image[m].mean() for m in c.masks])
+        i = (int(np.argmax(s)) + self.offset) % len(c)
+        return Selection(c.masks[i], float(s[i]), i, s)
+'''
+
+
+def test_ray_backend_gives_the_local_results(toy, tmp_path):
+    ray = pytest.importorskip("ray")
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(RAY_PLUGIN)
+    cfg = {"imports": [str(plugin)],
+           "datasets": {"toy": {"name": "folder", "root": str(toy), "prompt": "bright square"}},
+           "matrix": {"selector": {"C0": {"name": "ray_test_pick"}, "C1": {"name": "ray_test_pick", "offset": 1}},
+                      "generator": {"S0": {"name": "ray_test_bands"}, "S1": {"name": "ray_test_bands", "bands": 3}}}}
+    local = run_benchmark(cfg, tmp_path / "local", progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        dist = run_benchmark(cfg, tmp_path / "ray", backend="ray", workers=2, progress=False)
+    finally:
+        ray.shutdown()
+    assert dist["written"] == local["written"] == 16
+    assert dist["generator_passes"] == local["generator_passes"] == 8
+    assert _strip(read_rows(tmp_path / "ray")) == _strip(read_rows(tmp_path / "local"))
