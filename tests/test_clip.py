@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 open_clip = pytest.importorskip("open_clip")
 
-from lvlm.errors import ConfigError, MissingDependencyError, WeightsNotFoundError  # noqa: E402
-from lvlm.models.clip import PRESETS, TINY_CONFIGS, load_open_clip  # noqa: E402
-from lvlm.registry import available, build  # noqa: E402
+from lvlm.errors import ConfigError, LvlmError, MissingDependencyError, WeightsNotFoundError
+from lvlm.models.clip import PRESETS, TINY_CONFIGS, load_open_clip
+from lvlm.registry import available, build
 
 TABLE_III = ["OA-RN50", "OA-RN101", "OA-ViT-B", "OA-ViT-L", "CC-RN50", "LA-ViT-B", "BC-ViT-B", "MC-RN50", "MC-SwinT"]
 
@@ -108,8 +108,8 @@ def test_cam_target_layers_and_reshape(tiny_rn, tiny_vit):
     img = _smooth_image(64, 64)
     for clip, grid in ((tiny_rn, 2), (tiny_vit, 4)):
         layer = clip.cam_target_layer()
-        out = []
-        handle = layer.register_forward_hook(lambda mod, inp, o: out.append(o))
+        out: list[torch.Tensor] = []
+        handle = layer.register_forward_hook(lambda mod, inp, o, out=out: out.append(o))
         clip.encode_image(clip.preprocess([img, img[::-1].copy()]))
         handle.remove()
         grid_map = clip.reshape_transform(out[0])
@@ -217,8 +217,9 @@ def test_checkpoint_without_architecture_is_a_clear_error(tiny_rn, tmp_path):
     save_file({k: v.contiguous() for k, v in tiny_rn.model.state_dict().items()}, str(p))
     with pytest.raises(ConfigError, match="model-config JSON"):
         build("clip", "open_clip", checkpoint=str(p), device="cpu")
-    with pytest.raises(Exception, match="do not match"):
-        build("clip", "open_clip", checkpoint=str(p), model_name="RN50", device="cpu")
+    p.with_suffix(".json").write_text(json.dumps({"model_cfg": TINY_CONFIGS["tiny-vit"]}))  # the wrong architecture
+    with pytest.raises(LvlmError, match="do not match the model architecture"):
+        build("clip", "open_clip", checkpoint=str(p), device="cpu")
 
 
 def test_hf_hub_preset_found_in_lvlm_home(tmp_path, monkeypatch):
@@ -267,12 +268,13 @@ def test_pretrained_tag_found_in_lvlm_home_including_torchscript(tmp_path, monke
 
 
 def test_random_init_of_a_real_architecture_is_seeded():
-    """checkpoint=null builds the real architecture, randomly initialised (useful offline)."""
-    a = load_open_clip("RN50", "openai", checkpoint=None, device="cpu", seed=1)
+    """checkpoint=null builds the real architecture, randomly initialised (useful offline), seeded."""
+    a = build("clip", "OA-RN50", checkpoint=None, device="cpu", seed=1)
     assert a.image_size == 224 and not a.is_vit and a.cam_target_layer() is a.model.visual.layer4
-    p1 = a.model.visual.conv1.weight.detach().clone()
-    b = load_open_clip("RN50", "openai", checkpoint="random", device="cpu", seed=1)
-    assert torch.equal(p1, b.model.visual.conv1.weight)
+    assert a.model.visual.layer4[-1].conv3.weight.shape == (2048, 512, 1, 1)  # ResNet-50's last stage
+    weights = [build("clip", "tiny-rn", checkpoint="random", device="cpu", seed=s).model.visual.conv1.weight
+               for s in (1, 1, 2)]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
 
 
 def test_presets_table_matches_seed_table_iii():

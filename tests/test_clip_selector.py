@@ -16,12 +16,12 @@ from lvlm.registry import available, build, check_kwargs, get
 from lvlm.selectors.clip import CROPS, ClipSelector, fill_template, template_list
 from lvlm.types import Candidates
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230), "yellow": (230, 220, 40)}
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230)}
 
 
 class MeanColourClip(ClipModel):
-    """A stand-in CLIP whose image embedding is the mean chroma (colour minus its grey level) and whose
-    text embedding is the chroma of the colour named.
+    """A stand-in CLIP whose image embedding is the mean colour weighted by saturation and whose text
+    embedding is the colour named.
 
     Black and grey pixels add nothing, so a candidate shown on black or grey embeds as its own colour."""
 
@@ -44,8 +44,9 @@ class MeanColourClip(ClipModel):
     def encode_image(self, pixels, normalize=True):
         self.image_calls.append(len(pixels))
         rgb = pixels * 0.5 + 0.5
-        chroma = (rgb - rgb.mean(1, keepdim=True)).mean(dim=(2, 3))
-        return F.normalize(chroma, dim=-1) if normalize else chroma
+        saturation = rgb.amax(1, keepdim=True) - rgb.amin(1, keepdim=True)
+        feats = (saturation * rgb).mean(dim=(2, 3))
+        return F.normalize(feats, dim=-1) if normalize else feats
 
     def encode_text(self, texts, normalize=True):
         self.text_calls += 1
@@ -53,13 +54,12 @@ class MeanColourClip(ClipModel):
         for i, t in enumerate(texts):
             for word, rgb in COLOURS.items():
                 if word in t:
-                    c = torch.tensor(rgb, dtype=torch.float32)
-                    out[i] = c - c.mean()
+                    out[i] = torch.tensor(rgb, dtype=torch.float32)
         return F.normalize(out, dim=-1) if normalize else out
 
 
 def scene(seed: int, h: int = 96, w: int = 128):
-    """A dark noisy background with four coloured objects; candidates = the true masks + distractors."""
+    """A dark noisy background with three coloured objects; candidates = the true masks + distractors."""
     rng = np.random.default_rng(seed)
     img = rng.integers(0, 25, (h, w, 3), dtype=np.uint8)
     yy, xx = np.mgrid[0:h, 0:w]
@@ -75,8 +75,8 @@ def scene(seed: int, h: int = 96, w: int = 128):
         objects[name] = m
     background = ~np.any(list(objects.values()), axis=0)
     blob = ((yy - h // 2) ** 2 + (xx - w // 2) ** 2) <= (min(h, w) // 3) ** 2
-    distractors = [background, objects["red"] | objects["green"], blob, objects["blue"] | objects["yellow"]]
-    names = list(objects) + ["background", "red+green", "blob", "blue+yellow"]
+    distractors = [background, objects["red"] | objects["green"], blob, objects["green"] | objects["blue"]]
+    names = list(objects) + ["background", "red+green", "blob", "green+blue"]
     return img, np.stack(list(objects.values()) + distractors), names
 
 
@@ -103,7 +103,7 @@ def test_all_crops_go_through_clip_in_chunked_batches_and_text_is_cached(stub):
     img, masks, _ = scene(0)
     sel = ClipSelector(model=stub, crop=["mask_black", "bbox_crop"], batch_size=3)
     sel.select(img, "red", Candidates(masks))
-    assert stub.image_calls == [3, 3, 2, 3, 3, 2]  # 8 candidates, 2 crops, chunks of 3: no per-candidate forward
+    assert stub.image_calls == [3, 3, 1, 3, 3, 1]  # 7 candidates, 2 crops, chunks of 3: no per-candidate forward
     sel.select(img, "red", Candidates(masks))
     sel.select(img, "green", Candidates(masks))
     assert stub.text_calls == 2  # once per (prompt, templates)
@@ -174,7 +174,10 @@ def test_crop_geometry_on_a_real_clip_preprocessing():
     assert (mb > 250).all(0).float().mean().item() == pytest.approx(400 / 100 ** 2, abs=0.02)
     gb = pixels("grey_background")
     assert abs(gb[:, 2, 2] - torch.tensor(clip.mean) * 255).max() <= 1
-    assert torch.equal(pixels("blur_background")[:, s // 2, s // 2], mb[:, s // 2, s // 2])
+    inside = (25, 26)  # the object's centre (40, 50) after resizing 100 -> 64 and cropping 6 px on the left
+    assert (mb[:, inside[0], inside[1]] == 255).all()
+    assert torch.equal(pixels("blur_background")[:, inside[0], inside[1]], mb[:, inside[0], inside[1]])
+    assert (pixels("blur_background")[:, 2, 2] - 90).abs().max() <= 1  # a flat grey background blurs to itself
 
 
 def test_blur_background_composite_matches_scipy():
@@ -186,7 +189,7 @@ def test_blur_background_composite_matches_scipy():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (40, 50, 3)).astype(np.float32)
     ours = _gaussian_blur(torch.from_numpy(img).permute(2, 0, 1)[None], 2.0)[0].permute(1, 2, 0).numpy()
-    ref = np.stack([gaussian_filter(img[..., c], 2.0, mode="reflect", truncate=3.0) for c in range(3)], -1)
+    ref = np.stack([gaussian_filter(img[..., c], 2.0, mode="mirror", truncate=3.0) for c in range(3)], -1)
     np.testing.assert_allclose(ours, ref, atol=0.05)
     sel = ClipSelector(model=MeanColourClip(), blur_sigma=0.04)
     m = torch.zeros(1, 1, 40, 50, dtype=torch.bool)
@@ -195,7 +198,7 @@ def test_blur_background_composite_matches_scipy():
     bg = sel._background(t, "blur_background")
     comp = torch.where(m, t, bg)[0].permute(1, 2, 0).numpy().astype(float)
     assert np.array_equal(comp[10:20, 10:30], img.astype(np.uint8)[10:20, 10:30])
-    ref2 = np.stack([gaussian_filter(img.astype(np.uint8)[..., c].astype(float), 2.0, mode="reflect", truncate=3.0)
+    ref2 = np.stack([gaussian_filter(img.astype(np.uint8)[..., c].astype(float), 2.0, mode="mirror", truncate=3.0)
                      for c in range(3)], -1)
     assert np.abs(comp[30:, :] - ref2[30:, :]).max() <= 1.0
 

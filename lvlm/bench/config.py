@@ -93,6 +93,37 @@ def load_bench_config(config: str | os.PathLike | dict) -> dict[str, Any]:
     return cfg
 
 
+def apply_overrides(cfg: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` overrides (VALUE read as YAML) on nested keys, e.g. ``datasets.COCO.root=/data/coco``;
+    under ``sweep`` the rest of the key is one name (``sweep.generator.points_per_side=[16,32]``)."""
+    import copy
+
+    import yaml
+
+    cfg = copy.deepcopy(cfg)
+    for item in sets or []:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. datasets.COCO.root=/data/coco")
+        parts = key.split(".")
+        if parts[0] == "sweep" and len(parts) > 2:
+            parts = ["sweep", ".".join(parts[1:])]
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+        cur = cfg
+        for p in parts[:-1]:
+            nxt = cur.get(p)
+            if nxt is None:
+                nxt = cur[p] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a mapping in the config")
+            cur = nxt
+        cur[parts[-1]] = value
+    return cfg
+
+
 def import_plugins(imports: list[str] | None, base: Path | None = None) -> None:
     """Import modules (dotted names) or ``.py`` files that register extra components."""
     for item in imports or []:

@@ -64,6 +64,26 @@ def resolve_strategy(name: str):
     return lambda mask: ps.make_prompts(mask, name)
 
 
+class Indexed:
+    """Random access and ``ids()`` for any dataset: loaders derived from :class:`lvlm.data.base.Dataset`
+    have both; a plain iterable of Samples is read once into memory."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+        self._samples: list[Sample] | None = None
+        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "ids")):
+            self._samples = list(dataset)
+
+    def ids(self) -> list[str]:
+        return [s.id for s in self._samples] if self._samples is not None else list(self.dataset.ids())
+
+    def __getitem__(self, index: int) -> Sample:
+        return self._samples[index] if self._samples is not None else self.dataset[index]
+
+    def __len__(self) -> int:
+        return len(self._samples) if self._samples is not None else len(self.dataset)
+
+
 class Executor:
     """Runs combinations on samples; components, pipelines and datasets are built on first use."""
 
@@ -87,9 +107,10 @@ class Executor:
 
     # --- building ---------------------------------------------------------------------------------
     def dataset(self, label: str):
+        """The dataset of a label, with random access and ``ids()`` (see :class:`Indexed`)."""
         if label not in self._datasets:
             spec = self.config["datasets"][label]
-            self._datasets[label] = build_spec("dataset", spec)
+            self._datasets[label] = Indexed(build_spec("dataset", spec))
         return self._datasets[label]
 
     def component(self, kind: str, spec: Any) -> Any:

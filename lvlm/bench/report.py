@@ -375,8 +375,10 @@ def make_gallery(rows, info: dict[str, Any], dataset: str, path_stem: Path, k: i
     if spec is None:
         return []
     import_plugins((info.get("config") or {}).get("imports"), Path(info["config_dir"]) if info.get("config_dir") else None)
+    from .executor import Indexed
+
     try:
-        ds = build_spec("dataset", spec)
+        ds = Indexed(build_spec("dataset", spec))
     except LvlmError:
         return []  # the data is not here any more: tables only
     index = {sid: i for i, sid in enumerate(ds.ids())}

@@ -25,6 +25,8 @@ DEFAULT_RUNS = "runs"
 
 def add_arguments(parser) -> None:
     parser.add_argument("config", help="benchmark config: a YAML file or a packaged name (e.g. bench/seed001_base)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
+                        help="override a config value (YAML), e.g. datasets.COCO.root=/data/coco (repeatable)")
     parser.add_argument("--out", "-o", help=f"run directory (default: {DEFAULT_RUNS}/<config name>)")
     parser.add_argument("--cache", help="cache directory shared between runs (default: RUN_DIR/cache)")
     parser.add_argument("--device", help="device of every model stage: cpu, cuda, cuda:1 (default: each config's)")
@@ -39,7 +41,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    out = run_benchmark(args.config, args.out, cache_dir=args.cache, device=args.device, backend=args.backend,
+    out = run_benchmark(args.config, args.out, overrides=args.overrides, cache_dir=args.cache, device=args.device, backend=args.backend,
                         workers=args.workers, ray_address=args.ray_address, cpus_per_worker=args.cpus_per_worker,
                         gpus_per_worker=args.gpus_per_worker, limit=args.limit, progress=not args.quiet)
     print(f"{out['run_dir']}: {out['written']} new rows ({out['total']} in all, {out['errors']} with errors) in "
@@ -54,11 +56,12 @@ def _config_name(config: Any) -> str:
     return "bench"
 
 
-def prepare(config: Any, run_dir: str | os.PathLike | None = None) -> tuple[dict, list, Path, Path | None]:
-    """(config dict, combinations, run dir, config's folder) of a config, with run.json / combos.json written."""
-    from .config import expand, load_bench_config
+def prepare(config: Any, run_dir: str | os.PathLike | None = None,
+            overrides: list[str] | None = None) -> tuple[dict, list, Path, Path | None]:
+    """(config dict, combinations, run dir, config's folder) of a config and its ``KEY=VALUE`` overrides."""
+    from .config import apply_overrides, expand, load_bench_config
 
-    cfg = load_bench_config(config)
+    cfg = load_bench_config(apply_overrides(load_bench_config(config), overrides))
     config_dir = None
     if isinstance(config, (str, os.PathLike)):
         from ..pipeline import find_config
@@ -105,7 +108,8 @@ def plan(executor, combos: list, done: set[tuple[str, str]], limit: int | None =
     return todo
 
 
-def run_benchmark(config: Any, run_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+def run_benchmark(config: Any, run_dir: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                  cache_dir: str | os.PathLike | None = None,
                   device: str | None = None, backend: str = "local", workers: int | None = None,
                   ray_address: str | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
                   limit: int | None = None, progress: bool = True) -> dict[str, Any]:
@@ -114,7 +118,7 @@ def run_benchmark(config: Any, run_dir: str | os.PathLike | None = None, cache_d
     from .results import RESULTS, ResultsLog
 
     t0 = time.perf_counter()
-    cfg, combos, run_dir, config_dir = prepare(config, run_dir)
+    cfg, combos, run_dir, config_dir = prepare(config, run_dir, overrides)
     cache = Path(cache_dir) if cache_dir is not None else run_dir / "cache"
     executor = Executor(cfg, combos, cache, device=device, config_dir=config_dir)
     _record(run_dir, cfg, combos, config_dir, {"backend": backend, "device": device, "limit": limit})

@@ -19,11 +19,13 @@ import logging
 import os
 import threading
 import urllib.parse
+import warnings
 import zipfile
 from collections import OrderedDict
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,23 +46,23 @@ _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 # Seed 001 Table III: preset name -> open_clip model, pretrained tag, data, licence
 # ------------------------------------------------------------------------------------------------
 PRESETS: dict[str, dict[str, str]] = {
-    "OA-RN50": dict(model_name="RN50", pretrained="openai", backbone="ResNet-50",
-                    data="OpenAI WIT (400M image-text pairs)", licence="MIT"),
-    "OA-RN101": dict(model_name="RN101", pretrained="openai", backbone="ResNet-101",
-                     data="OpenAI WIT (400M image-text pairs)", licence="MIT"),
-    "OA-ViT-B": dict(model_name="ViT-B-16", pretrained="openai", backbone="ViT-B/16",
-                     data="OpenAI WIT (400M image-text pairs)", licence="MIT"),
-    "OA-ViT-L": dict(model_name="ViT-L-14", pretrained="openai", backbone="ViT-L/14",
-                     data="OpenAI WIT (400M image-text pairs)", licence="MIT"),
-    "CC-RN50": dict(model_name="RN50", pretrained="cc12m", backbone="ResNet-50",
-                    data="Conceptual 12M (cc12m)", licence="MIT (open_clip weights)"),
-    "LA-ViT-B": dict(model_name="ViT-B-16", pretrained="laion400m_e32", backbone="ViT-B/16",
-                     data="LAION-400M (32 epochs)", licence="MIT (open_clip weights)"),
-    "BC-ViT-B": dict(model_name="hf-hub:imageomics/bioclip", pretrained="", backbone="ViT-B/16",
-                     data="TreeOfLife-10M (BioCLIP)", licence="MIT"),
-    "BiomedCLIP": dict(model_name="hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
-                       pretrained="", backbone="ViT-B/16 + PubMedBERT",
-                       data="PMC-15M (PubMed Central figure-caption pairs)", licence="MIT"),
+    "OA-RN50": {"model_name": "RN50", "pretrained": "openai", "backbone": "ResNet-50",
+                "data": "OpenAI WIT (400M image-text pairs)", "licence": "MIT"},
+    "OA-RN101": {"model_name": "RN101", "pretrained": "openai", "backbone": "ResNet-101",
+                 "data": "OpenAI WIT (400M image-text pairs)", "licence": "MIT"},
+    "OA-ViT-B": {"model_name": "ViT-B-16", "pretrained": "openai", "backbone": "ViT-B/16",
+                 "data": "OpenAI WIT (400M image-text pairs)", "licence": "MIT"},
+    "OA-ViT-L": {"model_name": "ViT-L-14", "pretrained": "openai", "backbone": "ViT-L/14",
+                 "data": "OpenAI WIT (400M image-text pairs)", "licence": "MIT"},
+    "CC-RN50": {"model_name": "RN50", "pretrained": "cc12m", "backbone": "ResNet-50",
+                "data": "Conceptual 12M (cc12m)", "licence": "MIT (open_clip weights)"},
+    "LA-ViT-B": {"model_name": "ViT-B-16", "pretrained": "laion400m_e32", "backbone": "ViT-B/16",
+                 "data": "LAION-400M (32 epochs)", "licence": "MIT (open_clip weights)"},
+    "BC-ViT-B": {"model_name": "hf-hub:imageomics/bioclip", "pretrained": "", "backbone": "ViT-B/16",
+                 "data": "TreeOfLife-10M (BioCLIP)", "licence": "MIT"},
+    "BiomedCLIP": {"model_name": "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+                   "pretrained": "", "backbone": "ViT-B/16 + PubMedBERT",
+                   "data": "PMC-15M (PubMed Central figure-caption pairs)", "licence": "MIT"},
 }
 
 
@@ -102,9 +104,9 @@ class OpenClipModel(ClipModel):
         self.interpolation = cfg.get("interpolation", "bicubic")
         self.resize_mode = cfg.get("resize_mode", "shortest")
         self.fill_color = int(cfg.get("fill_color", 0) or 0)
-        self.preprocess_cfg = dict(size=self.image_size, mean=self.mean, std=self.std,
-                                   interpolation=self.interpolation, resize_mode=self.resize_mode,
-                                   fill_color=self.fill_color)
+        self.preprocess_cfg = {"size": self.image_size, "mean": self.mean, "std": self.std,
+                               "interpolation": self.interpolation, "resize_mode": self.resize_mode,
+                               "fill_color": self.fill_color}
         from open_clip.transformer import VisionTransformer
 
         visual = model.visual
@@ -165,7 +167,7 @@ class OpenClipModel(ClipModel):
             else:
                 nh, nw = int(s * h / w), s
             xf = _resize(xf, (nh, nw), mode)
-            top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
+            top, left = round((nh - s) / 2.0), round((nw - s) / 2.0)
             xf = xf[:, :, top:top + s, left:left + s]
         return self.normalize(xf)
 
@@ -324,7 +326,9 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     path = Path(path)
     try:
         if _is_torchscript(path):  # OpenAI's original RN50.pt, ViT-B-16.pt, ... files
-            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+            with warnings.catch_warnings():  # torch marks TorchScript as deprecated; the files still exist
+                warnings.simplefilter("ignore", FutureWarning)
+                sd = torch.jit.load(str(path), map_location="cpu").state_dict()
             for key in ("input_resolution", "context_length", "vocab_size"):
                 sd.pop(key, None)
         else:
@@ -662,7 +666,7 @@ def _make_preset(preset: str, p: dict[str, str]):
 
 
 for _preset, _p in PRESETS.items():
-    register("clip", _preset, description=f"{_p['backbone']} CLIP pretrained on {_p['data']}",
+    register("clip", _preset, description=f"{_p['backbone']} CLIP (seed 001 Table III)",
              source=_source(_p))(_make_preset(_preset, _p))
 
 
@@ -680,13 +684,15 @@ def build_open_clip(model_name: str | None = None, pretrained: str | None = None
 
 
 # Tiny random configs built from open_clip's real tower classes (ModifiedResNet, VisionTransformer).
-_TINY_TEXT = dict(context_length=32, vocab_size=49408, width=32, heads=2, layers=1)
+_TINY_TEXT = {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 TINY_CONFIGS: dict[str, dict] = {
-    "tiny-rn": dict(embed_dim=32, vision_cfg=dict(layers=[1, 1, 1, 1], width=8, head_width=8, image_size=64),
-                    text_cfg=_TINY_TEXT),
-    "tiny-vit": dict(embed_dim=32, vision_cfg=dict(layers=2, width=32, head_width=16, patch_size=16, image_size=64,
-                                                   mlp_ratio=2.0),
-                     text_cfg=_TINY_TEXT),
+    "tiny-rn": {"embed_dim": 32,
+                "vision_cfg": {"layers": [1, 1, 1, 1], "width": 8, "head_width": 8, "image_size": 64},
+                "text_cfg": _TINY_TEXT},
+    "tiny-vit": {"embed_dim": 32,
+                 "vision_cfg": {"layers": 2, "width": 32, "head_width": 16, "patch_size": 16, "image_size": 64,
+                                "mlp_ratio": 2.0},
+                 "text_cfg": _TINY_TEXT},
 }
 
 
@@ -751,3 +757,8 @@ def load_clip(spec: Any, device: str = "auto", cache: bool = True) -> ClipModel:
         while len(_LOADED) > _LOADED_MAX:
             _LOADED.popitem(last=False)
     return model
+
+
+def clear_clip_cache() -> None:
+    """Forget the CLIP models kept by :func:`load_clip` (frees their memory once nothing else holds them)."""
+    _LOADED.clear()

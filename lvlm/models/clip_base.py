@@ -36,6 +36,17 @@ class ClipModel:
         side to S with bicubic interpolation, centre crop, normalise)."""
         raise NotImplementedError
 
+    def preprocess_chw(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W uint8 (or 0-255 float) tensor on device -> B x 3 x S x S normalised pixels."""
+        arr = x.permute(0, 2, 3, 1).to("cpu", torch.uint8).numpy()
+        return self.preprocess(list(arr))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x S x S pixels on the 0-255 scale -> the model's normalised input."""
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) * 255
+        return (x - mean) / std
+
     # --- encoders -----------------------------------------------------------------------------
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """B x 3 x S x S preprocessed pixels -> B x D embeddings (L2-normalised when ``normalize``)."""

@@ -15,8 +15,8 @@ import os
 import threading
 import zipfile
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,10 +31,10 @@ MEDCLIP_MEAN = 0.5862785803043838  # MedCLIP's single-channel normalisation (med
 MEDCLIP_STD = 0.27950088968644304
 WEIGHTS_NAME = "pytorch_model.bin"
 VARIANTS = {
-    "resnet": dict(dir="medclip-resnet", zip="medclip-pretrained.zip",
-                   url="https://storage.googleapis.com/pytrial/medclip-pretrained.zip", cls="MedCLIPVisionModel"),
-    "swin": dict(dir="medclip-vit", zip="medclip-vit-pretrained.zip",
-                 url="https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip", cls="MedCLIPVisionModelViT"),
+    "resnet": {"dir": "medclip-resnet", "zip": "medclip-pretrained.zip", "cls": "MedCLIPVisionModel",
+               "url": "https://storage.googleapis.com/pytrial/medclip-pretrained.zip"},
+    "swin": {"dir": "medclip-vit", "zip": "medclip-vit-pretrained.zip", "cls": "MedCLIPVisionModelViT",
+             "url": "https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip"},
 }
 
 

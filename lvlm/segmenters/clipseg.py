@@ -83,12 +83,13 @@ def load_clipseg(model: str | os.PathLike = DEFAULT_MODEL) -> tuple[Any, Any]:
     except (OSError, ValueError) as exc:
         hub_cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
             os.environ.get("HF_HOME", os.path.join("~", ".cache", "huggingface")), "hub")
-        reason = ("download failed" if is_online else
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        reason = (f"download failed ({type(exc).__name__}: {first})" if is_online else
                   f"{HF_HOST} is unreachable (offline) and it is not in the Hugging Face cache {hub_cache}")
         raise WeightsNotFoundError(
             f"CLIPSeg model {name!r} not found: {reason}. Get it from {_hub_url(name)} "
             f"(e.g. `huggingface-cli download {name}` on a connected machine, or `git clone {_hub_url(name)}` "
-            f"and pass model=DIR, or put the directory at {local}). [{type(exc).__name__}: {str(exc)[:200]}]"
+            f"and pass model=DIR, or put the directory at {local})"
         ) from None
     return net, proc
 
@@ -142,6 +143,9 @@ def tiny_clipseg(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = CLIPSegForImageSegmentation(cfg)
+        for m in net.decoder.modules():  # PyTorch's default init: logits of order 1, not saturated
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.reset_parameters()
     ip = ViTImageProcessor(size={"height": image_size, "width": image_size},
                            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
     return net.eval(), CLIPSegProcessor(image_processor=ip, tokenizer=tok)

@@ -9,7 +9,8 @@ overlap what was already chosen (e.g. the two lungs that SAM returns as separate
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -297,7 +298,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of a B x C x H x W float tensor (reflect padding)."""
     if sigma <= 0:
         return x
-    radius = max(1, int(round(3 * sigma)))
+    radius = max(1, round(3 * sigma))
     radius = min(radius, max(1, min(x.shape[-2:]) - 1))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     k = torch.exp(-0.5 * (t / sigma) ** 2)

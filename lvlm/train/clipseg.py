@@ -625,7 +625,9 @@ def add_arguments(parser) -> None:
     d.add_argument("--train-split", default="train", help="dataset split to train on (default: train)")
     d.add_argument("--val-split", default="valid", help="dataset split to validate on (default: valid)")
     d.add_argument("--dataset-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra dataset constructor argument (repeatable)")
+                   help="extra dataset constructor argument (repeatable; values parsed as YAML)")
+    d.add_argument("--val-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="constructor argument for the validation set only (for datasets without splits)")
     d.add_argument("--data", action="append", default=[], metavar="DIR",
                    help="folder with images/ + masks/ (or train/ + val/ holding them); repeatable")
     d.add_argument("--prompt", action="append", default=[], metavar="TEXT",
@@ -662,20 +664,25 @@ def _load_data(args) -> tuple[list, list]:
     if args.dataset and args.data:
         raise ConfigError("give --dataset or --data, not both")
     if args.dataset:
-        from ..registry import build
+        import inspect
 
-        extra: dict[str, Any] = {}
-        for kv in args.dataset_arg:
-            if "=" not in kv:
-                raise ConfigError(f"--dataset-arg {kv!r}: expected KEY=VALUE")
-            k, v = kv.split("=", 1)
-            import yaml
+        from ..registry import build, get
 
-            extra[k] = yaml.safe_load(v)
+        extra = _key_values(args.dataset_arg, "--dataset-arg")
+        val_extra = _key_values(args.val_arg, "--val-arg")
         if args.root:
             extra["root"] = args.root[0] if len(args.root) == 1 else list(args.root)
-        train = list(build("dataset", args.dataset, split=args.train_split, **extra))
-        val = list(build("dataset", args.dataset, split=args.val_split, **extra))
+        entry = get("dataset", args.dataset)
+        target = entry.obj.__init__ if inspect.isclass(entry.obj) else entry.obj
+        train_kw, val_kw = dict(extra), {**extra, **val_extra}
+        if "split" in inspect.signature(target).parameters:
+            train_kw.setdefault("split", args.train_split)
+            val_kw.setdefault("split", args.val_split)
+        elif not val_extra:
+            raise ConfigError(f"dataset {args.dataset!r} has no splits: give --val-arg KEY=VALUE to make the "
+                              "validation set differ from the training set (e.g. --val-arg start=20000000)")
+        train = list(build("dataset", args.dataset, **train_kw))
+        val = list(build("dataset", args.dataset, **val_kw))
     elif args.data:
         prompts = args.prompt
         if not prompts:
@@ -694,6 +701,18 @@ def _load_data(args) -> tuple[list, list]:
     if args.limit:
         train, val = train[: args.limit], val[: args.limit]
     return train, val
+
+
+def _key_values(items: list[str], option: str) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for kv in items:
+        if "=" not in kv:
+            raise ConfigError(f"{option} {kv!r}: expected KEY=VALUE")
+        k, v = kv.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
 
 
 def _load_prompt_map(path: str | None) -> dict | None:

@@ -934,8 +934,6 @@ def run(args) -> int:
     if args.no_hflip:
         overrides["hflip"] = False
     config = DecoderTrainConfig.from_any(cfg, **overrides)
-    device = resolve_device(args.device)
-    model = build_model(args.model, args.model_type, args.checkpoint, device)
 
     def dataset(name, extra):
         kwargs = dict(_kv(t) for t in extra)
@@ -945,6 +943,8 @@ def run(args) -> int:
 
     train = dataset(args.dataset, args.data_arg)
     val = dataset(args.val_dataset, args.val_data_arg) if args.val_dataset else None
+    device = resolve_device(args.device)
+    model = build_model(args.model, args.model_type, args.checkpoint, device)
     name = args.model if args.model != "sam" else (args.model_type or "vit_b")
     res = train_sam_decoder(model, train, val, out_dir=args.out, config=config, cache_dir=args.cache_dir,
                             device=device, resume=args.resume, model_name=name, progress=not args.quiet)
