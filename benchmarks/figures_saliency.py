@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         ax.axis("off")
         if heat is not None:
             ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-    axes[0].text(4, 14, f'"{text}"', color="white", fontsize=11, bbox=dict(facecolor="black", alpha=0.6))
+    axes[0].text(4, 14, f'"{text}"', color="white", fontsize=11, bbox={"facecolor": "black", "alpha": 0.6})
     tb = obj.box
     axes[3].add_patch(Rectangle((tb[0], tb[1]), tb[2] - tb[0], tb[3] - tb[1], fill=False, ec="white", lw=1.5, ls="--"))
     if res.prompts is not None and res.prompts.boxes is not None:

@@ -55,7 +55,7 @@ def test_crf_refines_noisy_saliency_towards_the_object():
 
 
 def test_large_images_are_downsampled_and_still_agree():
-    img, sal, truth = _scene(56, 72, seed=4)
+    img, sal, _truth = _scene(56, 72, seed=4)
     q = TorchDenseCRF(device="cpu", max_pixels=1000)(img, sal)  # run on a 28 x 36 grid
     assert q.shape == sal.shape and q.dtype == np.float32
     full = TorchDenseCRF(device="cpu", max_pixels=56 * 72)(img, sal)

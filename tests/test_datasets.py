@@ -59,7 +59,7 @@ def _write_coco(root):
     h, w = 40, 60
     _img(root / "val2017" / "000000000001.jpg", h, w)
     _img(root / "val2017" / "000000000002.jpg", h, w, seed=1)
-    poly = lambda x0, y0, x1, y1: [[x0, y0, x1, y0, x1, y1, x0, y1]]  # noqa: E731
+    poly = lambda x0, y0, x1, y1: [[x0, y0, x1, y0, x1, y1, x0, y1]]
     anns = [
         {"id": 10, "image_id": 1, "category_id": 1, "segmentation": poly(5, 5, 25, 25), "area": 400.0,
          "bbox": [5, 5, 20, 20], "iscrowd": 0},
@@ -99,7 +99,14 @@ def test_coco_selection_and_masks(tmp_path):
 
 def test_coco_selection_builder_levels_by_objective_cues(tmp_path):
     pytest.importorskip("pycocotools")
-    from lvlm.data.coco import LEVELS, _coco, edge_density, make_selection, selection_candidates, write_selection
+    from lvlm.data.coco import (
+        LEVELS,
+        _coco,
+        edge_density,
+        make_selection,
+        selection_candidates,
+        write_selection,
+    )
 
     root = _write_coco(tmp_path / "coco")
     coco = _coco(root / "annotations" / "instances_val2017.json")

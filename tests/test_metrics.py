@@ -20,7 +20,7 @@ def test_iou_matches_pycocotools_and_dice_precision_recall_match_counts():
     mask_utils = pytest.importorskip("pycocotools.mask")
     pred, gt = _random_masks(seed=1), _random_masks(seed=2)
     ours = M.iou(pred, gt)
-    enc = lambda m: mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))  # noqa: E731
+    enc = lambda m: mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
     ref = np.array([mask_utils.iou([enc(p)], [enc(g)], [0])[0, 0] for p, g in zip(pred, gt)])
     np.testing.assert_allclose(ours, ref, rtol=1e-12)
     tp = (pred & gt).sum((1, 2))

@@ -208,7 +208,7 @@ def test_concentrated_saliency_gives_the_object_box(threshold):
     box = (50, 30, 130, 90)
     sal = pfs.smooth(_blob_saliency(120, 160, box), 0.02)
     mask, _ = pfs.binarize(sal, threshold)
-    boxes, regions = pfs.boxes_from_mask(mask, "largest")
+    boxes, _regions = pfs.boxes_from_mask(mask, "largest")
     assert len(boxes) == 1
     assert _iou(boxes[0], box) > 0.8
 

@@ -103,7 +103,7 @@ def _gaussian_blur_sum(q: torch.Tensor, sigma_y: float, sigma_x: float) -> torch
     separable convolution with zero padding (no pixels beyond the border), truncated at 4 sigma. q: C x H x W."""
 
     def taps(sigma: float) -> tuple[torch.Tensor, int]:
-        r = max(1, int(math.ceil(4.0 * sigma)))
+        r = max(1, math.ceil(4.0 * sigma))
         x = torch.arange(-r, r + 1, device=q.device, dtype=q.dtype)
         return torch.exp(-(x * x) / (2.0 * sigma * sigma)), r
 
@@ -168,7 +168,7 @@ class TorchDenseCRF(DenseCRF):
         img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(dev).permute(2, 0, 1)
         unary = torch.from_numpy(self.unary_energy(saliency)).to(dev)
         factor = min(1.0, math.sqrt(self.max_pixels / float(h * w)))
-        hs, ws = max(1, int(round(h * factor))), max(1, int(round(w * factor)))
+        hs, ws = max(1, round(h * factor)), max(1, round(w * factor))
         if (hs, ws) != (h, w):
             img = F.interpolate(img[None], size=(hs, ws), mode="area")[0]
             unary = F.interpolate(unary[None], size=(hs, ws), mode="area")[0]

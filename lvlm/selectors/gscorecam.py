@@ -27,15 +27,15 @@ from ..registry import register
 from .cams import SaliencyMethod, as_text_features, clip_device, clip_logit_scale, clip_score, finish_cam
 
 
-def resolve_topk(topk: int | float | str | None, channels: int) -> int:
+def resolve_topk(topk: float | str | None, channels: int) -> int:
     """Number of channels to keep: an int (clamped to ``channels``), a fraction in (0, 1], or
     ``None`` / ``"all"`` for every channel."""
     if topk is None or topk == "all":
         return channels
     if isinstance(topk, bool) or not isinstance(topk, (int, float)):
-        raise ValueError(f"topk={topk!r}: give a channel count (e.g. 300), a fraction (e.g. 0.1) or 'all'")
+        raise ValueError(f"topk={topk!r}: give a channel count (e.g. 300), a fraction (e.g. 0.1) or 'all'")  # noqa: TRY004
     if isinstance(topk, float) and 0 < topk <= 1:
-        return max(1, min(channels, int(round(topk * channels))))
+        return max(1, min(channels, round(topk * channels)))
     if topk < 1 or int(topk) != topk:
         raise ValueError(f"topk={topk!r} must be a whole number of channels (>= 1) or a fraction in (0, 1]")
     return min(channels, int(topk))
@@ -103,7 +103,7 @@ class GScoreCAM(SaliencyMethod):
 
     name = "gscorecam"
 
-    def __init__(self, topk: int | float | str | None = 300, batch_size: int = 128,
+    def __init__(self, topk: float | str | None = 300, batch_size: int = 128,
                  logit_scale: float | None = None, progress: bool = False) -> None:
         resolve_topk(topk, 10**9)  # validate early
         if int(batch_size) < 1:

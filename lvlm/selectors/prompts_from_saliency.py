@@ -132,7 +132,7 @@ def points_for_regions(saliency: np.ndarray, regions: list[np.ndarray], boxes: n
     is no box) labelled 0."""
     s = np.asarray(saliency, dtype=np.float32)
     h, w = s.shape
-    dist = max(1, int(round(min_distance * min(h, w))))
+    dist = max(1, round(min_distance * min(h, w)))
     peaks = (ndimage.maximum_filter(s, size=2 * dist + 1, mode="nearest") == s)
     pts_all, lab_all = [], []
     for k, region in enumerate(regions):
@@ -155,7 +155,7 @@ def points_for_regions(saliency: np.ndarray, regions: list[np.ndarray], boxes: n
         if negative > 0:
             area = np.zeros((h, w), bool)
             if boxes is not None and len(boxes):
-                x0, y0, x1, y1 = (int(round(v)) for v in boxes[k])
+                x0, y0, x1, y1 = (round(v) for v in boxes[k])
                 area[y0:y1, x0:x1] = True
             area &= ~region
             if not area.any():

@@ -14,7 +14,8 @@ connected regions become box (and point) prompts::
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ class SaliencyPrompter(Prompter):
     """
 
     def __init__(self, clip: str | dict | ClipModel = "OA-RN50", method: str | dict | Callable = "gscorecam",
-                 topk: int | float | str | None = 300, batch_size: int = 128, logit_scale: float | None = None,
+                 topk: float | str | None = 300, batch_size: int = 128, logit_scale: float | None = None,
                  templates: Sequence[str] = ("{}",), resize: str = "stretch", crf: str | dict | None = None,
                  sigma: float = 0.02, threshold: float | str = "auto", box_mode: str = "largest",
                  min_area: float = 0.001, max_boxes: int | None = None, points: int = 0, negative_points: int = 0,

@@ -500,8 +500,11 @@ def plot_curves(histories: dict[int, list[dict[str, Any]]], path: str | os.PathL
         axes[0].plot(ep, [h["val_loss"] for h in hist], color=c, ls="--", label=f"seed {seed} val")
         axes[1].plot(ep, [h["val_miou"] for h in hist], color=c, marker="o", ms=3, label=f"seed {seed}")
         axes[2].plot(ep, [h["val_dice"] for h in hist], color=c, marker="o", ms=3, label=f"seed {seed}")
+    from matplotlib.ticker import MaxNLocator
+
     for ax, title in zip(axes, ("BCE + Dice loss", "validation mIoU", "validation Dice")):
         ax.set_title(title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
