@@ -138,6 +138,8 @@ class Pipeline:
             elif self.prompter is not None:
                 with _timed(timings, "prompter"):
                     prompts, extra = self.prompter.prompts(img, prompt)
+                if prompts.text is None:
+                    prompts.text = prompt
             elif getattr(self.segmenter, "text_conditioned", False):
                 prompts = Prompts(text=prompt)
             else:

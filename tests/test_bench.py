@@ -13,10 +13,10 @@ from lvlm.bench import results as results_mod
 from lvlm.bench.config import expand
 from lvlm.bench.results import ResultsLog, read_rows
 from lvlm.bench.runner import run_benchmark
-from lvlm.components import MaskGenerator, Selector
+from lvlm.components import MaskGenerator, PromptedSegmenter, Prompter, Selector
 from lvlm.errors import ConfigError
 from lvlm.registry import register
-from lvlm.types import Candidates, Selection
+from lvlm.types import Candidates, Prompts, Sample, Selection, masks_to_boxes
 
 
 @register("generator", "test_bench_bands", description="test stub: horizontal bands, counts its passes")
@@ -53,6 +53,56 @@ class PickSelector(Selector):
         scores = np.array([image[m].mean() if m.any() else 0.0 for m in candidates.masks])
         i = (int(np.argmax(scores)) + self.offset) % len(candidates)
         return Selection(candidates.masks[i], float(scores[i]), i, scores)
+
+
+@register("prompter", "test_bench_bright", description="test stub: the box of the bright pixels")
+class BrightPrompter(Prompter):
+    calls = 0
+
+    def __init__(self, level: int = 127):
+        self.level = level
+
+    def prompts(self, image, text):
+        type(self).calls += 1
+        return Prompts(boxes=masks_to_boxes((image.mean(2) > self.level)[None])), {"map": image.mean(2)}
+
+
+@register("segmenter", "test_bench_fill", description="test stub: fills boxes; a point gives a 5 x 5 square")
+class FillSegmenter(PromptedSegmenter):
+    embeds = 0
+
+    def __init__(self, grow: int = 0):
+        self.grow = grow
+
+    def _embed(self, image):
+        type(self).embeds += 1
+        return image.shape[:2]
+
+    def _decode(self, shape, prompts, image):
+        h, w = shape
+        masks = []
+        for k in range(len(prompts)):
+            m = np.zeros((h, w), bool)
+            if prompts.boxes is not None:
+                x0, y0, x1, y1 = prompts.boxes[k].astype(int)
+                m[max(0, y0 - self.grow):y1 + self.grow, max(0, x0 - self.grow):x1 + self.grow] = True
+            else:
+                x, y = prompts.points[k][0].astype(int)
+                m[max(0, y - 2):y + 3, max(0, x - 2):x + 3] = True
+            masks.append(m)
+        return Candidates(np.stack(masks))
+
+
+@register("dataset", "test_bench_iterable", description="test stub: a plain iterable of samples")
+class IterableOnly:
+    def __init__(self, n: int = 3):
+        self.n = n
+
+    def __iter__(self):
+        for i in range(self.n):
+            img = np.zeros((16, 16, 3), np.uint8)
+            img[2 + i:8 + i, 3:9] = 255
+            yield Sample(id=f"it{i}", image=img, prompt="square", mask=img[..., 0] > 0)
 
 
 def write_folder(root: Path, n: int = 4, size=(24, 32)) -> Path:
@@ -217,9 +267,9 @@ def test_cli_bench_and_report(toy, tmp_path, capsys):
 
 RAY_PLUGIN = '''
 import numpy as np
-from lvlm.components import MaskGenerator, Selector
+from lvlm.components import MaskGenerator, PromptedSegmenter, Prompter, Selector
 from lvlm.registry import register
-from lvlm.types import Candidates, Selection
+from lvlm.types import Candidates, Prompts, Sample, Selection, masks_to_boxes
 
 
 @register("generator", "ray_test_bands")
@@ -266,3 +316,58 @@ def test_ray_backend_gives_the_local_results(toy, tmp_path):
     assert dist["written"] == local["written"] == 16
     assert dist["generator_passes"] == local["generator_passes"] == 8
     assert _strip(read_rows(tmp_path / "ray")) == _strip(read_rows(tmp_path / "local"))
+
+
+def test_prompted_matrix_runs_each_prompter_once_per_image_and_each_segmenter_embeds_once(toy, tmp_path):
+    BrightPrompter.calls = FillSegmenter.embeds = 0
+    cfg = {"datasets": {"toy": {"name": "folder", "root": str(toy), "prompt": "bright square"}},
+           "matrix": {"prompter": {"P100": {"name": "test_bench_bright", "level": 100},
+                                   "P127": {"name": "test_bench_bright"}, "P200": {"name": "test_bench_bright", "level": 200}},
+                      "segmenter": {"F0": {"name": "test_bench_fill"}, "F1": {"name": "test_bench_fill", "grow": 1}}}}
+    out = run_benchmark(cfg, tmp_path / "run", progress=False)
+    assert out["written"] == 3 * 2 * 4
+    assert BrightPrompter.calls == 3 * 4  # C prompters per image, not C x S
+    assert FillSegmenter.embeds == 2 * 4  # S segmenters embed each image once
+    rows = read_rows(tmp_path / "run")
+    exact = [r for r in rows if r["labels"] == {"prompter": "P127", "segmenter": "F0"}]
+    assert all(r["iou"] == 1.0 for r in exact)  # the bright square's box is the mask
+    # resumed with a new segmenter: the prompts come from the disk cache, not from the prompter
+    cfg["matrix"]["segmenter"]["F2"] = {"name": "test_bench_fill", "grow": 2}
+    run_benchmark(cfg, tmp_path / "run", progress=False)
+    assert BrightPrompter.calls == 3 * 4 and len(read_rows(tmp_path / "run")) == 3 * 3 * 4
+
+
+def test_prompt_strategies_from_the_ground_truth(toy, tmp_path):
+    cfg = {"datasets": {"toy": {"name": "folder", "root": str(toy), "prompt": "bright square"}},
+           "pipelines": [{"label": "fill", "segmenter": {"name": "test_bench_fill"}}],
+           "strategies": {"Box": "sample_box", "Center": "center", "Mine": "tests_not_a_module:fn"}}
+    with pytest.raises(ConfigError, match="tests_not_a_module"):
+        run_benchmark(cfg, tmp_path / "bad", progress=False)
+    del cfg["strategies"]["Mine"]
+    run_benchmark(cfg, tmp_path / "run", progress=False)
+    rows = read_rows(tmp_path / "run")
+    box = [r for r in rows if r["labels"]["strategy"] == "Box"]
+    centre = [r for r in rows if r["labels"]["strategy"] == "Center"]
+    assert len(box) == len(centre) == 4 and all(r["iou"] == 1.0 for r in box)
+    assert all(r["pred_area"] == 25 and r["precision"] == 1.0 for r in centre)  # a 5 x 5 square inside the object
+    from lvlm.bench.report import seed002_rows
+
+    comp = seed002_rows(rows)
+    assert [c["prompt_strategy"] for c in comp] == ["Box", "Center"] and comp[0]["iou_mean"] == 1.0
+    assert comp[0]["num_samples"] == 4 and comp[0]["f1_mean"] == comp[0]["dice_mean"]
+
+
+def test_overrides_iterable_datasets_and_generator_strategy_mismatch(tmp_path):
+    from lvlm.bench.config import apply_overrides
+
+    cfg = {"datasets": {"it": {"name": "test_bench_iterable", "n": 2}},
+           "matrix": {"generator": {"S": {"name": "test_bench_bands"}}, "selector": {"C": "test_bench_pick"}}}
+    over = apply_overrides(cfg, ["datasets.it.n=3", "sweep.generator.bands=[2, 3]"])
+    assert over["datasets"]["it"]["n"] == 3 and over["sweep"] == {"generator.bands": [2, 3]}
+    assert cfg["datasets"]["it"]["n"] == 2  # the original is untouched
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_overrides(cfg, ["datasets.it.n"])
+    out = run_benchmark(cfg, tmp_path / "run", overrides=["datasets.it.n=3"], progress=False)
+    assert out["written"] == 3 and [r["sample"] for r in read_rows(tmp_path / "run")] == ["it0", "it1", "it2"]
+    with pytest.raises(ConfigError, match="prompted segmenter"):
+        run_benchmark({**cfg, "strategies": {"Box": "sample_box"}}, tmp_path / "run2", progress=False)

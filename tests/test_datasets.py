@@ -254,3 +254,31 @@ def test_folder_fixed_prompt_and_csv(tmp_path):
     ds = build("dataset", "folder", root=str(root), prompts="prompts.csv", mask_suffix="_mask")
     assert ds.ids() == ["p0_a_cat", "p0_a_dog", "p2"]
     assert [s.tags["class"] for s in ds] == ["cat", "dog", "cow"] and ds[1].mask.sum() == 6 * 5
+
+
+def test_make_coco_selection_script(tmp_path):
+    pytest.importorskip("pycocotools")
+    import csv
+    import runpy
+
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(1, 13):
+        images.append({"id": i, "file_name": f"{i:012d}.jpg", "height": 100, "width": 100})
+        for k in range(int(rng.integers(1, 6))):
+            side = int(rng.integers(8, 60))
+            anns.append({"id": 100 * i + k, "image_id": i, "category_id": k + 1, "area": float(side * side),
+                         "bbox": [0, 0, side, side], "iscrowd": 0,
+                         "segmentation": [[0, 0, side, 0, side, side, 0, side]]})
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(
+        {"images": images, "annotations": anns, "categories": [{"id": k, "name": f"c{k}"} for k in range(1, 7)]}))
+    main = runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "scripts" / "make_coco_selection.py"))["main"]
+    assert main(["--root", str(root), "--out", str(tmp_path / "sel.csv"), "--per-level", "2", "--no-edges"]) == 0
+    with (tmp_path / "sel.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["difficulty"] for r in rows] == ["easy"] * 2 + ["medium"] * 2 + ["hard"] * 2 + ["very hard"] * 2
+    (root / "val2017").mkdir()
+    ds = build("dataset", "coco", root=str(root), selection=str(tmp_path / "sel.csv"))
+    assert len(ds) == 8 and ds[0].tags["difficulty"] == "easy"

@@ -17,7 +17,7 @@ from lvlm.pipeline import Pipeline
 from lvlm.registry import build
 from lvlm.types import Prompts
 
-KNOBS = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+KNOBS = {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
 
 
 @pytest.fixture(scope="module")

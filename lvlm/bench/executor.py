@@ -104,6 +104,7 @@ class Executor:
         self.by_dataset: dict[str, list[Combination]] = {}
         for c in combos:
             self.by_dataset.setdefault(c.dataset, []).append(c)
+            self.strategy(c.strategy)  # unknown strategies fail now, not as error rows
 
     # --- building ---------------------------------------------------------------------------------
     def dataset(self, label: str):
@@ -150,13 +151,15 @@ class Executor:
 
     # --- running ----------------------------------------------------------------------------------
     def run_sample(self, dataset: str, index: int, skip: set[str] | frozenset = frozenset(),
-                   sample: Sample | None = None) -> Iterator[dict[str, Any]]:
+                   expect_id: str | None = None) -> Iterator[dict[str, Any]]:
         """Rows of every combination of ``dataset`` not in ``skip`` (combination ids) on sample ``index``."""
         combos = [c for c in self.by_dataset.get(dataset, []) if c.id not in skip]
         if not combos:
             return
-        if sample is None:
-            sample = self.dataset(dataset)[index]
+        sample = self.dataset(dataset)[index]
+        if expect_id is not None and sample.id != expect_id:
+            raise LvlmError(f"dataset {dataset!r}: sample {index} is {sample.id!r} here but {expect_id!r} in the "
+                            "driver; the dataset must list its samples in the same order everywhere")
         image = load_image(sample.image)
         gt = load_mask(sample.mask) if not isinstance(sample.mask, np.ndarray) else np.asarray(sample.mask, bool)
         if gt.shape != image.shape[:2]:

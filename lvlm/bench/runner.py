@@ -138,8 +138,8 @@ def run_benchmark(config: Any, run_dir: str | os.PathLike | None = None, overrid
             bar.update(1)
 
         if backend == "local":
-            for ds_label, index, _, skip in todo:
-                for row in executor.run_sample(ds_label, index, skip):
+            for ds_label, index, sid, skip in todo:
+                for row in executor.run_sample(ds_label, index, skip, expect_id=sid):
                     commit(row)
             stats["generator_passes"] = sum(g.passes for g in executor.generators)
             stats["cache_hits"] = sum(g.disk_hits for g in executor.generators)
@@ -175,8 +175,8 @@ class _Worker:
 
         self.executor = Executor(cfg, combos, cache, device=device, config_dir=config_dir)
 
-    def run(self, dataset: str, index: int, skip) -> list[dict[str, Any]]:
-        return list(self.executor.run_sample(dataset, index, set(skip)))
+    def run(self, dataset: str, index: int, sample_id: str, skip) -> list[dict[str, Any]]:
+        return list(self.executor.run_sample(dataset, index, set(skip), expect_id=sample_id))
 
     def stats(self) -> tuple[int, int]:
         gens = self.executor.generators
@@ -207,7 +207,7 @@ def _run_ray(cfg, combos, cache, device, config_dir, todo, commit, workers, addr
         pool = ActorPool(actors)
         # ordered map: rows are committed in the local run's order, each sample as soon as it and its
         # predecessors are done
-        for rows in pool.map(lambda a, t: a.run.remote(t[0], t[1], list(t[3])), todo):
+        for rows in pool.map(lambda a, t: a.run.remote(t[0], t[1], t[2], list(t[3])), todo):
             for row in rows:
                 commit(row)
         stats = ray.get([a.stats.remote() for a in actors])

@@ -15,8 +15,9 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -343,7 +343,7 @@ class ClipSegSegmenter(PromptedSegmenter):
         if self.refine is not None:
             base = self._refine_base(image, prompts.text)
             mask = self._combine(mask, prob, base)
-            extra["refined"] = base
+            extra["refine_base"] = base
         masks = restrict_to_prompts(mask, prompts)
         scores = np.array([float(prob[m].mean()) if m.any() else 0.0 for m in masks], np.float32)
         return Candidates(masks, scores=scores, source="clipseg", extra=extra)

@@ -134,31 +134,25 @@ class SaliencyPrompter(Prompter):
             return emb / emb.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
     def _pixels(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-        """``1 x 3 x S x S`` normalised pixels on the model's device, and the image's place in the square
-        (top, left, height, width in square pixels)."""
+        """``1 x 3 x S x S`` model input on the model's device (the whole image resized to the square, or
+        padded to a square first), and the image's place in it (top, left, height, width in input pixels)."""
         dev = clip_device(self.clip)
         s = int(self.clip.image_size)
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(dev).permute(2, 0, 1)[None].float() / 255.0
-        mean = torch.tensor(self.clip.mean, device=dev).view(1, 3, 1, 1)
-        std = torch.tensor(self.clip.std, device=dev).view(1, 3, 1, 1)
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(dev).permute(2, 0, 1)[None].float()  # 0-255
         h, w = image.shape[:2]
         if self.resize == "pad":
             side = max(h, w)
             top, left = (side - h) // 2, (side - w) // 2
-            canvas = mean.expand(1, 3, side, side).clone()  # pad with the mean colour (0 after normalising)
+            mean = torch.tensor(self.clip.mean, device=dev).view(1, 3, 1, 1) * 255.0
+            canvas = mean.expand(1, 3, side, side).clone()  # pad with the mean colour (0 once normalised)
             canvas[:, :, top:top + h, left:left + w] = x
             x = canvas
             place = (round(top * s / side), round(left * s / side), max(1, round(h * s / side)),
                      max(1, round(w * s / side)))
         else:
             place = (0, 0, s, s)
-        x = F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-        x = (x - mean) / std
-        try:
-            dtype = next(self.clip.model.parameters()).dtype
-        except (AttributeError, StopIteration):
-            dtype = torch.float32
-        return x.to(dtype), place
+        x = F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False, antialias=True).clamp(0, 255)
+        return self.clip.normalize(x), place
 
     def saliency(self, image: np.ndarray, text: str) -> np.ndarray:
         """``H x W`` float32 saliency in [0, 1] of ``text`` in ``image`` (H x W x 3 uint8)."""

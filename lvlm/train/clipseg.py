@@ -57,11 +57,14 @@ def bce_dice_loss(logits, target, eps: float = 1.0):
 
 def iou_dice(pred, gt) -> tuple[Any, Any]:
     """IoU and Dice (tensors) of two bool masks; both empty counts as a perfect match (1, 1)."""
+    import torch
+
     inter = (pred & gt).sum().float()
-    a, b = pred.sum().float(), gt.sum().float()
-    union = a + b - inter
-    iou = inter / union if union > 0 else union.new_tensor(1.0)
-    dice = 2 * inter / (a + b) if (a + b) > 0 else union.new_tensor(1.0)
+    total = pred.sum().float() + gt.sum().float()
+    union = total - inter
+    one = torch.ones_like(inter)  # no branch on values: no device -> host sync per image
+    iou = torch.where(union > 0, inter / union.clamp_min(1.0), one)
+    dice = torch.where(total > 0, 2 * inter / total.clamp_min(1.0), one)
     return iou, dice
 
 
@@ -642,25 +645,26 @@ def add_arguments(parser) -> None:
     t.add_argument("--model", default=None,
                    help="base CLIPSeg: Hugging Face id, local directory or tiny-random (default: CIDAS/clipseg-rd64-refined)")
     t.add_argument("--out", "-o", default="runs/clipseg", help="output directory (default: runs/clipseg)")
-    t.add_argument("--epochs", type=int, default=SEED000["epochs"])
-    t.add_argument("--batch-size", type=int, default=SEED000["batch_size"])
-    t.add_argument("--lr", type=float, default=SEED000["lr"])
-    t.add_argument("--weight-decay", type=float, default=SEED000["weight_decay"])
-    t.add_argument("--image-size", type=int, default=SEED000["image_size"])
+    t.add_argument("--epochs", type=int, default=SEED000["epochs"], help="(default: 20)")
+    t.add_argument("--batch-size", type=int, default=SEED000["batch_size"], help="(default: 16)")
+    t.add_argument("--lr", type=float, default=SEED000["lr"], help="AdamW learning rate (default: 1e-4)")
+    t.add_argument("--weight-decay", type=float, default=SEED000["weight_decay"], help="(default: 1e-4)")
+    t.add_argument("--image-size", type=int, default=SEED000["image_size"],
+                   help="square training input side (default: 352)")
     t.add_argument("--seeds", type=int, nargs="+", default=list(SEED000["seeds"]),
                    help="one run per seed (default: 42 123 7)")
     t.add_argument("--threshold", type=float, default=SEED000["threshold"], help="sigmoid threshold (default: 0.5)")
     t.add_argument("--prompts", metavar="FILE",
                    help="YAML/JSON {class: [phrasings]} for prompt augmentation (default: seed 000's drywall lists)")
     t.add_argument("--no-augment", action="store_true", help="train on each sample's own prompt only")
-    t.add_argument("--device", default="auto")
+    t.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: auto)")
     t.add_argument("--num-workers", type=int, default=2, help="data loader workers (default: 2)")
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast (default: on for CUDA)")
     t.add_argument("--resume", action="store_true", help="continue each seed's last.pt")
     t.add_argument("--overwrite", action="store_true", help="start over even where last.pt exists")
     t.add_argument("--no-predictions", action="store_true", help="do not write the validation masks")
     t.add_argument("--no-plot", action="store_true", help="do not draw curves.png")
-    t.add_argument("--quiet", "-q", action="store_true")
+    t.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
 
 
 def _load_data(args) -> tuple[list, list]:
