@@ -44,6 +44,7 @@ DECODER_FILE = "decoder.safetensors"
 LAST_FILE = "last.pt"
 HISTORY_FILE = "history.json"
 MODEL_NAMES = ("sam", "mobilesam", "medsam", "litemedsam")
+PREPROCESS = ("auto", "sam", "minmax", "medsam")
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -68,7 +69,7 @@ class DecoderTrainConfig:
     iou_loss_weight: float = 0.0  # MSE of the IoU head against the true IoU (keeps its scores calibrated)
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     seed: int = 0
-    preprocess: str = "auto"  # "auto", "sam" (ImageNet mean/std) or "minmax" (LiteMedSAM: [0, 1] per image)
+    preprocess: str = "auto"  # "auto", "sam" (SAM, MobileSAM), "minmax" (LiteMedSAM) or "medsam" (MedSAM)
     encode_batch_size: int = 4
     max_memory_mb: int = 4096  # embeddings kept in RAM up to this size, else read from the disk cache
 
@@ -99,8 +100,8 @@ class DecoderTrainConfig:
             raise ConfigError(f"point_mode={self.point_mode!r}; valid: center, random")
         if self.split_by not in ("image", "item"):
             raise ConfigError(f"split_by={self.split_by!r}; valid: image, item")
-        if self.preprocess not in ("auto", "sam", "minmax"):
-            raise ConfigError(f"preprocess={self.preprocess!r}; valid: auto, sam, minmax")
+        if self.preprocess not in PREPROCESS:
+            raise ConfigError(f"preprocess={self.preprocess!r}; valid: {', '.join(PREPROCESS)}")
 
 
 # ----------------------------------------------------------------------------------- model adapter
@@ -133,9 +134,11 @@ class SamArch:
     """Preprocessing, prompt coordinates and batched decoding of one SAM-architecture model.
 
     ``preprocess="sam"``: resize the longest side to the encoder's input size, ImageNet mean / std, pad
-    (segment_anything's ``SamPredictor``); ``"minmax"``: resize the longest side, scale the image to
-    [0, 1] by its own min and max, pad (LiteMedSAM's preprocessing); ``"auto"`` picks ``sam`` for models
-    with ``pixel_mean`` (segment_anything ``Sam``) and ``minmax`` otherwise.
+    (segment_anything's ``SamPredictor``: SAM, MobileSAM); ``"minmax"``: resize the longest side, scale
+    the image to [0, 1] by its own min and max, pad (LiteMedSAM); ``"medsam"``: resize to a square,
+    min-max, no padding (MedSAM's reference script); ``"auto"`` picks ``sam`` for models with
+    ``pixel_mean`` (segment_anything ``Sam``) and ``minmax`` otherwise (give ``medsam`` for MedSAM).
+    Each mode reuses the matching segmenter's own preprocessing, so embeddings and masks are the same.
     """
 
     def __init__(self, model: Any, preprocess: str = "auto", device: str = "auto"):
@@ -146,8 +149,8 @@ class SamArch:
         self.model = model.to(self.device)
         if preprocess == "auto":
             preprocess = "sam" if hasattr(model, "pixel_mean") and hasattr(model, "preprocess") else "minmax"
-        if preprocess not in ("sam", "minmax"):
-            raise ConfigError(f"preprocess={preprocess!r}; valid: auto, sam, minmax")
+        if preprocess not in PREPROCESS:
+            raise ConfigError(f"preprocess={preprocess!r}; valid: {', '.join(PREPROCESS)}")
         self.preprocess_mode = preprocess
         pe = model.prompt_encoder
         self.img_size = int(pe.input_image_size[0])
@@ -165,6 +168,8 @@ class SamArch:
         """(h, w) of the image resized so its longest side is the encoder's input size."""
         from segment_anything.utils.transforms import ResizeLongestSide
 
+        if self.preprocess_mode == "medsam":
+            return self.img_size, self.img_size
         return ResizeLongestSide.get_preprocess_shape(h, w, self.img_size)
 
     def scale(self, h: int, w: int) -> tuple[float, float]:
@@ -172,6 +177,8 @@ class SamArch:
         if self.preprocess_mode == "minmax":
             s = self.img_size / max(h, w)
             return s, s
+        if self.preprocess_mode == "medsam":
+            return self.img_size / w, self.img_size / h
         nh, nw = self.input_size(h, w)
         return nw / w, nh / h
 
@@ -184,6 +191,10 @@ class SamArch:
 
             x = torch.as_tensor(ResizeLongestSide(self.img_size).apply_image(image), device=self.device)
             return self.model.preprocess(x.permute(2, 0, 1)[None].float())
+        if self.preprocess_mode == "medsam":
+            from ..segmenters.medsam import preprocess as medsam_preprocess
+
+            return medsam_preprocess(image, self.img_size, str(self.device))
         from ..segmenters.litemedsam import preprocess  # LiteMedSAM's reference preprocessing
 
         return preprocess(image, str(self.device), self.img_size)[0]
@@ -235,10 +246,20 @@ class SamArch:
         import torch.nn.functional as F
 
         nh, nw = self.input_size(h, w)
+        if self.preprocess_mode == "medsam":
+            return F.interpolate(low, (h, w), mode="bilinear", align_corners=False)
         if self.preprocess_mode == "sam" and hasattr(self.model, "postprocess_masks"):
             return self.model.postprocess_masks(low, (nh, nw), (h, w))
         x = F.interpolate(low, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         return F.interpolate(x[..., :nh, :nw], (h, w), mode="bilinear", align_corners=False)
+
+    def masks(self, low, h: int, w: int):
+        """Bool masks at H x W from low-res logits, thresholded as the matching segmenter does."""
+        import torch
+
+        if self.preprocess_mode == "medsam":  # MedSAM's script upsamples probabilities
+            return self.postprocess(torch.sigmoid(low), h, w) > 0.5
+        return self.postprocess(low, h, w) > 0
 
     def lowres_target(self, mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """The mask on the decoder's L x L low-res grid (bool, zero-padded) and the un-padded (h, w) there."""
@@ -702,6 +723,8 @@ def train_sam_decoder(
 
     t0 = time.perf_counter()
     cfg = DecoderTrainConfig.from_any(config)
+    if cfg.preprocess == "auto" and model_name == "medsam":
+        cfg.preprocess = "medsam"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     arch = SamArch(model, cfg.preprocess, device)
@@ -863,7 +886,7 @@ class SamArchSegmenter(PromptedSegmenter):
                 best = iou.argmax(1)
                 rows = torch.arange(len(best), device=best.device)
                 low, iou = low[rows, best][:, None], iou[rows, best][:, None]
-            masks = self.arch.postprocess(low, h, w)[:, 0] > 0
+            masks = self.arch.masks(low, h, w)[:, 0]
         return Candidates(masks.cpu().numpy(), scores=iou[:, 0].cpu().numpy(), source=self.name)
 
 
