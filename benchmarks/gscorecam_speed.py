@@ -54,7 +54,7 @@ def reference_style(clip, pixels: torch.Tensor, text: torch.Tensor, topk: int, b
     handle = layer.register_forward_hook(hook)
     x = pixels.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        logit = scale * (clip.encode_image(x) @ text.T.to(x.dtype))[0, 0]
+        logit = scale * (clip.encode_image(x).float() @ text.float().T)[0, 0]
         logit.backward()
     handle.remove()
     activations, grads = acts_store[0], grads_store[0]  # 1 x C x h x w numpy
@@ -74,7 +74,7 @@ def reference_style(clip, pixels: torch.Tensor, text: torch.Tensor, topk: int, b
         scores = []
         for i in range(0, chosen.size(0), batch_size):
             batch = chosen[i:i + batch_size].to(device)
-            out = scale * (clip.encode_image(batch.to(pixels.dtype)) @ text.T.to(device))[:, 0]
+            out = scale * (clip.encode_image(batch.to(pixels.dtype)).float() @ text.float().T.to(device))[:, 0]
             scores.extend(out.float().cpu().numpy())
         scores = torch.tensor(np.asarray(scores, dtype=np.float32)).nan_to_num(nan=0.0)
         weights = torch.softmax(scores, dim=0).numpy()

@@ -23,6 +23,7 @@ EXTRAS = {
     "skimage": ("bench", "scikit-image"),
     "ray": ("ray", "ray"),
     "medclip": ("medclip", "medclip"),
+    "cv2": ("sam2", "opencv-python-headless"),
 }
 
 

@@ -184,6 +184,33 @@ def test_hilacam_matches_independent_reference(tiny_vit):
     assert all("forward" not in blk.attn.__dict__ for blk in tiny_vit.model.visual.transformer.resblocks)
 
 
+def test_hilacam_and_gscorecam_on_a_timm_trunk():
+    """BiomedCLIP-style towers (open_clip TimmModel around a timm ViT) work too, and are left as they were."""
+    pytest.importorskip("timm")
+    from open_clip.model import CLIP
+
+    from lvlm.models.clip import OpenClipModel, _tokenizer_for_cfg
+
+    cfg = {"embed_dim": 32, "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
+                                           "timm_pool": "", "timm_proj": "linear", "image_size": 64},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    torch.manual_seed(0)
+    model = CLIP(**cfg)
+    model.visual.set_input_size(64)  # timm builds the ViT for 224 px
+    clip = OpenClipModel(model, _tokenizer_for_cfg(cfg), name="timm-tiny", device="cpu", model_cfg=cfg)
+    assert clip.image_size == 64
+    pixels, text = _inputs(clip)
+    blocks = clip.model.visual.trunk.blocks
+    fused = [b.attn.fused_attn for b in blocks]
+    for name in ("hilacam", "gscorecam"):
+        sal = build("saliency", name, topk=64)(clip, pixels, text) if name == "gscorecam" else \
+            build("saliency", name)(clip, pixels, text)
+        assert sal.shape == (64, 64) and not sal.requires_grad
+        assert float(sal.max()) == pytest.approx(1.0, abs=1e-5) and float(sal.min()) == 0.0
+    assert [b.attn.fused_attn for b in blocks] == fused
+    assert all(not b.attn.attn_drop._forward_hooks for b in blocks)
+
+
 def test_hilacam_needs_a_vit(tiny_rn):
     pixels, text = _inputs(tiny_rn)
     with pytest.raises(ConfigError, match="ViT"):

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 METRICS = ("iou", "dice", "precision", "recall", "boundary_precision", "boundary_recall", "boundary_f1")
 DEFAULT_TOLERANCE = 2
@@ -120,24 +119,36 @@ def boundary(mask: Any):
 
 
 def _boundary(m: torch.Tensor) -> torch.Tensor:
-    x = F.pad(m[:, None].float(), (1, 1, 1, 1), mode="replicate")[:, 0]
-    inner = x[:, :-2, 1:-1] * x[:, 2:, 1:-1] * x[:, 1:-1, :-2] * x[:, 1:-1, 2:] * x[:, 1:-1, 1:-1]
-    return m & (inner < 0.5)
-
-
-def _disk(radius: float, device) -> torch.Tensor:
-    r = int(np.floor(radius))
-    yy, xx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
-    return ((yy * yy + xx * xx) <= radius * radius).float().to(device)[None, None]
+    inner = m.clone()  # pixels whose 4 neighbours are all set (outside the image: the edge pixel itself)
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    inner[:, :, 1:] &= m[:, :, :-1]
+    inner[:, :, :-1] &= m[:, :, 1:]
+    return m & ~inner
 
 
 def _dilate(b: torch.Tensor, radius: float) -> torch.Tensor:
-    """Pixels within Euclidean ``radius`` of a set pixel of ``b`` (B x H x W bool)."""
+    """Pixels within Euclidean ``radius`` of a set pixel of ``b`` (B x H x W bool).
+
+    The disk is a stack of horizontal segments: for each row offset ``dy`` the map dilated horizontally
+    by ``floor(sqrt(radius^2 - dy^2))``, shifted by ``dy``; boolean shifts only, no r x r convolution.
+    """
     if radius < 1:
         return b
-    k = _disk(radius, b.device)
-    pad = k.shape[-1] // 2
-    return F.conv2d(b[:, None].float(), k, padding=pad)[:, 0] > 0.5
+    r = int(np.floor(radius))
+    h = b.shape[-2]
+    rows = [b]  # rows[k]: b dilated horizontally by k pixels
+    for k in range(1, r + 1):
+        cur = rows[-1].clone()
+        cur[:, :, k:] |= b[:, :, :-k]
+        cur[:, :, :-k] |= b[:, :, k:]
+        rows.append(cur)
+    out = rows[r].clone()
+    for dy in range(1, min(r, h - 1) + 1):
+        seg = rows[int(np.floor(np.sqrt(max(0.0, radius * radius - dy * dy))))]
+        out[:, dy:] |= seg[:, :-dy]
+        out[:, :-dy] |= seg[:, dy:]
+    return out
 
 
 def boundary_scores(pred: Any, gt: Any, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:

@@ -289,15 +289,16 @@ def heatmap(rows, path_stem: Path, metric: str = "iou", title: str = "") -> list
         rs = [r for r in rows if r["combo"] == cid]
         grid[ms.index(mlabel(rs[0])), ss.index(_label(rs[0], sam))] = summarize(rs, [metric])["all"][f"{metric}_mean"]
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(ss), 1.0 + 0.42 * len(ms)))
-    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=max(1e-6, float(np.nanmax(grid)) if np.isfinite(grid).any() else 1))
+    longest = max(len(m) for m in ms)
+    fig, ax = plt.subplots(figsize=(2.4 + 1.1 * len(ss) + 0.07 * longest, 1.2 + 0.42 * len(ms)))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0.0, vmax=1.0)  # every metric lies in [0, 1]
     ax.set_xticks(range(len(ss)), ss)
     ax.set_yticks(range(len(ms)), ms)
     for i in range(len(ms)):
         for j in range(len(ss)):
             if np.isfinite(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center",
-                        color="white" if grid[i, j] < 0.6 * np.nanmax(grid) else "black", fontsize=8)
+                        color="white" if grid[i, j] < 0.6 else "black", fontsize=8)
     ax.set_xlabel(sam)
     ax.set_ylabel(model)
     ax.set_title(title or f"mean {metric}")

@@ -184,6 +184,8 @@ class _Worker:
 
 
 def _run_ray(cfg, combos, cache, device, config_dir, todo, commit, workers, address, cpus, gpus) -> tuple[int, int]:
+    if not todo:
+        return 0, 0
     from ..optional import require
 
     ray = require("ray", "lvlm bench --backend ray")
@@ -200,7 +202,7 @@ def _run_ray(cfg, combos, cache, device, config_dir, todo, commit, workers, addr
         started = True
     try:
         n = workers or max(1, int(ray.available_resources().get("CPU", 1) // max(cpus, 1e-9)))
-        n = max(1, min(n, len(todo))) if todo else 1
+        n = max(1, min(n, len(todo)))
         actor = ray.remote(num_cpus=cpus, num_gpus=gpus)(_Worker)
         actors = [actor.remote(cfg, combos, str(Path(cache).resolve()), device,
                                str(config_dir) if config_dir else None, os.getcwd()) for _ in range(n)]

@@ -134,11 +134,14 @@ def edge_density(image: np.ndarray, exclude: np.ndarray | None = None, size: int
 
 def _ranks(values: np.ndarray) -> np.ndarray:
     """Percentile ranks in [0, 1] (ties share their mean rank)."""
-    from scipy.stats import rankdata
-
+    values = np.asarray(values, float)
     if len(values) < 2:
         return np.zeros(len(values))
-    return (rankdata(values) - 1) / (len(values) - 1)
+    ranks = np.empty(len(values))
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
+    _, inv = np.unique(values, return_inverse=True)
+    mean_rank = np.bincount(inv, ranks) / np.bincount(inv)
+    return mean_rank[inv] / (len(values) - 1)
 
 
 def selection_candidates(coco, image_dir: Path | None = None, max_images: int | None = None, seed: int = 0,

@@ -12,8 +12,6 @@ library's own CPU-side loops. ``gscorecam`` (gscorecam.py) and ``hilacam`` (hila
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
@@ -57,9 +55,10 @@ def as_text_features(text_features: torch.Tensor, device: torch.device | str) ->
 
 
 def clip_score(clip: ClipModel, pixels: torch.Tensor, text_features: torch.Tensor, scale: float) -> torch.Tensor:
-    """B CLIP logits ``scale * cos(image_b, text)`` (differentiable)."""
-    sim = clip.similarity(pixels, text_features.to(pixels.dtype))
-    return scale * sim[:, 0].float()
+    """B CLIP logits ``scale * cos(image_b, text)`` (differentiable; computed in float32)."""
+    img = clip.encode_image(pixels, normalize=True).float()
+    img = img / img.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # in case a model skips normalising
+    return scale * (img @ text_features.float().T)[:, 0]
 
 
 def minmax(x: torch.Tensor, dims: tuple[int, ...] = (-2, -1), eps: float = 1e-7) -> torch.Tensor:
@@ -106,10 +105,9 @@ class _GradCamLibrary(SaliencyMethod):
 
     cam_class = ""
 
-    def __init__(self, batch_size: int = 16, logit_scale: float | None = None, **cam_kwargs: Any) -> None:
+    def __init__(self, batch_size: int = 16, logit_scale: float | None = None) -> None:
         self.batch_size = int(batch_size)
         self.logit_scale = logit_scale
-        self.cam_kwargs = cam_kwargs
 
     def __call__(self, clip: ClipModel, pixels: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         from ..optional import require
@@ -119,7 +117,7 @@ class _GradCamLibrary(SaliencyMethod):
         device = clip_device(clip)
         model = ClipSimilarity(clip, text_features, clip_logit_scale(clip, self.logit_scale))
         cam = getattr(gc, self.cam_class)(model=model, target_layers=[clip.cam_target_layer()],
-                                          reshape_transform=clip.reshape_transform, **self.cam_kwargs)
+                                          reshape_transform=clip.reshape_transform)
         cam.batch_size = self.batch_size
         try:
             with torch.enable_grad():

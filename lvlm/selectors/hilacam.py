@@ -147,7 +147,8 @@ class HilaCAM(SaliencyMethod):
         if not probs:
             raise RuntimeError("hilacam: no attention was recorded during encode_image")
         grads = torch.autograd.grad(logit, probs)
-        r = relevance(probs, grads)
+        with torch.no_grad():
+            r = relevance([p.detach() for p in probs], grads)
         n = r.shape[0]
         g = math.isqrt(n - 1)
         if g * g == n - 1:  # CLS token first
@@ -160,4 +161,4 @@ class HilaCAM(SaliencyMethod):
         rel = rel.reshape(1, 1, g, g)
         size = tuple(pixels.shape[-2:])
         rel = F.interpolate(rel, size=size, mode="bilinear", align_corners=False)[0, 0]
-        return minmax(rel)
+        return minmax(rel.detach())
