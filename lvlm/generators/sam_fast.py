@@ -1,110 +1,100 @@
 """``sam_fast``: SAM's automatic mask generator, batched on the model's device, giving the official masks.
 
-It follows ``segment_anything.SamAutomaticMaskGenerator`` step by step (same point grids, crops, multimask
+It follows ``segment_anything.SamAutomaticMaskGenerator`` step by step (same point grids and crops, multimask
 output, predicted-IoU and stability-score filters, box NMS within each crop, uncropping, crop-level NMS that
-prefers smaller crops, and ``min_mask_region_area`` hole / island removal) and uses the same
-``segment_anything`` functions for each numeric step, so the masks are the official ones. What differs is
-how the work is laid out:
+prefers smaller crops, ``min_mask_region_area`` hole / island removal) and calls the same ``segment_anything``
+functions for each numeric step, so the masks are the official ones (bit for bit in fp32 on one device). What
+differs is how the work is laid out:
 
-- all crops (and, with :meth:`SamFastGenerator.generate_batch`, several images) go through the image
-  encoder in batches, optionally under bf16 autocast (``bf16=True``; then the masks are no longer
-  bit-identical to the fp32 official ones);
-- point prompts are decoded ``points_per_batch`` at a time (default 256 instead of 64), and the masks are
-  upsampled, scored, thresholded and boxed in chunks bounded by ``chunk_pixels`` instead of being run-length
-  encoded one by one: only the low-resolution logits of the survivors are kept, and the full-resolution
-  masks of the masks left after NMS are computed once at the end;
-- ``min_mask_region_area`` uses a batched connected-component labelling on the device (8-connectivity,
-  label propagation with root hooking and pointer jumping) instead of one ``cv2`` call per mask.
+- the crops of an image (and, with :meth:`~SamFastGenerator.generate_batch`, several images) go through the
+  image encoder together, ``encoder_batch_size`` at a time, optionally under bf16 autocast (``bf16=True``;
+  then the masks are close to, no longer bit-identical with, the fp32 ones);
+- point prompts are decoded ``points_per_batch`` at a time (default 256 instead of 64); the predicted-IoU
+  filter runs before the masks are upsampled; upsampling, stability score, thresholding and boxes run in
+  chunks of at most ``chunk_pixels`` full-resolution pixels, and only the low-resolution logits of the masks
+  that pass are kept (no run-length encoding of every mask, no per-mask Python loop);
+- the full-resolution masks of the masks left after NMS are computed once at the end, on the device;
+- ``min_mask_region_area`` uses a batched connected-component labelling on the device (8-connectivity, see
+  :func:`label_components`) instead of one ``cv2`` call per mask, so OpenCV is not needed.
 
-The only documented difference with the official generator is a tie: when every island of a mask is smaller
-than ``min_mask_region_area`` and two of them are equally the largest, the official code keeps the one cv2
-labels first, this one the one whose first pixel comes first in raster order.
+One documented difference remains: when every island of a mask is smaller than ``min_mask_region_area`` and
+two of them tie for the largest, the official code keeps the one OpenCV labels first, this one the one whose
+first pixel comes first in raster order.
 """
 from __future__ import annotations
 
+import math
 import time
-from typing import Any, Sequence
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..components import MaskGenerator, resolve_device
-from ..errors import ConfigError, ImageError
+from ..components import MaskGenerator, image_key, resolve_device
+from ..errors import ConfigError
+from ..io import load_image
 from ..registry import register
 from ..types import Candidates
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
 
-@register(
-    "generator",
-    "sam_fast",
-    description="SAM automatic masks (the official ones), batched on device: 5x+ faster",
-    source="segment_anything checkpoints (vit_h / vit_l / vit_b / mobilesam)",
-)
-class SamFastGenerator(MaskGenerator):
-    """Everything-mode SAM that gives ``SamAutomaticMaskGenerator``'s masks with batched device-side work.
+def check_amg_knobs(points_per_side, point_grids, points_per_batch, thresholds: dict[str, float], crop_n_layers,
+                    crop_n_points_downscale_factor, min_mask_region_area, output_mode, encoder_batch_size) -> None:
+    """ConfigError for an automatic-mask-generator setting out of range (names the key and what it expects)."""
+    if (points_per_side is None) == (point_grids is None):
+        raise ConfigError("give exactly one of points_per_side and point_grids")
+    ints = {"points_per_batch": points_per_batch, "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
+            "encoder_batch_size": encoder_batch_size}
+    if points_per_side is not None:
+        ints["points_per_side"] = points_per_side
+    for name, val in ints.items():
+        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 1:
+            raise ConfigError(f"{name}={val!r}: expected a positive integer")
+    for name, val in (("crop_n_layers", crop_n_layers), ("min_mask_region_area", min_mask_region_area)):
+        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 0:
+            raise ConfigError(f"{name}={val!r}: expected an integer >= 0")
+    for name, val in thresholds.items():
+        if not isinstance(val, (int, float)) or isinstance(val, bool) or not 0.0 <= float(val) <= 1.0:
+            raise ConfigError(f"{name}={val!r}: expected a number in [0, 1]")
+    if output_mode not in OUTPUT_MODES:
+        raise ConfigError(f"output_mode={output_mode!r}; valid values: {', '.join(OUTPUT_MODES)}")
 
-    The knobs up to ``output_mode`` are the official ones, with the same defaults except
-    ``points_per_batch``. Extra knobs: ``bf16`` (bf16 autocast of the image encoder), ``encoder_batch_size``
-    (crops / images per encoder call), ``chunk_pixels`` (full-resolution mask pixels processed at once;
-    default 2**27 on GPU, 2**24 on CPU), ``model`` (an already-built ``segment_anything`` ``Sam``; then
-    ``model_type`` / ``checkpoint`` are ignored), ``device`` and ``progress`` (a bar over crops).
+
+class FastAutomaticMaskGenerator(MaskGenerator):
+    """The batched everything-mode engine shared by ``sam_fast`` and ``sam2_fast``.
+
+    A model family supplies four steps: ``_encode`` (crops -> per-crop states), ``_transform_points``
+    (crop-frame points -> model input), ``_decode`` (state, points -> low-res logits and predicted IoU) and
+    ``_upscale`` (low-res logits -> logits at crop resolution), plus ``mask_threshold``.
     """
 
-    def __init__(
-        self,
-        model_type: str = "vit_h",
-        checkpoint: str | None = "default",
-        points_per_side: int | None = 32,
-        points_per_batch: int = 256,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        stability_score_offset: float = 1.0,
-        box_nms_thresh: float = 0.7,
-        crop_n_layers: int = 0,
-        crop_nms_thresh: float = 0.7,
-        crop_overlap_ratio: float = 512 / 1500,
-        crop_n_points_downscale_factor: int = 1,
-        point_grids: Sequence[np.ndarray] | None = None,
-        min_mask_region_area: int = 0,
-        output_mode: str = "binary_mask",
-        bf16: bool = False,
-        encoder_batch_size: int = 4,
-        chunk_pixels: int | None = None,
-        device: str = "auto",
-        model: Any = None,
-        progress: bool = False,
-    ) -> None:
-        from segment_anything.utils.amg import build_all_layer_point_grids
-        from segment_anything.utils.transforms import ResizeLongestSide
+    cache_size = 2
+    name = "fast_amg"
+    multimask_output = True
 
-        if (points_per_side is None) == (point_grids is None):
-            raise ConfigError("give exactly one of points_per_side and point_grids")
-        if output_mode not in OUTPUT_MODES:
-            raise ConfigError(f"output_mode={output_mode!r}; valid values: {', '.join(OUTPUT_MODES)}")
-        if points_per_batch < 1 or encoder_batch_size < 1:
-            raise ConfigError("points_per_batch and encoder_batch_size must be >= 1")
-        if crop_n_layers < 0 or min_mask_region_area < 0:
-            raise ConfigError("crop_n_layers and min_mask_region_area must be >= 0")
+    def _setup_knobs(self, points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
+                     stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio,
+                     crop_n_points_downscale_factor, point_grids, min_mask_region_area, output_mode, bf16,
+                     encoder_batch_size, chunk_pixels, device, progress, build_point_grids) -> None:
+        check_amg_knobs(points_per_side, point_grids, points_per_batch,
+                        {"pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh,
+                         "box_nms_thresh": box_nms_thresh, "crop_nms_thresh": crop_nms_thresh,
+                         "crop_overlap_ratio": crop_overlap_ratio},
+                        crop_n_layers, crop_n_points_downscale_factor, min_mask_region_area, output_mode,
+                        encoder_batch_size)
+        if not isinstance(stability_score_offset, (int, float)) or stability_score_offset < 0:
+            raise ConfigError(f"stability_score_offset={stability_score_offset!r}: expected a number >= 0")
         if points_per_side is not None:
-            if points_per_side < 1:
-                raise ConfigError(f"points_per_side={points_per_side}; must be >= 1")
-            self.point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers,
-                                                           crop_n_points_downscale_factor)
+            self.point_grids = build_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
         else:
             self.point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]
             if len(self.point_grids) < crop_n_layers + 1:
-                raise ConfigError(f"point_grids has {len(self.point_grids)} grids; crop_n_layers={crop_n_layers} "
+                raise ConfigError(f"point_grids has {len(self.point_grids)} grid(s); crop_n_layers={crop_n_layers} "
                                   f"needs {crop_n_layers + 1}")
         self.device = resolve_device(device)
-        if model is None:
-            from ..models.sam import build_sam
-
-            model = build_sam(model_type, checkpoint, device=self.device)
-        self.model = model.to(self.device).eval()
-        self.model_type = model_type
-        self.transform = ResizeLongestSide(self.model.image_encoder.img_size)
         self.points_per_side = points_per_side
         self.points_per_batch = int(points_per_batch)
         self.pred_iou_thresh = float(pred_iou_thresh)
@@ -123,20 +113,52 @@ class SamFastGenerator(MaskGenerator):
         self.chunk_pixels = int(chunk_pixels or (2**27 if on_gpu else 2**24))
         self.progress = progress
         self.last_timings: dict[str, float] = {}
+        self._cache: OrderedDict[str, Candidates] = OrderedDict()
+
+    # ------------------------------------------------------------------ family hooks
+    mask_threshold = 0.0
+
+    def _encode(self, crops: list[np.ndarray]) -> list[Any]:
+        raise NotImplementedError
+
+    def _transform_points(self, points: np.ndarray, crop_hw: tuple[int, int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _decode(self, state: Any, in_points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _upscale(self, low: torch.Tensor, state: Any, crop_hw: tuple[int, int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _full_res_cost(self, crop_hw: tuple[int, int]) -> int:
+        """Pixels of full-resolution work per mask (bounds the chunk size)."""
+        return crop_hw[0] * crop_hw[1]
 
     # ------------------------------------------------------------------ public API
-    def generate(self, image: np.ndarray) -> Candidates:
-        """Candidate masks of one HxWx3 uint8 RGB image, in the official generator's order."""
+    def generate(self, image: Any) -> Candidates:
+        """Candidate masks of one image (any image :func:`lvlm.io.load_image` reads), in the official order."""
         return self.generate_batch([image])[0]
 
-    def generate_batch(self, images: Sequence[np.ndarray]) -> list[Candidates]:
-        """Candidates of several images; all their crops share batched image-encoder calls."""
-        return [self._to_candidates(d) for d in self._generate(images)]
+    def generate_batch(self, images: Sequence[Any]) -> list[Candidates]:
+        """Candidates of several images; the crops of all of them share batched image-encoder calls."""
+        imgs = [load_image(im) for im in images]
+        keys = [image_key(im) for im in imgs]
+        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        if todo:
+            for i, d in zip(todo, self._generate([imgs[i] for i in todo])):
+                self._cache[keys[i]] = self._to_candidates(d)
+        out = []
+        for k in keys:
+            self._cache.move_to_end(k)
+            out.append(self._cache[k])
+        while len(self._cache) > max(self.cache_size, len(set(keys))):
+            self._cache.popitem(last=False)
+        return out
 
-    def generate_records(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """The official generator's output format: a list of dicts with ``segmentation`` (per ``output_mode``),
-        ``area``, ``bbox`` (XYWH), ``predicted_iou``, ``point_coords``, ``stability_score``, ``crop_box``."""
-        d = self._generate([image])[0]
+    def generate_records(self, image: Any) -> list[dict[str, Any]]:
+        """The official generator's output: a list of dicts with ``segmentation`` (per ``output_mode``), ``area``,
+        ``bbox`` (XYWH), ``predicted_iou``, ``point_coords``, ``stability_score`` and ``crop_box`` (XYWH)."""
+        d = self._generate([load_image(image)])[0]
         masks = d["masks"]
         n = len(masks)
         areas = masks.flatten(1).sum(1).tolist() if n else []
@@ -147,12 +169,12 @@ class SamFastGenerator(MaskGenerator):
         else:
             segs = masks_to_rle(masks)
             if self.output_mode == "coco_rle":
-                from pycocotools import mask as mask_utils  # noqa: F401  (required as by the official code)
-                from segment_anything.utils.amg import coco_encode_rle
+                from ..optional import require
 
-                segs = [coco_encode_rle(r) for r in segs]
-        iou = d["iou_preds"].cpu().numpy()
-        stab = d["stability_score"].cpu().numpy()
+                mask_utils = require("pycocotools.mask", "output_mode='coco_rle'")
+                segs = [_coco_rle(r, mask_utils) for r in segs]
+        iou = d["iou_preds"].float().cpu().numpy()
+        stab = d["stability_score"].float().cpu().numpy()
         pts = d["points"].cpu().numpy()
         return [
             {
@@ -167,43 +189,38 @@ class SamFastGenerator(MaskGenerator):
             for i in range(n)
         ]
 
-    # ------------------------------------------------------------------ pipeline
+    # ------------------------------------------------------------------ the pipeline
     @torch.inference_mode()
     def _generate(self, images: Sequence[np.ndarray]) -> list[dict[str, torch.Tensor]]:
         from segment_anything.utils.amg import generate_crop_boxes
 
-        images = [_check_image(im) for im in images]
         timings = {"encoder": 0.0, "decoder": 0.0, "masks": 0.0, "small_regions": 0.0}
-        jobs = []  # (image index, crop box, layer index)
+        jobs = []  # (image index, crop box, layer index), in the official crop order
         for i, im in enumerate(images):
             crop_boxes, layer_idxs = generate_crop_boxes(im.shape[:2], self.crop_n_layers, self.crop_overlap_ratio)
             jobs += [(i, box, layer) for box, layer in zip(crop_boxes, layer_idxs)]
 
         t0 = time.perf_counter()
-        features, input_sizes = self._encode([images[i][b[1]:b[3], b[0]:b[2]] for i, b, _ in jobs])
+        states = self._encode([images[i][b[1]:b[3], b[0]:b[2]] for i, b, _ in jobs])
         self._sync()
         timings["encoder"] = time.perf_counter() - t0
 
         per_image: list[list[dict[str, torch.Tensor]]] = [[] for _ in images]
-        bar = _progress(len(jobs), self.progress)
+        bar = _progress(len(jobs), self.progress, self.name)
         for j, (i, crop_box, layer) in enumerate(jobs):
             t0 = time.perf_counter()
-            per_image[i].append(self._process_crop(features[j:j + 1], input_sizes[j], crop_box, layer,
-                                                   images[i].shape[:2], j))
+            per_image[i].append(self._process_crop(states[j], crop_box, layer, images[i].shape[:2], j))
             self._sync()
             timings["decoder"] += time.perf_counter() - t0
             bar.update(1)
         bar.close()
-        del features
 
         out = []
         for i, im in enumerate(images):
             t0 = time.perf_counter()
-            data = _cat(per_image[i])
-            data = self._crop_nms(data)
-            h, w = im.shape[:2]
-            crop_of = {j: (b, input_sizes[j]) for j, (ii, b, _) in enumerate(jobs) if ii == i}
-            data["masks"] = self._final_masks(data, crop_of, h, w)
+            data = self._crop_nms(_cat(per_image[i]))
+            crop_of = {j: (b, states[j]) for j, (ii, b, _) in enumerate(jobs) if ii == i}
+            data["masks"] = self._final_masks(data, crop_of, *im.shape[:2])
             del data["low_res"]
             self._sync()
             timings["masks"] += time.perf_counter() - t0
@@ -214,11 +231,210 @@ class SamFastGenerator(MaskGenerator):
                 timings["small_regions"] += time.perf_counter() - t0
             out.append(data)
         timings["total"] = sum(timings.values())
+        timings["images"] = len(images)
         self.last_timings = timings
         return out
 
-    def _encode(self, crops: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Image embeddings of all crops, ``encoder_batch_size`` at a time (as ``SamPredictor.set_image``)."""
+    def _process_crop(self, state: Any, crop_box: list[int], layer: int, orig_size: tuple[int, int],
+                      crop_index: int) -> dict[str, torch.Tensor]:
+        """All points of one crop: decode, IoU filter, stability, boxes, edge filter, NMS (official order)."""
+        from segment_anything.utils.amg import (
+            batched_mask_to_box,
+            calculate_stability_score,
+            is_box_near_crop_edge,
+        )
+        from torchvision.ops.boxes import batched_nms
+
+        dev = self.device
+        x0, y0, x1, y1 = crop_box
+        crop_hw = (y1 - y0, x1 - x0)
+        orig_h, orig_w = orig_size
+        full_image = list(crop_box) == [0, 0, orig_w, orig_h]
+        points = self.point_grids[layer] * np.array(crop_hw)[None, ::-1]  # float64, crop frame (as official)
+        in_points = self._transform_points(points, crop_hw)
+        points_t = torch.as_tensor(points, device=dev)
+        thr = self.mask_threshold
+        per_chunk = max(1, self.chunk_pixels // self._full_res_cost(crop_hw))
+
+        kept: dict[str, list[torch.Tensor]] = {k: [] for k in ("low_res", "iou_preds", "stability_score", "boxes",
+                                                                "points")}
+        for s in range(0, len(in_points), self.points_per_batch):
+            low, iou = self._decode(state, in_points[s:s + self.points_per_batch])
+            n_out = low.shape[1]
+            low, iou = low.flatten(0, 1), iou.flatten(0, 1)
+            pidx = torch.arange(s, s + len(low) // n_out, device=dev).repeat_interleave(n_out)
+            if self.pred_iou_thresh > 0.0:  # before upsampling: the official filters after, same result
+                keep = iou > self.pred_iou_thresh
+                low, iou, pidx = low[keep], iou[keep], pidx[keep]
+            stab_parts, box_parts = [], []
+            for c in range(0, len(low), per_chunk):
+                m = self._upscale(low[c:c + per_chunk], state, crop_hw)
+                stab_parts.append(calculate_stability_score(m, thr, self.stability_score_offset))
+                box_parts.append(batched_mask_to_box(m > thr))
+                del m
+            if not stab_parts:
+                continue
+            stab, boxes = torch.cat(stab_parts), torch.cat(box_parts)
+            keep = torch.ones_like(stab, dtype=torch.bool)
+            if self.stability_score_thresh > 0.0:
+                keep &= stab >= self.stability_score_thresh
+            if not full_image:  # (always False on the full image)
+                keep &= ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
+            kept["low_res"].append(low[keep])
+            kept["iou_preds"].append(iou[keep])
+            kept["stability_score"].append(stab[keep])
+            kept["boxes"].append(boxes[keep])
+            kept["points"].append(points_t[pidx[keep]])
+        if kept["low_res"]:
+            data = {k: torch.cat(v) for k, v in kept.items()}
+        else:
+            data = {"low_res": torch.zeros(0, 1, 1, device=dev), "iou_preds": torch.zeros(0, device=dev),
+                    "stability_score": torch.zeros(0, device=dev),
+                    "boxes": torch.zeros(0, 4, dtype=torch.long, device=dev),
+                    "points": torch.zeros(0, 2, dtype=points_t.dtype, device=dev)}
+        keep = batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros(len(data["boxes"]), device=dev),
+                           iou_threshold=self.box_nms_thresh)
+        data = {k: v[keep] for k, v in data.items()}
+        offset = torch.tensor([x0, y0], device=dev)
+        data["boxes"] = data["boxes"] + offset.repeat(2)[None]
+        data["points"] = data["points"] + offset[None]
+        data["crop_boxes"] = torch.tensor([crop_box], dtype=torch.long, device=dev).expand(len(keep), 4)
+        data["crop_index"] = torch.full((len(keep),), crop_index, dtype=torch.long, device=dev)
+        return data
+
+    def _crop_nms(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Duplicates between crops: NMS preferring masks from smaller crops (the official rule)."""
+        from torchvision.ops.boxes import batched_nms, box_area
+
+        if self.crop_n_layers == 0 or len(data["boxes"]) == 0:
+            return data
+        scores = 1 / box_area(data["crop_boxes"])
+        keep = batched_nms(data["boxes"].float(), scores, torch.zeros(len(scores), device=scores.device),
+                           iou_threshold=self.crop_nms_thresh)
+        return {k: v[keep] for k, v in data.items()}
+
+    def _final_masks(self, data: dict[str, torch.Tensor], crop_of: dict[int, Any], h: int, w: int) -> torch.Tensor:
+        """Full-resolution bool masks of the survivors, recomputed from their low-res logits, in the image frame."""
+        n = len(data["low_res"])
+        masks = torch.zeros(n, h, w, dtype=torch.bool, device=self.device)
+        if n == 0:
+            return masks
+        crop_index = data["crop_index"]
+        for j in torch.unique(crop_index).tolist():  # one pass per crop, batched within it
+            (x0, y0, x1, y1), state = crop_of[j]
+            crop_hw = (y1 - y0, x1 - x0)
+            idx = torch.nonzero(crop_index == j).flatten()
+            per_chunk = max(1, self.chunk_pixels // self._full_res_cost(crop_hw))
+            for c in range(0, len(idx), per_chunk):
+                sel = idx[c:c + per_chunk]
+                masks[sel, y0:y1, x0:x1] = self._upscale(data["low_res"][sel], state, crop_hw) > self.mask_threshold
+        return masks
+
+    def _postprocess_small_regions(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Fill small holes, drop small islands (as ``remove_small_regions``), then NMS preferring unchanged masks."""
+        from segment_anything.utils.amg import batched_mask_to_box
+        from torchvision.ops.boxes import batched_nms
+
+        masks, changed = remove_small_regions_batched(data["masks"], self.min_mask_region_area,
+                                                      chunk_pixels=max(1, self.chunk_pixels // 4))
+        boxes = batched_mask_to_box(masks)
+        scores = (~changed).float()
+        # the official code runs this NMS on CPU tensors; so does this, so that ties (scores are 0/1) break alike
+        keep = batched_nms(boxes.float().cpu(), scores.cpu(), torch.zeros(len(boxes)),
+                           iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh)).to(masks.device)
+        data = {k: v[keep] for k, v in data.items() if k != "masks"}
+        data["masks"] = masks[keep]
+        data["boxes"] = boxes[keep]
+        return data
+
+    # ------------------------------------------------------------------ helpers
+    def _to_candidates(self, d: dict[str, torch.Tensor]) -> Candidates:
+        masks = d["masks"]
+        boxes = d["boxes"].float()
+        if len(boxes):  # inclusive (segment_anything) -> exclusive right / bottom edges (lvlm.types)
+            boxes[:, 2:] += masks.flatten(1).any(1)[:, None].to(boxes)
+        extra = {
+            "point_coords": d["points"].float().cpu().numpy(),
+            "crop_boxes": _xyxy_to_xywh(d["crop_boxes"].cpu().numpy()).astype(np.float32),  # XYWH, as SAM's
+            "timings": dict(self.last_timings),
+        }
+        return Candidates(masks=masks.cpu().numpy(), boxes=boxes.cpu().numpy(),
+                          scores=d["iou_preds"].float().cpu().numpy(),
+                          stability=d["stability_score"].float().cpu().numpy(), source=self.source, extra=extra)
+
+    def _sync(self) -> None:
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+@register(
+    "generator",
+    "sam_fast",
+    description="SAM automatic masks (the official ones), batched on device: several times faster",
+    source="segment_anything; SAM checkpoints from dl.fbaipublicfiles.com (Apache-2.0)",
+)
+class SamFastGenerator(FastAutomaticMaskGenerator):
+    """Everything-mode SAM giving ``SamAutomaticMaskGenerator``'s masks with batched device-side work.
+
+    ``model_type`` / ``checkpoint`` / ``device`` as for the ``sam`` generator (see
+    :func:`lvlm.models.sam.build_sam`); the knobs from ``points_per_side`` to ``output_mode`` are the
+    official ones with the official defaults except ``points_per_batch``. Extra knobs: ``bf16`` (bf16
+    autocast of the image encoder), ``encoder_batch_size`` (crops / images per encoder call),
+    ``chunk_pixels`` (full-resolution pixels processed at once; default 2**27 on GPU, 2**24 on CPU),
+    ``model`` (an already-built ``segment_anything`` ``Sam``, which ``model_type`` / ``checkpoint`` then do
+    not describe) and ``progress`` (a bar over crops).
+    """
+
+    name = "sam_fast"
+
+    def __init__(
+        self,
+        model_type: str = "vit_h",
+        checkpoint: Any = "default",
+        device: str = "auto",
+        points_per_side: int | None = 32,
+        points_per_batch: int = 256,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: Sequence[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        bf16: bool = False,
+        encoder_batch_size: int = 4,
+        chunk_pixels: int | None = None,
+        model: Any = None,
+        progress: bool = False,
+    ) -> None:
+        from segment_anything.utils.amg import build_all_layer_point_grids
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        self._setup_knobs(points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
+                          stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio,
+                          crop_n_points_downscale_factor, point_grids, min_mask_region_area, output_mode, bf16,
+                          encoder_batch_size, chunk_pixels, device, progress, build_all_layer_point_grids)
+        if model is None:
+            from ..models.sam import build_sam
+
+            model = build_sam(model_type, checkpoint, device=self.device)
+        self.model = model.to(self.device).eval()
+        self.model_type = model_type
+        self.source = f"sam_fast:{model_type}"
+        self.mask_threshold = float(self.model.mask_threshold)
+        self.transform = ResizeLongestSide(self.model.image_encoder.img_size)
+        from segment_anything.modeling import Sam
+
+        # the exact-equivalent cropped upsampling applies to segment_anything's own postprocess_masks
+        self._own_postprocess = getattr(type(self.model), "postprocess_masks", None) is Sam.postprocess_masks
+        self._dense_pe: torch.Tensor | None = None
+
+    def _encode(self, crops: list[np.ndarray]) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+        """Image embeddings of all crops, ``encoder_batch_size`` per call (each as ``SamPredictor.set_image``)."""
         model = self.model
         inputs, sizes = [], []
         for crop in crops:
@@ -235,153 +451,50 @@ class SamFastGenerator(MaskGenerator):
             with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=self.bf16):
                 f = model.image_encoder(batch)
             feats.append(f.float())
-        return torch.cat(feats), sizes
+        feats = torch.cat(feats)
+        self._dense_pe = model.prompt_encoder.get_dense_pe()
+        return [(feats[j:j + 1], sizes[j]) for j in range(len(crops))]
 
-    def _process_crop(self, features: torch.Tensor, input_size: tuple[int, int], crop_box: list[int],
-                      layer: int, orig_size: tuple[int, int], crop_index: int) -> dict[str, torch.Tensor]:
-        """All points of one crop: decode, filter, box, NMS; keeps the survivors' low-res logits."""
-        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score, is_box_near_crop_edge
-        from torchvision.ops.boxes import batched_nms
+    def _transform_points(self, points: np.ndarray, crop_hw: tuple[int, int]) -> torch.Tensor:
+        return torch.as_tensor(self.transform.apply_coords(points, crop_hw), device=self.device)  # float64 as official
 
-        model, dev = self.model, self.device
-        x0, y0, x1, y1 = crop_box
-        crop_hw = (y1 - y0, x1 - x0)
-        orig_h, orig_w = orig_size
-        full_image = crop_box == [0, 0, orig_w, orig_h]
-        points = self.point_grids[layer] * np.array(crop_hw)[None, ::-1]  # float64, crop frame (as official)
-        in_points = torch.as_tensor(self.transform.apply_coords(points, crop_hw), device=dev)
-        points_t = torch.as_tensor(points, device=dev)
-        image_pe = model.prompt_encoder.get_dense_pe()
-        thr = model.mask_threshold
-        hw = crop_hw[0] * crop_hw[1]
-        side = model.image_encoder.img_size
-        per_chunk = max(1, self.chunk_pixels // (hw + side * side))
-
-        kept: dict[str, list[torch.Tensor]] = {k: [] for k in ("low_res", "iou_preds", "stability_score", "boxes",
-                                                                "points")}
-        for s in range(0, len(in_points), self.points_per_batch):
-            pts = in_points[s:s + self.points_per_batch]
-            labels = torch.ones(len(pts), 1, dtype=torch.int, device=dev)
-            sparse, dense = model.prompt_encoder(points=(pts[:, None, :], labels), boxes=None, masks=None)
-            low, iou = model.mask_decoder(image_embeddings=features, image_pe=image_pe,
-                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                          multimask_output=True)
-            n_out = low.shape[1]
-            low = low.flatten(0, 1)
-            iou = iou.flatten(0, 1)
-            pidx = torch.arange(s, s + len(pts), device=dev).repeat_interleave(n_out)
-            if self.pred_iou_thresh > 0.0:
-                keep = iou > self.pred_iou_thresh
-                low, iou, pidx = low[keep], iou[keep], pidx[keep]
-            # full-resolution work, chunked: stability, threshold, boxes, crop-edge filter
-            stab_parts, box_parts = [], []
-            for c in range(0, len(low), per_chunk):
-                m = model.postprocess_masks(low[c:c + per_chunk, None], input_size, crop_hw)[:, 0]
-                stab_parts.append(calculate_stability_score(m, thr, self.stability_score_offset))
-                box_parts.append(batched_mask_to_box(m > thr))
-                del m
-            if not stab_parts:
-                continue
-            stab = torch.cat(stab_parts)
-            boxes = torch.cat(box_parts)
-            keep = torch.ones_like(stab, dtype=torch.bool)
-            if self.stability_score_thresh > 0.0:
-                keep &= stab >= self.stability_score_thresh
-            if not full_image:
-                keep &= ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
-            kept["low_res"].append(low[keep])
-            kept["iou_preds"].append(iou[keep])
-            kept["stability_score"].append(stab[keep])
-            kept["boxes"].append(boxes[keep])
-            kept["points"].append(points_t[pidx[keep]])
-        if not kept["low_res"]:
-            h_lr = model.prompt_encoder.mask_input_size
-            data = {"low_res": torch.zeros(0, *h_lr, device=dev), "iou_preds": torch.zeros(0, device=dev),
-                    "stability_score": torch.zeros(0, device=dev),
-                    "boxes": torch.zeros(0, 4, dtype=torch.long, device=dev),
-                    "points": torch.zeros(0, 2, dtype=torch.float64, device=dev)}
-        else:
-            data = {k: torch.cat(v) for k, v in kept.items()}
-        # duplicates within this crop (scores: predicted IoU), as the official per-crop NMS
-        keep = batched_nms(data["boxes"].float(), data["iou_preds"],
-                           torch.zeros(len(data["boxes"]), device=dev), iou_threshold=self.box_nms_thresh)
-        data = {k: v[keep] for k, v in data.items()}
-        offset = torch.tensor([x0, y0], device=dev)
-        data["boxes"] = data["boxes"] + offset.repeat(2)[None]
-        data["points"] = data["points"] + offset[None]
-        data["crop_boxes"] = torch.tensor([crop_box], dtype=torch.long, device=dev).expand(len(keep), 4)
-        data["crop_index"] = torch.full((len(keep),), crop_index, dtype=torch.long, device=dev)
-        return data
-
-    def _crop_nms(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Duplicates between crops: NMS preferring masks from smaller crops (official rule)."""
-        from torchvision.ops.boxes import batched_nms, box_area
-
-        if self.crop_n_layers == 0 or len(data["boxes"]) == 0:
-            return data
-        scores = 1 / box_area(data["crop_boxes"])
-        keep = batched_nms(data["boxes"].float(), scores, torch.zeros(len(scores), device=scores.device),
-                           iou_threshold=self.crop_nms_thresh)
-        return {k: v[keep] for k, v in data.items()}
-
-    def _final_masks(self, data: dict[str, torch.Tensor], crop_of: dict[int, Any], h: int, w: int) -> torch.Tensor:
-        """Full-resolution bool masks of the survivors, recomputed from their low-res logits, in the image frame."""
+    def _decode(self, state, in_points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``SamPredictor.predict_torch`` for a batch of single foreground points, without the upsampling."""
         model = self.model
-        n = len(data["low_res"])
-        masks = torch.zeros(n, h, w, dtype=torch.bool, device=self.device)
-        if n == 0:
-            return masks
-        crop_index = data["crop_index"]
-        for j in torch.unique(crop_index).tolist():  # one pass per crop, batched within it
-            (x0, y0, x1, y1), input_size = crop_of[j]
-            idx = torch.nonzero(crop_index == j).flatten()
-            hw = (y1 - y0) * (x1 - x0)
-            per_chunk = max(1, self.chunk_pixels // (hw + model.image_encoder.img_size ** 2))
-            for c in range(0, len(idx), per_chunk):
-                sel = idx[c:c + per_chunk]
-                m = model.postprocess_masks(data["low_res"][sel, None], input_size, (y1 - y0, x1 - x0))[:, 0]
-                masks[sel, y0:y1, x0:x1] = m > model.mask_threshold
-        return masks
+        labels = torch.ones(len(in_points), 1, dtype=torch.int, device=in_points.device)
+        sparse, dense = model.prompt_encoder(points=(in_points[:, None, :], labels), boxes=None, masks=None)
+        return model.mask_decoder(image_embeddings=state[0], image_pe=self._dense_pe, sparse_prompt_embeddings=sparse,
+                                  dense_prompt_embeddings=dense, multimask_output=self.multimask_output)
 
-    def _postprocess_small_regions(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Fill small holes, drop small islands (as ``remove_small_regions``), then NMS preferring unchanged masks."""
-        from segment_anything.utils.amg import batched_mask_to_box
-        from torchvision.ops.boxes import batched_nms
+    def _upscale(self, low: torch.Tensor, state, crop_hw: tuple[int, int]) -> torch.Tensor:
+        """``Sam.postprocess_masks`` of N x h x w logits -> N x H x W (crop resolution), same values."""
+        input_size = state[1]
+        if not self._own_postprocess:
+            return self.model.postprocess_masks(low[:, None], input_size, crop_hw)[:, 0]
+        return sam_postprocess_masks(low[:, None], self.model.image_encoder.img_size, input_size, crop_hw)[:, 0]
 
-        masks, changed = remove_small_regions_batched(data["masks"], self.min_mask_region_area,
-                                                      chunk_pixels=self.chunk_pixels // 4)
-        boxes = batched_mask_to_box(masks)
-        scores = (~changed).float()
-        # the official code runs this NMS on CPU tensors; so do we, so that ties (scores are 0/1) break alike
-        keep = batched_nms(boxes.float().cpu(), scores.cpu(), torch.zeros(len(boxes)),
-                           iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh)).to(masks.device)
-        data = {k: v[keep] for k, v in data.items() if k != "masks"}
-        data["masks"] = masks[keep]
-        data["boxes"] = boxes[keep]
-        return data
+    def _full_res_cost(self, crop_hw: tuple[int, int]) -> int:
+        side = self.model.image_encoder.img_size
+        return crop_hw[0] * crop_hw[1] + side * side
 
-    # ------------------------------------------------------------------ helpers
-    def _to_candidates(self, d: dict[str, torch.Tensor]) -> Candidates:
-        boxes = d["boxes"].float()
-        nonempty = d["masks"].flatten(1).any(1) if len(boxes) else torch.zeros(0, dtype=torch.bool)
-        boxes[:, 2:] += nonempty[:, None].to(boxes)  # inclusive (segment_anything) -> exclusive right/bottom
-        extra = {
-            "points": d["points"].cpu().numpy(),
-            "crop_boxes": d["crop_boxes"].cpu().numpy(),
-            "timings": dict(self.last_timings),
-        }
-        return Candidates(
-            masks=d["masks"].cpu().numpy(),
-            boxes=boxes.cpu().numpy(),
-            scores=d["iou_preds"].float().cpu().numpy(),
-            stability=d["stability_score"].float().cpu().numpy(),
-            source="sam_fast",
-            extra=extra,
-        )
 
-    def _sync(self) -> None:
-        if torch.device(self.device).type == "cuda":
-            torch.cuda.synchronize(self.device)
+def sam_postprocess_masks(masks: torch.Tensor, img_size: int, input_size: Sequence[int],
+                          original_size: Sequence[int]) -> torch.Tensor:
+    """``segment_anything.modeling.Sam.postprocess_masks`` that skips the rows and columns of the first upsampling
+    which the crop to ``input_size`` drops: bit-identical output (the first resize keeps its exact 1:4 scale and
+    every kept pixel its two source rows / columns), less work on non-square images."""
+    import torch.nn.functional as F
+
+    lh, lw = masks.shape[-2:]
+    fh, fw = img_size // lh, img_size // lw
+    if fh * lh != img_size or fw * lw != img_size:  # not an integer factor: do exactly what SAM does
+        m = F.interpolate(masks, (img_size, img_size), mode="bilinear", align_corners=False)
+    else:
+        kh = min(lh, math.ceil(input_size[0] / fh) + 1)
+        kw = min(lw, math.ceil(input_size[1] / fw) + 1)
+        m = F.interpolate(masks[..., :kh, :kw], (kh * fh, kw * fw), mode="bilinear", align_corners=False)
+    m = m[..., : input_size[0], : input_size[1]]
+    return F.interpolate(m, tuple(original_size), mode="bilinear", align_corners=False)
 
 
 # ---------------------------------------------------------------------- batched mask utilities
@@ -400,8 +513,9 @@ def label_components(fg: torch.Tensor) -> torch.Tensor:
     """8-connected component labels of a batch of N x H x W bool masks, computed on their device.
 
     Each foreground pixel gets the flat index (into the N x H x W batch) of its component's first pixel in
-    raster order; background pixels get their own index. Label propagation (3x3 minimum) with hooking of
-    the roots and pointer jumping; converges in a few tens of full-tensor passes for mask-like shapes.
+    raster order; background pixels keep their own index. Label propagation (3x3 minimum) with hooking of
+    the roots (union by smaller label) and pointer jumping: a few tens of whole-tensor passes for mask-like
+    shapes, whatever their size, and no per-mask or per-component loop.
     """
     n, h, w = fg.shape
     numel = n * h * w
@@ -413,8 +527,7 @@ def label_components(fg: torch.Tensor) -> torch.Tensor:
         upd = fg & (m < labels)
         if not bool(upd.any()):
             return labels
-        # hook: the root each updated pixel points at adopts the smaller label
-        flat.scatter_reduce_(0, labels[upd], m[upd], reduce="amin")
+        flat.scatter_reduce_(0, labels[upd], m[upd], reduce="amin")  # hook: the roots adopt the smaller label
         torch.minimum(labels, torch.where(fg, m, labels), out=labels)
         while True:  # pointer jumping until every pixel points at a root
             nxt = flat.gather(0, flat)
@@ -425,12 +538,10 @@ def label_components(fg: torch.Tensor) -> torch.Tensor:
 
 def remove_small_regions_batched(masks: torch.Tensor, area_thresh: int,
                                  chunk_pixels: int = 2**24) -> tuple[torch.Tensor, torch.Tensor]:
-    """``segment_anything.utils.amg.remove_small_regions`` for N masks at once: holes, then islands.
-
-    Returns the new masks and, per mask, whether anything changed (the official ``not unchanged``).
-    """
+    """``segment_anything.utils.amg.remove_small_regions`` on N masks at once: fill holes, then drop islands,
+    smaller than ``area_thresh`` (8-connectivity). Returns the new masks and per mask whether it changed."""
     n, h, w = masks.shape
-    per = max(1, chunk_pixels // (h * w))
+    per = max(1, chunk_pixels // max(1, h * w))
     outs, changed = [], []
     for s in range(0, n, per):
         m = masks[s:s + per]
@@ -438,11 +549,12 @@ def remove_small_regions_batched(masks: torch.Tensor, area_thresh: int,
         m, ch2 = _fill_small(m, area_thresh, holes=False)
         outs.append(m)
         changed.append(ch1 | ch2)
+    if not outs:
+        return masks.clone(), torch.zeros(0, dtype=torch.bool, device=masks.device)
     return torch.cat(outs), torch.cat(changed)
 
 
 def _fill_small(mask: torch.Tensor, area_thresh: int, holes: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    n, h, w = mask.shape
     work = ~mask if holes else mask
     labels = label_components(work)
     flat = labels.view(-1)
@@ -453,19 +565,18 @@ def _fill_small(mask: torch.Tensor, area_thresh: int, holes: bool) -> tuple[torc
     if holes:
         return mask | small_px, changed
     out = work & ~small_px
-    # every island small: keep the largest (first in raster order on ties)
-    all_small = changed & ~out.flatten(1).any(1)
+    all_small = changed & ~out.flatten(1).any(1)  # every island small: keep the largest
     if bool(all_small.any()):
         idx = torch.nonzero(all_small).flatten()
-        sp = size_px[idx].flatten(1)
-        best = sp.argmax(1)  # first maximal pixel in raster order = the root of the largest component
+        best = size_px[idx].flatten(1).argmax(1)  # first pixel of maximal size in raster order: that island's root
         root = labels[idx].flatten(1).gather(1, best[:, None])
         out[idx] = labels[idx] == root.view(-1, 1, 1)
     return out, changed
 
 
 def masks_to_rle(masks: torch.Tensor) -> list[dict[str, Any]]:
-    """Uncompressed COCO RLEs (``{"size": [h, w], "counts": [...]}``) of N x H x W bool masks, batched."""
+    """Uncompressed COCO RLEs (``{"size": [h, w], "counts": [...]}``) of N x H x W bool masks: the runs of all
+    masks are found in one pass on the device; only the per-mask lists are built in Python."""
     n, h, w = masks.shape
     if n == 0:
         return []
@@ -476,30 +587,28 @@ def masks_to_rle(masks: torch.Tensor) -> list[dict[str, Any]]:
     first = t[:, 0].cpu().numpy()
     ends = np.cumsum(per_mask)
     out = []
-    for i in range(n):  # formatting only: the runs are computed above, all at once
+    for i in range(n):
         cuts = np.concatenate([[0], pos[ends[i] - per_mask[i]:ends[i]], [h * w]])
         counts = np.diff(cuts).tolist()
         out.append({"size": [h, w], "counts": ([0] + counts) if first[i] else counts})
     return out
 
 
+def _coco_rle(rle: dict[str, Any], mask_utils) -> dict[str, Any]:
+    h, w = rle["size"]
+    out = mask_utils.frPyObjects(rle, h, w)
+    out["counts"] = out["counts"].decode("utf-8")
+    return out
+
+
 def _xyxy_to_xywh(b: np.ndarray) -> np.ndarray:
-    b = b.copy()
+    b = np.array(b, copy=True).reshape(-1, 4)
     b[:, 2:] -= b[:, :2]
     return b
 
 
 def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
-def _check_image(image: Any) -> np.ndarray:
-    im = np.asarray(image)
-    if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
-        raise ImageError(f"expected an H x W x 3 uint8 RGB image, got shape {im.shape} dtype {im.dtype}")
-    if min(im.shape[:2]) < 1:
-        raise ImageError(f"empty image of shape {im.shape}")
-    return np.ascontiguousarray(im)
 
 
 class _NoBar:
@@ -510,12 +619,12 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, name: str):
     if not enabled or total <= 1:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="sam_fast crops", unit="crop")
+    return tqdm(total=total, desc=f"{name} crops", unit="crop")
 
 
 # ---------------------------------------------------------------------- a weight-free model with real masks
