@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .. import __version__
 from ..errors import ConfigError, LvlmError
@@ -96,6 +97,10 @@ class Executor:
         self.tolerance = float((config.get("metrics") or {}).get("tolerance", M.DEFAULT_TOLERANCE))
         self.save_masks = bool(config.get("save_masks", True))
         import_plugins(config.get("imports"), Path(config_dir) if config_dir else None)
+        from ..components import resolve_device
+
+        # metrics run where the models run (a GPU when there is one): masks move there once per sample
+        self.metric_device = resolve_device(device or "auto")
         self.context = ImageContext()
         self._components: dict[tuple[str, str], Any] = {}
         self._pipelines: dict[str, Pipeline] = {}
@@ -165,9 +170,10 @@ class Executor:
         if gt.shape != image.shape[:2]:
             raise LvlmError(f"{dataset} sample {sample.id}: mask {gt.shape} and image {image.shape[:2]} differ in size")
         self.context.set(image)
+        gt_t = torch.from_numpy(np.ascontiguousarray(gt)).to(self.metric_device)
         try:
             for combo in combos:
-                yield self._run_one(combo, dataset, index, sample, image, gt)
+                yield self._run_one(combo, dataset, index, sample, image, gt, gt_t)
         finally:
             self.context.image = None
 
@@ -188,7 +194,7 @@ class Executor:
         return {"box": p.boxes, "point": p.points, "point_label": p.point_labels}
 
     def _run_one(self, combo: Combination, dataset: str, index: int, sample: Sample, image: np.ndarray,
-                 gt: np.ndarray) -> dict[str, Any]:
+                 gt: np.ndarray, gt_t: torch.Tensor) -> dict[str, Any]:
         row: dict[str, Any] = {"combo": combo.id, "sample": sample.id, "dataset": dataset, "index": index,
                                "labels": combo.labels, "prompt": sample.prompt, "tags": dict(sample.tags)}
         pipe = self.pipeline(combo)
@@ -203,8 +209,11 @@ class Executor:
             row.update({k: None for k in M.METRICS})
             row.update(error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
             return row
-        scores = M.segmentation_metrics(res.mask, gt, tolerance=self.tolerance)
-        row.update(scores)
+        pred_t = torch.from_numpy(np.ascontiguousarray(res.mask)).to(self.metric_device)
+        scores = M.segmentation_metrics(pred_t, gt_t, tolerance=self.tolerance)
+        keys = list(M.METRICS) + ["pred_area", "gt_area"]
+        values = torch.stack([scores[k].double() for k in keys]).cpu().tolist()  # one device sync per row
+        row.update({k: (int(v) if k.endswith("_area") else v) for k, v in zip(keys, values)})
         row.update(score=res.score, n_candidates=len(res.candidates), error=None,
                    seconds=time.perf_counter() - t0,
                    timings={k: round(v, 6) for k, v in res.timings.items()})

@@ -539,8 +539,20 @@ def label_components(fg: torch.Tensor) -> torch.Tensor:
 def remove_small_regions_batched(masks: torch.Tensor, area_thresh: int,
                                  chunk_pixels: int = 2**24) -> tuple[torch.Tensor, torch.Tensor]:
     """``segment_anything.utils.amg.remove_small_regions`` on N masks at once: fill holes, then drop islands,
-    smaller than ``area_thresh`` (8-connectivity). Returns the new masks and per mask whether it changed."""
+    smaller than ``area_thresh`` (8-connectivity). Returns the new masks and per mask whether it changed.
+
+    On a GPU the components come from :func:`label_components`; on the CPU from one ``scipy.ndimage.label``
+    call over the whole N x H x W stack (a structuring element that links pixels within a mask only), which
+    beats the iterative labelling there. Both are batched: no loop over masks.
+    """
     n, h, w = masks.shape
+    if n == 0:
+        return masks.clone(), torch.zeros(0, dtype=torch.bool, device=masks.device)
+    if masks.device.type == "cpu":
+        m = masks.numpy()
+        m, ch1 = _fill_small_np(m, area_thresh, holes=True)
+        m, ch2 = _fill_small_np(m, area_thresh, holes=False)
+        return torch.from_numpy(m), torch.from_numpy(ch1 | ch2)
     per = max(1, chunk_pixels // max(1, h * w))
     outs, changed = [], []
     for s in range(0, n, per):
@@ -549,8 +561,6 @@ def remove_small_regions_batched(masks: torch.Tensor, area_thresh: int,
         m, ch2 = _fill_small(m, area_thresh, holes=False)
         outs.append(m)
         changed.append(ch1 | ch2)
-    if not outs:
-        return masks.clone(), torch.zeros(0, dtype=torch.bool, device=masks.device)
     return torch.cat(outs), torch.cat(changed)
 
 
@@ -568,9 +578,35 @@ def _fill_small(mask: torch.Tensor, area_thresh: int, holes: bool) -> tuple[torc
     all_small = changed & ~out.flatten(1).any(1)  # every island small: keep the largest
     if bool(all_small.any()):
         idx = torch.nonzero(all_small).flatten()
-        best = size_px[idx].flatten(1).argmax(1)  # first pixel of maximal size in raster order: that island's root
+        best = size_px[idx].flatten(1).argmax(1)  # first pixel of maximal size in raster order: that island's
         root = labels[idx].flatten(1).gather(1, best[:, None])
         out[idx] = labels[idx] == root.view(-1, 1, 1)
+    return out, changed
+
+
+_STACK_8 = np.zeros((3, 3, 3), bool)
+_STACK_8[1] = True  # 8-connectivity within each mask of an N x H x W stack, none across masks
+
+
+def _fill_small_np(mask: np.ndarray, area_thresh: int, holes: bool) -> tuple[np.ndarray, np.ndarray]:
+    from scipy import ndimage
+
+    n = len(mask)
+    work = ~mask if holes else mask
+    labels, k = ndimage.label(work, structure=_STACK_8)  # numbered in raster order, 0 = not in work
+    sizes = np.bincount(labels.ravel(), minlength=k + 1)
+    sizes[0] = 0
+    size_px = sizes[labels]
+    small_px = work & (size_px < area_thresh)
+    changed = small_px.reshape(n, -1).any(1)
+    if holes:
+        return mask | small_px, changed
+    out = work & ~small_px
+    idx = np.nonzero(changed & ~out.reshape(n, -1).any(1))[0]  # every island small: keep the largest
+    if len(idx):
+        best = size_px[idx].reshape(len(idx), -1).argmax(1)
+        root = labels[idx].reshape(len(idx), -1)[np.arange(len(idx)), best]
+        out[idx] = labels[idx] == root[:, None, None]
     return out, changed
 
 
