@@ -14,7 +14,7 @@ Protocol (held-out by position, so no nucleus is seen in both roles):
   of :mod:`lvlm.bench.prompt_strategies` (centre point, edge point, 4-point grid, box); masks at full
   resolution, IoU / Dice / boundary F1 (2 px) from :mod:`lvlm.bench.metrics`.
 
-Usage (about 5 minutes on 2 CPU cores)::
+Usage (about 8 CPU-minutes: a few minutes of wall time on 2 idle cores)::
 
     OMP_NUM_THREADS=2 python benchmarks/specialise_nuclei.py --json
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -60,6 +61,19 @@ def tiles_and_instances(labels: np.ndarray, x0: int, width: int, tile: int, stri
         best = min(inside, key=lambda o: (o[0] + tile / 2 - cy) ** 2 + (o[1] + tile / 2 - cx) ** 2)
         assigned[best].append(k)
     return assigned
+
+
+def _round(v, digits: int):
+    """Floats to ``digits`` significant digits for small learning rates, else ``digits`` decimals."""
+    if not isinstance(v, float):
+        return v
+    return float(f"{v:.{digits}g}") if 0 < abs(v) < 1e-2 else round(v, digits)
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system, all threads) of this process so far: the machine-independent cost."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,11 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         "base_miou": {k: round(miou["base"].get(s, float("nan")), 4) for k, s in pick.items()},
         "specialised_miou": {k: round(miou["specialised"].get(s, float("nan")), 4) for k, s in pick.items()},
         "training": res.summary(),
-        "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in res.history],
+        "history": [{k: (_round(v, 3 if k == "lr" else 4)) for k, v in r.items()} for r in res.history],
         "table": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
         "config": cfg,
         "threads": args.threads,
         "seconds": round(time.perf_counter() - t0, 1),
+        "cpu_seconds": round(_cpu_seconds(), 1),
     }
     result["gain"] = {k: round(result["specialised_miou"][k] - result["base_miou"][k], 4) for k in pick}
     if args.json:

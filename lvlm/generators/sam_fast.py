@@ -155,6 +155,10 @@ class FastAutomaticMaskGenerator(MaskGenerator):
             self._cache.popitem(last=False)
         return out
 
+    def clear_cache(self) -> None:
+        """Forget the candidates of the last images (they are kept so several prompts reuse one run)."""
+        self._cache.clear()
+
     def generate_records(self, image: Any) -> list[dict[str, Any]]:
         """The official generator's output: a list of dicts with ``segmentation`` (per ``output_mode``), ``area``,
         ``bbox`` (XYWH), ``predicted_iou``, ``point_coords``, ``stability_score`` and ``crop_box`` (XYWH)."""
@@ -238,11 +242,7 @@ class FastAutomaticMaskGenerator(MaskGenerator):
     def _process_crop(self, state: Any, crop_box: list[int], layer: int, orig_size: tuple[int, int],
                       crop_index: int) -> dict[str, torch.Tensor]:
         """All points of one crop: decode, IoU filter, stability, boxes, edge filter, NMS (official order)."""
-        from segment_anything.utils.amg import (
-            batched_mask_to_box,
-            calculate_stability_score,
-            is_box_near_crop_edge,
-        )
+        from segment_anything.utils.amg import calculate_stability_score, is_box_near_crop_edge
         from torchvision.ops.boxes import batched_nms
 
         dev = self.device
@@ -270,7 +270,8 @@ class FastAutomaticMaskGenerator(MaskGenerator):
             for c in range(0, len(low), per_chunk):
                 m = self._upscale(low[c:c + per_chunk], state, crop_hw)
                 stab_parts.append(calculate_stability_score(m, thr, self.stability_score_offset))
-                box_parts.append(batched_mask_to_box(m > thr))
+                # = batched_mask_to_box(m > thr), from the row / column maxima (no full-size bool mask)
+                box_parts.append(boxes_from_projections(m.amax(-1) > thr, m.amax(-2) > thr))
                 del m
             if not stab_parts:
                 continue
@@ -418,13 +419,13 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
                           stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio,
                           crop_n_points_downscale_factor, point_grids, min_mask_region_area, output_mode, bf16,
                           encoder_batch_size, chunk_pixels, device, progress, build_all_layer_point_grids)
+        self.source = "sam_fast" if model is not None else f"sam_fast:{model_type}"
         if model is None:
             from ..models.sam import build_sam
 
             model = build_sam(model_type, checkpoint, device=self.device)
         self.model = model.to(self.device).eval()
         self.model_type = model_type
-        self.source = f"sam_fast:{model_type}"
         self.mask_threshold = float(self.model.mask_threshold)
         self.transform = ResizeLongestSide(self.model.image_encoder.img_size)
         from segment_anything.modeling import Sam
@@ -498,6 +499,23 @@ def sam_postprocess_masks(masks: torch.Tensor, img_size: int, input_size: Sequen
 
 
 # ---------------------------------------------------------------------- batched mask utilities
+def boxes_from_projections(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``segment_anything.utils.amg.batched_mask_to_box`` from a mask's row and column occupancy (N x H and
+    N x W bool): XYXY int64 boxes with inclusive right / bottom edges, [0, 0, 0, 0] for an empty mask."""
+    def edges(occ: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.arange(occ.shape[-1], device=occ.device)
+        last = torch.where(occ, idx, 0).amax(-1)
+        first = torch.where(occ, idx, occ.shape[-1]).amin(-1)
+        return first, last
+
+    if rows.numel() == 0 or cols.numel() == 0:
+        return torch.zeros(rows.shape[0], 4, dtype=torch.long, device=rows.device)
+    top, bottom = edges(rows)
+    left, right = edges(cols)
+    out = torch.stack([left, top, right, bottom], dim=-1)
+    return out * rows.any(-1, keepdim=True)
+
+
 def _min3x3(x: torch.Tensor) -> torch.Tensor:
     """Minimum over each pixel's 3x3 neighbourhood (separable; edges see only in-image pixels)."""
     r = x.clone()
@@ -536,23 +554,26 @@ def label_components(fg: torch.Tensor) -> torch.Tensor:
             flat.copy_(nxt)
 
 
-def remove_small_regions_batched(masks: torch.Tensor, area_thresh: int,
-                                 chunk_pixels: int = 2**24) -> tuple[torch.Tensor, torch.Tensor]:
+def remove_small_regions_batched(masks: torch.Tensor, area_thresh: int, chunk_pixels: int = 2**24,
+                                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """``segment_anything.utils.amg.remove_small_regions`` on N masks at once: fill holes, then drop islands,
     smaller than ``area_thresh`` (8-connectivity). Returns the new masks and per mask whether it changed.
 
     On a GPU the components come from :func:`label_components`; on the CPU from one ``scipy.ndimage.label``
     call over the whole N x H x W stack (a structuring element that links pixels within a mask only), which
-    beats the iterative labelling there. Both are batched: no loop over masks.
+    beats the iterative labelling there (``backend``: ``"auto"``, ``"torch"`` or ``"scipy"``). Both are
+    batched: no loop over masks.
     """
     n, h, w = masks.shape
+    if backend not in ("auto", "torch", "scipy"):
+        raise ValueError(f"backend={backend!r}; valid: auto, torch, scipy")
     if n == 0:
         return masks.clone(), torch.zeros(0, dtype=torch.bool, device=masks.device)
-    if masks.device.type == "cpu":
-        m = masks.numpy()
+    if backend == "scipy" or (backend == "auto" and masks.device.type == "cpu"):
+        m = masks.cpu().numpy()
         m, ch1 = _fill_small_np(m, area_thresh, holes=True)
         m, ch2 = _fill_small_np(m, area_thresh, holes=False)
-        return torch.from_numpy(m), torch.from_numpy(ch1 | ch2)
+        return torch.from_numpy(m).to(masks.device), torch.from_numpy(ch1 | ch2).to(masks.device)
     per = max(1, chunk_pixels // max(1, h * w))
     outs, changed = [], []
     for s in range(0, n, per):
@@ -578,7 +599,7 @@ def _fill_small(mask: torch.Tensor, area_thresh: int, holes: bool) -> tuple[torc
     all_small = changed & ~out.flatten(1).any(1)  # every island small: keep the largest
     if bool(all_small.any()):
         idx = torch.nonzero(all_small).flatten()
-        best = size_px[idx].flatten(1).argmax(1)  # first pixel of maximal size in raster order: that island's
+        best = size_px[idx].flatten(1).argmax(1)  # first pixel of maximal size in raster order
         root = labels[idx].flatten(1).gather(1, best[:, None])
         out[idx] = labels[idx] == root.view(-1, 1, 1)
     return out, changed

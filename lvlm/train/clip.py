@@ -77,6 +77,8 @@ class ClipTrainConfig:
     workers: int = 0
     device: str = "auto"
     max_samples: int = 0
+    init_from: str = ""  # start from the weights of an open_clip model dir / file (fine-tuning, warm restarts)
+    group_positives: bool = False  # pairs with the same class (or caption) are positives of each other
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -306,15 +308,27 @@ class _Batches:
         return self.tokenizer([self.pairs.texts[i] for i in idx])
 
 
-def _clip_loss(model, images, tokens):
+def _clip_loss(model, images, tokens, groups=None):
+    """Symmetric InfoNCE. With ``groups`` (one id per pair: the class, or the caption), items of a batch
+    that share a group are all positives of each other (soft targets) instead of false negatives."""
     import torch
     import torch.nn.functional as F
 
     img = F.normalize(model.encode_image(images), dim=-1)
     txt = F.normalize(model.encode_text(tokens), dim=-1)
     logits = model.logit_scale.exp() * img @ txt.T
-    target = torch.arange(len(img), device=img.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    if groups is None:
+        target = torch.arange(len(img), device=img.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    g = torch.as_tensor(groups, device=img.device)
+    same = (g[:, None] == g[None, :]).float()
+    soft = same / same.sum(1, keepdim=True)
+    return (F.cross_entropy(logits, soft) + F.cross_entropy(logits.T, soft)) / 2
+
+
+def _caption_ids(texts: list[str]) -> list[int]:
+    ids: dict[str, int] = {}
+    return [ids.setdefault(t, len(ids)) for t in texts]
 
 
 def _autoencoder_pretrain(model, batches: _Batches, n: int, cfg: ClipTrainConfig, device: str, log) -> list[float]:
@@ -425,6 +439,12 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
     else:
         train_pairs, val_pairs = pairs.split(cfg.val_fraction, cfg.seed)
     model, model_cfg = build_model(cfg)
+    if cfg.init_from:
+        from ..weights import load_state_dict
+
+        src = Path(cfg.init_from)
+        src = src / "open_clip_model.safetensors" if src.is_dir() else src
+        model.load_state_dict(load_state_dict(src))
     model.to(device)
     image_size = model.visual.image_size
     image_size = image_size[0] if isinstance(image_size, (tuple, list)) else int(image_size)
@@ -475,7 +495,11 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
             idx = order[b:b + cfg.batch_size]
             if len(idx) < 2:
                 continue
-            loss = _clip_loss(model, train_b.images(idx, rng).to(device), train_b.texts(idx).to(device))
+            groups = None
+            if cfg.group_positives:
+                groups = ([train_pairs.labels[i] for i in idx] if train_pairs.labels is not None
+                          else _caption_ids([train_pairs.texts[i] for i in idx]))
+            loss = _clip_loss(model, train_b.images(idx, rng).to(device), train_b.texts(idx).to(device), groups)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -573,6 +597,9 @@ def add_arguments(p) -> None:
     p.add_argument("--max-samples", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--init-from", default="", help="start from these open_clip weights (a model dir or file)")
+    p.add_argument("--group-positives", action="store_true",
+                   help="pairs of the same class / caption in a batch are positives, not negatives")
 
 
 def run(args) -> int:
@@ -581,7 +608,8 @@ def run(args) -> int:
                           text_pretrained=args.text_pretrained, init=args.init, train=args.train,
                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                           ae_epochs=args.ae_epochs, val_fraction=args.val_fraction, max_samples=args.max_samples,
-                          seed=args.seed, device=args.device)
+                          seed=args.seed, device=args.device, init_from=args.init_from,
+                          group_positives=args.group_positives)
     if not cfg.model and not cfg.model_config and not cfg.setting:
         raise ConfigError("give --setting N, --model NAME or --model-config FILE")
     final = train_clip(cfg)

@@ -763,7 +763,7 @@ def train_sam_decoder(
     history: list[dict[str, Any]] = []
     start_epoch, best, best_epoch, bad_epochs = 1, -1.0, 0, 0
     if resume and last_path.is_file():
-        state = torch.load(last_path, map_location=arch.device, weights_only=False)
+        state = torch.load(last_path, map_location=arch.device, weights_only=True)
         if state.get("encoder_fingerprint") != arch.fingerprint:
             raise LvlmError(f"{last_path} belongs to a run on another image encoder; use a new --out or drop --resume")
         decoder.load_state_dict(state["decoder"])
