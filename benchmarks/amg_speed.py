@@ -7,7 +7,9 @@ plain random decoder: then almost every mask is removed by NMS). Every figure is
 taken in this one run on the same inputs:
 
 - ``speedup``: official seconds / ours seconds per image (median of ``--repeats`` after one warm-up each);
-- ``speedup_after_encoder``: the same without each generator's image-encoder time;
+- ``speedup_after_encoder``: the same without each generator's image-encoder time, and
+  ``speedup_postprocessing`` without its encoder and mask-decoder time either (both timed by hooks on the
+  shared modules): what is left is upsampling, scoring, filtering, NMS, encoding and output;
 - ``matched_iou``: mean over our masks of the best IoU with an official mask (``matched_iou_reverse`` the other
   way round); ``count_ratio``: our mask count / the official count.
 
@@ -109,7 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--thresholds", choices=["default", "zero"], default="default")
     ap.add_argument("--crop-n-layers", type=int, default=0)
     ap.add_argument("--min-mask-region-area", type=int, default=0)
-    ap.add_argument("--points-per-batch", type=int, default=256, help="ours (the official one keeps 64)")
+    ap.add_argument("--points-per-batch", type=int, default=None,
+                    help="ours (default: 256 on GPU, 64 on CPU; the official one keeps 64)")
     ap.add_argument("--official-points-per-batch", type=int, default=64)
     ap.add_argument("--bf16", action="store_true", help="our encoder under bf16 autocast")
     ap.add_argument("--repeats", type=int, default=1)
@@ -141,41 +144,48 @@ def main(argv=None) -> int:
     official = SamAutomaticMaskGenerator(model, points_per_batch=args.official_points_per_batch, **knobs)
     ours = SamFastGenerator(model=model, device=device, points_per_batch=args.points_per_batch, bf16=args.bf16, **knobs)
 
-    enc = {"s": 0.0}
-    set_image = official.predictor.set_image
+    # time the image encoder and the mask decoder of both generators the same way: hooks on the shared modules
+    clock = {"encoder": 0.0, "decoder": 0.0}
 
-    def timed_set_image(*a, **k):  # the official generator's encoder time
-        sync(device)
-        t0 = time.perf_counter()
-        set_image(*a, **k)
-        sync(device)
-        enc["s"] += time.perf_counter() - t0
+    def hooks(module, key):
+        start = {}
 
-    official.predictor.set_image = timed_set_image
+        def pre(*_):
+            sync(device)
+            start["t"] = time.perf_counter()
+
+        def post(*_):
+            sync(device)
+            clock[key] += time.perf_counter() - start["t"]
+
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
+
+    hooks(model.image_encoder, "encoder")
+    hooks(model.mask_decoder, "decoder")
     warm = image[: max(32, image.shape[0] // 4), : max(32, image.shape[1] // 4)]
     for _ in range(args.warmup):
         official.generate(warm)
         ours.generate(warm)
         ours.clear_cache()
 
-    t_off, t_ours, e_off, e_ours = [], [], [], []
+    def timed(fn):
+        clock.update(encoder=0.0, decoder=0.0)
+        sync(device)
+        t0 = time.perf_counter()
+        result = fn()
+        sync(device)
+        return result, time.perf_counter() - t0, clock["encoder"], clock["decoder"]
+
+    runs_off, runs_ours = [], []
     for _ in range(max(1, args.repeats)):
-        enc["s"] = 0.0
-        sync(device)
-        t0 = time.perf_counter()
-        records = official.generate(image)
-        sync(device)
-        t_off.append(time.perf_counter() - t0)
-        e_off.append(enc["s"])
+        records, *t = timed(lambda: official.generate(image))
+        runs_off.append(t)
         ours.clear_cache()
-        sync(device)
-        t0 = time.perf_counter()
-        cands = ours.generate(image)
-        sync(device)
-        t_ours.append(time.perf_counter() - t0)
-        e_ours.append(ours.last_timings["encoder"])
-    off_s, ours_s = statistics.median(t_off), statistics.median(t_ours)
-    off_enc, ours_enc = statistics.median(e_off), statistics.median(e_ours)
+        cands, *t = timed(lambda: ours.generate(image))
+        runs_ours.append(t)
+    off_s, off_enc, off_dec = (statistics.median(r[k] for r in runs_off) for k in range(3))
+    ours_s, ours_enc, ours_dec = (statistics.median(r[k] for r in runs_ours) for k in range(3))
 
     ref = torch.as_tensor(np.stack([r["segmentation"] for r in records])) if records else \
         torch.zeros(0, *image.shape[:2], dtype=torch.bool)
@@ -186,6 +196,7 @@ def main(argv=None) -> int:
     out = {
         "speedup": off_s / ours_s,
         "speedup_after_encoder": (off_s - off_enc) / max(ours_s - ours_enc, 1e-9),
+        "speedup_postprocessing": (off_s - off_enc - off_dec) / max(ours_s - ours_enc - ours_dec, 1e-9),
         "matched_iou": matched,
         "matched_iou_reverse": matched_rev,
         "count_ratio": len(cands) / max(len(records), 1),
@@ -195,12 +206,14 @@ def main(argv=None) -> int:
         "ours_s": ours_s,
         "official_encoder_s": off_enc,
         "ours_encoder_s": ours_enc,
+        "official_decoder_s": off_dec,
+        "ours_decoder_s": ours_dec,
         "ours_stages_s": {k: v for k, v in ours.last_timings.items() if k != "images"},
         "model": args.model,
         "decoder_weights": "random" if args.plain_random else "random + point_local_sam",
         "image": args.image,
         "image_hw": list(image.shape[:2]),
-        "settings": {**knobs, "thresholds": args.thresholds, "points_per_batch_ours": args.points_per_batch,
+        "settings": {**knobs, "thresholds": args.thresholds, "points_per_batch_ours": ours.points_per_batch,
                      "points_per_batch_official": args.official_points_per_batch, "bf16": args.bf16,
                      "repeats": args.repeats, "warmup": args.warmup},
         "device": device_name(device),
@@ -212,7 +225,8 @@ def main(argv=None) -> int:
         print(f"{args.model} on {out['device']}, image {image.shape[1]}x{image.shape[0]}, "
               f"{args.points_per_side}x{args.points_per_side} points, thresholds {args.thresholds}")
         print(f"official {off_s:.2f} s ({len(records)} masks)   sam_fast {ours_s:.2f} s ({len(cands)} masks)")
-        print(f"speedup {out['speedup']:.2f}x (after the encoder {out['speedup_after_encoder']:.2f}x), "
+        print(f"speedup {out['speedup']:.2f}x (after the encoder {out['speedup_after_encoder']:.2f}x, "
+              f"post-processing alone {out['speedup_postprocessing']:.2f}x), "
               f"matched IoU {matched:.4f} / {matched_rev:.4f}, count ratio {out['count_ratio']:.3f}")
     return 0
 

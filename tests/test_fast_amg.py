@@ -116,8 +116,8 @@ def test_large_batches_same_masks():
     """Default (large) point batches and crop batches through the encoder: the required criterion holds."""
     img = scene()
     ref = stack(official("crops"), img.shape[:2])
-    gen = SamFastGenerator(model=tiny_model(), device="cpu", points_per_side=8, crop_n_layers=1)
-    assert gen.points_per_batch == 256
+    gen = SamFastGenerator(model=tiny_model(), device="cpu", points_per_side=8, crop_n_layers=1,
+                           points_per_batch=256, encoder_batch_size=5)
     assert_same_set(gen.generate(img).masks, ref)
     assert set(gen.last_timings) >= {"encoder", "decoder", "masks", "small_regions", "total"}
 
@@ -246,3 +246,14 @@ def test_registered_and_config_errors():
 def test_missing_weights_fail_fast():
     with pytest.raises(WeightsNotFoundError, match="sam_vit_b_01ec64.pth"):
         SamFastGenerator(model_type="vit_b", device="cpu")
+
+
+def test_boxes_from_projections_like_official():
+    from segment_anything.utils.amg import batched_mask_to_box
+
+    from lvlm.generators.sam_fast import boxes_from_projections
+
+    masks = smooth_masks(9, 33, 47, 4, seed=5)
+    masks[2] = False
+    masks[2, 5, 7] = True  # one pixel
+    assert torch.equal(boxes_from_projections(masks.any(-1), masks.any(-2)), batched_mask_to_box(masks))

@@ -79,6 +79,10 @@ class FastAutomaticMaskGenerator(MaskGenerator):
                      stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio,
                      crop_n_points_downscale_factor, point_grids, min_mask_region_area, output_mode, bf16,
                      encoder_batch_size, chunk_pixels, device, progress, build_point_grids) -> None:
+        self.device = resolve_device(device)
+        on_gpu = torch.device(self.device).type != "cpu"
+        if points_per_batch is None:
+            points_per_batch = 256 if on_gpu else 64
         check_amg_knobs(points_per_side, point_grids, points_per_batch,
                         {"pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh,
                          "box_nms_thresh": box_nms_thresh, "crop_nms_thresh": crop_nms_thresh,
@@ -94,7 +98,6 @@ class FastAutomaticMaskGenerator(MaskGenerator):
             if len(self.point_grids) < crop_n_layers + 1:
                 raise ConfigError(f"point_grids has {len(self.point_grids)} grid(s); crop_n_layers={crop_n_layers} "
                                   f"needs {crop_n_layers + 1}")
-        self.device = resolve_device(device)
         self.points_per_side = points_per_side
         self.points_per_batch = int(points_per_batch)
         self.pred_iou_thresh = float(pred_iou_thresh)
@@ -109,7 +112,6 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         self.output_mode = output_mode
         self.bf16 = bool(bf16)
         self.encoder_batch_size = int(encoder_batch_size)
-        on_gpu = torch.device(self.device).type != "cpu"
         self.chunk_pixels = int(chunk_pixels or (2**27 if on_gpu else 2**24))
         self.progress = progress
         self.last_timings: dict[str, float] = {}
@@ -379,7 +381,9 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
 
     ``model_type`` / ``checkpoint`` / ``device`` as for the ``sam`` generator (see
     :func:`lvlm.models.sam.build_sam`); the knobs from ``points_per_side`` to ``output_mode`` are the
-    official ones with the official defaults except ``points_per_batch``. Extra knobs: ``bf16`` (bf16
+    official ones with the official defaults except ``points_per_batch`` (default 256 on a GPU, 64 on the CPU,
+    where larger batches only cost memory: the decoder repeats the image embedding per prompt). Extra knobs:
+    ``bf16`` (bf16
     autocast of the image encoder), ``encoder_batch_size`` (crops / images per encoder call),
     ``chunk_pixels`` (full-resolution pixels processed at once; default 2**27 on GPU, 2**24 on CPU),
     ``model`` (an already-built ``segment_anything`` ``Sam``, which ``model_type`` / ``checkpoint`` then do
@@ -394,7 +398,7 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
         checkpoint: Any = "default",
         device: str = "auto",
         points_per_side: int | None = 32,
-        points_per_batch: int = 256,
+        points_per_batch: int | None = None,
         pred_iou_thresh: float = 0.88,
         stability_score_thresh: float = 0.95,
         stability_score_offset: float = 1.0,
