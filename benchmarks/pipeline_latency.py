@@ -3,7 +3,8 @@
 Builds ``lvlm.Pipeline.from_config(--config)`` (timed separately: model loading), runs it on ``--n`` images with
 ``--threads`` torch threads (default 2) and reports each stage of ``Result.timings`` (load, prompter,
 segmenter, generator, selector, total): the first image apart (cold: lazy initialisation) and the mean / median
-over the others. A text-prompted pipeline gets ``--prompt``; a box-prompted one (the embedded LiteMedSAM
+over the others, and the fp32 matmul rate measured before and after (on a shared machine, how much CPU the
+run got). A text-prompted pipeline gets ``--prompt``; a box-prompted one (the embedded LiteMedSAM
 default) the box of the central half of each image.
 
 Images: the real ones under ../shared/data when present (nuclei 512x512 fluorescence, quokka 643x960 photo),
@@ -46,6 +47,18 @@ def images(n: int, size: tuple[int, int]) -> list[tuple[str, np.ndarray]]:
     return out
 
 
+def gemm_gflops(n: int = 1024, repeats: int = 3) -> float:
+    """GFLOP/s of an n x n x n fp32 matmul now: how much of the CPU this run actually gets (shared machines)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="embedded")
@@ -62,6 +75,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from lvlm import Pipeline
 
+    gemm_before = gemm_gflops()
     t0 = time.perf_counter()
     pipe = Pipeline.from_config(args.config)
     build_s = time.perf_counter() - t0
@@ -76,6 +90,7 @@ def main(argv=None) -> int:
             kwargs["box"] = [w / 4, h / 4, 3 * w / 4, 3 * h / 4]
         res = pipe(img, **kwargs)
         rows.append({"image": name, "hw": [h, w], **{k: float(v) for k, v in res.timings.items()}})
+    gemm_after = gemm_gflops()
     warm = rows[1:]
     stages = [k for k in rows[0] if k not in ("image", "hw")]
     out = {
@@ -88,6 +103,7 @@ def main(argv=None) -> int:
         "pipeline": repr(pipe),
         "prompt": args.prompt if pipe.needs_text else "box: central half of the image",
         "threads": torch.get_num_threads(),
+        "gemm_gflops_before_after": [gemm_before, gemm_after],
         "images": rows,
         "torch": torch.__version__,
     }

@@ -70,6 +70,20 @@ def _round(v, digits: int):
     return float(f"{v:.{digits}g}") if 0 < abs(v) < 1e-2 else round(v, digits)
 
 
+def paired_gain(per_object: list[dict], strategies: list[str]) -> dict[str, dict[str, float]]:
+    """Per strategy: mean IoU gain of specialised over base on the same nuclei, its standard error, and
+    on how many nuclei the specialised decoder is better / worse."""
+    out = {}
+    for s in strategies:
+        base = {(r["image"], r["object"]): r["iou"] for r in per_object if r["model"] == "base" and r["strategy"] == s}
+        spec = {(r["image"], r["object"]): r["iou"] for r in per_object
+                if r["model"] == "specialised" and r["strategy"] == s}
+        d = np.array([spec[k] - base[k] for k in base])
+        out[s] = {"mean": round(float(d.mean()), 4), "sem": round(float(d.std(ddof=1) / np.sqrt(len(d))), 4),
+                  "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "n": len(d)}
+    return out
+
+
 def _cpu_seconds() -> float:
     """CPU time (user + system, all threads) of this process so far: the machine-independent cost."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -90,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", help="run folder (default: a temporary folder)")
+    ap.add_argument("--decoder", help="evaluate this decoder.safetensors instead of training one")
     ap.add_argument("--strategies", default="center,edge,grid4,box")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
@@ -101,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     from lvlm.bench.prompt_strategies import evaluate_prompt_strategies, format_table
     from lvlm.io import load_image, load_mask
     from lvlm.models.sam import build_litemedsam
-    from lvlm.train.sam_decoder import SamArchSegmenter, split_samples, train_sam_decoder
+    from lvlm.train.sam_decoder import (
+        SamArchSegmenter,
+        read_decoder_metadata,
+        split_samples,
+        train_sam_decoder,
+    )
 
     t0 = time.perf_counter()
     data = Path(args.data)
@@ -134,15 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     model = copy.deepcopy(base_model)
     cfg = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "patience": args.patience,
                "point_fraction": args.point_fraction, "hflip": args.hflip, "seed": args.seed}
-    res = train_sam_decoder(model, train, val, out_dir=out, config=cfg, cache_dir=cache_dir, device="cpu",
-                            model_name="litemedsam", progress=not args.json)
+    if args.decoder:
+        decoder_path, res = Path(args.decoder), None
+    else:
+        res = train_sam_decoder(model, train, val, out_dir=out, config=cfg, cache_dir=cache_dir, device="cpu",
+                                model_name="litemedsam", progress=not args.json)
+        decoder_path = res.decoder_path
     segs = {
         "base": SamArchSegmenter(base_model, device="cpu", cache_dir=cache_dir, name="base"),
-        "specialised": SamArchSegmenter(copy.deepcopy(base_model), decoder_checkpoint=str(res.decoder_path),
+        "specialised": SamArchSegmenter(copy.deepcopy(base_model), decoder_checkpoint=str(decoder_path),
                                         device="cpu", cache_dir=cache_dir, name="specialised"),
     }
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    rows, _ = evaluate_prompt_strategies(segs, right_groups, strategies, progress=not args.json)
+    rows, per_object = evaluate_prompt_strategies(segs, right_groups, strategies, progress=not args.json)
     miou = {m: {r["prompt_strategy"]: r["iou_mean"] for r in rows if r["model"] == m} for m in segs}
     pick = {"point": "center", "box": "box"}
     result = {
@@ -153,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         "n_train": len(train), "n_val": len(val), "n_eval": n_eval,
         "base_miou": {k: round(miou["base"].get(s, float("nan")), 4) for k, s in pick.items()},
         "specialised_miou": {k: round(miou["specialised"].get(s, float("nan")), 4) for k, s in pick.items()},
-        "training": res.summary(),
-        "history": [{k: (_round(v, 3 if k == "lr" else 4)) for k, v in r.items()} for r in res.history],
+        "paired_iou_gain": paired_gain(per_object, strategies),
+        "training": res.summary() if res else read_decoder_metadata(decoder_path),
+        "history": [{k: (_round(v, 3 if k == "lr" else 4)) for k, v in r.items()} for r in res.history] if res else [],
         "table": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
         "config": cfg,
         "threads": args.threads,

@@ -8,6 +8,7 @@ best-match IoU >= 0.99 both ways. With the official point batch size the masks a
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -101,6 +102,19 @@ def test_same_masks_as_official(name):
     np.testing.assert_array_equal(cands.extra["crop_boxes"], [r["crop_box"] for r in ref])
     np.testing.assert_array_equal(cands.boxes, masks_to_boxes(cands.masks))  # exclusive right / bottom edges
     assert cands.source == "sam_fast"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["thresholds_0", "crops", "many"])
+def test_same_masks_as_official_on_gpu(name):
+    """On a GPU both generators run on the GPU (the official one's NMS and cleaning partly on the CPU)."""
+    kw, fewest = CASES[name]
+    model = point_local_sam(build_sam("vit_tiny", None, device="cuda"), seed=0)
+    img = scene()
+    ref = stack(SamAutomaticMaskGenerator(model, points_per_side=8, **kw).generate(img), img.shape[:2])
+    assert len(ref) >= fewest
+    ours = SamFastGenerator(model=model, device="cuda", points_per_side=8, **kw).generate(img)
+    assert_same_set(ours.masks, ref)
 
 
 def test_small_regions_case_changes_masks():
@@ -257,3 +271,76 @@ def test_boxes_from_projections_like_official():
     masks[2] = False
     masks[2, 5, 7] = True  # one pixel
     assert torch.equal(boxes_from_projections(masks.any(-1), masks.any(-2)), batched_mask_to_box(masks))
+
+
+# ---------------------------------------------------------------------------------------------- SAM 2
+SAM2_ZERO = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
+SAM2_CASES = {  # the random tiny SAM 2's masks all overlap: box NMS off (1.0) keeps every mask to compare
+    "default": {},
+    "all_masks": SAM2_ZERO,
+    "crops": {**SAM2_ZERO, "crop_n_layers": 1, "crop_nms_thresh": 1.0},
+    "m2m": {**SAM2_ZERO, "use_m2m": True},
+    "low_res_cleaning": {**SAM2_ZERO, "min_mask_region_area": 300},
+}
+
+
+def scipy_connected_components(mask):
+    """What sam2's compiled ``_C.get_connected_componnets`` returns (8-connectivity), for CPU-only installs."""
+    from scipy import ndimage
+
+    m = mask.cpu().numpy()[:, 0].astype(bool)
+    labels = np.zeros(m.shape, np.int32)
+    counts = np.zeros(m.shape, np.int32)
+    for i, mi in enumerate(m):
+        lab, _ = ndimage.label(mi, structure=np.ones((3, 3)))
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        labels[i], counts[i] = lab, sizes[lab]
+    return torch.from_numpy(labels)[:, None], torch.from_numpy(counts)[:, None]
+
+
+@functools.cache
+def tiny_sam2():
+    pytest.importorskip("sam2")
+    from lvlm.models.sam2 import build_sam2_model
+
+    return build_sam2_model("tiny_random", device="cpu")
+
+
+@pytest.mark.parametrize("name", list(SAM2_CASES))
+def test_sam2_same_masks_as_official(name, monkeypatch):
+    model = tiny_sam2()
+    import sam2.utils.misc
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    from lvlm.generators.sam2_fast import Sam2FastGenerator
+    from lvlm.models.sam2 import fit_feature_sizes
+
+    # the official low-res cleaning needs sam2's CUDA extension; give it the same computation on the CPU
+    monkeypatch.setattr(sam2.utils.misc, "get_connected_components", scipy_connected_components)
+    kw = {"points_per_side": 6, **SAM2_CASES[name]}
+    img = scene()
+    with warnings.catch_warnings():  # torch.jit.script deprecation inside sam2's transforms
+        warnings.simplefilter("ignore", FutureWarning)
+        amg = SAM2AutomaticMaskGenerator(model, **kw)
+    fit_feature_sizes(amg.predictor)
+    ref = amg.generate(img)
+    ours = Sam2FastGenerator(model=model, device="cpu", points_per_batch=64, **kw).generate(img)
+    ref_masks = stack(ref, img.shape[:2])
+    assert len(ref) >= (0 if name == "default" else 100)
+    assert_same_set(ours.masks, ref_masks)
+    assert np.array_equal(ours.masks, ref_masks)
+    np.testing.assert_allclose(ours.scores, [r["predicted_iou"] for r in ref], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ours.extra["point_coords"], np.reshape([r["point_coords"][0] for r in ref], (-1, 2)),
+                               atol=1e-4)
+    if name == "low_res_cleaning":  # the cleaning did something
+        plain = Sam2FastGenerator(model=model, device="cpu", **{**kw, "min_mask_region_area": 0}).generate(img)
+        assert not np.array_equal(plain.masks, ours.masks)
+
+
+def test_sam2_fast_registered():
+    pytest.importorskip("sam2")
+    assert "sam2_fast" in available("generator")
+    gen = build("generator", "sam2_fast", variant="tiny_random", device="cpu", points_per_side=4,
+                pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    assert gen.generate(scene(40, 50)).source == "sam2_fast:tiny_random"

@@ -119,6 +119,8 @@ class FastAutomaticMaskGenerator(MaskGenerator):
 
     # ------------------------------------------------------------------ family hooks
     mask_threshold = 0.0
+    small_regions_full_res = True  # min_mask_region_area: SAM's hole / island removal on the final masks
+    points_dtype = torch.float64  # dtype of the crop-frame points kept with each mask (as the official code)
 
     def _encode(self, crops: list[np.ndarray]) -> list[Any]:
         raise NotImplementedError
@@ -230,7 +232,7 @@ class FastAutomaticMaskGenerator(MaskGenerator):
             del data["low_res"]
             self._sync()
             timings["masks"] += time.perf_counter() - t0
-            if self.min_mask_region_area > 0 and len(data["masks"]):
+            if self.small_regions_full_res and self.min_mask_region_area > 0 and len(data["masks"]):
                 t0 = time.perf_counter()
                 data = self._postprocess_small_regions(data)
                 self._sync()
@@ -254,7 +256,7 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         full_image = list(crop_box) == [0, 0, orig_w, orig_h]
         points = self.point_grids[layer] * np.array(crop_hw)[None, ::-1]  # float64, crop frame (as official)
         in_points = self._transform_points(points, crop_hw)
-        points_t = torch.as_tensor(points, device=dev)
+        points_t = torch.as_tensor(points, dtype=self.points_dtype, device=dev)
         thr = self.mask_threshold
         per_chunk = max(1, self.chunk_pixels // self._full_res_cost(crop_hw))
 
@@ -563,38 +565,27 @@ def remove_small_regions_batched(masks: torch.Tensor, area_thresh: int, chunk_pi
     """``segment_anything.utils.amg.remove_small_regions`` on N masks at once: fill holes, then drop islands,
     smaller than ``area_thresh`` (8-connectivity). Returns the new masks and per mask whether it changed.
 
-    On a GPU the components come from :func:`label_components`; on the CPU from one ``scipy.ndimage.label``
-    call over the whole N x H x W stack (a structuring element that links pixels within a mask only), which
-    beats the iterative labelling there (``backend``: ``"auto"``, ``"torch"`` or ``"scipy"``). Both are
-    batched: no loop over masks.
+    Components come from :func:`components` (``backend``: ``"auto"`` = one ``scipy.ndimage.label`` call over
+    the whole stack on the CPU, :func:`label_components` on a GPU; ``"torch"`` or ``"scipy"``): no loop over
+    masks either way.
     """
     n, h, w = masks.shape
-    if backend not in ("auto", "torch", "scipy"):
-        raise ValueError(f"backend={backend!r}; valid: auto, torch, scipy")
     if n == 0:
         return masks.clone(), torch.zeros(0, dtype=torch.bool, device=masks.device)
-    if backend == "scipy" or (backend == "auto" and masks.device.type == "cpu"):
-        m = masks.cpu().numpy()
-        m, ch1 = _fill_small_np(m, area_thresh, holes=True)
-        m, ch2 = _fill_small_np(m, area_thresh, holes=False)
-        return torch.from_numpy(m).to(masks.device), torch.from_numpy(ch1 | ch2).to(masks.device)
     per = max(1, chunk_pixels // max(1, h * w))
     outs, changed = [], []
     for s in range(0, n, per):
         m = masks[s:s + per]
-        m, ch1 = _fill_small(m, area_thresh, holes=True)
-        m, ch2 = _fill_small(m, area_thresh, holes=False)
+        m, ch1 = _fill_small(m, area_thresh, holes=True, backend=backend)
+        m, ch2 = _fill_small(m, area_thresh, holes=False, backend=backend)
         outs.append(m)
         changed.append(ch1 | ch2)
     return torch.cat(outs), torch.cat(changed)
 
 
-def _fill_small(mask: torch.Tensor, area_thresh: int, holes: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _fill_small(mask: torch.Tensor, area_thresh: int, holes: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     work = ~mask if holes else mask
-    labels = label_components(work)
-    flat = labels.view(-1)
-    sizes = torch.bincount(flat[work.view(-1)], minlength=flat.numel())
-    size_px = torch.where(work, sizes[labels], 0)
+    labels, size_px = components(work, backend)
     small_px = work & (size_px < area_thresh)
     changed = small_px.flatten(1).any(1)
     if holes:
@@ -613,26 +604,27 @@ _STACK_8 = np.zeros((3, 3, 3), bool)
 _STACK_8[1] = True  # 8-connectivity within each mask of an N x H x W stack, none across masks
 
 
-def _fill_small_np(mask: np.ndarray, area_thresh: int, holes: bool) -> tuple[np.ndarray, np.ndarray]:
-    from scipy import ndimage
+def components(fg: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """8-connected components of N x H x W bool masks: (labels, size of each pixel's component).
 
-    n = len(mask)
-    work = ~mask if holes else mask
-    labels, k = ndimage.label(work, structure=_STACK_8)  # numbered in raster order, 0 = not in work
-    sizes = np.bincount(labels.ravel(), minlength=k + 1)
-    sizes[0] = 0
-    size_px = sizes[labels]
-    small_px = work & (size_px < area_thresh)
-    changed = small_px.reshape(n, -1).any(1)
-    if holes:
-        return mask | small_px, changed
-    out = work & ~small_px
-    idx = np.nonzero(changed & ~out.reshape(n, -1).any(1))[0]  # every island small: keep the largest
-    if len(idx):
-        best = size_px[idx].reshape(len(idx), -1).argmax(1)
-        root = labels[idx].reshape(len(idx), -1)[np.arange(len(idx)), best]
-        out[idx] = labels[idx] == root[:, None, None]
-    return out, changed
+    ``labels`` are equal exactly within a component (int64; arbitrary outside ``fg``), ``size`` is 0 outside
+    ``fg``. ``backend``: ``"scipy"`` (one ``scipy.ndimage.label`` call on the stack, on the CPU), ``"torch"``
+    (:func:`label_components`, on the masks' device) or ``"auto"`` (scipy for CPU tensors, else torch).
+    """
+    if backend not in ("auto", "torch", "scipy"):
+        raise ValueError(f"backend={backend!r}; valid: auto, torch, scipy")
+    if backend == "scipy" or (backend == "auto" and fg.device.type == "cpu"):
+        from scipy import ndimage
+
+        lab, k = ndimage.label(fg.cpu().numpy(), structure=_STACK_8)  # numbered in raster order, 0 = not in fg
+        sizes = np.bincount(lab.ravel(), minlength=k + 1)
+        sizes[0] = 0
+        labels = torch.from_numpy(lab.astype(np.int64)).to(fg.device)
+        return labels, torch.from_numpy(sizes[lab]).to(fg.device)
+    labels = label_components(fg)
+    flat = labels.view(-1)
+    sizes = torch.bincount(flat[fg.reshape(-1)], minlength=flat.numel())
+    return labels, torch.where(fg, sizes[labels], 0)
 
 
 def masks_to_rle(masks: torch.Tensor) -> list[dict[str, Any]]:

@@ -1,0 +1,148 @@
+"""Quality of the offline defaults on held-out generated scenes: embedded default, base pipeline, CLIP retrieval.
+
+All three use only what ships with lvlm (the ``lvlm-shapes`` CLIP and LiteMedSAM's weights), so this
+runs offline on a CPU. Scenes are :class:`lvlm.data.synthetic.ScenesDataset`'s held-out seeds (from
+10,000,000; the CLIP was trained on seeds below 8,000 and validated on seeds from 5,000,000), one named
+object per scene:
+
+- ``miou``: the embedded default (``configs/embedded.yaml``: gScoreCAM saliency of ``lvlm-shapes`` -> dense
+  CRF -> box -> LiteMedSAM) - mean IoU of its mask with the named object's true mask;
+- ``selection_accuracy`` / ``base_miou``: the base pipeline (``configs/embedded_base.yaml``: LiteMedSAM
+  everything mode -> CLIP selector) - fraction of scenes whose selected mask has IoU > 0.5 with the
+  named object, and the mean IoU;
+- ``retrieval_top1``: zero-shot caption retrieval of ``lvlm-shapes`` on single-object held-out scenes
+  (image -> the right caption among the 30 of ``all_captions()``).
+
+Both pipelines use LiteMedSAM with the same weights and preprocessing, so the benchmark computes each
+scene's image embedding once and gives it to both (the results are those of the two configs run
+separately). ::
+
+    OMP_NUM_THREADS=1 python benchmarks/embedded_quality.py --n 200 --json
+    python benchmarks/embedded_quality.py --checkpoint runs/shapes/best/open_clip_model.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    u = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / u) if u else 1.0
+
+
+def with_checkpoint(cfg: dict, checkpoint: str | None, device: str) -> dict:
+    """The config with every ``lvlm-shapes`` CLIP pointed at ``checkpoint`` and every stage on ``device``."""
+    cfg = json.loads(json.dumps(cfg))
+    for stage in ("prompter", "selector", "segmenter", "generator"):
+        spec = cfg.get(stage)
+        if not isinstance(spec, dict):
+            continue
+        spec["device"] = device
+        for key in ("clip", "model"):
+            clip = spec.get(key)
+            if clip == "lvlm-shapes" or (isinstance(clip, dict) and clip.get("name") == "lvlm-shapes"):
+                clip = {"name": "lvlm-shapes"} if isinstance(clip, str) else dict(clip)
+                if checkpoint:
+                    clip["checkpoint"] = checkpoint
+                spec[key] = clip
+    return cfg
+
+
+def retrieval_top1(clip, n: int, start: int, batch_size: int = 64) -> float:
+    """Top-1 image -> caption accuracy on ``n`` single-object scenes (seeds ``start ..``) among all captions."""
+    import torch
+
+    from lvlm.data.synthetic import all_captions, make_scene
+
+    captions = all_captions()
+    with torch.no_grad():
+        text = clip.encode_text(captions, normalize=True).float()
+        correct = 0
+        for s in range(0, n, batch_size):
+            scenes = [make_scene(start + i, n_objects=1) for i in range(s, min(n, s + batch_size))]
+            pixels = clip.preprocess(np.stack([sc.image for sc in scenes]))
+            pred = (clip.encode_image(pixels, normalize=True).float() @ text.T).argmax(1).cpu().numpy()
+            correct += sum(captions[p] == sc.objects[0].caption for p, sc in zip(pred, scenes))
+    return correct / n
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200, help="held-out scenes (default 200)")
+    ap.add_argument("--start", type=int, default=10_000_000, help="first seed (default 10,000,000: held out)")
+    ap.add_argument("--checkpoint", help="lvlm-shapes weights to evaluate (default: the packaged ones)")
+    ap.add_argument("--config", default="embedded", help="embedded pipeline config (default: embedded)")
+    ap.add_argument("--base-config", default="embedded_base", help="base pipeline config (default: embedded_base)")
+    ap.add_argument("--no-base", action="store_true", help="skip the base pipeline")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+
+    from tqdm.auto import tqdm
+
+    from lvlm.data.synthetic import ScenesDataset
+    from lvlm.models.clip import load_clip
+    from lvlm.pipeline import EmptyMaskWarning, Pipeline, load_config
+
+    t_start = time.perf_counter()
+    emb = Pipeline.from_config(with_checkpoint(load_config(args.config), args.checkpoint, args.device))
+    base = None
+    if not args.no_base:
+        base = Pipeline.from_config(with_checkpoint(load_config(args.base_config), args.checkpoint, args.device))
+        seg, gen = emb.segmenter, base.generator
+        if hasattr(seg, "embed") and hasattr(gen, "predictor") and type(seg).__name__ == "LiteMedSamSegmenter":
+            # same network, weights and preprocessing: one encoder pass per scene for both pipelines
+            gen.predictor.embed = lambda image: (lambda e: (e.features, e.new_size))(seg.embed(image))
+
+    clip_spec = {"name": "lvlm-shapes", **({"checkpoint": args.checkpoint} if args.checkpoint else {})}
+    clip = load_clip(clip_spec, device=args.device)
+    t0 = time.perf_counter()
+    top1 = retrieval_top1(clip, args.n, args.start)
+    t_retrieval = time.perf_counter() - t0
+
+    ious, base_ious = [], []
+    t_emb = t_base = 0.0
+    samples = ScenesDataset(n=args.n, start=args.start)
+    for s in tqdm(samples, total=len(samples), desc="scenes", unit="scene", disable=args.json):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EmptyMaskWarning)
+            t0 = time.perf_counter()
+            ious.append(iou(emb(s.image, s.prompt).mask, s.mask))
+            t_emb += time.perf_counter() - t0
+            if base is not None:
+                t0 = time.perf_counter()
+                base_ious.append(iou(base(s.image, s.prompt).mask, s.mask))
+                t_base += time.perf_counter() - t0
+    out = {
+        "miou": float(np.mean(ious)),
+        "selection_accuracy": float(np.mean(np.array(base_ious) > 0.5)) if base_ious else None,
+        "base_miou": float(np.mean(base_ious)) if base_ious else None,
+        "retrieval_top1": float(top1),
+        "n": args.n,
+        "seconds_per_image": (time.perf_counter() - t_start) / args.n,
+        "seconds_per_image_embedded": t_emb / args.n,
+        "seconds_per_image_base": t_base / args.n if base is not None else None,
+        "seconds_retrieval": t_retrieval,
+        "checkpoint": args.checkpoint or "packaged",
+        "miou_iou_above_0.5": float(np.mean(np.array(ious) > 0.5)),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for k, v in out.items():
+            print(f"{k:28s} {v:.4f}" if isinstance(v, float) else f"{k:28s} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
