@@ -14,7 +14,7 @@ Protocol (held-out by position, so no nucleus is seen in both roles):
   of :mod:`lvlm.bench.prompt_strategies` (centre point, edge point, 4-point grid, box); masks at full
   resolution, IoU / Dice / boundary F1 (2 px) from :mod:`lvlm.bench.metrics`.
 
-Usage (about 8 CPU-minutes: a few minutes of wall time on 2 idle cores)::
+Usage (about 11.5 CPU-minutes: roughly 6-7 minutes of wall time on 2 idle cores)::
 
     OMP_NUM_THREADS=2 python benchmarks/specialise_nuclei.py --json
 

@@ -118,7 +118,7 @@ class LiteMedSamSegmenter(PromptedSegmenter):
     """
 
     def __init__(self, checkpoint: Any = "default", device: str = "auto", multimask: Any = False,
-                 batch_size: int = 64, threshold: float = 0.5) -> None:
+                 batch_size: int = 64, threshold: float = 0.5, decoder_checkpoint: str | None = None) -> None:
         if not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) < 1.0:
             raise ConfigError(f"threshold={threshold!r}: expected a probability in (0, 1)")
         self.multimask = check_multimask(multimask)
@@ -126,6 +126,10 @@ class LiteMedSamSegmenter(PromptedSegmenter):
         self.threshold = float(threshold)
         self.device = resolve_device(device)
         self.model = build_litemedsam(checkpoint, self.device)
+        if decoder_checkpoint:  # a mask decoder specialised with `lvlm train sam-decoder`
+            from ..train.sam_decoder import load_decoder_checkpoint
+
+            load_decoder_checkpoint(self.model, decoder_checkpoint)
         self.source = "litemedsam"
 
     def _embed(self, image: np.ndarray) -> LiteEmbedding:

@@ -56,13 +56,17 @@ class MedSamSegmenter(PromptedSegmenter):
     """
 
     def __init__(self, checkpoint: Any = "default", device: str = "auto", model_type: str = "medsam",
-                 batch_size: int = 64, threshold: float = 0.5) -> None:
+                 batch_size: int = 64, threshold: float = 0.5, decoder_checkpoint: str | None = None) -> None:
         if not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) < 1.0:
             raise ConfigError(f"threshold={threshold!r}: expected a probability in (0, 1)")
         self.batch_size = check_batch_size(batch_size)
         self.threshold = float(threshold)
         self.device = resolve_device(device)
         self.model = build_sam(model_type, checkpoint, self.device)
+        if decoder_checkpoint:  # a mask decoder specialised with `lvlm train sam-decoder`
+            from ..train.sam_decoder import load_decoder_checkpoint
+
+            load_decoder_checkpoint(self.model, decoder_checkpoint)
         self.size = int(self.model.image_encoder.img_size)
         self.source = "medsam" if model_type == "medsam" else f"medsam:{model_type}"
 

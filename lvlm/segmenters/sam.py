@@ -61,7 +61,7 @@ class SamSegmenter(PromptedSegmenter):
     """
 
     def __init__(self, model_type: str = "vit_h", checkpoint: Any = "default", device: str = "auto",
-                 multimask: Any = "auto", batch_size: int = 64) -> None:
+                 multimask: Any = "auto", batch_size: int = 64, decoder_checkpoint: str | None = None) -> None:
         from segment_anything import SamPredictor
 
         self.multimask = check_multimask(multimask)
@@ -69,6 +69,10 @@ class SamSegmenter(PromptedSegmenter):
         self.device = resolve_device(device)
         self.model_type = model_type
         self.model = build_sam(model_type, checkpoint, self.device)
+        if decoder_checkpoint:  # a mask decoder specialised with `lvlm train sam-decoder`
+            from ..train.sam_decoder import load_decoder_checkpoint
+
+            load_decoder_checkpoint(self.model, decoder_checkpoint)
         self.predictor = SamPredictor(self.model)
         self.source = f"sam:{model_type}" if model_type != "mobilesam" else "mobilesam"
 
