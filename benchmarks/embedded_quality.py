@@ -102,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         seg, gen = emb.segmenter, base.generator
         if hasattr(seg, "embed") and hasattr(gen, "predictor") and type(seg).__name__ == "LiteMedSamSegmenter":
             # same network, weights and preprocessing: one encoder pass per scene for both pipelines
-            gen.predictor.embed = lambda image: (lambda e: (e.features, e.new_size))(seg.embed(image))
+            def shared_embed(image, seg=seg):
+                e = seg.embed(image)
+                return e.features, e.new_size
+
+            gen.predictor.embed = shared_embed
 
     clip_spec = {"name": "lvlm-shapes", **({"checkpoint": args.checkpoint} if args.checkpoint else {})}
     clip = load_clip(clip_spec, device=args.device)

