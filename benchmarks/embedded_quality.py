@@ -58,8 +58,9 @@ def with_checkpoint(cfg: dict, checkpoint: str | None, device: str) -> dict:
     return cfg
 
 
-def retrieval_top1(clip, n: int, start: int, batch_size: int = 64) -> float:
-    """Top-1 image -> caption accuracy on ``n`` single-object scenes (seeds ``start ..``) among all captions."""
+def retrieval_top1(clip, n: int, start: int, batch_size: int = 64) -> dict[str, float]:
+    """Top-1 image -> caption accuracy on ``n`` single-object scenes (seeds ``start ..``) among all captions,
+    and how often the predicted caption has the right colour / the right shape."""
     import torch
 
     from lvlm.data.synthetic import all_captions, make_scene
@@ -67,13 +68,15 @@ def retrieval_top1(clip, n: int, start: int, batch_size: int = 64) -> float:
     captions = all_captions()
     with torch.no_grad():
         text = clip.encode_text(captions, normalize=True).float()
-        correct = 0
+        hits = np.zeros(3)
         for s in range(0, n, batch_size):
             scenes = [make_scene(start + i, n_objects=1) for i in range(s, min(n, s + batch_size))]
             pixels = clip.preprocess(np.stack([sc.image for sc in scenes]))
             pred = (clip.encode_image(pixels, normalize=True).float() @ text.T).argmax(1).cpu().numpy()
-            correct += sum(captions[p] == sc.objects[0].caption for p, sc in zip(pred, scenes))
-    return correct / n
+            for p, sc in zip(pred, scenes):
+                o, words = sc.objects[0], captions[p].split()
+                hits += [captions[p] == o.caption, o.colour in words, o.shape in words]
+    return dict(zip(("top1", "colour", "shape"), (hits / n).tolist()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     clip_spec = {"name": "lvlm-shapes", **({"checkpoint": args.checkpoint} if args.checkpoint else {})}
     clip = load_clip(clip_spec, device=args.device)
     t0 = time.perf_counter()
-    top1 = retrieval_top1(clip, args.n, args.start)
+    retrieval = retrieval_top1(clip, args.n, args.start)
     t_retrieval = time.perf_counter() - t0
 
     ious, base_ious = [], []
@@ -131,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         "miou": float(np.mean(ious)),
         "selection_accuracy": float(np.mean(np.array(base_ious) > 0.5)) if base_ious else None,
         "base_miou": float(np.mean(base_ious)) if base_ious else None,
-        "retrieval_top1": float(top1),
+        "retrieval_top1": retrieval["top1"],
+        "retrieval_colour_correct": retrieval["colour"],
+        "retrieval_shape_correct": retrieval["shape"],
         "n": args.n,
         "seconds_per_image": (time.perf_counter() - t_start) / args.n,
         "seconds_per_image_embedded": t_emb / args.n,

@@ -32,7 +32,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def generator():
     return build("generator", "litemedsam", device="cpu", pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                 box_nms_thresh=1.0)
+                 box_nms_thresh=1.0, region_sigmas=[4.0])  # one scale: fewer boxes, a faster test
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +50,9 @@ def test_generator_finds_the_objects(generator, scene):
 
 def test_generator_matches_the_prompted_segmenter(generator, scene):
     """Same network, preprocessing and boxes: the generator's masks are the segmenter's masks."""
-    cands = generator.generate(scene.image)
+    cands = generator.generate(scene.image).subset(np.arange(6))
     seg = build("segmenter", "litemedsam", device="cpu")
-    ref = seg.segment(scene.image, Prompts(boxes=cands.extra["prompt_boxes"]))
+    ref = seg.segment(scene.image, Prompts(boxes=cands.extra["prompt_boxes"][:6]))
     np.testing.assert_array_equal(cands.masks, ref.masks)
     np.testing.assert_allclose(cands.scores, ref.scores, atol=1e-5)
     feats, new_size = generator.predictor.embed(scene.image)
