@@ -16,6 +16,11 @@ taken in this one run on the same inputs:
     python benchmarks/amg_speed.py --model vit_tiny --json                       # seconds, CPU
     python benchmarks/amg_speed.py --model vit_b --points-per-side 8 --json      # CPU, a few minutes
     python benchmarks/amg_speed.py --model vit_h --device cuda --thresholds zero --size 1500x2250 --json  # GPU
+    python benchmarks/amg_speed.py --model sam2_tiny_random --thresholds zero --box-nms-thresh 1.0 --json
+
+SAM 2 (``--model sam2_<variant>``) compares ``sam2_fast`` with ``SAM2AutomaticMaskGenerator``; its random
+decoder gets no point-local weights (SAM 2's tiny model is too narrow for them), so ``--box-nms-thresh 1.0``
+keeps every mask for the comparison.
 
 ``--thresholds zero`` sets pred_iou_thresh = stability_score_thresh = 0 (the setting of the reference figure:
 the official generator then run-length encodes every mask of every batch); ``default`` keeps SAM's defaults.
@@ -101,9 +106,45 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+SAM_MODELS = ["vit_tiny", "vit_b", "vit_l", "vit_h", "mobilesam"]
+SAM2_VARIANTS = ["tiny_random", "tiny", "small", "base_plus", "large"]
+
+
+def build_pair(args, device: str, knobs: dict):
+    """(model, official generator, our generator, encoder module, decoder module) for ``--model``."""
+    if args.model.startswith("sam2_"):
+        import warnings
+
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+        from lvlm.generators.sam2_fast import Sam2FastGenerator
+        from lvlm.models.sam2 import build_sam2_model, fit_feature_sizes
+
+        model = build_sam2_model(args.model[len("sam2_"):], None, device=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            official = SAM2AutomaticMaskGenerator(model, points_per_batch=args.official_points_per_batch, **knobs)
+        fit_feature_sizes(official.predictor)
+        ours = Sam2FastGenerator(model=model, device=device, points_per_batch=args.points_per_batch, bf16=args.bf16,
+                                 **knobs)
+        return model, official, ours, model.image_encoder, model.sam_mask_decoder
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from lvlm.generators.sam_fast import SamFastGenerator, point_local_sam
+    from lvlm.models.sam import build_sam
+
+    model = build_sam(args.model, None, device=device)
+    if not args.plain_random:
+        point_local_sam(model, seed=args.seed)
+    official = SamAutomaticMaskGenerator(model, points_per_batch=args.official_points_per_batch, **knobs)
+    ours = SamFastGenerator(model=model, device=device, points_per_batch=args.points_per_batch, bf16=args.bf16, **knobs)
+    return model, official, ours, model.image_encoder, model.mask_decoder
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="vit_tiny", choices=["vit_tiny", "vit_b", "vit_l", "vit_h", "mobilesam"])
+    ap.add_argument("--model", default="vit_tiny", choices=SAM_MODELS + [f"sam2_{v}" for v in SAM2_VARIANTS],
+                    help="a SAM model_type, or sam2_<variant> for SAM 2.1 (sam2_fast vs SAM2AutomaticMaskGenerator)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--image", default="scene", help="'scene' (synthetic), 'quokka' (../shared) or a path")
     ap.add_argument("--size", default=None, help="HxW of the image (default 480x640 for the scene)")
@@ -111,6 +152,7 @@ def main(argv=None) -> int:
     ap.add_argument("--thresholds", choices=["default", "zero"], default="default")
     ap.add_argument("--crop-n-layers", type=int, default=0)
     ap.add_argument("--min-mask-region-area", type=int, default=0)
+    ap.add_argument("--box-nms-thresh", type=float, default=0.7, help="1.0 turns box NMS off (keeps every mask)")
     ap.add_argument("--points-per-batch", type=int, default=None,
                     help="ours (default: 256 on GPU, 64 on CPU; the official one keeps 64)")
     ap.add_argument("--official-points-per-batch", type=int, default=64)
@@ -123,26 +165,18 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
 
-    from segment_anything import SamAutomaticMaskGenerator
-
     from lvlm.components import resolve_device
-    from lvlm.generators.sam_fast import SamFastGenerator, point_local_sam
-    from lvlm.models.sam import build_sam
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     size = tuple(int(v) for v in args.size.lower().split("x")) if args.size else None
     image = load_input(args.image, size)
-    model = build_sam(args.model, None, device=device)
-    if not args.plain_random:
-        point_local_sam(model, seed=args.seed)
     knobs = {"points_per_side": args.points_per_side, "crop_n_layers": args.crop_n_layers,
-             "min_mask_region_area": args.min_mask_region_area}
+             "min_mask_region_area": args.min_mask_region_area, "box_nms_thresh": args.box_nms_thresh}
     if args.thresholds == "zero":
         knobs.update(pred_iou_thresh=0.0, stability_score_thresh=0.0)
-    official = SamAutomaticMaskGenerator(model, points_per_batch=args.official_points_per_batch, **knobs)
-    ours = SamFastGenerator(model=model, device=device, points_per_batch=args.points_per_batch, bf16=args.bf16, **knobs)
+    _, official, ours, encoder, decoder = build_pair(args, device, knobs)
 
     # time the image encoder and the mask decoder of both generators the same way: hooks on the shared modules
     clock = {"encoder": 0.0, "decoder": 0.0}
@@ -161,8 +195,8 @@ def main(argv=None) -> int:
         module.register_forward_pre_hook(pre)
         module.register_forward_hook(post)
 
-    hooks(model.image_encoder, "encoder")
-    hooks(model.mask_decoder, "decoder")
+    hooks(encoder, "encoder")
+    hooks(decoder, "decoder")
     warm = image[: max(32, image.shape[0] // 4), : max(32, image.shape[1] // 4)]
     for _ in range(args.warmup):
         official.generate(warm)
@@ -210,7 +244,8 @@ def main(argv=None) -> int:
         "ours_decoder_s": ours_dec,
         "ours_stages_s": {k: v for k, v in ours.last_timings.items() if k != "images"},
         "model": args.model,
-        "decoder_weights": "random" if args.plain_random else "random + point_local_sam",
+        "decoder_weights": ("random" if args.plain_random or args.model.startswith("sam2_")
+                            else "random + point_local_sam"),
         "image": args.image,
         "image_hw": list(image.shape[:2]),
         "settings": {**knobs, "thresholds": args.thresholds, "points_per_batch_ours": ours.points_per_batch,
@@ -224,7 +259,7 @@ def main(argv=None) -> int:
     else:
         print(f"{args.model} on {out['device']}, image {image.shape[1]}x{image.shape[0]}, "
               f"{args.points_per_side}x{args.points_per_side} points, thresholds {args.thresholds}")
-        print(f"official {off_s:.2f} s ({len(records)} masks)   sam_fast {ours_s:.2f} s ({len(cands)} masks)")
+        print(f"official {off_s:.2f} s ({len(records)} masks)   {ours.name} {ours_s:.2f} s ({len(cands)} masks)")
         print(f"speedup {out['speedup']:.2f}x (after the encoder {out['speedup_after_encoder']:.2f}x, "
               f"post-processing alone {out['speedup_postprocessing']:.2f}x), "
               f"matched IoU {matched:.4f} / {matched_rev:.4f}, count ratio {out['count_ratio']:.3f}")

@@ -50,9 +50,12 @@ def test_generator_finds_the_objects(generator, scene):
 
 def test_generator_matches_the_prompted_segmenter(generator, scene):
     """Same network, preprocessing and boxes: the generator's masks are the segmenter's masks."""
-    cands = generator.generate(scene.image).subset(np.arange(6))
+    cands = generator.generate(scene.image)
+    k = min(6, len(cands))  # the first few: the decoder is the slow part
+    assert k >= 3
+    cands = cands.subset(np.arange(k))
     seg = build("segmenter", "litemedsam", device="cpu")
-    ref = seg.segment(scene.image, Prompts(boxes=cands.extra["prompt_boxes"][:6]))
+    ref = seg.segment(scene.image, Prompts(boxes=cands.extra["prompt_boxes"][:k]))
     np.testing.assert_array_equal(cands.masks, ref.masks)
     np.testing.assert_allclose(cands.scores, ref.scores, atol=1e-5)
     feats, new_size = generator.predictor.embed(scene.image)
