@@ -136,6 +136,21 @@ def test_large_batches_same_masks():
     assert set(gen.last_timings) >= {"encoder", "decoder", "masks", "small_regions", "total"}
 
 
+def test_crops_without_masks():
+    """Crops that keep no mask beside crops that keep some; and no mask in any crop, where segment_anything's
+    own generator raises IndexError (its empty crop_boxes tensor has no box axis) and this one returns none."""
+    img = scene()
+    kw = {"points_per_side": 6, "crop_n_layers": 1, "pred_iou_thresh": 0.9, "stability_score_thresh": 0.0}
+    ref = stack(SamAutomaticMaskGenerator(tiny_model(), **kw).generate(img), img.shape[:2])
+    cands = SamFastGenerator(model=tiny_model(), device="cpu", points_per_batch=64, **kw).generate(img)
+    assert len(ref) > 0 and np.array_equal(cands.masks, ref)
+    kw["pred_iou_thresh"] = 0.95
+    with pytest.raises(IndexError):
+        SamAutomaticMaskGenerator(tiny_model(), **kw).generate(img)
+    none = SamFastGenerator(model=tiny_model(), device="cpu", **kw).generate(img)
+    assert len(none) == 0 and none.shape == img.shape[:2]
+
+
 def test_records_like_official():
     ref = official("crops")
     ours = SamFastGenerator(model=tiny_model(), device="cpu", points_per_side=8, points_per_batch=64,

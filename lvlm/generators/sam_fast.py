@@ -262,10 +262,12 @@ class FastAutomaticMaskGenerator(MaskGenerator):
 
         kept: dict[str, list[torch.Tensor]] = {k: [] for k in ("low_res", "iou_preds", "stability_score", "boxes",
                                                                 "points")}
+        empty_low = None
         for s in range(0, len(in_points), self.points_per_batch):
             low, iou = self._decode(state, in_points[s:s + self.points_per_batch])
             n_out = low.shape[1]
             low, iou = low.flatten(0, 1), iou.flatten(0, 1)
+            empty_low = low[:0]
             pidx = torch.arange(s, s + len(low) // n_out, device=dev).repeat_interleave(n_out)
             if self.pred_iou_thresh > 0.0:  # before upsampling: the official filters after, same result
                 keep = iou > self.pred_iou_thresh
@@ -293,7 +295,7 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         if kept["low_res"]:
             data = {k: torch.cat(v) for k, v in kept.items()}
         else:
-            data = {"low_res": torch.zeros(0, 1, 1, device=dev), "iou_preds": torch.zeros(0, device=dev),
+            data = {"low_res": empty_low, "iou_preds": torch.zeros(0, device=dev),
                     "stability_score": torch.zeros(0, device=dev),
                     "boxes": torch.zeros(0, 4, dtype=torch.long, device=dev),
                     "points": torch.zeros(0, 2, dtype=points_t.dtype, device=dev)}
