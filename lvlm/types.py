@@ -146,7 +146,7 @@ class Candidates:
 
     @property
     def areas(self) -> np.ndarray:
-        return self.masks.reshape(len(self.masks), -1).sum(1)
+        return self.masks.sum(axis=(1, 2))
 
     def subset(self, index) -> "Candidates":
         """The candidates at ``index`` (indices or a boolean mask)."""
