@@ -19,6 +19,7 @@ separately). ::
 
     OMP_NUM_THREADS=1 python benchmarks/embedded_quality.py --n 200 --json
     python benchmarks/embedded_quality.py --checkpoint runs/shapes/best/open_clip_model.safetensors
+    python benchmarks/embedded_quality.py --retrieval-only --n 1000 --checkpoint runs/shapes/best  # seconds
 """
 from __future__ import annotations
 
@@ -87,17 +88,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="embedded", help="embedded pipeline config (default: embedded)")
     ap.add_argument("--base-config", default="embedded_base", help="base pipeline config (default: embedded_base)")
     ap.add_argument("--no-base", action="store_true", help="skip the base pipeline")
+    ap.add_argument("--retrieval-only", action="store_true", help="only the CLIP's caption retrieval (seconds)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--per-sample", metavar="PATH", help="also write one JSON line per scene (id, prompt, IoUs)")
     args = ap.parse_args(argv)
 
     from tqdm.auto import tqdm
 
-    from lvlm.data.synthetic import ScenesDataset
+    from lvlm.data.synthetic import ScenesDataset, make_scene
     from lvlm.models.clip import load_clip
     from lvlm.pipeline import EmptyMaskWarning, Pipeline, load_config
 
     t_start = time.perf_counter()
+    if args.retrieval_only:
+        spec = {"name": "lvlm-shapes", **({"checkpoint": args.checkpoint} if args.checkpoint else {})}
+        r = retrieval_top1(load_clip(spec, device=args.device), args.n, args.start)
+        out = {"retrieval_top1": r["top1"], "retrieval_colour_correct": r["colour"],
+               "retrieval_shape_correct": r["shape"], "n": args.n, "checkpoint": args.checkpoint or "packaged"}
+        print(json.dumps(out, indent=2) if args.json else out)
+        return 0
     emb = Pipeline.from_config(with_checkpoint(load_config(args.config), args.checkpoint, args.device))
     base = None
     if not args.no_base:
@@ -117,10 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     retrieval = retrieval_top1(clip, args.n, args.start)
     t_retrieval = time.perf_counter() - t0
 
-    ious, base_ious = [], []
+    ious, base_ious, shared, rows = [], [], [], []
     t_emb = t_base = 0.0
     samples = ScenesDataset(n=args.n, start=args.start)
-    for s in tqdm(samples, total=len(samples), desc="scenes", unit="scene", disable=args.json):
+    for i, s in enumerate(tqdm(samples, total=len(samples), desc="scenes", unit="scene", disable=args.json)):
+        # does another object of the scene have the named object's colour? (lvlm-shapes knows colour best)
+        others = make_scene(args.start + i, size=samples.size, n_objects=samples.objects_per_scene).objects
+        shared.append(sum(o.colour == s.tags["colour"] for o in others) > 1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", EmptyMaskWarning)
             t0 = time.perf_counter()
@@ -130,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 base_ious.append(iou(base(s.image, s.prompt).mask, s.mask))
                 t_base += time.perf_counter() - t0
+        rows.append({"id": s.id, "prompt": s.prompt, "iou": ious[-1], "base_iou": base_ious[-1] if base_ious else None,
+                     "colour_shared": shared[-1]})
+    ious_a, shared_a = np.array(ious), np.array(shared)
     out = {
         "miou": float(np.mean(ious)),
         "selection_accuracy": float(np.mean(np.array(base_ious) > 0.5)) if base_ious else None,
@@ -143,8 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_per_image_base": t_base / args.n if base is not None else None,
         "seconds_retrieval": t_retrieval,
         "checkpoint": args.checkpoint or "packaged",
-        "miou_iou_above_0.5": float(np.mean(np.array(ious) > 0.5)),
+        "miou_iou_above_0.5": float(np.mean(ious_a > 0.5)),
+        "n_colour_shared": int(shared_a.sum()),  # scenes where another object has the named object's colour
+        "miou_colour_unique": float(ious_a[~shared_a].mean()) if (~shared_a).any() else None,
+        "miou_colour_shared": float(ious_a[shared_a].mean()) if shared_a.any() else None,
     }
+    if base_ious:
+        b = np.array(base_ious)
+        out["selection_accuracy_colour_unique"] = float((b[~shared_a] > 0.5).mean()) if (~shared_a).any() else None
+        out["selection_accuracy_colour_shared"] = float((b[shared_a] > 0.5).mean()) if shared_a.any() else None
+    if args.per_sample:
+        Path(args.per_sample).write_text("".join(json.dumps(r) + "\n" for r in rows))
     if args.json:
         print(json.dumps(out, indent=2))
     else:

@@ -128,3 +128,28 @@ def test_pair_source_split_is_seeded():
     tr1, va1 = ps.split(0.2, seed=3)
     tr2, va2 = ps.split(0.2, seed=3)
     assert va1.images == va2.images and len(va1) == 4 and not set(va1.images) & set(tr1.images)
+
+
+def test_dihedral_augmentation_only_turns_and_flips_images():
+    """`--augment dihedral` shows each training image as one of the 8 symmetries of the square, nothing else."""
+    from lvlm.train.clip import _Batches
+
+    imgs = [make_scene(s, size=32, n_objects=1).image for s in range(16)]
+    pairs = PairSource(imgs, ["x"] * 16)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    plain = _Batches(pairs, 32, mean, std, lambda t: t, augment="none").images(range(16))
+    aug = _Batches(pairs, 32, mean, std, lambda t: t, augment="dihedral").images(range(16), np.random.default_rng(0))
+    seen = set()
+    for p, a in zip(plain, aug):
+        hits = [(k, f) for k in range(4) for f in (0, 1)
+                if torch.equal(torch.rot90(p.flip(-1) if f else p, k, (1, 2)), a)]
+        assert hits, "an augmented image is not a turn / flip of its original"
+        seen.add(hits[0])
+    assert len(seen) > 3  # the turns are random, not one fixed symmetry
+
+
+def test_unknown_augmentation_is_named(tiny_cfg, tmp_path):
+    from lvlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dihedral"):
+        train_clip(_cfg(tiny_cfg, tmp_path / "run", augment="rotate"), progress=False)

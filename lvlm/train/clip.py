@@ -39,6 +39,7 @@ SETTINGS: dict[int, dict[str, str]] = {
     7: {"model": "rn50", "init": "imagenet", "train": "image"},
 }
 TRAIN_PARTS = ("heads", "image", "both")
+AUGMENTS = ("flip", "dihedral", "none")
 INITS = ("scratch", "autoencoder", "imagenet")
 
 # image encoder names -> open_clip vision config (text tower comes from --text-model)
@@ -79,6 +80,8 @@ class ClipTrainConfig:
     max_samples: int = 0
     init_from: str = ""  # start from the weights of an open_clip model dir / file (fine-tuning, warm restarts)
     group_positives: bool = False  # pairs with the same class (or caption) are positives of each other
+    augment: str = "flip"  # "flip" (random horizontal flips), "dihedral" (flips and 90-degree turns), "none"
+    scene_black_prob: float = 0.25  # scenes:N only: chance that all but the captioned object is blacked out
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,14 +109,20 @@ class PairSource:
                           None if self.labels is None else [self.labels[i] for i in idx], self.label_texts)
 
 
-def load_pairs(data: str, max_samples: int = 0, seed: int = 0) -> PairSource:
+def load_pairs(data: str, max_samples: int = 0, seed: int = 0, scene_black_prob: float = 0.25) -> PairSource:
     """Pairs from ``scenes:N``, a ``.csv`` / ``.jsonl`` manifest (image, text columns) or a MIMIC-CXR-JPG root."""
     if data.startswith("scenes:"):
+        from tqdm.auto import tqdm
+
         from ..data.synthetic import all_captions, training_pairs
 
-        n = int(data.split(":", 1)[1])
+        try:
+            n = int(data.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"training data {data!r}: give scenes:N with N a number of scenes") from None
         imgs, texts, labels = [], [], []
-        for img, cap, lab in training_pairs(range(n), rng_seed=seed):
+        for img, cap, lab in tqdm(training_pairs(range(n), rng_seed=seed, black_prob=scene_black_prob), total=n,
+                                  desc="generating scenes", unit="scene", leave=False):
             imgs.append(img)
             texts.append(cap)
             labels.append(lab)
@@ -274,7 +283,7 @@ def set_trainable(model, train: str) -> list[str]:
 class _Batches:
     """Preprocessed image tensors and tokenised texts, produced on the fly in batches."""
 
-    def __init__(self, pairs: PairSource, image_size: int, mean, std, tokenizer, augment: bool):
+    def __init__(self, pairs: PairSource, image_size: int, mean, std, tokenizer, augment: str):
         self.pairs, self.image_size, self.tokenizer, self.augment = pairs, image_size, tokenizer, augment
         import torch
 
@@ -299,9 +308,15 @@ class _Batches:
                                   align_corners=False)
             ts.append(t)
         x = torch.cat(ts)
-        if self.augment and rng is not None:
+        if self.augment in ("flip", "dihedral") and rng is not None:
             flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
             x[flip] = x[flip].flip(-1)
+        if self.augment == "dihedral" and rng is not None:  # with the flips: all 8 symmetries of the square
+            turns = rng.integers(0, 4, len(idx))
+            for k in (1, 2, 3):
+                sel = torch.from_numpy(turns == k)
+                if sel.any():
+                    x[sel] = torch.rot90(x[sel], k, (2, 3))
         return (x - self.mean) / self.std
 
     def texts(self, idx: Sequence[int]):
@@ -426,7 +441,7 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
     torch.manual_seed(cfg.seed)
 
     if pairs is None:
-        pairs = load_pairs(cfg.data, cfg.max_samples, cfg.seed)
+        pairs = load_pairs(cfg.data, cfg.max_samples, cfg.seed, cfg.scene_black_prob)
     if cfg.data.startswith("scenes:") and pairs.labels is not None:
         # generated data: validate on held-out single-object scenes, where the caption is unambiguous
         from ..data.synthetic import all_captions, training_pairs
@@ -451,8 +466,10 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
     mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
     std = getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
     tokenizer = open_clip.get_tokenizer("RN50", context_length=model_cfg["text_cfg"].get("context_length", 77))
-    train_b = _Batches(train_pairs, image_size, mean, std, tokenizer, augment=True)
-    val_b = _Batches(val_pairs, image_size, mean, std, tokenizer, augment=False)
+    if cfg.augment not in AUGMENTS:
+        raise ConfigError(f"augment={cfg.augment!r}; valid: {', '.join(AUGMENTS)}")
+    train_b = _Batches(train_pairs, image_size, mean, std, tokenizer, augment=cfg.augment)
+    val_b = _Batches(val_pairs, image_size, mean, std, tokenizer, augment="none")
 
     log_path = out / "log.jsonl"
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -600,6 +617,11 @@ def add_arguments(p) -> None:
     p.add_argument("--init-from", default="", help="start from these open_clip weights (a model dir or file)")
     p.add_argument("--group-positives", action="store_true",
                    help="pairs of the same class / caption in a batch are positives, not negatives")
+    p.add_argument("--augment", default="flip", choices=AUGMENTS,
+                   help="flip: random horizontal flips; dihedral: flips and 90-degree turns (images with no "
+                        "canonical orientation: generated shapes, microscopy, tiles); none")
+    p.add_argument("--scene-black-prob", type=float, default=0.25,
+                   help="scenes:N only: chance that all but the captioned object is blacked out")
 
 
 def run(args) -> int:
@@ -609,7 +631,8 @@ def run(args) -> int:
                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                           ae_epochs=args.ae_epochs, val_fraction=args.val_fraction, max_samples=args.max_samples,
                           seed=args.seed, device=args.device, init_from=args.init_from,
-                          group_positives=args.group_positives)
+                          group_positives=args.group_positives, augment=args.augment,
+                          scene_black_prob=args.scene_black_prob)
     if not cfg.model and not cfg.model_config and not cfg.setting:
         raise ConfigError("give --setting N, --model NAME or --model-config FILE")
     final = train_clip(cfg)
