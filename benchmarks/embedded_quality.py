@@ -20,12 +20,16 @@ separately). ::
     OMP_NUM_THREADS=1 python benchmarks/embedded_quality.py --n 200 --json
     python benchmarks/embedded_quality.py --checkpoint runs/shapes/best/open_clip_model.safetensors
     python benchmarks/embedded_quality.py --retrieval-only --n 1000 --checkpoint runs/shapes/best  # seconds
+    python benchmarks/embedded_quality.py --n 200 --workers 2 --json   # scenes split over 2 one-thread processes
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -80,34 +84,10 @@ def retrieval_top1(clip, n: int, start: int, batch_size: int = 64) -> dict[str, 
     return dict(zip(("top1", "colour", "shape"), (hits / n).tolist()))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=200, help="held-out scenes (default 200)")
-    ap.add_argument("--start", type=int, default=10_000_000, help="first seed (default 10,000,000: held out)")
-    ap.add_argument("--checkpoint", help="lvlm-shapes weights to evaluate (default: the packaged ones)")
-    ap.add_argument("--config", default="embedded", help="embedded pipeline config (default: embedded)")
-    ap.add_argument("--base-config", default="embedded_base", help="base pipeline config (default: embedded_base)")
-    ap.add_argument("--no-base", action="store_true", help="skip the base pipeline")
-    ap.add_argument("--retrieval-only", action="store_true", help="only the CLIP's caption retrieval (seconds)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--per-sample", metavar="PATH", help="also write one JSON line per scene (id, prompt, IoUs)")
-    args = ap.parse_args(argv)
+def build_pipelines(args):
+    """The embedded pipeline and (unless --no-base) the base pipeline, sharing one LiteMedSAM encoder pass."""
+    from lvlm.pipeline import Pipeline, load_config
 
-    from tqdm.auto import tqdm
-
-    from lvlm.data.synthetic import ScenesDataset, make_scene
-    from lvlm.models.clip import load_clip
-    from lvlm.pipeline import EmptyMaskWarning, Pipeline, load_config
-
-    t_start = time.perf_counter()
-    if args.retrieval_only:
-        spec = {"name": "lvlm-shapes", **({"checkpoint": args.checkpoint} if args.checkpoint else {})}
-        r = retrieval_top1(load_clip(spec, device=args.device), args.n, args.start)
-        out = {"retrieval_top1": r["top1"], "retrieval_colour_correct": r["colour"],
-               "retrieval_shape_correct": r["shape"], "n": args.n, "checkpoint": args.checkpoint or "packaged"}
-        print(json.dumps(out, indent=2) if args.json else out)
-        return 0
     emb = Pipeline.from_config(with_checkpoint(load_config(args.config), args.checkpoint, args.device))
     base = None
     if not args.no_base:
@@ -120,61 +100,144 @@ def main(argv: list[str] | None = None) -> int:
                 return e.features, e.new_size
 
             gen.predictor.embed = shared_embed
+    return emb, base
 
+
+def score_scenes(args, start: int, n: int, progress: bool) -> list[dict]:
+    """One row per held-out scene ``start .. start + n - 1``: IoU of each pipeline's mask with the named object."""
+    from tqdm.auto import tqdm
+
+    from lvlm.data.synthetic import ScenesDataset, make_scene
+    from lvlm.pipeline import EmptyMaskWarning
+
+    emb, base = build_pipelines(args)
+    rows = []
+    samples = ScenesDataset(n=n, start=start)
+    for i, s in enumerate(tqdm(samples, total=len(samples), desc="scenes", unit="scene", disable=not progress)):
+        # does another object of the scene have the named object's colour? (then only the shape word tells)
+        others = make_scene(start + i, size=samples.size, n_objects=samples.objects_per_scene).objects
+        row = {"id": s.id, "prompt": s.prompt, "colour_shared": sum(o.colour == s.tags["colour"] for o in others) > 1}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EmptyMaskWarning)
+            t0 = time.perf_counter()
+            row["iou"] = iou(emb(s.image, s.prompt).mask, s.mask)
+            row["seconds"] = time.perf_counter() - t0
+            if base is not None:
+                t0 = time.perf_counter()
+                row["base_iou"] = iou(base(s.image, s.prompt).mask, s.mask)
+                row["base_seconds"] = time.perf_counter() - t0
+        rows.append(row)
+    return rows
+
+
+def score_scenes_in_workers(args, argv: list[str]) -> list[dict]:
+    """Split the scenes over ``args.workers`` processes with one torch thread each; gather their rows."""
+    k = args.workers
+    bounds = [args.start + (args.n * i) // k for i in range(k + 1)]
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = []
+        for i in range(k):
+            out = Path(tmp) / f"rows{i}.jsonl"
+            cmd = [sys.executable, __file__, *strip_options(argv, ("--workers", "--start", "--n", "--per-sample")),
+                   "--workers", "1", "--start", str(bounds[i]), "--n", str(bounds[i + 1] - bounds[i]),
+                   "--rows-only", str(out)]
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            procs.append((subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL), out))
+        rows = []
+        for proc, out in procs:
+            if proc.wait() != 0:
+                raise SystemExit(f"a worker failed (exit {proc.returncode}): {' '.join(proc.args)}")
+            rows += [json.loads(line) for line in out.read_text().splitlines()]
+    return rows
+
+
+def strip_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without the given ``--name value`` / ``--name=value`` options."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in names:
+            skip = True
+        elif not any(a.startswith(n + "=") for n in names):
+            out.append(a)
+    return out
+
+
+def summarise(rows: list[dict]) -> dict:
+    """The benchmark's metrics from the per-scene rows (also for the colour-unique / colour-shared splits)."""
+    ious = np.array([r["iou"] for r in rows])
+    shared = np.array([r["colour_shared"] for r in rows], bool)
+    base = np.array([r["base_iou"] for r in rows]) if rows and "base_iou" in rows[0] else None
+
+    def part(values, sel, f):
+        return float(f(values[sel])) if sel.any() else None
+
+    out = {
+        "miou": float(ious.mean()),
+        "selection_accuracy": float((base > 0.5).mean()) if base is not None else None,
+        "base_miou": float(base.mean()) if base is not None else None,
+        "miou_iou_above_0.5": float((ious > 0.5).mean()),
+        "n_colour_shared": int(shared.sum()),  # scenes where another object has the named object's colour
+        "miou_colour_unique": part(ious, ~shared, np.mean),
+        "miou_colour_shared": part(ious, shared, np.mean),
+        "seconds_per_image_embedded": float(np.mean([r["seconds"] for r in rows])),
+        "seconds_per_image_base": float(np.mean([r["base_seconds"] for r in rows])) if base is not None else None,
+    }
+    if base is not None:
+        out["selection_accuracy_colour_unique"] = part(base > 0.5, ~shared, np.mean)
+        out["selection_accuracy_colour_shared"] = part(base > 0.5, shared, np.mean)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200, help="held-out scenes (default 200)")
+    ap.add_argument("--start", type=int, default=10_000_000, help="first seed (default 10,000,000: held out)")
+    ap.add_argument("--checkpoint", help="lvlm-shapes weights to evaluate (default: the packaged ones)")
+    ap.add_argument("--config", default="embedded", help="embedded pipeline config (default: embedded)")
+    ap.add_argument("--base-config", default="embedded_base", help="base pipeline config (default: embedded_base)")
+    ap.add_argument("--no-base", action="store_true", help="skip the base pipeline")
+    ap.add_argument("--retrieval-only", action="store_true", help="only the CLIP's caption retrieval (seconds)")
+    ap.add_argument("--workers", type=int, default=1, help="split the scenes over this many one-thread processes")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--per-sample", metavar="PATH", help="also write one JSON line per scene (id, prompt, IoUs)")
+    ap.add_argument("--rows-only", metavar="PATH", help=argparse.SUPPRESS)  # a worker of --workers
+    args = ap.parse_args(argv)
+    if args.workers < 1 or args.n < 1:
+        ap.error("--workers and --n must be >= 1")
+
+    from lvlm.models.clip import load_clip
+
+    if args.rows_only:
+        rows = score_scenes(args, args.start, args.n, progress=False)
+        Path(args.rows_only).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return 0
+    t_start = time.perf_counter()
     clip_spec = {"name": "lvlm-shapes", **({"checkpoint": args.checkpoint} if args.checkpoint else {})}
     clip = load_clip(clip_spec, device=args.device)
     t0 = time.perf_counter()
     retrieval = retrieval_top1(clip, args.n, args.start)
     t_retrieval = time.perf_counter() - t0
-
-    ious, base_ious, shared, rows = [], [], [], []
-    t_emb = t_base = 0.0
-    samples = ScenesDataset(n=args.n, start=args.start)
-    for i, s in enumerate(tqdm(samples, total=len(samples), desc="scenes", unit="scene", disable=args.json)):
-        # does another object of the scene have the named object's colour? (lvlm-shapes knows colour best)
-        others = make_scene(args.start + i, size=samples.size, n_objects=samples.objects_per_scene).objects
-        shared.append(sum(o.colour == s.tags["colour"] for o in others) > 1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", EmptyMaskWarning)
-            t0 = time.perf_counter()
-            ious.append(iou(emb(s.image, s.prompt).mask, s.mask))
-            t_emb += time.perf_counter() - t0
-            if base is not None:
-                t0 = time.perf_counter()
-                base_ious.append(iou(base(s.image, s.prompt).mask, s.mask))
-                t_base += time.perf_counter() - t0
-        rows.append({"id": s.id, "prompt": s.prompt, "iou": ious[-1], "base_iou": base_ious[-1] if base_ious else None,
-                     "colour_shared": shared[-1]})
-    ious_a, shared_a = np.array(ious), np.array(shared)
-    out = {
-        "miou": float(np.mean(ious)),
-        "selection_accuracy": float(np.mean(np.array(base_ious) > 0.5)) if base_ious else None,
-        "base_miou": float(np.mean(base_ious)) if base_ious else None,
-        "retrieval_top1": retrieval["top1"],
-        "retrieval_colour_correct": retrieval["colour"],
-        "retrieval_shape_correct": retrieval["shape"],
-        "n": args.n,
-        "seconds_per_image": (time.perf_counter() - t_start) / args.n,
-        "seconds_per_image_embedded": t_emb / args.n,
-        "seconds_per_image_base": t_base / args.n if base is not None else None,
-        "seconds_retrieval": t_retrieval,
-        "checkpoint": args.checkpoint or "packaged",
-        "miou_iou_above_0.5": float(np.mean(ious_a > 0.5)),
-        "n_colour_shared": int(shared_a.sum()),  # scenes where another object has the named object's colour
-        "miou_colour_unique": float(ious_a[~shared_a].mean()) if (~shared_a).any() else None,
-        "miou_colour_shared": float(ious_a[shared_a].mean()) if shared_a.any() else None,
-    }
-    if base_ious:
-        b = np.array(base_ious)
-        out["selection_accuracy_colour_unique"] = float((b[~shared_a] > 0.5).mean()) if (~shared_a).any() else None
-        out["selection_accuracy_colour_shared"] = float((b[shared_a] > 0.5).mean()) if shared_a.any() else None
-    if args.per_sample:
-        Path(args.per_sample).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = {"retrieval_top1": retrieval["top1"], "retrieval_colour_correct": retrieval["colour"],
+           "retrieval_shape_correct": retrieval["shape"], "n": args.n, "checkpoint": args.checkpoint or "packaged",
+           "seconds_retrieval": t_retrieval}
+    if not args.retrieval_only:
+        if args.workers > 1:
+            rows = score_scenes_in_workers(args, argv)
+        else:
+            rows = score_scenes(args, args.start, args.n, progress=not args.json)
+        out = {**summarise(rows), **out, "workers": args.workers,
+               "seconds_per_image": (time.perf_counter() - t_start) / args.n}
+        if args.per_sample:
+            Path(args.per_sample).write_text("".join(json.dumps(r) + "\n" for r in rows))
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         for k, v in out.items():
-            print(f"{k:28s} {v:.4f}" if isinstance(v, float) else f"{k:28s} {v}")
+            print(f"{k:34s} {v:.4f}" if isinstance(v, float) else f"{k:34s} {v}")
     return 0
 
 

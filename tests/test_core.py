@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lvlm import Pipeline, registry
-from lvlm.components import MaskGenerator, PromptedSegmenter, Selector
+from lvlm.components import MaskGenerator, PromptedSegmenter, Prompter, Selector
 from lvlm.errors import ConfigError, PromptError, UnknownComponentError, WeightsNotFoundError
 from lvlm.types import Candidates, Prompts, Selection, masks_to_boxes
 from lvlm.weights import WeightSpec, resolve
@@ -58,7 +58,15 @@ class _BoxFill(PromptedSegmenter):
         return Candidates(masks, source="boxfill")
 
 
+class _FindsNothing(Prompter):
+    """A prompter for which no text matches anything (as a saliency map with no region above threshold)."""
+
+    def prompts(self, image, text):
+        return Prompts(), {}
+
+
 registry.register("generator", "_test_halves")(_Halves)
+registry.register("prompter", "_test_nothing")(_FindsNothing)
 registry.register("selector", "_test_reddest")(_Reddest)
 registry.register("segmenter", "_test_boxfill")(_BoxFill)
 
@@ -176,3 +184,13 @@ def test_missing_weights_fail_fast_with_file_dir_and_url(tmp_path, monkeypatch):
         resolve(spec, path=tmp_path / "nope.pth")
     (tmp_path / spec.filename).write_bytes(b"x")
     assert resolve(spec) == tmp_path / spec.filename
+
+
+def test_prompter_that_finds_nothing_gives_an_empty_mask_and_a_warning():
+    from lvlm.pipeline import EmptyMaskWarning
+
+    pipe = Pipeline.from_config({"prompter": "_test_nothing", "segmenter": "_test_boxfill"})
+    with pytest.warns(EmptyMaskWarning, match="matched nothing"):
+        res = pipe(_img(), "a unicorn")
+    assert res.mask.shape == (30, 40) and not res.mask.any()
+    assert len(res.candidates) == 0 and pipe.segmenter.embeds == 0  # the segmenter is not run for no prompt

