@@ -373,7 +373,7 @@ def test_peak_box_mode_picks_the_most_salient_region_not_the_largest():
     sal = np.maximum(_blob_saliency(120, 160, small, noise=0), 0.7 * _blob_saliency(120, 160, large, noise=0))
     mask = sal > 0.4
     assert _iou(pfs.boxes_from_mask(mask, "largest")[0][0], large) > 0.8
-    boxes, regions = pfs.boxes_from_mask(mask, "peak", saliency=sal)
+    boxes, _regions = pfs.boxes_from_mask(mask, "peak", saliency=sal)
     assert len(boxes) == 1 and _iou(boxes[0], small) > 0.8
     with pytest.raises(ValueError, match="saliency"):
         pfs.boxes_from_mask(mask, "peak")
