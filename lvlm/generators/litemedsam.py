@@ -36,7 +36,7 @@ from ..models.sam import build_litemedsam, decode_prompts, fuse_conv_bn
 from ..registry import register
 from ..segmenters.litemedsam import IMAGE_SIZE, preprocess, resize_longest_side
 from ..types import Candidates
-from .sam import _check_knobs, candidates_from_records
+from .sam import _check_knobs, automatic_mask_generator_class, candidates_from_records
 
 PROMPT_MODES = ("regions", "points")
 
@@ -203,8 +203,6 @@ class LiteMedSamGenerator(MaskGenerator):
                  min_mask_region_area: int = 0, region_sigmas: Sequence[float] = (2.0, 4.0),
                  region_colours: int = 8, region_min_area: float = 0.002, region_max_area: float = 0.5,
                  region_dedupe: float = 0.9, decoder_checkpoint: str | None = None) -> None:
-        from segment_anything import SamAutomaticMaskGenerator
-
         if prompts not in PROMPT_MODES:
             raise ConfigError(f"prompts={prompts!r}; valid: {', '.join(PROMPT_MODES)}")
         _check_knobs(points_per_side, points_per_batch,
@@ -230,7 +228,7 @@ class LiteMedSamGenerator(MaskGenerator):
             load_decoder_checkpoint(self.lite, decoder_checkpoint)
         fuse_conv_bn(self.lite.image_encoder)  # inference only: BatchNorm folded into the convolutions
         self.model = litemedsam_as_sam(self.lite)
-        self.amg = SamAutomaticMaskGenerator(
+        self.amg = automatic_mask_generator_class()(
             self.model, points_per_side=points_per_side, points_per_batch=points_per_batch,
             pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
             stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh,

@@ -56,6 +56,22 @@ def _check_knobs(points_per_side, points_per_batch, thresholds: dict[str, float]
                                      "regions with it); install it with: pip install opencv-python-headless")
 
 
+def automatic_mask_generator_class():
+    """segment_anything's ``SamAutomaticMaskGenerator``, except that a crop which keeps no mask gives a 0 x 4
+    ``crop_boxes`` tensor. The official one gives shape (0,), and with ``crop_n_layers`` > 0 and no mask kept
+    in any crop its cross-crop NMS then fails with an IndexError instead of returning no masks."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    class AutomaticMaskGenerator(SamAutomaticMaskGenerator):
+        def _process_crop(self, *args: Any, **kwargs: Any):
+            data = super()._process_crop(*args, **kwargs)
+            if len(data["rles"]) == 0:
+                data["crop_boxes"] = data["crop_boxes"].reshape(0, 4)
+            return data
+
+    return AutomaticMaskGenerator
+
+
 @register("generator", "sam", description="SAM automatic mask generator (everything mode, SamAutomaticMaskGenerator)",
           source="segment_anything; SAM checkpoints from dl.fbaipublicfiles.com (Apache-2.0)")
 class SamGenerator(MaskGenerator):
@@ -74,8 +90,6 @@ class SamGenerator(MaskGenerator):
                  box_nms_thresh: float = 0.7, crop_n_layers: int = 0, crop_nms_thresh: float = 0.7,
                  crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
                  min_mask_region_area: int = 0) -> None:
-        from segment_anything import SamAutomaticMaskGenerator
-
         _check_knobs(points_per_side, points_per_batch,
                      {"pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh,
                       "box_nms_thresh": box_nms_thresh, "crop_nms_thresh": crop_nms_thresh,
@@ -86,7 +100,7 @@ class SamGenerator(MaskGenerator):
         self.device = resolve_device(device)
         self.model_type = model_type
         self.model = build_sam(model_type, checkpoint, self.device)
-        self.amg = SamAutomaticMaskGenerator(
+        self.amg = automatic_mask_generator_class()(
             self.model, points_per_side=points_per_side, points_per_batch=points_per_batch,
             pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
             stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh,
