@@ -146,9 +146,7 @@ class Pipeline:
                 raise LvlmError(f"{type(self.segmenter).__name__} is a prompted segmenter: give a box or point prompt "
                                 "(or configure a 'prompter' that turns text into boxes)")
             with _timed(timings, "segmenter"):
-                geometric = (prompts.boxes is not None and len(prompts.boxes)) or (
-                    prompts.points is not None and len(prompts.points))
-                if not geometric and not (prompts.text and getattr(self.segmenter, "text_conditioned", False)):
+                if not prompts.has_geometry and not (prompts.text and getattr(self.segmenter, "text_conditioned", False)):
                     # the prompter found nothing for this text (no salient region): an empty mask and a warning
                     candidates = Candidates.empty(h, w, source="prompter")
                 else:

@@ -72,6 +72,11 @@ class Prompts:
         return 1 if self.text else 0
 
     @property
+    def has_geometry(self) -> bool:
+        """At least one box or point prompt (what a prompted segmenter needs)."""
+        return bool((self.boxes is not None and len(self.boxes)) or (self.points is not None and len(self.points)))
+
+    @property
     def empty(self) -> bool:
         return self.boxes is None and self.points is None and not self.text
 

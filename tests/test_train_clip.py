@@ -153,3 +153,5 @@ def test_unknown_augmentation_is_named(tiny_cfg, tmp_path):
 
     with pytest.raises(ConfigError, match="dihedral"):
         train_clip(_cfg(tiny_cfg, tmp_path / "run", augment="rotate"), progress=False)
+    with pytest.raises(ConfigError, match="probability"):
+        train_clip(_cfg(tiny_cfg, tmp_path / "run2", scene_black_prob=1.5), progress=False)

@@ -32,7 +32,7 @@ import numpy as np
 from ..components import MaskGenerator, image_key, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
-from ..models.sam import build_litemedsam, decode_prompts, fuse_conv_bn
+from ..models.sam import build_litemedsam, decode_prompts
 from ..registry import register
 from ..segmenters.litemedsam import IMAGE_SIZE, preprocess, resize_longest_side
 from ..types import Candidates
@@ -221,12 +221,7 @@ class LiteMedSamGenerator(MaskGenerator):
             raise ConfigError(f"region_colours={region_colours!r}: expected an integer >= 2")
         self.device = resolve_device(device)
         self.prompt_mode = prompts
-        self.lite = build_litemedsam(checkpoint, self.device)
-        if decoder_checkpoint:  # a mask decoder specialised with `lvlm train sam-decoder` (boxes and points)
-            from ..train.sam_decoder import load_decoder_checkpoint
-
-            load_decoder_checkpoint(self.lite, decoder_checkpoint)
-        fuse_conv_bn(self.lite.image_encoder)  # inference only: BatchNorm folded into the convolutions
+        self.lite = build_litemedsam(checkpoint, self.device, decoder_checkpoint, fuse=True)
         self.model = litemedsam_as_sam(self.lite)
         self.amg = automatic_mask_generator_class()(
             self.model, points_per_side=points_per_side, points_per_batch=points_per_batch,

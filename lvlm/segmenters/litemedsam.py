@@ -22,7 +22,7 @@ import numpy as np
 from ..components import PromptedSegmenter, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
-from ..models.sam import build_litemedsam, decode_prompts, fuse_conv_bn, prompt_tensors
+from ..models.sam import build_litemedsam, decode_prompts, prompt_tensors
 from ..registry import register
 from ..types import Candidates, Prompts
 from .sam import check_batch_size, check_multimask, use_multimask
@@ -125,12 +125,7 @@ class LiteMedSamSegmenter(PromptedSegmenter):
         self.batch_size = check_batch_size(batch_size)
         self.threshold = float(threshold)
         self.device = resolve_device(device)
-        self.model = build_litemedsam(checkpoint, self.device)
-        if decoder_checkpoint:  # a mask decoder specialised with `lvlm train sam-decoder`
-            from ..train.sam_decoder import load_decoder_checkpoint
-
-            load_decoder_checkpoint(self.model, decoder_checkpoint)
-        fuse_conv_bn(self.model.image_encoder)  # inference only: BatchNorm folded into the convolutions
+        self.model = build_litemedsam(checkpoint, self.device, decoder_checkpoint, fuse=True)
         self.source = "litemedsam"
 
     def _embed(self, image: np.ndarray) -> LiteEmbedding:

@@ -440,6 +440,8 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
+    if not 0.0 <= cfg.scene_black_prob <= 1.0:
+        raise ConfigError(f"scene_black_prob={cfg.scene_black_prob!r}: expected a probability in [0, 1]")
     if pairs is None:
         pairs = load_pairs(cfg.data, cfg.max_samples, cfg.seed, cfg.scene_black_prob)
     if cfg.data.startswith("scenes:") and pairs.labels is not None:
