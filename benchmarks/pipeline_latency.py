@@ -10,8 +10,14 @@ default) the box of the central half of each image.
 Images: the real ones under ../shared/data when present (nuclei 512x512 fluorescence, quokka 643x960 photo),
 then synthetic scenes of ``--size`` until there are ``--n``.
 
+``--encoder-backend`` sets the LiteMedSAM segmenter's ``encoder_backend`` (``auto``: ONNX Runtime on the
+CPU when installed); ``--encoder-backend compare`` builds the pipeline twice (``torch`` and
+``onnxruntime``), runs every image through both in turn and adds ``speedup`` (torch seconds per image /
+ONNX Runtime seconds per image) and ``max_mask_diff_px`` (pixels where their masks differ).
+
     python benchmarks/pipeline_latency.py --json
     python benchmarks/pipeline_latency.py --config embedded --n 8 --threads 2 --json
+    python benchmarks/pipeline_latency.py --encoder-backend compare --n 8 --json
 """
 from __future__ import annotations
 
@@ -59,6 +65,39 @@ def gemm_gflops(n: int = 1024, repeats: int = 3) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
+def build_pipeline(config: str, backend: str | None):
+    """The pipeline of ``config``, with the LiteMedSAM segmenter's ``encoder_backend`` set when ``backend``."""
+    from lvlm import Pipeline
+    from lvlm.pipeline import load_config
+
+    if backend is None:
+        return Pipeline.from_config(config)
+    cfg = load_config(config)
+    seg = dict(cfg.get("segmenter") or {})
+    if seg.get("name") != "litemedsam":
+        raise SystemExit(f"--encoder-backend needs a litemedsam segmenter; {config} has {seg.get('name')!r}")
+    seg["encoder_backend"] = backend
+    return Pipeline.from_config(cfg, segmenter=seg)
+
+
+def encoder_backend(pipe) -> str:
+    from lvlm.models.onnx import OnnxModule
+
+    model = getattr(pipe.segmenter, "model", None)
+    if model is None:
+        return "n/a"
+    return "onnxruntime" if isinstance(model.image_encoder, OnnxModule) else "torch"
+
+
+def summary(rows: list[dict]) -> dict:
+    warm = rows[1:]
+    stages = [k for k in rows[0] if k not in ("image", "hw")]
+    return {"seconds_per_image": statistics.mean(r["total"] for r in warm),
+            "median_seconds_per_image": statistics.median(r["total"] for r in warm),
+            "by_stage_mean_s": {k: statistics.mean(r.get(k, 0.0) for r in warm) for k in stages},
+            "first_image_s": rows[0]["total"]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="embedded")
@@ -66,6 +105,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="480x640", help="HxW of the synthetic images")
     ap.add_argument("--prompt", default="a red triangle", help="text prompt for text-prompted pipelines")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--encoder-backend", default=None, choices=["auto", "torch", "onnxruntime", "compare"],
+                    help="the LiteMedSAM segmenter's encoder_backend (default: the config's)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -73,50 +114,68 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from lvlm import Pipeline
 
     gemm_before = gemm_gflops()
-    t0 = time.perf_counter()
-    pipe = Pipeline.from_config(args.config)
-    build_s = time.perf_counter() - t0
+    backends = ["torch", "onnxruntime"] if args.encoder_backend == "compare" else [args.encoder_backend]
+    pipes, build_s = {}, {}
+    for b in backends:
+        t0 = time.perf_counter()
+        pipes[b] = build_pipeline(args.config, b)
+        build_s[b] = time.perf_counter() - t0
     size = tuple(int(v) for v in args.size.lower().split("x"))
-    rows = []
+    rows: dict = {b: [] for b in backends}
+    diffs = []
     for name, img in images(max(2, args.n), size):
         h, w = img.shape[:2]
         kwargs = {}
-        if pipe.needs_text:
+        if next(iter(pipes.values())).needs_text:
             kwargs["prompt"] = args.prompt
         else:
             kwargs["box"] = [w / 4, h / 4, 3 * w / 4, 3 * h / 4]
-        res = pipe(img, **kwargs)
-        rows.append({"image": name, "hw": [h, w], **{k: float(v) for k, v in res.timings.items()}})
+        masks = []
+        for b, pipe in pipes.items():
+            res = pipe(img, **kwargs)
+            masks.append(res.mask)
+            rows[b].append({"image": name, "hw": [h, w], **{k: float(v) for k, v in res.timings.items()}})
+        if len(masks) == 2:
+            diffs.append(int((masks[0] != masks[1]).sum()))
     gemm_after = gemm_gflops()
-    warm = rows[1:]
-    stages = [k for k in rows[0] if k not in ("image", "hw")]
+    per = {b: summary(r) for b, r in rows.items()}
+    main_b = backends[-1]
+    pipe = pipes[main_b]
     out = {
-        "seconds_per_image": statistics.mean(r["total"] for r in warm),
-        "median_seconds_per_image": statistics.median(r["total"] for r in warm),
-        "by_stage_mean_s": {k: statistics.mean(r.get(k, 0.0) for r in warm) for k in stages},
-        "first_image_s": rows[0]["total"],
-        "build_s": build_s,
+        **per[main_b],
+        "build_s": build_s[main_b],
         "config": args.config,
         "pipeline": repr(pipe),
+        "encoder_backend": encoder_backend(pipe),
         "prompt": args.prompt if pipe.needs_text else "box: central half of the image",
         "threads": torch.get_num_threads(),
         "gemm_gflops_before_after": [gemm_before, gemm_after],
-        "images": rows,
+        "images": rows[main_b],
         "torch": torch.__version__,
     }
+    if len(backends) == 2:
+        out["by_backend"] = {b: {**per[b], "build_s": build_s[b], "images": rows[b]} for b in backends}
+        out["speedup"] = per["torch"]["seconds_per_image"] / per["onnxruntime"]["seconds_per_image"]
+        out["segmenter_speedup"] = (per["torch"]["by_stage_mean_s"]["segmenter"]
+                                    / per["onnxruntime"]["by_stage_mean_s"]["segmenter"])
+        out["max_mask_diff_px"] = max(diffs)
     from amg_speed import cpu_model
 
     out["cpu"] = cpu_model()
     if args.json:
         print(json.dumps(out, indent=1))
     else:
-        print(f"{args.config}: {out['pipeline']} on {out.get('cpu', 'CPU')}, {out['threads']} threads; "
-              f"built in {build_s:.2f} s")
+        print(f"{args.config}: {out['pipeline']} ({out['encoder_backend']} encoder) on {out.get('cpu', 'CPU')}, "
+              f"{out['threads']} threads; built in {out['build_s']:.2f} s")
+        if "speedup" in out:
+            t = out["by_backend"]["torch"]["seconds_per_image"]
+            print(f"torch encoder {t:.3f} s/image; onnxruntime {out['seconds_per_image']:.3f}: speedup "
+                  f"{out['speedup']:.2f}x (segmenter {out['segmenter_speedup']:.2f}x), masks differ in at most "
+                  f"{out['max_mask_diff_px']} px")
         print(f"first image {out['first_image_s']:.3f} s; then {out['seconds_per_image']:.3f} s/image (mean of "
-              f"{len(warm)}): " + ", ".join(f"{k} {v:.3f}" for k, v in out["by_stage_mean_s"].items()))
+              f"{len(out['images']) - 1}): " + ", ".join(f"{k} {v:.3f}" for k, v in out["by_stage_mean_s"].items()))
     return 0
 
 

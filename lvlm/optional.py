@@ -24,6 +24,8 @@ EXTRAS = {
     "ray": ("ray", "ray"),
     "medclip": ("medclip", "medclip"),
     "cv2": ("sam2", "opencv-python-headless"),
+    "onnxruntime": ("onnx", "onnxruntime"),
+    "onnx": ("onnx", "onnx"),
 }
 
 

