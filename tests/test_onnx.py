@@ -85,6 +85,19 @@ def test_export_is_cached_and_reused(ort_model, monkeypatch):
     assert again.image_encoder.path == path
 
 
+def test_damaged_cache_file_is_exported_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("LVLM_HOME", str(tmp_path))
+    enc = fuse_conv_bn(build_litemedsam(checkpoint="random").image_encoder)
+    x = torch.zeros(1, 3, 256, 256)
+    first = lvlm_onnx.onnx_module(enc, x, "test-encoder")
+    first.path.write_bytes(first.path.read_bytes()[:1000])  # e.g. an interrupted copy
+    with pytest.warns(UserWarning, match="could not load the cached .*exporting it again"):
+        again = lvlm_onnx.onnx_module(enc, x, "test-encoder")
+    assert again.path == first.path and again.path.stat().st_size > 1000
+    with torch.no_grad():
+        assert torch.allclose(again(x), enc(x), atol=1e-4)
+
+
 def test_different_weights_get_a_different_file(ort_model):
     model = build_litemedsam(checkpoint="random", encoder_backend="onnxruntime")
     assert model.image_encoder.path != ort_model.image_encoder.path

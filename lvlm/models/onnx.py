@@ -157,7 +157,8 @@ class OnnxModule(torch.nn.Module):
         return f"onnxruntime, threads={self.threads}, file={self.path}"
 
 
-def onnx_module(module, example, name: str, threads: int | None = None, opset: int = OPSET) -> OnnxModule:
+def onnx_module(module, example, name: str, threads: int | None = None, opset: int = OPSET,
+                _retry: bool = True) -> OnnxModule:
     """``module`` (eval mode, CPU) as an :class:`OnnxModule`, exported on ``example`` (cached on disk)."""
     module = module.eval()
     try:
@@ -167,4 +168,12 @@ def onnx_module(module, example, name: str, threads: int | None = None, opset: i
     except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds; say which module failed
         raise LvlmError(f"exporting {name} to ONNX failed ({type(exc).__name__}: {exc}); "
                         "use encoder_backend: torch") from exc
-    return OnnxModule(module, data, threads, path)
+    try:
+        return OnnxModule(module, data, threads, path)
+    except Exception as exc:  # noqa: BLE001 - a damaged cached file (interrupted copy, full disk): export again
+        if path is None or not _retry:
+            raise LvlmError(f"ONNX Runtime could not load the export of {name} ({exc})") from exc
+        warnings.warn(f"ONNX Runtime could not load the cached {path} ({type(exc).__name__}); exporting it again",
+                      stacklevel=2)
+        path.unlink(missing_ok=True)
+        return onnx_module(module, example, name, threads, opset, _retry=False)
