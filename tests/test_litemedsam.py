@@ -19,7 +19,8 @@ README_BOX = [123, 37, 146, 64]  # one nucleus of the example crop (label 107 of
 
 @pytest.fixture(scope="module")
 def segmenter():
-    return build("segmenter", "litemedsam", device="cpu")
+    # the torch encoder (the GPU path, and the CPU path without lvlm[onnx]); tests/test_onnx.py covers ONNX Runtime
+    return build("segmenter", "litemedsam", device="cpu", encoder_backend="torch")
 
 
 @pytest.fixture(scope="module")

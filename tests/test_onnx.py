@@ -38,16 +38,27 @@ def ort_model():
     return build_litemedsam(encoder_backend="onnxruntime")
 
 
-def test_onnx_encoder_equals_the_shipped_torch_encoder(official_encoder, ort_model):
+@pytest.fixture(scope="module")
+def random_ort_model():
+    return build_litemedsam(checkpoint="random", encoder_backend="onnxruntime")
+
+
+def test_onnx_encoder_equals_the_shipped_torch_encoder(official_encoder, ort_model, random_ort_model):
     enc = ort_model.image_encoder
     assert isinstance(enc, OnnxModule)
-    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(3))  # batch 2: the batch axis is free
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(3))  # batch 2: run one image at a time
     with torch.no_grad():
         ref = official_encoder(x)
         out = enc(x)
     assert out.shape == ref.shape == (2, 256, 64, 64)
     assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
     assert enc.img_size == 256  # attributes of the torch module stay readable (SamPredictor reads img_size)
+    # the weights stay visible, so content hashes of the encoder (e.g. the decoder trainer's embedding cache)
+    # still tell checkpoints apart
+    from lvlm.train.sam_decoder import encoder_fingerprint
+
+    assert len(enc.state_dict()) > 100
+    assert encoder_fingerprint(ort_model) != encoder_fingerprint(random_ort_model)
 
 
 def test_segmenter_masks_same_with_both_backends():
@@ -74,8 +85,12 @@ def test_generator_runs_on_the_onnx_encoder(rgb_image):
 
 
 def test_export_is_cached_and_reused(ort_model, monkeypatch):
+    import os
+
     path = ort_model.image_encoder.path
     assert path is not None and path.is_file() and path.parent.name == "onnx"
+    assert path.parent.parent == Path(os.environ["LVLM_HOME"])  # the tests' cache, never the user's
+    assert path.stat().st_mode & 0o044  # readable by others, as a shared cache needs
 
     def no_export(*a, **k):
         raise AssertionError("exported again although the file is cached")
@@ -98,9 +113,23 @@ def test_damaged_cache_file_is_exported_again(tmp_path, monkeypatch):
         assert torch.allclose(again(x), enc(x), atol=1e-4)
 
 
-def test_different_weights_get_a_different_file(ort_model):
-    model = build_litemedsam(checkpoint="random", encoder_backend="onnxruntime")
-    assert model.image_encoder.path != ort_model.image_encoder.path
+def test_different_weights_get_a_different_file(ort_model, random_ort_model):
+    assert random_ort_model.image_encoder.path != ort_model.image_encoder.path
+
+
+def test_onnx_module_copies_and_guards_its_weights(random_ort_model):
+    import copy
+    import pickle
+
+    enc = random_ort_model.image_encoder
+    assert not enc.training and not enc.train().training  # the export is the eval-mode graph
+    x = torch.rand(1, 3, 256, 256)
+    ref = enc(x)
+    for clone in (copy.deepcopy(enc), pickle.loads(pickle.dumps(enc))):  # the session is rebuilt
+        assert torch.equal(clone(x), ref)
+    assert enc(torch.zeros(0, 3, 256, 256)).shape == (0, 256, 64, 64)
+    with pytest.raises(LvlmError, match="build the model again"):
+        random_ort_model.load_state_dict(random_ort_model.state_dict())
 
 
 def test_unwritable_cache_warns_and_still_runs(tmp_path, monkeypatch):

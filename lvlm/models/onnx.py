@@ -7,7 +7,7 @@ versions, so later processes skip the export (a few seconds for LiteMedSAM's enc
 (``model.image_encoder = onnx_module(model.image_encoder, ...)``).
 
 Why: on CPUs ONNX Runtime's convolution kernels (fused convolution + activation, blocked memory layouts)
-run LiteMedSAM's TinyViT encoder about 1.7x faster than eager torch, with the same embedding to 1e-5
+run LiteMedSAM's TinyViT encoder 1.6x faster than eager torch on 2 cores, with the same embedding to 1.3e-6
 (docs/performance.md, ``benchmarks/encoder_speed.py --model litemedsam``).
 """
 from __future__ import annotations
@@ -62,10 +62,26 @@ def resolve_backend(backend: str, device: str) -> str:
     return backend
 
 
+def _package_version(module) -> str:
+    """Version of the distribution that defines ``module``'s class (its code is part of the exported graph)."""
+    from importlib import metadata
+
+    top = type(module).__module__.split(".")[0]
+    for dist in (top, top.replace("_", "-")):
+        try:
+            return f"{dist}=={metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return top
+
+
 def _digest(module, example, opset: int) -> str:
+    """Key of an export: class, its package's version, lvlm's, torch's, opset, input shape and every weight."""
+    from .. import __version__
+
     h = hashlib.sha256()
-    h.update(f"{type(module).__module__}.{type(module).__qualname__}|{torch.__version__}|{opset}|"
-             f"{tuple(example.shape)}|{example.dtype}".encode())
+    h.update(f"{type(module).__module__}.{type(module).__qualname__}|{_package_version(module)}|lvlm=={__version__}|"
+             f"{torch.__version__}|{opset}|{tuple(example.shape)}|{example.dtype}".encode())
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
@@ -78,102 +94,151 @@ def export_bytes(module, example, opset: int = OPSET) -> bytes:
 
     The input shape is fixed to ``example``'s (TinyViT's reshapes trace the batch size as a constant);
     :class:`OnnxModule` runs larger batches one example at a time."""
+    import inspect
+
     require("onnx", "exporting to ONNX")
+    kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's concern
         with torch.no_grad():
-            torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=opset,
-                              input_names=["input"], output_names=["output"])
+            torch.onnx.export(module, (example,), buf, opset_version=opset, input_names=["input"],
+                              output_names=["output"], **kwargs)
     return buf.getvalue()
 
 
-def _cached_export(module, example, name: str, opset: int) -> tuple[bytes, Path | None]:
-    """(exported bytes, file) from ``$LVLM_HOME/onnx/{name}-{digest}.onnx``, exporting (and writing) on a miss.
+def _read_cached(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes() if path.is_file() else None
+    except OSError:  # unreadable (another user's file, permissions): export in memory instead
+        return None
 
-    The write is atomic (temporary file + rename); an unwritable cache (file None) only costs the export
-    next time."""
-    path = cache_dir() / "onnx" / f"{name}-{_digest(module, example, opset)}.onnx"
-    if path.is_file():
-        return path.read_bytes(), path
-    data = export_bytes(module, example, opset)
+
+def _write_cached(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` atomically (temporary file + rename), readable as a normal file would be."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a shared cache must stay readable
         os.replace(tmp, path)
+        tmp = None
+        return True
     except OSError as exc:
         warnings.warn(f"could not cache the ONNX export at {path} ({exc}); it will be exported again next time",
-                      stacklevel=3)
-        return data, None
-    return data, path
+                      stacklevel=4)
+        return False
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 class OnnxModule(torch.nn.Module):
     """A ``torch.nn.Module`` whose forward runs an ONNX Runtime session (CPU, float32 in, float32 out; the
     model's input shape is the export example's, a batch of several runs one example at a time).
 
-    ``torch_module`` keeps the original module (for reference and to fall back to); ``path`` is the cached
-    ONNX file or None. ``threads``: ONNX Runtime's intra-op threads (default: ``torch.get_num_threads()`` at
-    creation time). Threads do not spin between calls, so the torch stages that run in between keep the
-    cores.
+    ``torch_module`` keeps the original module, as a submodule (so ``state_dict`` and ``parameters`` still
+    show the weights and content hashes of the encoder stay distinct); loading a state dict into this module
+    raises, because it would not change what ONNX Runtime runs: build it again instead. ``path`` is the
+    cached ONNX file or None. ``threads``: ONNX Runtime's intra-op threads (default: ``torch.get_num_threads()``
+    at creation time). Threads do not spin between calls, so the torch stages that run in between keep the
+    cores. Always in eval mode (inference only); copies and pickles rebuild the session.
     """
 
     def __init__(self, torch_module, model_bytes: bytes, threads: int | None = None, path: Path | None = None):
         super().__init__()
+        self.threads = int(threads or torch.get_num_threads())
+        self.path = path
+        self.model_bytes = model_bytes
+        self.session = self._session()
+        self.torch_module = torch_module
+        self.train(False)
+
+    def _session(self):
         ort = require("onnxruntime", "encoder_backend: onnxruntime")
         so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads or torch.get_num_threads())
+        so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
-        self.session = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-        self.threads = so.intra_op_num_threads
-        self.path = path
-        object.__setattr__(self, "torch_module", torch_module)  # not a submodule: no duplicate weights in state_dict
+        return ort.InferenceSession(self.model_bytes, so, providers=["CPUExecutionProvider"])
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["session"] = None
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.session = self._session()
 
     def __getattr__(self, name: str):
         # attributes the callers read from the original module (e.g. TinyViT's ``img_size``)
         try:
             return super().__getattr__(name)
         except AttributeError:
-            tm = self.__dict__.get("torch_module")
+            tm = None if name.startswith("_") else self.__dict__.get("_modules", {}).get("torch_module")
             if tm is None:
                 raise
             return getattr(tm, name)
+
+    def train(self, mode: bool = True):
+        super().train(False)  # the exported graph is the eval-mode one
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        raise LvlmError("this encoder runs an ONNX export of fixed weights; loading new weights would not change "
+                        "it: build the model again with the new checkpoint (or use encoder_backend: torch)")
 
     def forward(self, x):
         if x.device.type != "cpu":
             raise LvlmError(f"this ONNX Runtime module runs on the CPU; got a tensor on {x.device}")
         x = x.detach().to(torch.float32).contiguous().numpy()
-        if x.shape[0] == 1:
-            return torch.from_numpy(self.session.run(None, {"input": x})[0])
-        return torch.from_numpy(np.concatenate([self.session.run(None, {"input": x[i:i + 1]})[0]
-                                                for i in range(x.shape[0])]))
+        outs = [self.session.run(None, {"input": x[i:i + 1]})[0] for i in range(x.shape[0])]
+        if not outs:  # an empty batch: the output shape of one example, zero rows
+            meta = self.session.get_outputs()[0]
+            return torch.zeros((0, *meta.shape[1:]), dtype=torch.float32)
+        return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))
 
     def extra_repr(self) -> str:
         return f"onnxruntime, threads={self.threads}, file={self.path}"
 
 
-def onnx_module(module, example, name: str, threads: int | None = None, opset: int = OPSET,
-                _retry: bool = True) -> OnnxModule:
-    """``module`` (eval mode, CPU) as an :class:`OnnxModule`, exported on ``example`` (cached on disk)."""
+def onnx_module(module, example, name: str, threads: int | None = None, opset: int = OPSET) -> OnnxModule:
+    """``module`` (eval mode, CPU) as an :class:`OnnxModule`, exported on ``example``.
+
+    The export is cached in ``$LVLM_HOME/onnx/{name}-{digest}.onnx``; a cached file that ONNX Runtime cannot
+    load (an interrupted copy) is exported again, with a warning. Errors are :class:`~lvlm.errors.LvlmError`.
+    """
     module = module.eval()
+    path = cache_dir() / "onnx" / f"{name}-{_digest(module, example, opset)}.onnx"
+    data = _read_cached(path)
+    if data is not None:
+        try:
+            return OnnxModule(module, data, threads, path)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            warnings.warn(f"ONNX Runtime could not load the cached {path} ({type(exc).__name__}); "
+                          "exporting it again", stacklevel=2)
     try:
-        data, path = _cached_export(module, example, name, opset)
+        data = export_bytes(module, example, opset)
     except LvlmError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds; say which module failed
+    except Exception as exc:  # the exporter raises many kinds; say which module failed
         raise LvlmError(f"exporting {name} to ONNX failed ({type(exc).__name__}: {exc}); "
                         "use encoder_backend: torch") from exc
     try:
-        return OnnxModule(module, data, threads, path)
-    except Exception as exc:  # noqa: BLE001 - a damaged cached file (interrupted copy, full disk): export again
-        if path is None or not _retry:
-            raise LvlmError(f"ONNX Runtime could not load the export of {name} ({exc})") from exc
-        warnings.warn(f"ONNX Runtime could not load the cached {path} ({type(exc).__name__}); exporting it again",
-                      stacklevel=2)
-        path.unlink(missing_ok=True)
-        return onnx_module(module, example, name, threads, opset, _retry=False)
+        module_ = OnnxModule(module, data, threads, None)
+    except Exception as exc:
+        raise LvlmError(f"ONNX Runtime could not load the export of {name} ({type(exc).__name__}: {exc}); "
+                        "use encoder_backend: torch") from exc
+    if _write_cached(path, data):
+        module_.path = path
+    return module_

