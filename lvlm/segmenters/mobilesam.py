@@ -13,6 +13,6 @@ class MobileSamSegmenter(SamSegmenter):
     """:class:`~lvlm.segmenters.sam.SamSegmenter` with ``model_type="mobilesam"``; the other settings are the same."""
 
     def __init__(self, checkpoint: Any = "default", device: str = "auto", multimask: Any = "auto",
-                 batch_size: int = 64, decoder_checkpoint: str | None = None) -> None:
+                 batch_size: int = 64, decoder_checkpoint: str | None = None, encoder_backend: str = "auto") -> None:
         super().__init__(model_type="mobilesam", checkpoint=checkpoint, device=device, multimask=multimask,
-                         batch_size=batch_size, decoder_checkpoint=decoder_checkpoint)
+                         batch_size=batch_size, decoder_checkpoint=decoder_checkpoint, encoder_backend=encoder_backend)
