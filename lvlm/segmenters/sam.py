@@ -13,8 +13,14 @@ import numpy as np
 from ..components import PromptedSegmenter, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
-from ..models.sam import (build_sam, check_model_type, decode_prompts, encoder_backend_for, prompt_tensors,
-                          put_encoder_on)
+from ..models.sam import (
+    build_sam,
+    check_model_type,
+    decode_prompts,
+    encoder_backend_for,
+    prompt_tensors,
+    put_encoder_on,
+)
 from ..registry import register
 from ..types import Candidates, Prompts
 
@@ -60,8 +66,8 @@ class SamSegmenter(PromptedSegmenter):
     ``auto`` (default) = 3 for a single-point prompt, 1 for boxes or several points (SAM's own advice).
     ``batch_size``: prompts per mask-decoder call. ``encoder_backend``: ``auto`` (default: ONNX Runtime on the
     CPU for MobileSAM's TinyViT encoder when ``lvlm[onnx]`` is installed, torch otherwise), ``torch``, or
-    ``onnxruntime`` (CPU; also for vit_b / vit_l / medsam: 1.9x faster for vit_b, after a one-time export of
-    20+ s written to ``$LVLM_HOME/onnx``; not vit_h, over ONNX's 2 GB limit).
+    ``onnxruntime`` (CPU; also for vit_b / vit_l / medsam: vit_b's encoder 1.5-1.9x faster, after a one-time
+    export of 20+ s written to ``$LVLM_HOME/onnx``; not vit_h, over ONNX's 2 GB limit).
     """
 
     def __init__(self, model_type: str = "vit_h", checkpoint: Any = "default", device: str = "auto",
