@@ -17,6 +17,7 @@ taken in this one run on the same inputs:
     python benchmarks/amg_speed.py --model vit_b --points-per-side 8 --json      # CPU, a few minutes
     python benchmarks/amg_speed.py --model vit_h --device cuda --thresholds zero --size 1500x2250 --json  # GPU
     python benchmarks/amg_speed.py --model sam2_tiny_random --thresholds zero --box-nms-thresh 1.0 --json
+    python benchmarks/amg_speed.py --model vit_b --points-per-side 8 --thresholds zero --backend onnxruntime --json
 
 SAM 2 (``--model sam2_<variant>``) compares ``sam2_fast`` with ``SAM2AutomaticMaskGenerator``; its random
 decoder gets no point-local weights (SAM 2's tiny model is too narrow for them), so ``--box-nms-thresh 1.0``
@@ -113,6 +114,8 @@ SAM2_VARIANTS = ["tiny_random", "tiny", "small", "base_plus", "large"]
 def build_pair(args, device: str, knobs: dict):
     """(model, official generator, our generator, encoder module, decoder module) for ``--model``."""
     if args.model.startswith("sam2_"):
+        if args.backend != "torch":
+            raise SystemExit("--backend onnxruntime is for sam_fast (SAM models), not sam2_fast")
         import warnings
 
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
@@ -137,7 +140,8 @@ def build_pair(args, device: str, knobs: dict):
     if not args.plain_random:
         point_local_sam(model, seed=args.seed)
     official = SamAutomaticMaskGenerator(model, points_per_batch=args.official_points_per_batch, **knobs)
-    ours = SamFastGenerator(model=model, device=device, points_per_batch=args.points_per_batch, bf16=args.bf16, **knobs)
+    ours = SamFastGenerator(model=model, device=device, points_per_batch=args.points_per_batch, bf16=args.bf16,
+                            backend=args.backend, **knobs)
     return model, official, ours, model.image_encoder, model.mask_decoder
 
 
@@ -157,6 +161,8 @@ def main(argv=None) -> int:
                     help="ours (default: 256 on GPU, 64 on CPU; the official one keeps 64)")
     ap.add_argument("--official-points-per-batch", type=int, default=64)
     ap.add_argument("--bf16", action="store_true", help="our encoder under bf16 autocast")
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                    help="sam_fast's backend (onnxruntime: CPU, encoder and decoder in ONNX Runtime)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs of each generator on a small crop first")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: as set)")
@@ -197,6 +203,9 @@ def main(argv=None) -> int:
 
     hooks(encoder, "encoder")
     hooks(decoder, "decoder")
+    for key in ("encoder", "decoder"):  # backend onnxruntime: ours runs its own modules; time them the same way
+        if getattr(ours, f"_ort_{key}", None) is not None:
+            hooks(getattr(ours, f"_ort_{key}"), key)
     warm = image[: max(32, image.shape[0] // 4), : max(32, image.shape[1] // 4)]
     for _ in range(args.warmup):
         official.generate(warm)
@@ -250,6 +259,7 @@ def main(argv=None) -> int:
         "image_hw": list(image.shape[:2]),
         "settings": {**knobs, "thresholds": args.thresholds, "points_per_batch_ours": ours.points_per_batch,
                      "points_per_batch_official": args.official_points_per_batch, "bf16": args.bf16,
+                     "backend": args.backend,
                      "repeats": args.repeats, "warmup": args.warmup},
         "device": device_name(device),
         "torch": torch.__version__,

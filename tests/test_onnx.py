@@ -211,3 +211,30 @@ def test_vit_h_refuses_onnx_before_looking_for_weights():
     with pytest.raises(ConfigError, match="2 GB"):  # not WeightsNotFoundError: checked before the build
         build("segmenter", "sam", model_type="vit_h", device="cpu", encoder_backend="onnxruntime")
     assert lvlm_onnx.check_backend("auto") == "auto"
+
+
+@pytest.mark.parametrize("case", ["thresholds_0", "crops"])
+def test_sam_fast_on_onnx_runtime_gives_the_official_masks(case):
+    """``sam_fast`` with ``backend: onnxruntime`` (encoder and decoder in ONNX Runtime) against
+    segment_anything's own generator: the issue's criterion (count within 2 %, best-match IoU >= 0.99)."""
+    from test_fast_amg import CASES, assert_same_set, official, scene, stack, tiny_model
+
+    from lvlm.generators.sam_fast import SamFastGenerator
+
+    model = tiny_model()
+    kw = CASES[case][0]
+    ref = stack(official(case), scene().shape[:2])
+    gen = SamFastGenerator(model=model, device="cpu", points_per_side=8, points_per_batch=48, backend="onnxruntime",
+                           **kw)  # 64 points per crop: the last batch is padded to the exported 48
+    assert isinstance(gen._ort_encoder, OnnxModule) and isinstance(gen._ort_decoder, OnnxModule)
+    assert not isinstance(model.image_encoder, OnnxModule)  # the caller's model is left as it was
+    assert_same_set(gen.generate(scene()).masks, ref)
+
+
+def test_sam_fast_backend_errors():
+    from lvlm.generators.sam_fast import SamFastGenerator
+
+    with pytest.raises(ConfigError, match="valid: torch, onnxruntime"):
+        SamFastGenerator(model_type="vit_tiny", checkpoint=None, device="cpu", backend="tensorrt")
+    with pytest.raises(ConfigError, match="bf16"):
+        SamFastGenerator(model_type="vit_tiny", checkpoint=None, device="cpu", backend="onnxruntime", bf16=True)

@@ -75,13 +75,18 @@ def _package_version(module) -> str:
     return top
 
 
+def _examples(example) -> tuple:
+    return tuple(example) if isinstance(example, (tuple, list)) else (example,)
+
+
 def _digest(module, example, opset: int) -> str:
-    """Key of an export: class, its package's version, lvlm's, torch's, opset, input shape and every weight."""
+    """Key of an export: class, its package's version, lvlm's, torch's, opset, input shapes and every weight."""
     from .. import __version__
 
     h = hashlib.sha256()
+    shapes = [(tuple(x.shape), str(x.dtype)) for x in _examples(example)]
     h.update(f"{type(module).__module__}.{type(module).__qualname__}|{_package_version(module)}|lvlm=={__version__}|"
-             f"{torch.__version__}|{opset}|{tuple(example.shape)}|{example.dtype}".encode())
+             f"{torch.__version__}|{opset}|{shapes}".encode())
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
@@ -90,20 +95,22 @@ def _digest(module, example, opset: int) -> str:
 
 
 def export_bytes(module, example, opset: int = OPSET) -> bytes:
-    """The ONNX model of ``module`` traced on ``example``, as bytes.
+    """The ONNX model of ``module`` traced on ``example`` (a tensor or a tuple of tensors), as bytes.
 
-    The input shape is fixed to ``example``'s (TinyViT's reshapes trace the batch size as a constant);
-    :class:`OnnxModule` runs larger batches one example at a time."""
+    Inputs are named ``input0``, ``input1``, ... (outputs are read in order); shapes are fixed to the
+    example's (TinyViT's reshapes trace the batch size as a constant): :class:`OnnxModule` runs larger
+    batches of a one-input module one example at a time."""
     import inspect
 
     require("onnx", "exporting to ONNX")
     kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    examples = _examples(example)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's concern
         with torch.no_grad():
-            torch.onnx.export(module, (example,), buf, opset_version=opset, input_names=["input"],
-                              output_names=["output"], **kwargs)
+            torch.onnx.export(module, examples, buf, opset_version=opset,
+                              input_names=[f"input{i}" for i in range(len(examples))], **kwargs)
     return buf.getvalue()
 
 
@@ -141,8 +148,9 @@ def _write_cached(path: Path, data: bytes) -> bool:
 
 
 class OnnxModule(torch.nn.Module):
-    """A ``torch.nn.Module`` whose forward runs an ONNX Runtime session (CPU, float32 in, float32 out; the
-    model's input shape is the export example's, a batch of several runs one example at a time).
+    """A ``torch.nn.Module`` whose forward runs an ONNX Runtime session (CPU, float32 in, float32 out; input
+    shapes are the export example's: with one input, a batch of several runs one example at a time; with
+    several, the caller gives the exported shapes).
 
     ``torch_module`` keeps the original module; ``state_dict`` gives its weights under its own keys (so
     content hashes of the encoder are the same with either backend); loading a state dict into this module
@@ -203,11 +211,17 @@ class OnnxModule(torch.nn.Module):
         raise LvlmError("this encoder runs an ONNX export of fixed weights; loading new weights would not change "
                         "it: build the model again with the new checkpoint (or use encoder_backend: torch)")
 
-    def forward(self, x):
-        if x.device.type != "cpu":
-            raise LvlmError(f"this ONNX Runtime module runs on the CPU; got a tensor on {x.device}")
-        x = x.detach().to(torch.float32).contiguous().numpy()
-        outs = [self.session.run(None, {"input": x[i:i + 1]})[0] for i in range(x.shape[0])]
+    def forward(self, *xs):
+        for x in xs:
+            if x.device.type != "cpu":
+                raise LvlmError(f"this ONNX Runtime module runs on the CPU; got a tensor on {x.device}")
+        arrays = [x.detach().to(torch.float32).contiguous().numpy() for x in xs]
+        if len(arrays) > 1:  # shapes as exported
+            outs = self.session.run(None, {f"input{i}": a for i, a in enumerate(arrays)})
+            res = tuple(torch.from_numpy(o) for o in outs)
+            return res[0] if len(res) == 1 else res
+        x = arrays[0]
+        outs = [self.session.run(None, {"input0": x[i:i + 1]})[0] for i in range(x.shape[0])]
         if not outs:  # an empty batch: the output shape of one example, zero rows
             meta = self.session.get_outputs()[0]
             return torch.zeros((0, *meta.shape[1:]), dtype=torch.float32)
