@@ -394,8 +394,9 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
     not describe), ``progress`` (a bar over crops) and ``backend``: ``torch`` (default: the official masks bit
     for bit with the official point batch) or ``onnxruntime`` (CPU only: the image encoder, unless over
     ONNX's 2 GB limit as vit_h's, and the mask decoder run in ONNX Runtime, exported once and cached under
-    ``$LVLM_HOME/onnx``; masks equal the torch backend's up to float rounding, e.g. vit_b's decoder 2.7x and
-    encoder 1.5x faster on 2 cores; the given ``model`` itself is not changed).
+    ``$LVLM_HOME/onnx``; masks equal the torch backend's up to float rounding; with vit_b on one CPU thread
+    1.64x the official generator's speed vs 1.09x with torch, docs/performance.md; the given ``model`` itself
+    is not changed).
     """
 
     name = "sam_fast"
