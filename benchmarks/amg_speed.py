@@ -260,6 +260,7 @@ def main(argv=None) -> int:
         "settings": {**knobs, "thresholds": args.thresholds, "points_per_batch_ours": ours.points_per_batch,
                      "points_per_batch_official": args.official_points_per_batch, "bf16": args.bf16,
                      "backend": args.backend,
+                     "onnxruntime_encoder": getattr(ours, "_ort_encoder", None) is not None,
                      "repeats": args.repeats, "warmup": args.warmup},
         "device": device_name(device),
         "torch": torch.__version__,

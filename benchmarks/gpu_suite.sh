@@ -2,7 +2,7 @@
 # The GPU figures of docs/performance.md in one go: every step writes its JSON (and log) under $OUT
 # (default: gpu_results/), so a run cut short keeps what it finished. Steps run in the order given:
 #
-#   bash benchmarks/gpu_suite.sh                    # all steps (about 20-40 min on an H100)
+#   bash benchmarks/gpu_suite.sh                    # all steps (not yet timed on a GPU)
 #   bash benchmarks/gpu_suite.sh tests amg_b amg_h  # a subset
 #   STEP_TIMEOUT=600 OUT=/tmp/r bash benchmarks/gpu_suite.sh encoder_b
 #
@@ -41,11 +41,14 @@ for step in "${STEPS[@]}"; do
   esac
   echo "== $step: $cmd"
   echo "$cmd" >"$OUT/$step.cmd"
-  if timeout "$STEP_TIMEOUT" $cmd >"$OUT/$step.json" 2>"$OUT/$step.log"; then
-    echo "   ok -> $OUT/$step.json"
+  result="$OUT/$step.json"
+  [ "$step" = tests ] && result="$OUT/$step.txt"
+  if timeout "$STEP_TIMEOUT" $cmd >"$result" 2>"$OUT/$step.log"; then
+    echo "   ok -> $result"
   else
+    rc=$?
     status=1
-    echo "   FAILED (exit $?; see $OUT/$step.log)"
+    echo "   FAILED (exit $rc$([ $rc = 124 ] && echo ': timed out'); see $OUT/$step.log)"
   fi
 done
 exit $status

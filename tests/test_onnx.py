@@ -12,7 +12,7 @@ import torch
 from lvlm.errors import ConfigError, LvlmError, MissingDependencyError
 from lvlm.models import onnx as lvlm_onnx
 from lvlm.models.onnx import OnnxModule, resolve_backend
-from lvlm.models.sam import build_litemedsam, fuse_conv_bn
+from lvlm.models.sam import build_litemedsam, build_sam, fuse_conv_bn
 from lvlm.registry import build
 from lvlm.types import Prompts
 
@@ -157,7 +157,7 @@ def test_failed_export_falls_back_to_torch_in_auto_mode_only(monkeypatch, tmp_pa
     with pytest.warns(UserWarning, match="unsupported operator.*torch instead"):
         model = build_litemedsam(checkpoint="random", encoder_backend="auto")
     assert not isinstance(model.image_encoder, OnnxModule)
-    with pytest.raises(LvlmError, match="exporting litemedsam-encoder to ONNX failed.*encoder_backend: torch"):
+    with pytest.raises(LvlmError, match="exporting litemedsam-encoder to ONNX failed.*torch backend"):
         build_litemedsam(checkpoint="random", encoder_backend="onnxruntime")
 
 
@@ -224,11 +224,36 @@ def test_sam_fast_on_onnx_runtime_gives_the_official_masks(case):
     model = tiny_model()
     kw = CASES[case][0]
     ref = stack(official(case), scene().shape[:2])
-    gen = SamFastGenerator(model=model, device="cpu", points_per_side=8, points_per_batch=48, backend="onnxruntime",
-                           **kw)  # 64 points per crop: the last batch is padded to the exported 48
-    assert isinstance(gen._ort_encoder, OnnxModule) and isinstance(gen._ort_decoder, OnnxModule)
-    assert not isinstance(model.image_encoder, OnnxModule)  # the caller's model is left as it was
-    assert_same_set(gen.generate(scene()).masks, ref)
+    torch_masks = SamFastGenerator(model=model, device="cpu", points_per_side=8, points_per_batch=48, **kw)
+    torch_masks = torch_masks.generate(scene()).masks
+    for batch in (48, 100):  # 64 points per crop: a short last batch, and one batch larger than the grid
+        gen = SamFastGenerator(model=model, device="cpu", points_per_side=8, points_per_batch=batch,
+                               backend="onnxruntime", **kw)
+        assert isinstance(gen._ort_encoder, OnnxModule) and isinstance(gen._ort_decoder, OnnxModule)
+        masks = gen.generate(scene()).masks
+        assert_same_set(masks, ref)
+        # and the torch backend's masks up to float rounding at the threshold
+        assert masks.shape == torch_masks.shape and (masks != torch_masks).mean() < 1e-4
+
+
+def test_sam_fast_onnx_leaves_the_callers_model_alone():
+    """A TinyViT model is folded on a copy for the export; a model whose encoder already runs in ONNX Runtime
+    (a mobilesam segmenter's, by default on the CPU) is used as it is."""
+    from lvlm.generators.sam_fast import SamFastGenerator
+
+    model = build_sam("mobilesam", None)
+    keys = set(model.image_encoder.state_dict())
+    kw = {"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
+    gen = SamFastGenerator(model=model, device="cpu", backend="onnxruntime", **kw)
+    assert any(type(m).__name__ == "Conv2d_BN" for m in model.image_encoder.modules())
+    assert set(model.image_encoder.state_dict()) == keys
+    seg = build("segmenter", "mobilesam", checkpoint=None, device="cpu")
+    assert isinstance(seg.model.image_encoder, OnnxModule)
+    gen2 = SamFastGenerator(model=seg.model, device="cpu", backend="onnxruntime", **kw)
+    assert gen2._ort_encoder is seg.model.image_encoder
+    img = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    a, b = gen.generate(img), gen2.generate(img)
+    assert len(a) == 12 and a.masks.shape == b.masks.shape and (a.masks != b.masks).mean() < 1e-3
 
 
 def test_sam_fast_backend_errors():
@@ -238,3 +263,5 @@ def test_sam_fast_backend_errors():
         SamFastGenerator(model_type="vit_tiny", checkpoint=None, device="cpu", backend="tensorrt")
     with pytest.raises(ConfigError, match="bf16"):
         SamFastGenerator(model_type="vit_tiny", checkpoint=None, device="cpu", backend="onnxruntime", bf16=True)
+    with pytest.raises(ConfigError, match="CPU only.*backend: torch"):  # before any weights are looked up
+        SamFastGenerator(model_type="vit_h", device="cuda", backend="onnxruntime")

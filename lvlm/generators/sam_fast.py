@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -395,8 +396,9 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
     for bit with the official point batch) or ``onnxruntime`` (CPU only: the image encoder, unless over
     ONNX's 2 GB limit as vit_h's, and the mask decoder run in ONNX Runtime, exported once and cached under
     ``$LVLM_HOME/onnx``; masks equal the torch backend's up to float rounding; with vit_b on one CPU thread
-    1.64x the official generator's speed vs 1.09x with torch, docs/performance.md; the given ``model`` itself
-    is not changed).
+    1.96x the official generator's speed vs 1.09x with torch, docs/performance.md; the given ``model`` itself
+    is not changed, and weights loaded into it later do not reach the exported copies: build the generator
+    again).
     """
 
     name = "sam_fast"
@@ -433,6 +435,12 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
                           stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio,
                           crop_n_points_downscale_factor, point_grids, min_mask_region_area, output_mode, bf16,
                           encoder_batch_size, chunk_pixels, device, progress, build_all_layer_point_grids)
+        if backend not in ("torch", "onnxruntime"):  # before any weights are loaded
+            raise ConfigError(f"backend={backend!r}; valid: torch, onnxruntime")
+        if backend == "onnxruntime":
+            from ..models.onnx import resolve_backend
+
+            resolve_backend("onnxruntime", self.device, option="backend")  # CPU and lvlm[onnx], or a clear error
         self.source = "sam_fast" if model is not None else f"sam_fast:{model_type}"
         if model is None:
             from ..models.sam import build_sam
@@ -449,34 +457,37 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
         self._dense_pe: torch.Tensor | None = None
         self.backend = backend
         self._ort_encoder = self._ort_decoder = None
-        if backend not in ("torch", "onnxruntime"):
-            raise ConfigError(f"backend={backend!r}; valid: torch, onnxruntime")
         if backend == "onnxruntime":
             self._setup_onnx()
 
     def _setup_onnx(self) -> None:
-        """ONNX Runtime sessions for the encoder (unless it is over 2 GB) and prompt-to-mask decoder."""
+        """ONNX Runtime sessions for the encoder (unless it is over 2 GB: vit_h's stays in torch, with a
+        warning) and the prompt-to-mask decoder (any number of points per call)."""
         import copy
 
-        from ..models.onnx import onnx_module, resolve_backend
+        from ..models.onnx import OnnxModule, onnx_module
         from ..models.sam import fuse_conv_bn
 
-        resolve_backend("onnxruntime", self.device)  # CPU and lvlm[onnx], or a clear error
-        if self.bf16:
-            raise ConfigError("bf16 applies to the torch encoder; with backend: onnxruntime set bf16: false")
         m, label = self.model, self.source.split(":")[-1]
         enc = m.image_encoder
-        if sum(p.numel() * p.element_size() for p in enc.parameters()) < 1.9e9:  # vit_h: stays in torch
+        if isinstance(enc, OnnxModule):  # e.g. the model of a segmenter already on ONNX Runtime
+            self._ort_encoder = enc
+        elif sum(t.numel() * t.element_size() for t in enc.state_dict().values()) < 1.9e9:
             if any(type(x).__name__ == "Conv2d_BN" for x in enc.modules()):
                 enc = fuse_conv_bn(copy.deepcopy(enc))  # TinyViT: folded for inference; the given model unchanged
             size = int(enc.img_size)
             self._ort_encoder = onnx_module(enc, torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)),
                                             f"{label}-encoder")
+        else:
+            warnings.warn(f"the {label} image encoder is over ONNX's 2 GB limit: it runs in torch, the mask decoder "
+                          "in ONNX Runtime", stacklevel=3)
+        if self.bf16 and self._ort_encoder is not None:
+            raise ConfigError("bf16 applies to a torch encoder; this one runs in ONNX Runtime: set bf16: false")
         pe = m.prompt_encoder
         c, (h, w) = pe.embed_dim, pe.image_embedding_size
         example = (torch.zeros(1, c, h, w), pe.get_dense_pe().detach(), torch.zeros(self.points_per_batch, 2, c))
         self._ort_decoder = onnx_module(_PointDecoder(m.prompt_encoder, m.mask_decoder, self.multimask_output),
-                                        example, f"{label}-decoder-b{self.points_per_batch}")
+                                        example, f"{label}-decoder", dynamic_axes={"input2": {0: "points"}})
 
     def _encode(self, crops: list[np.ndarray]) -> list[tuple[torch.Tensor, tuple[int, int]]]:
         """Image embeddings of all crops, ``encoder_batch_size`` per call (each as ``SamPredictor.set_image``)."""
@@ -511,12 +522,8 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
         model = self.model
         labels = torch.ones(len(in_points), 1, dtype=torch.int, device=in_points.device)
         sparse, dense = model.prompt_encoder(points=(in_points[:, None, :], labels), boxes=None, masks=None)
-        if self._ort_decoder is not None:  # the exported batch size: pad the last batch, drop the padding
-            n, b = len(sparse), self.points_per_batch
-            if n < b:
-                sparse = torch.cat([sparse, sparse[-1:].expand(b - n, -1, -1)])
-            low, iou = self._ort_decoder(state[0], self._dense_pe, sparse)
-            return low[:n], iou[:n]
+        if self._ort_decoder is not None:  # exported with a free number of points
+            return self._ort_decoder(state[0], self._dense_pe, sparse)
         return model.mask_decoder(image_embeddings=state[0], image_pe=self._dense_pe, sparse_prompt_embeddings=sparse,
                                   dense_prompt_embeddings=dense, multimask_output=self.multimask_output)
 
@@ -539,6 +546,7 @@ class _PointDecoder(torch.nn.Module):
     def __init__(self, prompt_encoder, mask_decoder, multimask: bool) -> None:
         super().__init__()
         self.prompt_encoder, self.mask_decoder, self.multimask = prompt_encoder, mask_decoder, bool(multimask)
+        self.onnx_key = f"multimask={self.multimask}"  # part of the export's cache key
 
     def forward(self, image_embeddings, image_pe, sparse):
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import LvlmError
+from ..errors import ConfigError, LvlmError
 from ..optional import has, require
 from ..weights import cache_dir
 
@@ -37,14 +37,12 @@ def available() -> bool:
 
 
 def check_backend(backend: Any) -> str:
-    from ..errors import ConfigError
-
     if backend not in BACKENDS:
         raise ConfigError(f"encoder_backend={backend!r}; valid: {', '.join(BACKENDS)}")
     return backend
 
 
-def resolve_backend(backend: str, device: str) -> str:
+def resolve_backend(backend: str, device: str, option: str = "encoder_backend") -> str:
     """``auto`` -> ``onnxruntime`` on the CPU when it is installed, else ``torch``.
 
     ``onnxruntime`` on a GPU device is refused (this wrapper runs ONNX Runtime's CPU provider only).
@@ -55,38 +53,46 @@ def resolve_backend(backend: str, device: str) -> str:
         return "onnxruntime" if on_cpu and available() else "torch"
     if backend == "onnxruntime":
         if not on_cpu:
-            raise LvlmError(f"encoder_backend='onnxruntime' runs on the CPU only (device={device!r}); "
-                            "use encoder_backend: torch (or auto) on a GPU")
-        require("onnxruntime", "encoder_backend: onnxruntime")
+            raise ConfigError(f"{option}='onnxruntime' runs on the CPU only (device={device!r}); "
+                              f"use {option}: torch on a GPU")
+        require("onnxruntime", f"{option}: onnxruntime")
         require("onnx", "exporting to ONNX")
     return backend
 
 
-def _package_version(module) -> str:
-    """Version of the distribution that defines ``module``'s class (its code is part of the exported graph)."""
+def _package_versions(module) -> str:
+    """Versions of the distributions that define the classes of ``module`` and its submodules (their code is
+    part of the exported graph)."""
     from importlib import metadata
 
-    top = type(module).__module__.split(".")[0]
-    for dist in (top, top.replace("_", "-")):
-        try:
-            return f"{dist}=={metadata.version(dist)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return top
+    out = []
+    for top in sorted({type(m).__module__.split(".")[0] for m in module.modules()}):
+        version = "?"
+        for dist in (top, top.replace("_", "-")):
+            try:
+                version = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+        out.append(f"{top}=={version}")
+    return ",".join(out)
 
 
 def _examples(example) -> tuple:
     return tuple(example) if isinstance(example, (tuple, list)) else (example,)
 
 
-def _digest(module, example, opset: int) -> str:
-    """Key of an export: class, its package's version, lvlm's, torch's, opset, input shapes and every weight."""
+def _digest(module, example, opset: int, dynamic_axes: dict | None = None) -> str:
+    """Key of an export: class, the versions of the packages of all its submodules' classes, lvlm's, torch's,
+    opset, input shapes, dynamic axes, ``module.onnx_key`` (settings that change the graph but are no
+    weights) and every weight."""
     from .. import __version__
 
     h = hashlib.sha256()
     shapes = [(tuple(x.shape), str(x.dtype)) for x in _examples(example)]
-    h.update(f"{type(module).__module__}.{type(module).__qualname__}|{_package_version(module)}|lvlm=={__version__}|"
-             f"{torch.__version__}|{opset}|{shapes}".encode())
+    h.update(f"{type(module).__module__}.{type(module).__qualname__}|{_package_versions(module)}|"
+             f"lvlm=={__version__}|{torch.__version__}|{opset}|{shapes}|{sorted((dynamic_axes or {}).items())}|"
+             f"{getattr(module, 'onnx_key', '')}".encode())
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
@@ -94,12 +100,13 @@ def _digest(module, example, opset: int) -> str:
     return h.hexdigest()[:16]
 
 
-def export_bytes(module, example, opset: int = OPSET) -> bytes:
+def export_bytes(module, example, opset: int = OPSET, dynamic_axes: dict | None = None) -> bytes:
     """The ONNX model of ``module`` traced on ``example`` (a tensor or a tuple of tensors), as bytes.
 
     Inputs are named ``input0``, ``input1``, ... (outputs are read in order); shapes are fixed to the
-    example's (TinyViT's reshapes trace the batch size as a constant): :class:`OnnxModule` runs larger
-    batches of a one-input module one example at a time."""
+    example's (TinyViT's reshapes trace the batch size as a constant: :class:`OnnxModule` runs larger
+    batches of a one-input module one example at a time) except the ``dynamic_axes`` given, as
+    ``{"input2": {0: "n"}}``."""
     import inspect
 
     require("onnx", "exporting to ONNX")
@@ -110,7 +117,8 @@ def export_bytes(module, example, opset: int = OPSET) -> bytes:
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's concern
         with torch.no_grad():
             torch.onnx.export(module, examples, buf, opset_version=opset,
-                              input_names=[f"input{i}" for i in range(len(examples))], **kwargs)
+                              input_names=[f"input{i}" for i in range(len(examples))],
+                              dynamic_axes=dynamic_axes, **kwargs)
     return buf.getvalue()
 
 
@@ -153,7 +161,7 @@ class OnnxModule(torch.nn.Module):
     several, the caller gives the exported shapes).
 
     ``torch_module`` keeps the original module; ``state_dict`` gives its weights under its own keys (so
-    content hashes of the encoder are the same with either backend); loading a state dict into this module
+    content hashes of the encoder are the same as the torch module's: for TinyViT, the folded one); loading a state dict into this module
     raises, because it would not change what ONNX Runtime runs: build it again instead. ``path`` is the
     cached ONNX file or None. ``threads``: ONNX Runtime's intra-op threads (default: ``torch.get_num_threads()``
     at creation time). Threads do not spin between calls, so the torch stages that run in between keep the
@@ -231,33 +239,47 @@ class OnnxModule(torch.nn.Module):
         return f"onnxruntime, threads={self.threads}, file={self.path}"
 
 
-def onnx_module(module, example, name: str, threads: int | None = None, opset: int = OPSET) -> OnnxModule:
-    """``module`` (eval mode, CPU) as an :class:`OnnxModule`, exported on ``example``.
+def onnx_module(module, example, name: str, threads: int | None = None, opset: int = OPSET,
+                dynamic_axes: dict | None = None) -> OnnxModule:
+    """``module`` (eval mode, CPU) as an :class:`OnnxModule`, exported on ``example`` (``dynamic_axes``: see
+    :func:`export_bytes`).
 
     The export is cached in ``$LVLM_HOME/onnx/{name}-{digest}.onnx``; a cached file that ONNX Runtime cannot
     load (an interrupted copy) is exported again, with a warning. Errors are :class:`~lvlm.errors.LvlmError`.
     """
+    if isinstance(module, OnnxModule):
+        raise LvlmError(f"{name} already runs in ONNX Runtime; use it as it is")
     module = module.eval()
-    path = cache_dir() / "onnx" / f"{name}-{_digest(module, example, opset)}.onnx"
+    n_in = len(_examples(example))
+    path = cache_dir() / "onnx" / f"{name}-{_digest(module, example, opset, dynamic_axes)}.onnx"
     data = _read_cached(path)
     if data is not None:
         try:
-            return OnnxModule(module, data, threads, path)
+            return _checked(OnnxModule(module, data, threads, path), n_in, name)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             warnings.warn(f"ONNX Runtime could not load the cached {path} ({type(exc).__name__}); "
                           "exporting it again", stacklevel=2)
     try:
-        data = export_bytes(module, example, opset)
+        data = export_bytes(module, example, opset, dynamic_axes)
     except LvlmError:
         raise
     except Exception as exc:  # the exporter raises many kinds; say which module failed
         raise LvlmError(f"exporting {name} to ONNX failed ({type(exc).__name__}: {exc}); "
-                        "use encoder_backend: torch") from exc
+                        "use the torch backend") from exc
     try:
-        module_ = OnnxModule(module, data, threads, None)
+        module_ = _checked(OnnxModule(module, data, threads, None), n_in, name)
     except Exception as exc:
         raise LvlmError(f"ONNX Runtime could not load the export of {name} ({type(exc).__name__}: {exc}); "
-                        "use encoder_backend: torch") from exc
+                        "use the torch backend") from exc
     if _write_cached(path, data):
         module_.path = path
     return module_
+
+
+def _checked(mod: OnnxModule, n_inputs: int, name: str) -> OnnxModule:
+    """The export must take every example input (a graph whose inputs were traced away is a constant)."""
+    got = len(mod.session.get_inputs())
+    if got != n_inputs:
+        raise LvlmError(f"the ONNX export of {name} takes {got} input(s), not {n_inputs}: its output does not "
+                        "depend on its input as traced")
+    return mod

@@ -61,7 +61,7 @@ class MedSamSegmenter(PromptedSegmenter):
     ``model_type``: the SAM architecture (default ``medsam`` = ViT-B; ``vit_tiny`` for quick tests, its
     input size replaces 1024). ``batch_size`` prompts per decoder call; ``threshold`` on the probability.
     ``encoder_backend``: ``auto`` (torch for MedSAM's ViT-B), ``torch``, or ``onnxruntime`` (CPU: the ViT-B
-    encoder 1.5-1.9x faster after a one-time export of 20+ s written to ``$LVLM_HOME/onnx``).
+    encoder 1.5-1.9x faster after a one-time export of about 20 s written to ``$LVLM_HOME/onnx``).
     """
 
     def __init__(self, checkpoint: Any = "default", device: str = "auto", model_type: str = "medsam",

@@ -67,7 +67,7 @@ class SamSegmenter(PromptedSegmenter):
     ``batch_size``: prompts per mask-decoder call. ``encoder_backend``: ``auto`` (default: ONNX Runtime on the
     CPU for MobileSAM's TinyViT encoder when ``lvlm[onnx]`` is installed, torch otherwise), ``torch``, or
     ``onnxruntime`` (CPU; also for vit_b / vit_l / medsam: vit_b's encoder 1.5-1.9x faster, after a one-time
-    export of 20+ s written to ``$LVLM_HOME/onnx``; not vit_h, over ONNX's 2 GB limit).
+    export of about 20 s written to ``$LVLM_HOME/onnx``; not vit_h, over ONNX's 2 GB limit).
     """
 
     def __init__(self, model_type: str = "vit_h", checkpoint: Any = "default", device: str = "auto",
