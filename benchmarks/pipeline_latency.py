@@ -10,10 +10,11 @@ default) the box of the central half of each image.
 Images: the real ones under ../shared/data when present (nuclei 512x512 fluorescence, quokka 643x960 photo),
 then synthetic scenes of ``--size`` until there are ``--n``.
 
-``--encoder-backend`` sets the LiteMedSAM segmenter's ``encoder_backend`` (``auto``: ONNX Runtime on the
-CPU when installed); ``--encoder-backend compare`` builds the pipeline twice (``torch`` and
-``onnxruntime``), runs every image through both (alternating which goes first) and adds ``speedup`` (torch seconds per image /
-ONNX Runtime seconds per image) and ``max_mask_diff_px`` (pixels where their masks differ).
+``--encoder-backend`` sets the segmenter's ``encoder_backend`` (litemedsam, sam, mobilesam, medsam;
+``auto``: ONNX Runtime on the CPU when installed); ``--encoder-backend compare`` builds the pipeline twice
+(``torch`` and ``onnxruntime``), runs every image through both (alternating which goes first) and adds
+``speedup`` (torch seconds per image / ONNX Runtime seconds per image) and ``max_mask_diff_px`` (pixels
+where their masks differ).
 
     python benchmarks/pipeline_latency.py --json
     python benchmarks/pipeline_latency.py --config embedded --n 8 --threads 2 --json
@@ -66,16 +67,21 @@ def gemm_gflops(n: int = 1024, repeats: int = 3) -> float:
 
 
 def build_pipeline(config: str, backend: str | None):
-    """The pipeline of ``config``, with the LiteMedSAM segmenter's ``encoder_backend`` set when ``backend``."""
+    """The pipeline of ``config``, with its segmenter's ``encoder_backend`` set when ``backend``."""
+    import inspect
+
     from lvlm import Pipeline
     from lvlm.pipeline import load_config
+    from lvlm.registry import get
 
     if backend is None:
         return Pipeline.from_config(config)
     cfg = load_config(config)
     seg = dict(cfg.get("segmenter") or {})
-    if seg.get("name") != "litemedsam":
-        raise SystemExit(f"--encoder-backend needs a litemedsam segmenter; {config} has {seg.get('name')!r}")
+    if not seg or "encoder_backend" not in inspect.signature(get("segmenter", seg["name"]).obj).parameters:
+        with_key = "litemedsam, sam, mobilesam, medsam"
+        raise SystemExit(f"--encoder-backend needs a segmenter with an encoder_backend key ({with_key}); "
+                         f"{config} has {seg.get('name')!r}")
     seg["encoder_backend"] = backend
     return Pipeline.from_config(cfg, segmenter=seg)
 
@@ -106,7 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", default="a red triangle", help="text prompt for text-prompted pipelines")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--encoder-backend", default=None, choices=["auto", "torch", "onnxruntime", "compare"],
-                    help="the LiteMedSAM segmenter's encoder_backend (default: the config's)")
+                    help="the segmenter's encoder_backend (default: the config's)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 

@@ -32,7 +32,6 @@ import numpy as np
 from ..components import MaskGenerator, image_key, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
-from ..models.onnx import check_backend
 from ..models.sam import build_litemedsam, decode_prompts
 from ..registry import register
 from ..segmenters.litemedsam import IMAGE_SIZE, preprocess, resize_longest_side
@@ -223,7 +222,6 @@ class LiteMedSamGenerator(MaskGenerator):
             raise ConfigError(f"region_sigmas={region_sigmas!r}: expected a list of numbers >= 0 (pixels at 256 px)")
         if not isinstance(region_colours, int) or region_colours < 2:
             raise ConfigError(f"region_colours={region_colours!r}: expected an integer >= 2")
-        check_backend(encoder_backend)
         self.device = resolve_device(device)
         self.prompt_mode = prompts
         self.lite = build_litemedsam(checkpoint, self.device, decoder_checkpoint, fuse=True,

@@ -466,7 +466,7 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
         import copy
 
         from ..models.onnx import OnnxModule, onnx_module
-        from ..models.sam import fuse_conv_bn
+        from ..models.sam import fuse_conv_bn, onnx_encoder
 
         m, label = self.model, self.source.split(":")[-1]
         enc = m.image_encoder
@@ -475,9 +475,7 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
         elif sum(t.numel() * t.element_size() for t in enc.state_dict().values()) < 1.9e9:
             if any(type(x).__name__ == "Conv2d_BN" for x in enc.modules()):
                 enc = fuse_conv_bn(copy.deepcopy(enc))  # TinyViT: folded for inference; the given model unchanged
-            size = int(enc.img_size)
-            self._ort_encoder = onnx_module(enc, torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)),
-                                            f"{label}-encoder")
+            self._ort_encoder = onnx_encoder(enc, label)
         else:
             warnings.warn(f"the {label} image encoder is over ONNX's 2 GB limit: it runs in torch, the mask decoder "
                           "in ONNX Runtime", stacklevel=3)

@@ -172,12 +172,12 @@ class OnnxModule(torch.nn.Module):
         super().__init__()
         self.threads = int(threads or torch.get_num_threads())
         self.path = path
-        self.model_bytes = model_bytes
-        self.session = self._session()
+        self.model_bytes = None if path is not None else model_bytes  # a cached file is read again by a copy
+        self.session = self._session(model_bytes)
         object.__setattr__(self, "torch_module", torch_module)  # kept, not a submodule: see _save_to_state_dict
         self.train(False)
 
-    def _session(self):
+    def _session(self, model_bytes: bytes | None = None):
         ort = require("onnxruntime", "encoder_backend: onnxruntime")
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
@@ -185,7 +185,9 @@ class OnnxModule(torch.nn.Module):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
-        return ort.InferenceSession(self.model_bytes, so, providers=["CPUExecutionProvider"])
+        if model_bytes is None:
+            model_bytes = self.model_bytes if self.model_bytes is not None else Path(self.path).read_bytes()
+        return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -272,7 +274,7 @@ def onnx_module(module, example, name: str, threads: int | None = None, opset: i
         raise LvlmError(f"ONNX Runtime could not load the export of {name} ({type(exc).__name__}: {exc}); "
                         "use the torch backend") from exc
     if _write_cached(path, data):
-        module_.path = path
+        module_.path, module_.model_bytes = path, None  # the session has its copy; copies read the file
     return module_
 
 

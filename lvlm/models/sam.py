@@ -176,21 +176,31 @@ def _key_mismatch(model, sd: dict) -> tuple[list[str], list[str]]:
     return sorted(own - set(sd)), sorted(set(sd) - own)
 
 
-def build_sam(model_type: str = "vit_h", checkpoint: Any = "default", device: str = "cpu"):
+def build_sam(model_type: str = "vit_h", checkpoint: Any = "default", device: str = "cpu",
+              decoder_checkpoint: str | None = None, encoder_backend: str = "torch"):
     """A segment_anything ``Sam`` in eval mode: vit_h / vit_l / vit_b (official SAM), vit_tiny (small, random),
     mobilesam (TinyViT encoder), medsam (ViT-B with MedSAM's weights).
 
     ``checkpoint``: ``"default"`` (official weights; vit_tiny has none and stays random), a path, or
-    ``None`` / ``"random"`` for random weights.
+    ``None`` / ``"random"`` for random weights; ``decoder_checkpoint``: a mask decoder specialised with
+    ``lvlm train sam-decoder``; ``encoder_backend``: as :func:`encoder_backend_for` (``torch`` by default
+    here, ``auto`` in the segmenters).
     """
-    path = checkpoint_path(model_type, checkpoint)  # first: fail fast before building anything big
+    check_model_type(model_type)
+    backend = encoder_backend_for(model_type, encoder_backend, device)  # a bad value fails before any weights
+    path = checkpoint_path(model_type, checkpoint)  # then missing weights, before building anything big
     with _seeded():
         model = _ARCHITECTURES[model_type]()
     if path is not None:
         drop = _MOBILESAM_UNUSED if model_type == "mobilesam" else ()
         _load(model, path, f"SAM {model_type}", drop)
     # to(device) before eval(): TinyViT caches its attention biases on the device when switched to eval
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if decoder_checkpoint:
+        from ..train.sam_decoder import load_decoder_checkpoint
+
+        load_decoder_checkpoint(model, decoder_checkpoint)
+    return put_encoder_on(model, model_type, backend, strict=encoder_backend == "onnxruntime")
 
 
 def build_litemedsam(checkpoint: Any = "default", device: str = "cpu", decoder_checkpoint: str | None = None,
@@ -265,20 +275,25 @@ def put_encoder_on(model, model_type: str, backend: str, strict: bool = True):
     call it after all weights are loaded. With ``strict=False`` a failed export warns and keeps torch."""
     if backend != "onnxruntime":
         return model
-    import torch
-
-    from .onnx import onnx_module
-
-    encoder = fuse_conv_bn(model.image_encoder)
-    size = int(encoder.img_size)
-    example = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     try:
-        model.image_encoder = onnx_module(encoder, example, f"{model_type}-encoder")
+        model.image_encoder = onnx_encoder(fuse_conv_bn(model.image_encoder), model_type)
     except LvlmError as exc:
         if strict:
             raise
         warnings.warn(f"{exc}; running the {model_type} image encoder in torch instead", stacklevel=3)
     return model
+
+
+def onnx_encoder(encoder, label: str):
+    """An image encoder (eval mode, BatchNorms already folded) exported to ONNX Runtime at its own input size
+    (:func:`lvlm.models.onnx.onnx_module`; cached as ``{label}-encoder-<digest>.onnx``)."""
+    import torch
+
+    from .onnx import onnx_module
+
+    size = int(encoder.img_size)
+    example = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return onnx_module(encoder, example, f"{label}-encoder")
 
 
 def fuse_conv_bn(module):

@@ -22,7 +22,6 @@ import numpy as np
 from ..components import PromptedSegmenter, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
-from ..models.onnx import check_backend
 from ..models.sam import build_litemedsam, decode_prompts, prompt_tensors
 from ..registry import register
 from ..types import Candidates, Prompts
@@ -128,7 +127,6 @@ class LiteMedSamSegmenter(PromptedSegmenter):
         self.multimask = check_multimask(multimask)
         self.batch_size = check_batch_size(batch_size)
         self.threshold = float(threshold)
-        check_backend(encoder_backend)
         self.device = resolve_device(device)
         self.model = build_litemedsam(checkpoint, self.device, decoder_checkpoint, fuse=True,
                                       encoder_backend=encoder_backend)

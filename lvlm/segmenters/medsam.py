@@ -20,14 +20,7 @@ import numpy as np
 from ..components import PromptedSegmenter, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
-from ..models.sam import (
-    build_sam,
-    check_model_type,
-    decode_prompts,
-    encoder_backend_for,
-    prompt_tensors,
-    put_encoder_on,
-)
+from ..models.sam import build_sam, decode_prompts, prompt_tensors
 from ..registry import register
 from ..types import Candidates, Prompts
 from .sam import check_batch_size
@@ -72,14 +65,7 @@ class MedSamSegmenter(PromptedSegmenter):
         self.batch_size = check_batch_size(batch_size)
         self.threshold = float(threshold)
         self.device = resolve_device(device)
-        check_model_type(model_type)
-        backend = encoder_backend_for(model_type, encoder_backend, self.device)
-        self.model = build_sam(model_type, checkpoint, self.device)
-        if decoder_checkpoint:  # a mask decoder specialised with `lvlm train sam-decoder`
-            from ..train.sam_decoder import load_decoder_checkpoint
-
-            load_decoder_checkpoint(self.model, decoder_checkpoint)
-        put_encoder_on(self.model, model_type, backend, strict=encoder_backend == "onnxruntime")
+        self.model = build_sam(model_type, checkpoint, self.device, decoder_checkpoint, encoder_backend)
         self.size = int(self.model.image_encoder.img_size)
         self.source = "medsam" if model_type == "medsam" else f"medsam:{model_type}"
 

@@ -13,14 +13,7 @@ import numpy as np
 from ..components import PromptedSegmenter, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
-from ..models.sam import (
-    build_sam,
-    check_model_type,
-    decode_prompts,
-    encoder_backend_for,
-    prompt_tensors,
-    put_encoder_on,
-)
+from ..models.sam import build_sam, decode_prompts, prompt_tensors
 from ..registry import register
 from ..types import Candidates, Prompts
 
@@ -79,14 +72,7 @@ class SamSegmenter(PromptedSegmenter):
         self.batch_size = check_batch_size(batch_size)
         self.device = resolve_device(device)
         self.model_type = model_type
-        check_model_type(model_type)
-        backend = encoder_backend_for(model_type, encoder_backend, self.device)
-        self.model = build_sam(model_type, checkpoint, self.device)
-        if decoder_checkpoint:  # a mask decoder specialised with `lvlm train sam-decoder`
-            from ..train.sam_decoder import load_decoder_checkpoint
-
-            load_decoder_checkpoint(self.model, decoder_checkpoint)
-        put_encoder_on(self.model, model_type, backend, strict=encoder_backend == "onnxruntime")
+        self.model = build_sam(model_type, checkpoint, self.device, decoder_checkpoint, encoder_backend)
         self.predictor = SamPredictor(self.model)
         self.source = f"sam:{model_type}" if model_type != "mobilesam" else "mobilesam"
 
