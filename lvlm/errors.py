@@ -25,7 +25,15 @@ class PromptError(LvlmError, ValueError):
     """A box or point prompt that is malformed or lies outside the image."""
 
 
-class WeightsNotFoundError(LvlmError, FileNotFoundError):
+class WeightsError(LvlmError):
+    """A weight file (or hub model) that cannot be loaded: missing, empty, truncated, not a checkpoint,
+    refused by ``torch.load(weights_only=True)``, gated, or holding the wrong keys or shapes.
+
+    The message is one line naming the file (or hub id), the model it was meant for and what is wrong.
+    """
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
     """Model weights that are not on disk and cannot be downloaded now."""
 
 

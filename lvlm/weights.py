@@ -8,14 +8,18 @@ timeout first (``LVLM_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` skip the probe).
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import socket
 import urllib.parse
 import urllib.request
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import WeightsNotFoundError
+from .errors import WeightsError, WeightsNotFoundError
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -114,25 +118,301 @@ def _download(spec: WeightSpec, dest: Path) -> Path:
     return dest
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """A state dict from a ``.safetensors`` file or a torch file (``weights_only=True``).
+def _what(what: str | None) -> str:
+    return what or "weights"
+
+
+def _fail(path: Path, what: str | None, problem: str) -> WeightsError:
+    return WeightsError(f"{_what(what)} {str(path)!r}: {problem}")
+
+
+def _refused_global(exc: BaseException) -> str:
+    msg = str(exc)
+    m = re.search(r"GLOBAL ([\w.]+)", msg)
+    if m:
+        return f"global {m.group(1)}"
+    m = re.search(r"Unsupported operand \d+", msg)
+    if m:
+        return f"pickle instruction ({m.group(0).lower()})"
+    return "pickle content"
+
+
+def _looks_safetensors(p: Path) -> bool:
+    if p.suffix == ".safetensors":
+        return True
+    try:
+        with open(p, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30)
+
+
+def load_state_dict(path: str | os.PathLike, what: str | None = None) -> dict[str, Any]:
+    """A state dict from a ``.safetensors`` file or a torch file (``torch.load(weights_only=True)``).
 
     Checkpoints that wrap the weights (``{"model": ...}`` / ``{"state_dict": ...}``) are unwrapped.
+    Any failure raises one :class:`~lvlm.errors.WeightsError` line naming the file, the model it was
+    meant for and what is wrong: missing (:class:`~lvlm.errors.WeightsNotFoundError`), a directory,
+    empty, truncated / not a checkpoint, refused by ``weights_only`` (nothing in the file is executed),
+    or not a state dict.
+
+    Args:
+        path: a ``.safetensors``, ``.pth`` / ``.pt`` / ``.bin`` file.
+        what: the model the file is meant for, as the user knows it (e.g. ``"LiteMedSAM checkpoint"``,
+            ``"SAM vit_b decoder_checkpoint"``, ``"CLIP OA-RN50"``); it starts the error message.
+
+    Returns:
+        A ``{name: tensor}`` dict on the CPU.
     """
     import torch
 
-    p = Path(path)
-    if p.suffix == ".safetensors":
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise WeightsNotFoundError(f"{_what(what)} {str(p)!r}: file not found")
+    if p.is_dir():
+        raise _fail(p, what, "is a directory, expected a weight file")
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise _fail(p, what, f"cannot be read ({exc.strerror or exc})") from None
+    if size == 0:
+        raise _fail(p, what, "file is empty (0 bytes); re-download or re-save it")
+    if _looks_safetensors(p):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(p))
-    sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(p))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise _fail(p, what, f"not a valid .safetensors file, truncated or corrupt ({detail})") from None
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing them
+            warnings.simplefilter("ignore", UserWarning)
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise _fail(p, what, f"refused by torch.load(weights_only=True): the file holds a "
+                                 f"{_refused_global(exc)} that is not plain tensor data; nothing in it was "
+                                 "executed (use a checkpoint that holds only a state dict)") from None
+        raise _fail(p, what, f"not a torch checkpoint (truncated or corrupt: {str(exc).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError, IndexError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "zip archive" in text or "central directory" in text or isinstance(exc, EOFError):
+            problem = f"truncated or corrupt torch checkpoint ({text.split('. ')[0]})"
+        else:
+            problem = f"not a torch checkpoint, truncated or corrupt ({type(exc).__name__}: {text[:160]})"
+        raise _fail(p, what, problem) from None
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict):
-        raise ValueError(f"{p}: expected a state dict, got {type(sd).__name__}")
+        raise _fail(p, what, f"not a state dict (the file holds a {type(sd).__name__})")
+    if not any(isinstance(v, torch.Tensor) for v in sd.values()):
+        keys = ", ".join(repr(k) for k in list(sd)[:4]) or "nothing"
+        raise _fail(p, what, f"not a state dict (a dict with no tensors; keys {keys})")
     return sd
+
+
+def _keys(keys: list[str], n: int = 3) -> str:
+    shown = ", ".join(repr(k) for k in keys[:n])
+    return shown + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def load_into(module: Any, state_dict: dict[str, Any], what: str, path: str | os.PathLike | None = None,
+              strict: bool = True, prefix_hint: str | None = None, hint: str | None = None) -> Any:
+    """``module.load_state_dict(state_dict)`` with key and shape problems as one WeightsError line.
+
+    Shapes are checked first (every mismatch is an error, strict or not); with ``strict`` missing and
+    unexpected keys are errors too. The message names the model, the file, the count and a few keys
+    (for shapes the expected and the given shape).
+
+    Args:
+        module: the ``torch.nn.Module`` to fill.
+        state_dict: the weights, e.g. from :func:`load_state_dict`.
+        what: the model the weights are meant for (e.g. ``"SAM vit_b decoder_checkpoint"``).
+        path: the file the weights came from, named in the message.
+        strict: missing / unexpected keys are errors (as ``torch.nn.Module.load_state_dict``).
+        prefix_hint: a key prefix the checkpoint may carry (e.g. ``"mask_decoder."`` for a decoder taken
+            out of a full checkpoint, ``"module."`` for a DataParallel save); it is stripped when no key
+            of the module starts with it and stripping makes the keys fit. ``"module."`` is always tried.
+        hint: a sentence appended to a shape or key error (e.g. ``"a vit_b checkpoint given for vit_h?"``).
+
+    Returns:
+        What ``load_state_dict`` returns (the missing and unexpected keys, empty with ``strict``).
+    """
+    own = module.state_dict()
+    sd = dict(state_dict)
+    for prefix in [x for x in (prefix_hint, "module.") if x]:
+        if any(k.startswith(prefix) for k in own):
+            continue
+        stripped = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if stripped and len(set(stripped) & set(own)) > len(set(sd) & set(own)):
+            sd = stripped
+    where = f" {str(path)!r}" if path is not None else ""
+    tail = f"; {hint}" if hint else ""
+    bad = [(k, tuple(own[k].shape), tuple(v.shape)) for k, v in sd.items()
+           if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        shown = "; ".join(f"{k!r} expects {list(e)}, file has {list(g)}" for k, e, g in bad[:3])
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise WeightsError(f"{what}{where}: {len(bad)} tensor(s) have the wrong shape: {shown}{more}"
+                           f" - weights of another model variant?{tail}")
+    if strict:
+        missing = [k for k in own if k not in sd]
+        unexpected = [k for k in sd if k not in own]
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} key(s) missing: {_keys(missing)}")
+            if unexpected:
+                parts.append(f"{len(unexpected)} unexpected key(s): {_keys(unexpected)}")
+            overlap = len(set(sd) & set(own))
+            raise WeightsError(f"{what}{where}: the weights do not fit this model ({'; '.join(parts)}; "
+                               f"{overlap} of {len(own)} keys match){tail}")
+    try:
+        return module.load_state_dict(sd, strict=strict)
+    except RuntimeError as exc:  # anything the checks above did not foresee
+        raise WeightsError(f"{what}{where}: cannot load the weights ({str(exc).splitlines()[0]}){tail}") from None
+
+
+# ----------------------------------------------------------------------------- Hugging Face Hub
+
+HF_HOST = "huggingface.co"
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def _hf_host() -> str:
+    endpoint = os.environ.get("HF_ENDPOINT", "")
+    return (urllib.parse.urlparse(endpoint).hostname if endpoint else None) or HF_HOST
+
+
+def _hf_page(repo_id: str) -> str:
+    endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or f"https://{HF_HOST}"
+    return f"{endpoint}/{repo_id}"
+
+
+def hf_snapshot(repo_id: str | os.PathLike, what: str | None = None, revision: str | None = None,
+                allow_patterns: list[str] | None = None, ignore_patterns: list[str] | None = None) -> Path:
+    """A local folder holding a Hugging Face model repository, through ``huggingface_hub``'s cache.
+
+    A local folder is returned as is. Otherwise the cache (``HF_HOME`` / ``HF_HUB_CACHE``) is used when
+    it holds the revision; else, when online, ``snapshot_download`` fetches it (``HF_TOKEN`` for private
+    or gated repositories). Offline (``HF_HUB_OFFLINE=1``, ``LVLM_OFFLINE=1`` or the host unreachable
+    within a short probe) it raises :class:`~lvlm.errors.WeightsNotFoundError` within seconds, naming
+    the repo id, the cache folder and the page to get it from. A gated repository raises
+    :class:`~lvlm.errors.WeightsError` with the URL where access is requested.
+
+    Args:
+        repo_id: ``"owner/name"`` on the hub, or a local folder.
+        what: the model, as the user knows it (starts the error message).
+        revision: a branch, tag or commit hash to pin (default: the repository's main branch).
+        allow_patterns: only files matching these globs (``snapshot_download``'s argument).
+        ignore_patterns: files to skip.
+
+    Returns:
+        The folder (a snapshot in the hub cache, or ``repo_id`` itself when it is a folder).
+    """
+    label = _what(what)
+    local = Path(repo_id).expanduser()
+    if local.is_dir():
+        return local
+    repo = str(repo_id)
+    if local.suffix in (".pt", ".pth", ".bin", ".safetensors") or repo.startswith((".", "/", "~")) \
+            or repo.count("/") > 1:
+        raise WeightsNotFoundError(f"{label} {repo!r}: no such file or folder (and not a Hugging Face repo id)")
+    try:
+        import huggingface_hub as hub
+        from huggingface_hub import errors as hub_errors
+    except ImportError:
+        from .errors import MissingDependencyError
+
+        raise MissingDependencyError(f"{label} {repo!r} needs huggingface_hub (pip install huggingface_hub)") from None
+    cache = hf_cache_dir()
+    rev = f" at revision {revision!r}" if revision else ""
+    kwargs: dict[str, Any] = {"repo_id": repo, "revision": revision, "cache_dir": str(cache),
+                              "allow_patterns": allow_patterns, "ignore_patterns": ignore_patterns}
+    try:
+        return Path(hub.snapshot_download(local_files_only=True, **kwargs))
+    except (hub_errors.LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        pass
+    host = _hf_host()
+    if offline():
+        reason = "downloads are off (HF_HUB_OFFLINE / LVLM_OFFLINE is set)"
+    elif not online(host):
+        reason = f"{host} is unreachable (offline)"
+    else:
+        reason = ""
+    if reason:
+        raise WeightsNotFoundError(
+            f"{label} {repo!r}{rev} not found in the Hugging Face cache {cache} and {reason}. "
+            f"Get it from {_hf_page(repo)} (e.g. `hf download {repo}` where online), or set HF_HOME, "
+            "or pass a local folder.")
+    token_hint = ("HF_TOKEN is set but that account has no access yet" if os.environ.get("HF_TOKEN")
+                  else "then set HF_TOKEN (or run `hf auth login`)")
+    try:
+        patterns = kwargs["allow_patterns"]
+        if patterns and "*.bin" in patterns and "*.safetensors" in patterns:
+            files = hub.list_repo_files(repo, revision=revision)
+            if any(f.endswith(".safetensors") for f in files):  # the same weights twice: take the safe one
+                kwargs["allow_patterns"] = [x for x in patterns if x != "*.bin"]
+        return Path(hub.snapshot_download(etag_timeout=10, **kwargs))
+    except hub_errors.GatedRepoError:
+        raise WeightsError(
+            f"{label} {repo!r} is a gated Hugging Face repository: request access at {_hf_page(repo)} "
+            f"with your account, {token_hint}.") from None
+    except hub_errors.RevisionNotFoundError:
+        raise WeightsNotFoundError(f"{label} {repo!r}: revision {revision!r} not found ({_hf_page(repo)})") from None
+    except hub_errors.RepositoryNotFoundError:
+        raise WeightsNotFoundError(
+            f"{label} {repo!r}: no such Hugging Face repository, or a private one ({token_hint}); "
+            f"see {_hf_page(repo)}") from None
+    except (hub_errors.HfHubHTTPError, OSError, ValueError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsNotFoundError(
+            f"{label} {repo!r}{rev}: download into {cache} failed ({text}). Get it from {_hf_page(repo)}.") from None
+
+
+def hf_pretrained(factory: Callable[..., Any], repo_id: str | os.PathLike, what: str,
+                  revision: str | None = None, allow_patterns: list[str] | None = None, **kwargs: Any) -> Any:
+    """``factory(folder, **kwargs)`` on the folder :func:`hf_snapshot` gives for ``repo_id``.
+
+    ``factory`` is typically a transformers ``from_pretrained`` (e.g.
+    ``CLIPSegForImageSegmentation.from_pretrained``); it is given a local folder, so it never goes to the
+    network itself. Files it cannot read raise one WeightsError line.
+
+    Args:
+        factory: called as ``factory(str(folder), **kwargs)``.
+        repo_id: a Hugging Face ``"owner/name"`` or a local folder.
+        what: the model, as the user knows it (e.g. ``"CLIPSeg"``).
+        revision: branch, tag or commit hash to pin.
+        allow_patterns: files to fetch (default: configs, tokenizer files and the weights, safetensors only
+            when the repository has them).
+        **kwargs: passed to ``factory``.
+
+    Returns:
+        What ``factory`` returns.
+    """
+    patterns = allow_patterns if allow_patterns is not None else list(HF_MODEL_FILES)
+    folder = hf_snapshot(repo_id, what, revision=revision, allow_patterns=patterns,
+                         ignore_patterns=None if allow_patterns is not None else list(HF_SKIP_FILES))
+    try:
+        return factory(str(folder), **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(f"{what} {str(repo_id)!r}: cannot load the model from {folder} ({text[:300]})") from None
+
+
+HF_MODEL_FILES = ("*.json", "*.txt", "*.model", "*.safetensors", "*.bin", "*.tiktoken", "*.py")
+HF_SKIP_FILES = ("*.msgpack", "*.h5", "*.onnx", "*.ot", "tf_model*", "flax_model*", "rust_model*", "*.ckpt")
 
 
 def is_random(checkpoint: Any) -> bool:
