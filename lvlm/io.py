@@ -1,4 +1,4 @@
-"""Reading and checking images; writing masks, overlays and RLE.
+"""Reading and checking images; writing masks and overlays (RLE lives in :mod:`lvlm.rle`).
 
 Every image entering lvlm goes through :func:`load_image`, which returns an H x W x 3 uint8 RGB
 array whatever came in (path, PIL image, array; greyscale, RGBA, palette, 16-bit, CMYK,
@@ -223,29 +223,3 @@ def save_overlay(path: str | os.PathLike, image: np.ndarray, mask: np.ndarray, *
     Image.fromarray(overlay(image, mask, **kwargs)).save(path)
     return path
 
-
-# --- run-length encoding (COCO-compatible: column-major, counts start with zeros) -----------------
-
-def mask_to_rle(mask: np.ndarray) -> dict:
-    """Uncompressed COCO RLE ``{"size": [h, w], "counts": [...]}`` of an H x W bool mask."""
-    m = np.asarray(mask, bool)
-    h, w = m.shape
-    flat = m.T.reshape(-1)  # Fortran order, as COCO
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    idx = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(idx).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": [int(h), int(w)], "counts": [int(c) for c in counts]}
-
-
-def rle_to_mask(rle: dict) -> np.ndarray:
-    """Inverse of :func:`mask_to_rle`."""
-    h, w = rle["size"]
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    vals = np.zeros(len(counts), bool)
-    vals[1::2] = True
-    flat = np.repeat(vals, counts)
-    if flat.size != h * w:
-        raise ValueError(f"RLE counts sum to {flat.size}, expected {h * w}")
-    return flat.reshape(w, h).T.copy()

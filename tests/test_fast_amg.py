@@ -15,13 +15,12 @@ import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.modeling import Sam
-from segment_anything.utils.amg import mask_to_rle_pytorch, remove_small_regions
+from segment_anything.utils.amg import remove_small_regions
 
 from lvlm.errors import ConfigError, WeightsNotFoundError
 from lvlm.generators.sam_fast import (
     SamFastGenerator,
     label_components,
-    masks_to_rle,
     point_local_sam,
     remove_small_regions_batched,
     sam_postprocess_masks,
@@ -236,12 +235,6 @@ def test_label_components_partition_like_scipy():
         assert len(np.unique(ours)) == n
         pairs = np.unique(np.stack([ours, ref[m]]), axis=1)  # a bijection between the two labellings
         assert pairs.shape[1] == n
-
-
-def test_masks_to_rle_like_official():
-    masks = smooth_masks(7, 20, 30, 3, seed=3)
-    assert masks_to_rle(masks) == mask_to_rle_pytorch(masks)
-    assert masks_to_rle(masks[:0]) == []
 
 
 def test_postprocess_masks_bit_identical():

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lvlm.errors import ImageError
-from lvlm.io import load_image, load_mask, mask_filename, mask_to_rle, rle_to_mask, save_mask, slug
+from lvlm.io import load_image, load_mask, mask_filename, save_mask, slug
 
 
 def _save(tmp_path, img: Image.Image, name: str, **kw):
@@ -118,14 +118,3 @@ def test_mask_file_is_single_channel_0_255(tmp_path):
     assert set(np.unique(np.asarray(img))) == {0, 255}
     np.testing.assert_array_equal(load_mask(p), m)
     assert slug("a red  triangle") == "a_red_triangle"
-
-
-def test_rle_matches_pycocotools():
-    mask_util = pytest.importorskip("pycocotools.mask")
-    rng = np.random.default_rng(3)
-    for shape in [(1, 1), (7, 5), (40, 33)]:
-        m = rng.random(shape) > 0.6
-        ours = mask_to_rle(m)
-        coco = mask_util.frPyObjects(ours, *shape)
-        np.testing.assert_array_equal(mask_util.decode(coco).astype(bool), m)
-        np.testing.assert_array_equal(rle_to_mask(ours), m)

@@ -18,40 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import rle
 from ..components import MaskGenerator, Prompter, image_key
-from ..io import mask_to_rle, rle_to_mask
 from ..types import Candidates, Prompts
-
-
-def masks_to_rles(masks: np.ndarray) -> list[dict[str, Any]]:
-    """N x H x W bool masks -> N COCO RLEs (compressed strings with pycocotools, else count lists)."""
-    masks = np.asarray(masks, bool)
-    if len(masks) == 0:
-        return []
-    try:
-        from pycocotools import mask as mask_utils
-    except ImportError:
-        return [mask_to_rle(m) for m in masks]
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    return [{"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
-
-
-def rles_to_masks(rles: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
-    """Inverse of :func:`masks_to_rles` (either encoding) -> N x H x W bool."""
-    if not rles:
-        return np.zeros((0, height, width), bool)
-    out = np.zeros((len(rles), height, width), bool)
-    compressed = [i for i, r in enumerate(rles) if isinstance(r["counts"], str)]
-    if compressed:
-        from ..optional import require
-
-        mask_utils = require("pycocotools.mask", "reading compressed RLE masks")
-        enc = [{"size": rles[i]["size"], "counts": rles[i]["counts"].encode("ascii")} for i in compressed]
-        out[compressed] = mask_utils.decode(enc).transpose(2, 0, 1).astype(bool)
-    for i, r in enumerate(rles):
-        if not isinstance(r["counts"], str):
-            out[i] = rle_to_mask(r)
-    return out
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -76,13 +45,13 @@ def _floats(a: np.ndarray | None) -> list[float] | None:
 
 def candidates_to_json(c: Candidates) -> dict[str, Any]:
     h, w = c.shape
-    return {"size": [int(h), int(w)], "masks": masks_to_rles(c.masks), "boxes": _floats(c.boxes),
+    return {"size": [int(h), int(w)], "masks": rle.encode_many(c.masks), "boxes": _floats(c.boxes),
             "scores": _floats(c.scores), "stability": _floats(c.stability), "source": c.source}
 
 
 def candidates_from_json(d: dict[str, Any]) -> Candidates:
     h, w = d["size"]
-    masks = rles_to_masks(d["masks"], h, w)
+    masks = rle.decode_many(d["masks"], h, w)
     n = len(masks)
     boxes = np.asarray(d["boxes"], np.float32).reshape(n, 4) if d.get("boxes") is not None else None
     stab = np.asarray(d["stability"], np.float32) if d.get("stability") is not None else None

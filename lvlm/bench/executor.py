@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, rle
 from ..errors import ConfigError, LvlmError
 from ..io import load_image, load_mask
 from ..pipeline import STAGES, EmptyMaskWarning, Pipeline
 from ..registry import build_spec, check_kwargs, get
 from ..types import Prompts, Sample, masks_to_boxes
 from . import metrics as M
-from .cache import CachedGenerator, CachedPrompter, ImageContext, masks_to_rles
+from .cache import CachedGenerator, CachedPrompter, ImageContext
 from .config import BUILTIN_STRATEGIES, Combination, canonical, import_plugins, spec_hash
 
 
@@ -218,7 +218,7 @@ class Executor:
                    seconds=time.perf_counter() - t0,
                    timings={k: round(v, 6) for k, v in res.timings.items()})
         if self.save_masks:
-            row["mask"] = masks_to_rles(res.mask[None])[0]
+            row["mask"] = rle.encode(res.mask)
         return row
 
 

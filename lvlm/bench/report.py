@@ -354,9 +354,9 @@ def _save(fig, plt, stem: Path) -> list[Path]:
 def make_gallery(rows, info: dict[str, Any], dataset: str, path_stem: Path, k: int = 3, metric: str = "iou",
             combo: str | None = None) -> list[Path]:
     """Best and worst ``k`` cases of one combination: image + prompt | prediction | ground truth."""
+    from .. import rle
     from ..io import load_image, load_mask, overlay
     from ..registry import build_spec
-    from .cache import rles_to_masks
     from .config import import_plugins
 
     scored = [r for r in rows if r.get("mask") is not None and r.get(metric) is not None]
@@ -392,7 +392,7 @@ def make_gallery(rows, info: dict[str, Any], dataset: str, path_stem: Path, k: i
             s = ds[index[r["sample"]]]
             img = load_image(s.image)
             gt = load_mask(s.mask) if not hasattr(s.mask, "shape") else s.mask.astype(bool)
-            pred = rles_to_masks([r["mask"]], *gt.shape)[0]
+            pred = rle.decode(r["mask"])
             panels = [(img, f"{r['sample']}\n\"{r['prompt']}\""), (overlay(img, pred), f"prediction ({metric} {r[metric]:.2f})"),
                       (overlay(img, gt, color=(40, 200, 80)), "ground truth")]
             for ax, (im, title) in zip(row_axes, panels):

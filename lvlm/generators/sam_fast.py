@@ -37,6 +37,7 @@ from ..components import MaskGenerator, image_key, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
 from ..registry import register
+from ..rle import encode_many
 from ..types import Candidates
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -176,12 +177,7 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         if self.output_mode == "binary_mask":
             segs: list[Any] = list(masks.cpu().numpy())
         else:
-            segs = masks_to_rle(masks)
-            if self.output_mode == "coco_rle":
-                from ..optional import require
-
-                mask_utils = require("pycocotools.mask", "output_mode='coco_rle'")
-                segs = [_coco_rle(r, mask_utils) for r in segs]
+            segs = encode_many(masks, compressed=self.output_mode == "coco_rle")
         iou = d["iou_preds"].float().cpu().numpy()
         stab = d["stability_score"].float().cpu().numpy()
         pts = d["points"].cpu().numpy()
@@ -694,33 +690,6 @@ def components(fg: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, t
     flat = labels.view(-1)
     sizes = torch.bincount(flat[fg.reshape(-1)], minlength=flat.numel())
     return labels, torch.where(fg, sizes[labels], 0)
-
-
-def masks_to_rle(masks: torch.Tensor) -> list[dict[str, Any]]:
-    """Uncompressed COCO RLEs (``{"size": [h, w], "counts": [...]}``) of N x H x W bool masks: the runs of all
-    masks are found in one pass on the device; only the per-mask lists are built in Python."""
-    n, h, w = masks.shape
-    if n == 0:
-        return []
-    t = masks.permute(0, 2, 1).flatten(1)  # Fortran order
-    change = torch.nonzero(t[:, 1:] ^ t[:, :-1])
-    per_mask = torch.bincount(change[:, 0], minlength=n).cpu().numpy()
-    pos = change[:, 1].cpu().numpy() + 1
-    first = t[:, 0].cpu().numpy()
-    ends = np.cumsum(per_mask)
-    out = []
-    for i in range(n):
-        cuts = np.concatenate([[0], pos[ends[i] - per_mask[i]:ends[i]], [h * w]])
-        counts = np.diff(cuts).tolist()
-        out.append({"size": [h, w], "counts": ([0] + counts) if first[i] else counts})
-    return out
-
-
-def _coco_rle(rle: dict[str, Any], mask_utils) -> dict[str, Any]:
-    h, w = rle["size"]
-    out = mask_utils.frPyObjects(rle, h, w)
-    out["counts"] = out["counts"].decode("utf-8")
-    return out
 
 
 def _xyxy_to_xywh(b: np.ndarray) -> np.ndarray:
