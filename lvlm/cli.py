@@ -189,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             raise LvlmError(args.plugin_error)
         mod = importlib.import_module(module)
         return int(mod.run(args) or 0)
-    except LvlmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except LvlmError as exc:  # a user error (bad config, image, prompt, weights): one line, no traceback
+        msg = " ".join(str(exc).split())
+        print(f"lvlm: error: {msg}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
