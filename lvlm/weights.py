@@ -280,6 +280,9 @@ def load_into(module: Any, state_dict: dict[str, Any], what: str, path: str | os
 # ----------------------------------------------------------------------------- Hugging Face Hub
 
 HF_HOST = "huggingface.co"
+HF_MODEL_FILES = ("*.json", "*.txt", "*.model", "*.safetensors", "*.bin", "*.tiktoken")
+HF_SKIP_FILES = ("*.msgpack", "*.h5", "*.onnx", "*.ot", "tf_model*", "flax_model*", "rust_model*", "*.ckpt")
+HF_ETAG_TIMEOUT_S = 10.0
 
 
 def hf_cache_dir() -> Path:
@@ -295,21 +298,85 @@ def _hf_host() -> str:
     return (urllib.parse.urlparse(endpoint).hostname if endpoint else None) or HF_HOST
 
 
-def _hf_page(repo_id: str) -> str:
+def hf_page(repo_id: str) -> str:
+    """The web page of a Hugging Face repository (``$HF_ENDPOINT`` honoured)."""
     endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or f"https://{HF_HOST}"
     return f"{endpoint}/{repo_id}"
 
 
+def is_hf_repo_id(name: str) -> bool:
+    """``owner/name`` (or ``name``) as the hub spells repository ids; paths and files are not."""
+    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not name.startswith(".") \
+        and Path(name).suffix not in (".pt", ".pth", ".bin", ".safetensors")
+
+
+def _hub():
+    try:
+        import huggingface_hub as hub
+        from huggingface_hub import errors as hub_errors
+    except ImportError:
+        from .errors import MissingDependencyError
+
+        raise MissingDependencyError("Hugging Face models need huggingface_hub (pip install huggingface_hub)") from None
+    return hub, hub_errors
+
+
+def _hf_fetch(fetch: Callable[[bool], str], repo: str, what: str | None, revision: str | None,
+              item: str, looked_in: list[Path]) -> Path:
+    """``fetch(local_files_only)`` from the cache, else (online) from the hub, every failure as one line."""
+    _, hub_errors = _hub()
+    label = _what(what)
+    rev = f" at revision {revision!r}" if revision else ""
+    try:
+        return Path(fetch(True))
+    except (hub_errors.LocalEntryNotFoundError, hub_errors.EntryNotFoundError, FileNotFoundError, OSError,
+            ValueError):
+        pass
+    host = _hf_host()
+    reason = ""
+    if offline():
+        reason = "downloads are off (HF_HUB_OFFLINE / LVLM_OFFLINE is set)"
+    elif not online(host):
+        reason = f"{host} is unreachable (offline)"
+    places = ", ".join(f"{p}/" for p in looked_in)
+    where = f"{places} or the Hugging Face cache {hf_cache_dir()}" if places else f"the Hugging Face cache {hf_cache_dir()}"
+    if reason:
+        raise WeightsNotFoundError(
+            f"{label} {item}{rev} not found in {where} and {reason}. Get it from {hf_page(repo)} "
+            f"(`hf download {repo}` on a connected machine, then copy the cache or set HF_HOME), "
+            "or pass a local folder.")
+    token = ("HF_TOKEN is set, but that account has no access yet" if os.environ.get("HF_TOKEN")
+             else "then set HF_TOKEN (or run `hf auth login`)")
+    try:
+        return Path(fetch(False))
+    except hub_errors.GatedRepoError:
+        raise WeightsError(
+            f"{label} {repo!r} is a gated Hugging Face repository: request access at {hf_page(repo)} with your "
+            f"account, {token}.") from None
+    except hub_errors.RevisionNotFoundError:
+        raise WeightsNotFoundError(f"{label} {repo!r}: revision {revision!r} not found (see {hf_page(repo)})") from None
+    except hub_errors.RepositoryNotFoundError:
+        raise WeightsNotFoundError(f"{label} {repo!r}: no such Hugging Face repository, or a private one "
+                                   f"({token}); see {hf_page(repo)}") from None
+    except hub_errors.EntryNotFoundError:
+        raise WeightsNotFoundError(f"{label} {item}{rev}: no such file in {hf_page(repo)}") from None
+    except (hub_errors.HfHubHTTPError, OSError, ValueError) as exc:
+        text = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise WeightsNotFoundError(f"{label} {item}{rev}: download into {hf_cache_dir()} failed ({text}). "
+                                   f"Get it from {hf_page(repo)}.") from None
+
+
 def hf_snapshot(repo_id: str | os.PathLike, what: str | None = None, revision: str | None = None,
-                allow_patterns: list[str] | None = None, ignore_patterns: list[str] | None = None) -> Path:
+                allow_patterns: list[str] | None = None, ignore_patterns: list[str] | None = None,
+                looked_in: list[Path] | None = None) -> Path:
     """A local folder holding a Hugging Face model repository, through ``huggingface_hub``'s cache.
 
-    A local folder is returned as is. Otherwise the cache (``HF_HOME`` / ``HF_HUB_CACHE``) is used when
-    it holds the revision; else, when online, ``snapshot_download`` fetches it (``HF_TOKEN`` for private
-    or gated repositories). Offline (``HF_HUB_OFFLINE=1``, ``LVLM_OFFLINE=1`` or the host unreachable
-    within a short probe) it raises :class:`~lvlm.errors.WeightsNotFoundError` within seconds, naming
-    the repo id, the cache folder and the page to get it from. A gated repository raises
-    :class:`~lvlm.errors.WeightsError` with the URL where access is requested.
+    A local folder is returned as is. Otherwise the hub cache (``HF_HOME`` / ``HF_HUB_CACHE``) is used
+    when it holds the revision; else, when online, ``snapshot_download`` fetches it (``HF_TOKEN`` for
+    private or gated repositories). Offline (``HF_HUB_OFFLINE=1``, ``LVLM_OFFLINE=1`` or the host
+    unreachable within a short probe) it raises :class:`~lvlm.errors.WeightsNotFoundError` within
+    seconds, naming the repo id, the cache folder and the page to get it from. A gated repository
+    raises :class:`~lvlm.errors.WeightsError` with the URL where access is requested.
 
     Args:
         repo_id: ``"owner/name"`` on the hub, or a local folder.
@@ -317,102 +384,89 @@ def hf_snapshot(repo_id: str | os.PathLike, what: str | None = None, revision: s
         revision: a branch, tag or commit hash to pin (default: the repository's main branch).
         allow_patterns: only files matching these globs (``snapshot_download``'s argument).
         ignore_patterns: files to skip.
+        looked_in: other folders the caller already searched (named in the not-found message).
 
     Returns:
         The folder (a snapshot in the hub cache, or ``repo_id`` itself when it is a folder).
     """
-    label = _what(what)
     local = Path(repo_id).expanduser()
     if local.is_dir():
         return local
     repo = str(repo_id)
-    if local.suffix in (".pt", ".pth", ".bin", ".safetensors") or repo.startswith((".", "/", "~")) \
-            or repo.count("/") > 1:
-        raise WeightsNotFoundError(f"{label} {repo!r}: no such file or folder (and not a Hugging Face repo id)")
-    try:
-        import huggingface_hub as hub
-        from huggingface_hub import errors as hub_errors
-    except ImportError:
-        from .errors import MissingDependencyError
+    if not is_hf_repo_id(repo):
+        raise WeightsNotFoundError(f"{_what(what)} {repo!r}: no such folder (and not a Hugging Face repo id)")
+    hub, _ = _hub()
 
-        raise MissingDependencyError(f"{label} {repo!r} needs huggingface_hub (pip install huggingface_hub)") from None
-    cache = hf_cache_dir()
-    rev = f" at revision {revision!r}" if revision else ""
-    kwargs: dict[str, Any] = {"repo_id": repo, "revision": revision, "cache_dir": str(cache),
-                              "allow_patterns": allow_patterns, "ignore_patterns": ignore_patterns}
-    try:
-        return Path(hub.snapshot_download(local_files_only=True, **kwargs))
-    except (hub_errors.LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
-        pass
-    host = _hf_host()
-    if offline():
-        reason = "downloads are off (HF_HUB_OFFLINE / LVLM_OFFLINE is set)"
-    elif not online(host):
-        reason = f"{host} is unreachable (offline)"
-    else:
-        reason = ""
-    if reason:
-        raise WeightsNotFoundError(
-            f"{label} {repo!r}{rev} not found in the Hugging Face cache {cache} and {reason}. "
-            f"Get it from {_hf_page(repo)} (e.g. `hf download {repo}` where online), or set HF_HOME, "
-            "or pass a local folder.")
-    token_hint = ("HF_TOKEN is set but that account has no access yet" if os.environ.get("HF_TOKEN")
-                  else "then set HF_TOKEN (or run `hf auth login`)")
-    try:
-        patterns = kwargs["allow_patterns"]
-        if patterns and "*.bin" in patterns and "*.safetensors" in patterns:
+    def fetch(local_only: bool) -> str:
+        patterns = allow_patterns
+        if not local_only and patterns and "*.bin" in patterns and "*.safetensors" in patterns:
             files = hub.list_repo_files(repo, revision=revision)
-            if any(f.endswith(".safetensors") for f in files):  # the same weights twice: take the safe one
-                kwargs["allow_patterns"] = [x for x in patterns if x != "*.bin"]
-        return Path(hub.snapshot_download(etag_timeout=10, **kwargs))
-    except hub_errors.GatedRepoError:
-        raise WeightsError(
-            f"{label} {repo!r} is a gated Hugging Face repository: request access at {_hf_page(repo)} "
-            f"with your account, {token_hint}.") from None
-    except hub_errors.RevisionNotFoundError:
-        raise WeightsNotFoundError(f"{label} {repo!r}: revision {revision!r} not found ({_hf_page(repo)})") from None
-    except hub_errors.RepositoryNotFoundError:
-        raise WeightsNotFoundError(
-            f"{label} {repo!r}: no such Hugging Face repository, or a private one ({token_hint}); "
-            f"see {_hf_page(repo)}") from None
-    except (hub_errors.HfHubHTTPError, OSError, ValueError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsNotFoundError(
-            f"{label} {repo!r}{rev}: download into {cache} failed ({text}). Get it from {_hf_page(repo)}.") from None
+            if any(f.endswith(".safetensors") for f in files):  # the same weights twice: take the safe format
+                patterns = [x for x in patterns if x != "*.bin"]
+        return hub.snapshot_download(repo_id=repo, revision=revision, cache_dir=str(hf_cache_dir()),
+                                     allow_patterns=patterns, ignore_patterns=ignore_patterns,
+                                     local_files_only=local_only, etag_timeout=HF_ETAG_TIMEOUT_S)
+
+    return _hf_fetch(fetch, repo, what, revision, repr(repo), list(looked_in or []))
+
+
+def hf_file(repo_id: str, filename: str, what: str | None = None, revision: str | None = None,
+            looked_in: list[Path] | None = None) -> Path:
+    """One file of a Hugging Face repository, through ``huggingface_hub``'s cache (``hf_hub_download``).
+
+    Cache, offline, gated and token handling as :func:`hf_snapshot`.
+
+    Args:
+        repo_id: ``"owner/name"``.
+        filename: the file inside the repository (``"open_clip_model.safetensors"``).
+        what: the model, as the user knows it (starts the error message).
+        revision: a branch, tag or commit hash to pin.
+        looked_in: other folders the caller already searched (named in the not-found message).
+
+    Returns:
+        The local path of the file.
+    """
+    hub, _ = _hub()
+
+    def fetch(local_only: bool) -> str:
+        return hub.hf_hub_download(repo_id=repo_id, filename=filename, revision=revision,
+                                   cache_dir=str(hf_cache_dir()), local_files_only=local_only,
+                                   etag_timeout=HF_ETAG_TIMEOUT_S)
+
+    return _hf_fetch(fetch, repo_id, what, revision, f"{filename} of {repo_id!r}", list(looked_in or []))
 
 
 def hf_pretrained(factory: Callable[..., Any], repo_id: str | os.PathLike, what: str,
-                  revision: str | None = None, allow_patterns: list[str] | None = None, **kwargs: Any) -> Any:
+                  revision: str | None = None, allow_patterns: list[str] | None = None,
+                  looked_in: list[Path] | None = None, **kwargs: Any) -> Any:
     """``factory(folder, **kwargs)`` on the folder :func:`hf_snapshot` gives for ``repo_id``.
 
     ``factory`` is typically a transformers ``from_pretrained`` (e.g.
     ``CLIPSegForImageSegmentation.from_pretrained``); it is given a local folder, so it never goes to the
-    network itself. Files it cannot read raise one WeightsError line.
+    network itself. A folder it cannot read raises one WeightsError line.
 
     Args:
         factory: called as ``factory(str(folder), **kwargs)``.
         repo_id: a Hugging Face ``"owner/name"`` or a local folder.
         what: the model, as the user knows it (e.g. ``"CLIPSeg"``).
         revision: branch, tag or commit hash to pin.
-        allow_patterns: files to fetch (default: configs, tokenizer files and the weights, safetensors only
-            when the repository has them).
+        allow_patterns: files to fetch (default: configs, tokenizer files and the weights, safetensors
+            only when the repository has them).
+        looked_in: other folders the caller already searched (named in the not-found message).
         **kwargs: passed to ``factory``.
 
     Returns:
         What ``factory`` returns.
     """
-    patterns = allow_patterns if allow_patterns is not None else list(HF_MODEL_FILES)
-    folder = hf_snapshot(repo_id, what, revision=revision, allow_patterns=patterns,
-                         ignore_patterns=None if allow_patterns is not None else list(HF_SKIP_FILES))
+    default = allow_patterns is None
+    folder = hf_snapshot(repo_id, what, revision=revision,
+                         allow_patterns=list(HF_MODEL_FILES) if default else allow_patterns,
+                         ignore_patterns=list(HF_SKIP_FILES) if default else None, looked_in=looked_in)
     try:
         return factory(str(folder), **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsError(f"{what} {str(repo_id)!r}: cannot load the model from {folder} ({text[:300]})") from None
-
-
-HF_MODEL_FILES = ("*.json", "*.txt", "*.model", "*.safetensors", "*.bin", "*.tiktoken", "*.py")
-HF_SKIP_FILES = ("*.msgpack", "*.h5", "*.onnx", "*.ot", "tf_model*", "flax_model*", "rust_model*", "*.ckpt")
+        text = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        raise WeightsError(f"{what} {str(repo_id)!r}: cannot load the model from {folder} ({text})") from None
 
 
 def is_random(checkpoint: Any) -> bool:
