@@ -18,8 +18,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ConfigError, UnknownComponentError
 
@@ -28,6 +29,7 @@ KINDS = {
     "segmenter": "prompted segmenters: image + boxes/points (or text) -> masks",
     "selector": "selectors: image + text + candidates -> one mask",
     "prompter": "prompters: image + text -> box/point prompts for a segmenter",
+    "combine": "combiners: candidates (and a selector's scores) -> the mask and its instances",
     "clip": "CLIP model presets (image/text encoders with their preprocessing)",
     "saliency": "saliency (CAM) methods on CLIP: image + text -> heat map",
     "crf": "dense CRF backends refining a saliency map",
@@ -39,6 +41,7 @@ _COMPONENT_PACKAGES = (
     "lvlm.generators",
     "lvlm.segmenters",
     "lvlm.selectors",
+    "lvlm.combiners",
     "lvlm.data",
 )
 

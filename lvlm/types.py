@@ -1,4 +1,4 @@
-"""What passes between stages: Prompts -> Candidates -> Selection -> Result.
+"""What passes between stages: Prompts -> Candidates -> Selection -> Result (with its Instances).
 
 Coordinates are always in the pixel frame of the input image (x right, y down, xyxy boxes
 with exclusive right/bottom edges as in segment_anything), masks are ``bool`` arrays at the
@@ -101,7 +101,7 @@ class Prompts:
             if out.any():
                 raise PromptError(f"point {pts[out][0].tolist()} lies outside the {width}x{height} image")
 
-    def clipped(self, height: int, width: int) -> "Prompts":
+    def clipped(self, height: int, width: int) -> Prompts:
         """Boxes clipped to the image (after ``validate``, so at least partly inside)."""
         boxes = None
         if self.boxes is not None:
@@ -118,7 +118,8 @@ class Candidates:
     ``masks``: N x H x W bool at the input resolution; ``boxes``: N x 4 xyxy;
     ``scores``: the producer's confidence per mask (SAM's predicted IoU, a logit mean, ...);
     ``stability``: SAM's stability score where known; ``source``: the producing component;
-    ``extra``: per-run extras (e.g. the prompts that produced the masks).
+    ``extra``: per-run extras (e.g. the prompts that produced the masks);
+    ``labels``: one label per mask where the producer names what it found (a detector's class), else None.
     """
 
     masks: np.ndarray
@@ -127,6 +128,7 @@ class Candidates:
     stability: np.ndarray | None = None
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    labels: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.masks = np.asarray(self.masks, dtype=bool)
@@ -141,6 +143,10 @@ class Candidates:
         self.scores = np.ones(n, np.float32) if self.scores is None else np.asarray(self.scores, np.float32).reshape(n)
         if self.stability is not None:
             self.stability = np.asarray(self.stability, np.float32).reshape(n)
+        if self.labels is not None:
+            self.labels = [str(v) for v in self.labels]
+            if len(self.labels) != n:
+                raise ValueError(f"{n} masks but {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return len(self.masks)
@@ -153,7 +159,7 @@ class Candidates:
     def areas(self) -> np.ndarray:
         return self.masks.sum(axis=(1, 2))
 
-    def subset(self, index) -> "Candidates":
+    def subset(self, index) -> Candidates:
         """The candidates at ``index`` (indices or a boolean mask)."""
         index = np.asarray(index)
         return Candidates(
@@ -163,10 +169,11 @@ class Candidates:
             None if self.stability is None else self.stability[index],
             self.source,
             dict(self.extra),
+            None if self.labels is None else [self.labels[i] for i in np.arange(len(self))[index]],
         )
 
     @classmethod
-    def empty(cls, height: int, width: int, source: str = "") -> "Candidates":
+    def empty(cls, height: int, width: int, source: str = "") -> Candidates:
         return cls(np.zeros((0, height, width), bool), source=source)
 
     def union(self) -> np.ndarray:
@@ -177,14 +184,91 @@ class Candidates:
 
 
 @dataclass
+class Instances:
+    """N objects of one image: what the pipeline found, each with its own mask.
+
+    ``masks``: N x H x W bool at the input resolution; ``boxes``: N x 4 xyxy (exclusive right / bottom edges);
+    ``scores``: N confidences (the selector's score where a selector ran, else the producer's);
+    ``labels``: N strings (the detector's label where it gives one, else the text prompt).
+    """
+
+    masks: np.ndarray
+    boxes: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    labels: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.masks = np.asarray(self.masks, dtype=bool)
+        if self.masks.ndim != 3:
+            raise ValueError(f"instance masks must be N x H x W, got shape {self.masks.shape}")
+        n = len(self.masks)
+        self.boxes = (masks_to_boxes(self.masks) if self.boxes is None
+                      else np.asarray(self.boxes, np.float32).reshape(n, 4))
+        self.scores = np.ones(n, np.float32) if self.scores is None else np.asarray(self.scores, np.float32).reshape(n)
+        self.labels = [""] * n if self.labels is None else [str(v) for v in self.labels]
+        if len(self.labels) != n:
+            raise ValueError(f"{n} instance masks but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    @classmethod
+    def empty(cls, height: int, width: int) -> Instances:
+        return cls(np.zeros((0, height, width), bool))
+
+    @classmethod
+    def from_candidates(cls, candidates: Candidates, index: Any = None, scores: np.ndarray | None = None,
+                        label: str | None = None) -> Instances:
+        """The candidates at ``index`` (all when None) as instances.
+
+        Args:
+            candidates: the candidate masks of one image.
+            index: indices (or a boolean mask) of the candidates to keep; None keeps all.
+            scores: one score per candidate (all of them, e.g. a selector's), else the candidates' own.
+            label: the label of candidates that carry none (the text prompt).
+        """
+        idx = np.arange(len(candidates)) if index is None else np.arange(len(candidates))[np.asarray(index)]
+        idx = np.atleast_1d(idx).astype(np.int64)
+        sc = candidates.scores if scores is None else np.asarray(scores, np.float32).reshape(len(candidates))
+        if candidates.labels is not None:
+            labels = [candidates.labels[i] for i in idx]
+        else:
+            labels = [label or ""] * len(idx)
+        return cls(candidates.masks[idx], candidates.boxes[idx], sc[idx], labels)
+
+    def to_coco(self, image_id: int | str, category_id: int = 1) -> list[dict[str, Any]]:
+        """COCO results entries (``pycocotools``' ``loadRes`` format), one per instance.
+
+        Args:
+            image_id: the COCO image id the entries belong to.
+            category_id: the category id written for every instance.
+
+        Returns:
+            dicts with ``image_id``, ``category_id``, ``segmentation`` (compressed RLE, ``counts`` a str),
+            ``score``, ``bbox`` (xywh of the mask, as ``pycocotools.mask.toBbox``) and ``area`` (mask pixels).
+        """
+        from . import rle
+
+        out = []
+        for r, score in zip(rle.encode_many(self.masks), self.scores):
+            out.append({"image_id": image_id, "category_id": int(category_id), "segmentation": r,
+                        "score": float(score), "bbox": [float(v) for v in rle.to_bbox(r)], "area": rle.area(r)})
+        return out
+
+
+@dataclass
 class Selection:
-    """A selector's answer: the mask, its score, and every candidate's score (to see why)."""
+    """A selector's or combiner's answer: the mask, its score, and every candidate's score (to see why).
+
+    A combiner also gives the ``instances`` its mask is made of.
+    """
 
     mask: np.ndarray
     score: float
     index: int | list[int] | None = None
     scores: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    instances: Instances | None = None
 
 
 @dataclass
@@ -200,10 +284,25 @@ class Result:
     prompts: Prompts | None = None  # box/point prompts given or derived (saliency)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. saliency map
+    instances: Instances | None = None  # the objects the mask is made of (all of them with combine: instances)
+
+    def __post_init__(self) -> None:
+        if self.instances is None:
+            h, w = np.asarray(self.mask).shape
+            self.instances = Instances.empty(h, w)
 
     @property
     def empty(self) -> bool:
         return not bool(self.mask.any())
+
+    def to_coco(self, image_id: int | str, category_id: int = 1) -> list[dict[str, Any]]:
+        """The instances as COCO results entries; see :meth:`Instances.to_coco`.
+
+        Args:
+            image_id: the COCO image id the entries belong to.
+            category_id: the category id written for every instance.
+        """
+        return self.instances.to_coco(image_id, category_id)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The `clip` selector on scenes where the right candidate is known, the merge rule, and the base pipeline end to end."""
+"""The `clip` selector on scenes where the right candidate is known, the merge combiner, and the base pipeline end to end."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import yaml
 
 from lvlm.components import MaskGenerator
+from lvlm.errors import ConfigError
 from lvlm.models.clip_base import ClipModel
 from lvlm.pipeline import CONFIG_DIR, Pipeline
 from lvlm.registry import available, build, check_kwargs, get
@@ -123,14 +124,19 @@ def test_merge_returns_both_halves_of_a_split_object(stub):
     cands = Candidates(np.concatenate([masks[keep], np.stack([left, right, left_grown])]))
     i_left, i_right = len(keep), len(keep) + 1
 
-    argmax = ClipSelector(model=stub, rule="argmax").select(img, "red", cands)
+    selector = ClipSelector(model=stub, rule="argmax")
+    argmax = selector.select(img, "red", cands)
     assert argmax.index in (i_left, i_right, i_left + 2)
-    merged = ClipSelector(model=stub, rule="merge", merge_margin=0.02, merge_max_overlap=0.2).select(img, "red", cands)
+    # uniting is the `merge` combiner's job, on the selector's scores
+    merged = build("combine", "merge", margin=0.02, max_overlap=0.2).combine(img, "red", cands, argmax)
     assert sorted(merged.index)[:2] == [i_left, i_right] or set(merged.index) == {i_right, i_left + 2}
     assert len(merged.index) == 2  # the near-duplicate is not added, nor the red+green union or anything else
     assert merged.mask.sum() >= 0.95 * red.sum() and not (merged.mask & ~red & ~left_grown).any()
-    tight = ClipSelector(model=stub, rule="merge", merge_margin=0.0, merge_max_masks=1).select(img, "red", cands)
+    assert len(merged.instances) == 2 and set(merged.instances.labels) == {"red"}
+    tight = build("combine", "merge", margin=0.0, max_masks=1).combine(img, "red", cands, argmax)
     assert len(tight.index) == 1
+    with pytest.raises(ConfigError, match="name: merge"):
+        ClipSelector(model=stub, rule="merge")
 
 
 def test_area_prior_and_min_area(stub):
@@ -210,7 +216,6 @@ def test_templates_and_articles():
     assert fill_template("a photo of a {}", "cat") == "a photo of a cat"
     assert fill_template("a photo of a {}", "a red triangle") == "a photo of a red triangle"
     assert fill_template("a photo of the {}.", "the lungs") == "a photo of the lungs."
-    from lvlm.errors import ConfigError
 
     for bad in ({"templates": "no placeholder"}, {"crop": "mask_blak"}, {"rule": "max"}, {"batch_size": 0}):
         with pytest.raises(ConfigError):

@@ -137,7 +137,7 @@ class Executor:
         if combo.id not in self._pipelines:
             stages = {k: (self.component(k, v) if v is not None else None)
                       for k, v in combo.stages.items() if k in STAGES}
-            pipe = Pipeline(**stages, combine=combo.stages.get("combine", "union"))
+            pipe = Pipeline(**stages, combine=combo.stages.get("combine"))
             pipe.config = dict(combo.stages)
             if combo.strategy != "text" and pipe.generator is not None:
                 raise ConfigError(f"prompt strategy {combo.strategy!r} needs a prompted segmenter, but combination "

@@ -2,9 +2,9 @@
 
 Every candidate mask is turned into an image (a *crop*: the mask on black, the mask's box, ...),
 all crops of an image go through the CLIP image tower in one batched, chunked forward on device,
-and each crop's cosine similarity to the prompt's text embedding scores its candidate. The
-``argmax`` rule returns the best candidate; ``merge`` also adds near-best candidates that do not
-overlap what was already chosen (e.g. the two lungs that SAM returns as separate masks, seed 001 Fig. 7).
+and each crop's cosine similarity to the prompt's text embedding scores its candidate, and the best one is
+chosen. Uniting near-best candidates (the two lungs that SAM returns as separate masks, seed 001 Fig. 7) is
+the ``merge`` combiner's job (``combine: merge``), on these scores.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from ..registry import register
 from ..types import Candidates, Selection, masks_to_boxes
 
 CROPS = ("mask_black", "mask_crop", "bbox_crop", "blur_background", "grey_background")
-RULES = ("argmax", "merge")
+RULES = ("argmax",)
 DEFAULT_TEMPLATE = "a photo of a {}"
 MEDICAL_TEMPLATES = (
     "a medical image of the {}.",
@@ -80,7 +80,7 @@ def fill_template(template: str, prompt: str) -> str:
 
 @register("selector", "clip", description="pick the candidate mask whose crop best matches the text under CLIP")
 class ClipSelector(Selector):
-    """Score every candidate mask by CLIP image-text cosine similarity and pick (or merge) the best.
+    """Score every candidate mask by CLIP image-text cosine similarity and pick the best.
 
     - ``model``: a CLIP preset name (``lvlm list clip``), ``{name: ..., **kwargs}`` or a ClipModel
     - ``crop``: how a candidate becomes an image, one or a list (scores averaged): ``mask_black``
@@ -90,9 +90,7 @@ class ClipSelector(Selector):
     - ``margin``: box margin on each side, as a fraction of the box's longer side
     - ``templates``: ``"a photo of a {}"`` (default), ``"medical"``, ``"imagenet"`` (80-template
       ensemble), ``"none"``, or a list of strings with ``{}``; template embeddings are averaged
-    - ``rule``: ``argmax`` or ``merge`` (union of candidates scoring within ``merge_margin`` of the
-      best whose overlap with the chosen union, as a fraction of the smaller mask, is below
-      ``merge_max_overlap``; at most ``merge_max_masks``)
+    - ``rule``: ``argmax`` (the best candidate; to unite near-best ones use ``combine: merge``)
     - priors: ``min_area_frac`` (smaller candidates are not chosen), ``area_weight`` (adds
       ``area_weight * log(area fraction)``), ``stability_weight`` (adds ``weight * stability``)
     - ``batch_size``: crops per CLIP forward; ``device``: where crops are built and CLIP runs
@@ -100,13 +98,15 @@ class ClipSelector(Selector):
 
     def __init__(self, model: Any = "OA-RN50", crop: str | Sequence[str] = "mask_black", margin: float = 0.1,
                  templates: str | Sequence[str] = DEFAULT_TEMPLATE, rule: str = "argmax",
-                 merge_margin: float = 0.01, merge_max_overlap: float = 0.2, merge_max_masks: int = 4,
                  min_area_frac: float = 0.0, area_weight: float = 0.0, stability_weight: float = 0.0,
                  blur_sigma: float = 0.02, batch_size: int = 32, device: str = "auto") -> None:
         crops = [crop] if isinstance(crop, str) else list(crop)
         bad = [c for c in crops if c not in CROPS]
         if bad or not crops:
             raise ConfigError(f"crop {bad[0] if bad else crop!r} is not valid; valid crops: {', '.join(CROPS)}")
+        if rule == "merge":
+            raise ConfigError("selector rule 'merge' is now a combiner: use `combine: {name: merge, margin: 0.01, "
+                              "max_overlap: 0.2, max_masks: 4}` beside the selector")
         if rule not in RULES:
             raise ConfigError(f"rule={rule!r}; valid rules: {', '.join(RULES)}")
         if margin < 0:
@@ -115,15 +115,10 @@ class ClipSelector(Selector):
             raise ConfigError(f"batch_size={batch_size} must be >= 1")
         if not 0.0 <= min_area_frac < 1.0:
             raise ConfigError(f"min_area_frac={min_area_frac} must be in [0, 1)")
-        if merge_max_masks < 1:
-            raise ConfigError(f"merge_max_masks={merge_max_masks} must be >= 1")
         self.crops = crops
         self.margin = float(margin)
         self.templates = template_list(templates)
         self.rule = rule
-        self.merge_margin = float(merge_margin)
-        self.merge_max_overlap = float(merge_max_overlap)
-        self.merge_max_masks = int(merge_max_masks)
         self.min_area_frac = float(min_area_frac)
         self.area_weight = float(area_weight)
         self.stability_weight = float(stability_weight)
@@ -241,28 +236,7 @@ class ClipSelector(Selector):
         if not valid.any():
             return Selection(np.zeros((h, w), bool), float("nan"), None, scores, extra)
         best = int(np.argmax(scores))
-        if self.rule == "argmax":
-            return Selection(masks[best].copy(), float(scores[best]), best, scores, extra)
-        chosen = self._merge(masks, scores, best)
-        union = masks[chosen].any(0)
-        return Selection(union, float(scores[best]), chosen, scores, extra)
-
-    def _merge(self, masks: np.ndarray, scores: np.ndarray, best: int) -> list[int]:
-        """Greedy union of near-best candidates that add new area (seed 001 Fig. 7: two lungs)."""
-        chosen = [best]
-        union = masks[best].copy()
-        for j in np.argsort(-scores, kind="stable"):
-            j = int(j)
-            if len(chosen) >= self.merge_max_masks or scores[j] < scores[best] - self.merge_margin:
-                break
-            if j == best or not np.isfinite(scores[j]):
-                continue
-            aj = int(masks[j].sum())
-            inter = int(np.logical_and(masks[j], union).sum())
-            if inter / max(1, min(aj, int(union.sum()))) < self.merge_max_overlap:
-                chosen.append(j)
-                union |= masks[j]
-        return chosen
+        return Selection(masks[best].copy(), float(scores[best]), best, scores, extra)
 
 
 # ------------------------------------------------------------------------------------------------
