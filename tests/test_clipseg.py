@@ -132,16 +132,21 @@ def test_boxes_points_and_refine(tiny_dir, tmp_path):
     assert not (over & ~base).any()
     for sl in (np.s_[5:25, 5:25], np.s_[40:55, 50:75]):  # whole components, kept when half inside
         assert over[sl].all() == (full[sl].mean() >= 0.5) and (over[sl].all() or not over[sl].any())
-    # as a pipeline refining another pipeline's mask
+    # as the last stage of a pipeline: the clipseg_refine combiner refines the pipeline's own mask
     other = str(save_tiny_clipseg(tmp_path / "tiny_seed1", seed=1))  # another model gives the base mask
     prob_other = build("segmenter", "clipseg", model=other, device="cpu").probabilities(img, "segment crack")
     inner = {"segmenter": {"name": "clipseg", "model": other, "device": "cpu",
                            "threshold": float(np.median(prob_other))}}
     base_mask = Pipeline.from_config(inner)(img, "segment crack").mask
     assert (base_mask & ~full).any() and (full & ~base_mask).any() and (full & base_mask).any()
-    cfg = {"segmenter": {"name": "clipseg", "model": tiny_dir, "device": "cpu", "threshold": thr, "refine": inner}}
-    refined = Pipeline.from_config(cfg)(img, "segment crack").mask
-    np.testing.assert_array_equal(refined, full & base_mask)
+    refine = {"name": "clipseg_refine", "model": tiny_dir, "device": "cpu", "threshold": thr}
+    res = Pipeline.from_config({**inner, "combine": {**refine, "mode": "intersect"}})(img, "segment crack")
+    np.testing.assert_array_equal(res.mask, full & base_mask)
+    np.testing.assert_array_equal(res.extra["refine_base"], base_mask)
+    res = Pipeline.from_config({**inner, "combine": {**refine, "mode": "overlap"}})(img, "segment crack")
+    np.testing.assert_array_equal(res.mask, seg.refine_mask(img, "segment crack", base_mask, mode="overlap"))
+    with pytest.raises(LvlmError, match="valid values"):
+        Pipeline.from_config({**inner, "combine": {**refine, "mode": "both"}})
 
 
 @contextlib.contextmanager

@@ -10,8 +10,8 @@ Used three ways (see ``docs/clipseg.md``):
 - a pipeline on its own: ``segmenter: {name: clipseg}`` (packaged config ``clipseg/clipseg``);
 - with box / point prompts (from the user or a prompter): the CLIPSeg mask restricted to each box,
   or to the connected parts of it that hold a prompt's points;
-- as a refiner of another pipeline's mask: ``segmenter: {name: clipseg, refine: <config>,
-  refine_mode: intersect|union|weighted|overlap}``, or :meth:`ClipSegSegmenter.refine_mask` on any mask.
+- as a refiner of a pipeline's mask: the ``clipseg_refine`` combiner (``combine: {name: clipseg_refine,
+  mode: intersect|union|weighted|overlap}``), or :meth:`ClipSegSegmenter.refine_mask` on any mask.
 
 Weights: a Hugging Face id (default ``CIDAS/clipseg-rd64-refined``), a local directory written by
 ``save_pretrained``, or ``tiny-random`` (a tiny randomly initialised model for tests and smoke runs),
@@ -216,7 +216,7 @@ def load_decoder(net, path: str | os.PathLike) -> dict[str, str]:
 
 # --- the segmenter ---------------------------------------------------------------------------
 
-@register("segmenter", "clipseg", description="CLIPSeg: image + text -> mask (optionally refining another pipeline)",
+@register("segmenter", "clipseg", description="CLIPSeg: image + text -> mask",
           source=_hub_url(DEFAULT_MODEL))
 class ClipSegSegmenter(PromptedSegmenter):
     """Text-conditioned segmenter: the CLIPSeg probability map thresholded at the source resolution.
@@ -225,16 +225,16 @@ class ClipSegSegmenter(PromptedSegmenter):
     - ``decoder_checkpoint``: decoder-only weights from ``lvlm train clipseg`` (``best_decoder.safetensors``)
     - ``threshold``: on ``sigmoid(logits)``
     - ``image_size``: model input side (default: the checkpoint's training size, else the processor's, 352)
-    - ``refine``: a pipeline config (name, YAML path or dict) whose mask CLIPSeg refines, combined by
-      ``refine_mode``: ``intersect`` (both agree), ``union``, ``weighted`` (``refine_weight * p + (1 - w) * base
-      > threshold``), ``overlap`` (keep the connected parts of the base mask of which at least ``min_overlap``
-      lies inside the CLIPSeg mask: the base's boundaries, CLIPSeg's decision)
+    - ``refine_mode``: how :meth:`refine_mask` combines a mask with CLIPSeg's: ``intersect`` (both agree),
+      ``union``, ``weighted`` (``refine_weight * p + (1 - w) * base > threshold``), ``overlap`` (keep the
+      connected parts of the base mask of which at least ``min_overlap`` lies inside the CLIPSeg mask: the
+      base's boundaries, CLIPSeg's decision); in a pipeline, the ``clipseg_refine`` combiner calls it
     """
 
     text_conditioned = True
 
     def __init__(self, model: str = DEFAULT_MODEL, decoder_checkpoint: str | None = None, threshold: float = 0.5,
-                 image_size: int | None = None, device: str = "auto", refine: Any = None,
+                 image_size: int | None = None, device: str = "auto",
                  refine_mode: str = "intersect", refine_weight: float = 0.5, min_overlap: float = 0.5) -> None:
         if not 0.0 < float(threshold) < 1.0:
             raise ConfigError(f"clipseg threshold={threshold!r}: must lie strictly between 0 and 1")
@@ -247,11 +247,9 @@ class ClipSegSegmenter(PromptedSegmenter):
         self.model_name = str(model)
         self.threshold = float(threshold)
         self.device = resolve_device(device)
-        self.refine = refine
         self.refine_mode = refine_mode
         self.refine_weight = float(refine_weight)
         self.min_overlap = float(min_overlap)
-        self._refiner = None
         self._text_cache: dict[str, Any] = {}
         self.model, self.processor = load_clipseg(model)
         self.metadata: dict[str, str] = {}
@@ -340,10 +338,6 @@ class ClipSegSegmenter(PromptedSegmenter):
         prob = self.probabilities(image, prompts.text)
         mask = prob > self.threshold
         extra: dict[str, Any] = {"probability": prob}
-        if self.refine is not None:
-            base = self._refine_base(image, prompts.text)
-            mask = self._combine(mask, prob, base)
-            extra["refine_base"] = base
         masks = restrict_to_prompts(mask, prompts)
         scores = np.array([float(prob[m].mean()) if m.any() else 0.0 for m in masks], np.float32)
         return Candidates(masks, scores=scores, source="clipseg", extra=extra)
@@ -381,19 +375,6 @@ class ClipSegSegmenter(PromptedSegmenter):
         keep = inside / np.maximum(size, 1) >= self.min_overlap
         keep[0] = False
         return keep[labels]
-
-    def _refine_base(self, image: np.ndarray, text: str) -> np.ndarray:
-        if self._refiner is None:
-            from ..pipeline import Pipeline
-
-            self._refiner = Pipeline.from_config(self.refine)
-        import warnings
-
-        from ..pipeline import EmptyMaskWarning
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", EmptyMaskWarning)
-            return np.asarray(self._refiner(image, text).mask, bool)
 
     def __repr__(self) -> str:
         return f"ClipSegSegmenter(model={self.model_name!r}, threshold={self.threshold}, device={self.device!r})"
