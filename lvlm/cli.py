@@ -23,6 +23,7 @@ PLUGINS: dict[tuple[str, ...], tuple[str, str]] = {
     ("train", "sam-decoder"): ("lvlm.train.sam_decoder", "specialise a SAM-architecture mask decoder (seed 002)"),
     ("bench",): ("lvlm.bench.runner", "run a cached, resumable benchmark matrix"),
     ("report",): ("lvlm.bench.report", "tables, plots and galleries of a benchmark run"),
+    ("serve",): ("lvlm.serve.cli", "HTTP API and browser page on localhost (lvlm[serve]); see docs/serve.md"),
 }
 
 

@@ -26,6 +26,9 @@ EXTRAS = {
     "cv2": ("sam2", "opencv-python-headless"),
     "onnxruntime": ("onnx", "onnxruntime"),
     "onnx": ("onnx", "onnx"),
+    "fastapi": ("serve", "fastapi"),
+    "uvicorn": ("serve", "uvicorn"),
+    "python_multipart": ("serve", "python-multipart"),
 }
 
 
