@@ -1,6 +1,7 @@
 """Bad input gets a clear error; odd but valid images load as H x W x 3 uint8 at their true size."""
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
@@ -118,3 +119,68 @@ def test_mask_file_is_single_channel_0_255(tmp_path):
     assert set(np.unique(np.asarray(img))) == {0, 255}
     np.testing.assert_array_equal(load_mask(p), m)
     assert slug("a red  triangle") == "a_red_triangle"
+
+
+# --- atomic writes -----------------------------------------------------------------------------------
+
+def _writer(path: str, tag: int, n: int) -> None:
+    from lvlm.fsutil import atomic_write
+
+    for i in range(n):
+        body = f"{tag}:{i}:".encode() + bytes([65 + tag]) * (50_000 + 97 * i)
+        atomic_write(path, body + hashlib.sha1(body).hexdigest().encode())
+
+
+def _complete(data: bytes) -> bool:
+    body, digest = data[:-40], data[-40:]
+    return hashlib.sha1(body).hexdigest().encode() == digest
+
+
+def test_atomic_write_two_concurrent_writers(tmp_path):
+    import multiprocessing as mp
+
+    path = tmp_path / "state.bin"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(str(path), t, 150)) for t in (0, 1)]
+    for p in procs:
+        p.start()
+    reads = 0
+    while any(p.is_alive() for p in procs):
+        if path.exists():
+            assert _complete(path.read_bytes())  # never a half-written or interleaved file
+            reads += 1
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    assert _complete(path.read_bytes())
+    assert path.read_bytes().split(b":")[1] == b"149"  # one writer's last version
+    assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]  # no temporary file left behind
+    assert reads > 0
+
+
+def test_atomic_write_kinds_and_failure(tmp_path):
+    import json
+
+    from lvlm.fsutil import atomic_open, atomic_write, atomic_write_json
+
+    p = atomic_write(tmp_path / "sub" / "a.txt", "héllo")
+    assert p.read_text(encoding="utf-8") == "héllo"
+    assert (p.stat().st_mode & 0o777) == (0o666 & ~_umask())  # a plain file's permissions, not mkstemp's 0600
+    atomic_write(tmp_path / "b.npy", lambda f: np.save(f, np.arange(3)))
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), np.arange(3))
+    atomic_write_json(tmp_path / "c.json", {"a": [1, 2]})
+    assert json.loads((tmp_path / "c.json").read_text()) == {"a": [1, 2]}
+    with pytest.raises(RuntimeError), atomic_open(tmp_path / "sub" / "a.txt", "w") as f:
+        f.write("half")
+        raise RuntimeError("killed")
+    assert (tmp_path / "sub" / "a.txt").read_text(encoding="utf-8") == "héllo"  # the old version kept
+    assert [q.name for q in (tmp_path / "sub").iterdir()] == ["a.txt"]
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["b.npy", "c.json", "sub"]
+
+
+def _umask() -> int:
+    import os
+
+    m = os.umask(0)
+    os.umask(m)
+    return m

@@ -5,14 +5,12 @@
   resumed runs and other workers;
 - :class:`CachedPrompter` does the same for a prompter's box / point prompts per (config, image, text).
 
-Disk entries are written to a temporary file and renamed into place, so a killed run or two workers
+Disk entries are written with :func:`lvlm.fsutil.atomic_write_json`, so a killed run or two workers
 writing the same entry never leave a half-written file behind.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +18,8 @@ import numpy as np
 
 from .. import rle
 from ..components import MaskGenerator, Prompter, image_key
+from ..fsutil import atomic_write_json
 from ..types import Candidates, Prompts
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _floats(a: np.ndarray | None) -> list[float] | None:
@@ -109,7 +92,7 @@ class CachedGenerator(MaskGenerator):
             cand = self.generator.generate(image)
             self.passes += 1
             if path is not None:
-                write_json_atomic(path, candidates_to_json(cand))
+                atomic_write_json(path, candidates_to_json(cand), indent=None, fsync=False)
         self._last = (key, cand)
         return cand
 
@@ -158,8 +141,9 @@ class CachedPrompter(Prompter):
             self.passes += 1
             if path is not None:
                 p = out[0]
-                write_json_atomic(path, {"boxes": _arr(p.boxes), "points": _arr(p.points),
-                                         "point_labels": _arr(p.point_labels), "text": p.text})
+                entry = {"boxes": _arr(p.boxes), "points": _arr(p.points), "point_labels": _arr(p.point_labels),
+                         "text": p.text}
+                atomic_write_json(path, entry, indent=None, fsync=False)
         self._memo[(key, text)] = out
         return out
 

@@ -76,21 +76,21 @@ def prepare(config: Any, run_dir: str | os.PathLike | None = None,
 
 
 def _record(run_dir: Path, cfg: dict, combos: list, config_dir: Path | None, session: dict[str, Any]) -> None:
-    from .cache import write_json_atomic
+    from ..fsutil import atomic_write_json
     from .executor import run_info
 
     info_path = run_dir / "run.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     info.update(config=cfg, config_dir=str(config_dir) if config_dir else None, lvlm=run_info()["lvlm"])
     info.setdefault("sessions", []).append({**run_info(), **session})
-    write_json_atomic(info_path, info)
+    atomic_write_json(info_path, info, indent=None)
     known = {}
     combos_path = run_dir / "combos.json"
     if combos_path.is_file():
         known = {c["id"]: c for c in json.loads(combos_path.read_text())}
     for c in combos:
         known[c.id] = c.as_dict()
-    write_json_atomic(combos_path, list(known.values()))
+    atomic_write_json(combos_path, list(known.values()), indent=None)
 
 
 def plan(executor, combos: list, done: set[tuple[str, str]], limit: int | None = None) -> list[tuple[str, int, str, frozenset]]:

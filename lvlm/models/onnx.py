@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, LvlmError
+from ..fsutil import atomic_write
 from ..optional import has, require
 from ..weights import cache_dir
 
@@ -130,29 +129,14 @@ def _read_cached(path: Path) -> bytes | None:
 
 
 def _write_cached(path: Path, data: bytes) -> bool:
-    """Write ``data`` to ``path`` atomically (temporary file + rename), readable as a normal file would be."""
-    tmp = None
+    """Write ``data`` to ``path`` with :func:`lvlm.fsutil.atomic_write` (False, with a warning, when it fails)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a shared cache must stay readable
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, data, fsync=False)
         return True
     except OSError as exc:
         warnings.warn(f"could not cache the ONNX export at {path} ({exc}); it will be exported again next time",
                       stacklevel=4)
         return False
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 class OnnxModule(torch.nn.Module):

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..components import PromptedSegmenter, resolve_device
 from ..errors import ConfigError, LvlmError, PromptError, WeightsNotFoundError
+from ..fsutil import atomic_write
 from ..registry import register
 from ..types import Candidates, Prompts
 
@@ -168,16 +169,11 @@ def decoder_state(net) -> dict[str, Any]:
 
 def save_decoder(net, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
     """Write the decoder weights as safetensors, with ``metadata`` (strings) in the header."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": DECODER_FORMAT}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
-    tmp = path.with_name(path.name + ".part")
-    save_file(decoder_state(net), str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, save(decoder_state(net), metadata=meta))
 
 
 def decoder_metadata(path: str | os.PathLike) -> dict[str, str]:
