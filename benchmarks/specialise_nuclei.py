@@ -115,13 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     from lvlm.bench.prompt_strategies import evaluate_prompt_strategies, format_table
     from lvlm.io import load_image, load_mask
-    from lvlm.models.sam import build_litemedsam
-    from lvlm.train.sam_decoder import (
-        SamArchSegmenter,
-        read_decoder_metadata,
-        split_samples,
-        train_sam_decoder,
-    )
+    from lvlm.models.decoder_checkpoint import load_decoder_checkpoint, read_decoder_metadata
+    from lvlm.models.sam import adapter_for, build_litemedsam
+    from lvlm.segmenters.sam import SamFamilySegmenter
+    from lvlm.train.sam_decoder import EmbeddingCache, split_samples, train_sam_decoder
 
     t0 = time.perf_counter()
     data = Path(args.data)
@@ -160,11 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         res = train_sam_decoder(model, train, val, out_dir=out, config=cfg, cache_dir=cache_dir, device="cpu",
                                 model_name="litemedsam", progress=not args.json)
         decoder_path = res.decoder_path
-    segs = {
-        "base": SamArchSegmenter(base_model, device="cpu", cache_dir=cache_dir, name="base"),
-        "specialised": SamArchSegmenter(copy.deepcopy(base_model), decoder_checkpoint=str(decoder_path),
-                                        device="cpu", cache_dir=cache_dir, name="specialised"),
-    }
+    def evaluated(model, name):  # the model's adapter, embeddings from the trainer's on-disk cache
+        adapter = adapter_for(model, device="cpu")
+        return SamFamilySegmenter(adapter, source=name, embeddings=EmbeddingCache(adapter, cache_dir, progress=False))
+
+    specialised = copy.deepcopy(base_model)
+    load_decoder_checkpoint(specialised, decoder_path)
+    segs = {"base": evaluated(base_model, "base"), "specialised": evaluated(specialised, "specialised")}
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     rows, per_object = evaluate_prompt_strategies(segs, right_groups, strategies, progress=not args.json)
     miou = {m: {r["prompt_strategy"]: r["iou_mean"] for r in rows if r["model"] == m} for m in segs}

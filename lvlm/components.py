@@ -11,16 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from .device import resolve_device
 from .types import Candidates, Prompts, Selection
 
-
-def resolve_device(device: str | None = "auto") -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
-    if device in (None, "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+__all__ = ["MaskGenerator", "PromptedSegmenter", "Prompter", "Selector", "image_key", "resolve_device"]
 
 
 def image_key(image: np.ndarray) -> str:

@@ -9,8 +9,8 @@ import torch
 from conftest import shared_file
 
 from lvlm.io import load_image, load_mask
+from lvlm.models.litemedsam import longest_side_shape, preprocess, resize_longest_side
 from lvlm.registry import build
-from lvlm.segmenters.litemedsam import longest_side_shape, preprocess, resize_longest_side
 from lvlm.types import Prompts, masks_to_boxes
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "lvlm" / "assets" / "examples" / "nuclei_crop.png"

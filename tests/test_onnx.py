@@ -55,7 +55,7 @@ def test_onnx_encoder_equals_the_shipped_torch_encoder(official_encoder, ort_mod
     assert enc.img_size == 256  # attributes of the torch module stay readable (SamPredictor reads img_size)
     # the weights stay visible under the torch module's keys, so content hashes of the encoder (e.g. the
     # decoder trainer's embedding cache) are the same with either backend and still tell checkpoints apart
-    from lvlm.train.sam_decoder import encoder_fingerprint
+    from lvlm.models.decoder_checkpoint import encoder_fingerprint
 
     torch_model = build_litemedsam(fuse=True)
     assert enc.state_dict().keys() == torch_model.image_encoder.state_dict().keys()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lvlm.errors import ConfigError, LvlmError, PromptError, WeightsNotFoundError
+from lvlm.errors import ConfigError, PromptError, WeightsError, WeightsNotFoundError
 from lvlm.models.sam import MODEL_TYPES, build_sam
 from lvlm.pipeline import Pipeline
 from lvlm.registry import build
@@ -58,7 +58,7 @@ def test_crops_with_no_mask_kept_give_no_candidates(image):
     with crops that keep masks it still gives the official masks."""
     from segment_anything import SamAutomaticMaskGenerator
 
-    strict = dict(points_per_side=2, crop_n_layers=1, pred_iou_thresh=0.99, stability_score_thresh=0.99)
+    strict = {"points_per_side": 2, "crop_n_layers": 1, "pred_iou_thresh": 0.99, "stability_score_thresh": 0.99}
     with pytest.raises(IndexError):  # the official generator (if fixed upstream, this guard can go)
         SamAutomaticMaskGenerator(build_sam("vit_tiny", checkpoint=None), **strict).generate(image)
     none = build("generator", "sam", model_type="vit_tiny", device="cpu", **strict).generate(image)
@@ -208,7 +208,7 @@ def test_checkpoint_file_round_trip_and_wrong_file(tmp_path):
     for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k
     torch.save({"model": {"foo": torch.zeros(1)}}, tmp_path / "other.pth")
-    with pytest.raises(LvlmError, match="not a SAM vit_tiny checkpoint"):
+    with pytest.raises(WeightsError, match="SAM vit_tiny checkpoint .*do not fit this model"):
         build_sam("vit_tiny", checkpoint=tmp_path / "other.pth")
 
 
@@ -231,7 +231,7 @@ def test_medsam_recipe_on_tiny_model():
     """MedSAM's decode: boxes scaled to the square input, sigmoid, bilinear to H x W, > 0.5 (MedSAM_Inference.py)."""
     import torch.nn.functional as F
 
-    from lvlm.segmenters.medsam import preprocess
+    from lvlm.models.medsam import preprocess
 
     seg = build("segmenter", "medsam", model_type="vit_tiny", checkpoint=None, device="cpu")
     rng = np.random.default_rng(3)
@@ -255,7 +255,7 @@ def test_medsam_recipe_on_tiny_model():
 def test_medsam_preprocessing_close_to_skimage():
     """MedSAM resizes with skimage (order 3, anti-aliasing) to 1024 x 1024, then min-max; ours is torch bicubic."""
     transform = pytest.importorskip("skimage.transform")
-    from lvlm.segmenters.medsam import preprocess
+    from lvlm.models.medsam import preprocess
 
     rng = np.random.default_rng(4)
     img = np.kron(rng.integers(0, 255, (40, 30, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 320 x 240, blocky

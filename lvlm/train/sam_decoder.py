@@ -16,18 +16,18 @@ Works on any module with ``.image_encoder``, ``.prompt_encoder`` and ``.mask_dec
   without improvement; the best decoder is written as ``decoder.safetensors`` (the base decoder when
   training never beats it), ``last.pt`` keeps decoder, optimiser, scheduler and epoch to resume.
 
-``load_decoder_checkpoint(model, path)`` puts a trained decoder into a freshly built model (what the
-segmenters' ``decoder_checkpoint`` argument does).
+The model side (each family's preprocessing, prompt scaling, batched decoding, postprocessing) is the
+family's adapter in :mod:`lvlm.models.sam`; decoder files are read and written by
+:mod:`lvlm.models.decoder_checkpoint` (``load_decoder_checkpoint(model, path)`` puts a trained decoder into a
+freshly built model: what the segmenters' ``decoder_checkpoint`` argument does).
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,16 +35,19 @@ from typing import Any
 
 import numpy as np
 
-from ..components import PromptedSegmenter, image_key, resolve_device
-from ..errors import ConfigError, LvlmError, WeightsNotFoundError
-from ..types import Candidates, Prompts
+from ..components import image_key, resolve_device
+from ..errors import ConfigError, LvlmError
+from ..models.decoder_checkpoint import (  # noqa: F401  (load / read: the decoder-checkpoint API, re-exported)
+    load_decoder_checkpoint,
+    read_decoder_metadata,
+    save_decoder_checkpoint,
+)
+from ..models.sam import PREPROCESS, SamFamilyAdapter, adapter_for
 
-FORMAT = "lvlm.sam_decoder/1"
 DECODER_FILE = "decoder.safetensors"
 LAST_FILE = "last.pt"
 HISTORY_FILE = "history.json"
 MODEL_NAMES = ("sam", "mobilesam", "medsam", "litemedsam")
-PREPROCESS = ("auto", "sam", "minmax", "medsam")
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -104,184 +107,11 @@ class DecoderTrainConfig:
             raise ConfigError(f"preprocess={self.preprocess!r}; valid: {', '.join(PREPROCESS)}")
 
 
-# ----------------------------------------------------------------------------------- model adapter
-def check_sam_like(model: Any) -> None:
-    """Raise ConfigError unless ``model`` has SAM's three parts."""
-    missing = [a for a in ("image_encoder", "prompt_encoder", "mask_decoder") if not hasattr(model, a)]
-    if missing:
-        raise ConfigError(f"{type(model).__name__} is not a SAM-architecture model: it lacks {', '.join(missing)}")
-
-
-def encoder_fingerprint(model: Any, preprocess: str = "") -> str:
-    """A content hash of the image encoder's weights (plus the preprocessing): the embedding cache key.
-
-    Hashes every tensor's name, shape and up to 256 evenly spaced values, so two encoders with different
-    weights (another checkpoint, another random init) never share cached embeddings.
-    """
-    h = hashlib.blake2b(digest_size=12)
-    h.update(preprocess.encode())
-    for name, t in model.image_encoder.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        flat = t.detach().reshape(-1)
-        if flat.numel():
-            step = max(1, flat.numel() // 256)
-            h.update(flat[::step][:256].float().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-class SamArch:
-    """Preprocessing, prompt coordinates and batched decoding of one SAM-architecture model.
-
-    ``preprocess="sam"``: resize the longest side to the encoder's input size, ImageNet mean / std, pad
-    (segment_anything's ``SamPredictor``: SAM, MobileSAM); ``"minmax"``: resize the longest side, scale
-    the image to [0, 1] by its own min and max, pad (LiteMedSAM); ``"medsam"``: resize to a square,
-    min-max, no padding (MedSAM's reference script); ``"auto"`` picks ``sam`` for models with
-    ``pixel_mean`` (segment_anything ``Sam``) and ``minmax`` otherwise (give ``medsam`` for MedSAM).
-    Each mode reuses the matching segmenter's own preprocessing, so embeddings and masks are the same.
-    """
-
-    def __init__(self, model: Any, preprocess: str = "auto", device: str = "auto"):
-        import torch
-
-        check_sam_like(model)
-        self.device = torch.device(resolve_device(device))
-        self.model = model.to(self.device)
-        if preprocess == "auto":
-            preprocess = "sam" if hasattr(model, "pixel_mean") and hasattr(model, "preprocess") else "minmax"
-        if preprocess not in PREPROCESS:
-            raise ConfigError(f"preprocess={preprocess!r}; valid: {', '.join(PREPROCESS)}")
-        self.preprocess_mode = preprocess
-        pe = model.prompt_encoder
-        self.img_size = int(pe.input_image_size[0])
-        self.embed_hw = tuple(int(v) for v in pe.image_embedding_size)
-        self.lowres = 4 * self.embed_hw[0]  # the decoder upsamples the embedding grid 4x
-        self._fingerprint: str | None = None
-
-    @property
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            self._fingerprint = encoder_fingerprint(self.model, f"{self.preprocess_mode}:{self.img_size}")
-        return self._fingerprint
-
-    def input_size(self, h: int, w: int) -> tuple[int, int]:
-        """(h, w) of the image resized so its longest side is the encoder's input size."""
-        from segment_anything.utils.transforms import ResizeLongestSide
-
-        if self.preprocess_mode == "medsam":
-            return self.img_size, self.img_size
-        return ResizeLongestSide.get_preprocess_shape(h, w, self.img_size)
-
-    def scale(self, h: int, w: int) -> tuple[float, float]:
-        """(sx, sy) from image to model-input pixels (SAM: per axis after rounding; LiteMedSAM: one factor)."""
-        if self.preprocess_mode == "minmax":
-            s = self.img_size / max(h, w)
-            return s, s
-        if self.preprocess_mode == "medsam":
-            return self.img_size / w, self.img_size / h
-        nh, nw = self.input_size(h, w)
-        return nw / w, nh / h
-
-    def _prep(self, image: np.ndarray):
-        """1 x 3 x S x S encoder input, exactly as the ``sam`` / ``litemedsam`` segmenters make it."""
-        import torch
-
-        if self.preprocess_mode == "sam":  # segment_anything's SamPredictor.set_image
-            from segment_anything.utils.transforms import ResizeLongestSide
-
-            x = torch.as_tensor(ResizeLongestSide(self.img_size).apply_image(image), device=self.device)
-            return self.model.preprocess(x.permute(2, 0, 1)[None].float())
-        if self.preprocess_mode == "medsam":
-            from ..segmenters.medsam import preprocess as medsam_preprocess
-
-            return medsam_preprocess(image, self.img_size, str(self.device))
-        from ..segmenters.litemedsam import preprocess  # LiteMedSAM's reference preprocessing
-
-        return preprocess(image, str(self.device), self.img_size)[0]
-
-    def encode(self, images: Sequence[np.ndarray]):
-        """B x C x h x w image embeddings of H x W x 3 uint8 images (one encoder pass)."""
-        import torch
-
-        with torch.no_grad():
-            x = torch.cat([self._prep(im) for im in images])
-            return self.model.image_encoder(x)
-
-    def prompt_tensors(self, prompts: Prompts, h: int, w: int):
-        """Boxes (K x 4), points (K x P x 2), labels (K x P) in the model's input frame."""
-        import torch
-
-        sx, sy = self.scale(h, w)
-        boxes = points = labels = None
-        if prompts.boxes is not None:
-            boxes = torch.as_tensor(prompts.boxes * np.array([sx, sy, sx, sy], np.float32), device=self.device)
-        if prompts.points is not None:
-            points = torch.as_tensor(prompts.points * np.array([sx, sy], np.float32), device=self.device)
-            labels = torch.as_tensor(prompts.point_labels, device=self.device)
-        return boxes, points, labels
-
-    def decode(self, embeddings, points=None, labels=None, boxes=None, multimask: bool = False):
-        """Low-res logits (B x 1|3 x L x L) and predicted IoU of B prompts.
-
-        ``embeddings`` is one image's embedding (1 x C x h x w, shared by all prompts) or one per prompt
-        (B x C x h x w). Per-prompt embeddings go through the unchanged decoder by adding them to the
-        dense prompt embedding over a zero image embedding: the decoder computes ``image + dense`` first,
-        so the result equals one decoder call per image, in one batched pass.
-        """
-        pe = self.model.prompt_encoder
-        pts = None if points is None else (points, labels)
-        sparse, dense = pe(points=pts, boxes=boxes, masks=None)
-        if embeddings.shape[0] == 1:
-            image, dense_in = embeddings, dense
-        else:
-            if embeddings.shape[0] != sparse.shape[0]:
-                raise ValueError(f"{embeddings.shape[0]} embeddings for {sparse.shape[0]} prompts")
-            image, dense_in = embeddings.new_zeros((1,) + tuple(embeddings.shape[1:])), dense + embeddings
-        return self.model.mask_decoder(image_embeddings=image, image_pe=pe.get_dense_pe(),
-                                       sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense_in,
-                                       multimask_output=multimask)
-
-    def postprocess(self, low, h: int, w: int):
-        """Low-res logits -> logits at the H x W input resolution (un-pad, then resize)."""
-        import torch.nn.functional as F
-
-        nh, nw = self.input_size(h, w)
-        if self.preprocess_mode == "medsam":
-            return F.interpolate(low, (h, w), mode="bilinear", align_corners=False)
-        if self.preprocess_mode == "sam" and hasattr(self.model, "postprocess_masks"):
-            return self.model.postprocess_masks(low, (nh, nw), (h, w))
-        x = F.interpolate(low, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
-        return F.interpolate(x[..., :nh, :nw], (h, w), mode="bilinear", align_corners=False)
-
-    def masks(self, low, h: int, w: int):
-        """Bool masks at H x W from low-res logits, thresholded as the matching segmenter does."""
-        import torch
-
-        if self.preprocess_mode == "medsam":  # MedSAM's script upsamples probabilities
-            return self.postprocess(torch.sigmoid(low), h, w) > 0.5
-        return self.postprocess(low, h, w) > 0
-
-    def lowres_target(self, mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-        """The mask on the decoder's L x L low-res grid (bool, zero-padded) and the un-padded (h, w) there."""
-        import torch
-        import torch.nn.functional as F
-
-        h, w = mask.shape
-        nh, nw = self.input_size(h, w)
-        f = self.lowres / self.img_size
-        vh, vw = max(1, round(nh * f)), max(1, round(nw * f))
-        t = torch.as_tensor(mask, dtype=torch.float32)[None, None]
-        t = F.interpolate(t, size=(vh, vw), mode="area")[0, 0].numpy() >= 0.5
-        out = np.zeros((self.lowres, self.lowres), bool)
-        out[:vh, :vw] = t
-        return out, (vh, vw)
-
-
 # ----------------------------------------------------------------------------------- embedding cache
 class EmbeddingCache:
     """Image embeddings on disk, one ``.npy`` per image, keyed by image content hash under a model fingerprint."""
 
-    def __init__(self, arch: SamArch, cache_dir: str | os.PathLike | None = None, batch_size: int = 4,
+    def __init__(self, arch: SamFamilyAdapter, cache_dir: str | os.PathLike | None = None, batch_size: int = 4,
                  progress: bool = True):
         if cache_dir is None:
             from ..weights import cache_dir as lvlm_home
@@ -390,7 +220,7 @@ def _sample_parts(s: Any) -> tuple[Any, Any]:
     raise ConfigError(f"training samples must be lvlm.types.Sample or (image, mask) pairs, got {type(s).__name__}")
 
 
-def _add_item(items: _Items, arch: SamArch, key: str, mask: np.ndarray, flipped: bool) -> None:
+def _add_item(items: _Items, arch: SamFamilyAdapter, key: str, mask: np.ndarray, flipped: bool) -> None:
     from ..bench.prompt_strategies import center_point, tight_box
 
     h, w = mask.shape
@@ -412,7 +242,7 @@ def _group_key(image: Any, index: int, split_by: str) -> str:
     return image_key(np.asarray(image))
 
 
-def _build_items(samples: Sequence[Any], arch: SamArch, cache: EmbeddingCache, flip: bool) -> tuple[_Items, int]:
+def _build_items(samples: Sequence[Any], arch: SamFamilyAdapter, cache: EmbeddingCache, flip: bool) -> tuple[_Items, int]:
     """Items of the samples (with their flipped copies when ``flip``); embeddings cached on the way."""
     items = _Items()
     skipped = 0
@@ -551,7 +381,7 @@ def _prompt_kinds(n: int, point_fraction: float, seed: int, epoch: int) -> np.nd
     return rng.random(n) < point_fraction
 
 
-def _random_points(items: _Items, idx: Sequence[int], arch: SamArch, seed: int, epoch: int) -> np.ndarray:
+def _random_points(items: _Items, idx: Sequence[int], arch: SamFamilyAdapter, seed: int, epoch: int) -> np.ndarray:
     """A random foreground pixel of each object's low-res target, in the model's input frame."""
     rng = np.random.default_rng([seed, epoch, 2])
     size = arch.lowres
@@ -568,7 +398,7 @@ def _random_points(items: _Items, idx: Sequence[int], arch: SamArch, seed: int, 
     return np.stack(out)
 
 
-def _forward(arch: SamArch, emb, items: _Items, idx: np.ndarray, use_point: np.ndarray, points: np.ndarray | None):
+def _forward(arch: SamFamilyAdapter, emb, items: _Items, idx: np.ndarray, use_point: np.ndarray, points: np.ndarray | None):
     """Low-res logits (B x L x L) and IoU predictions (B,) for items ``idx``; points / boxes per ``use_point``."""
     import torch
 
@@ -593,7 +423,7 @@ def _forward(arch: SamArch, emb, items: _Items, idx: np.ndarray, use_point: np.n
     return logits, ious
 
 
-def evaluate_items(arch: SamArch, store: _Store, items: _Items, kinds: Sequence[str] = ("point", "box"),
+def evaluate_items(arch: SamFamilyAdapter, store: _Store, items: _Items, kinds: Sequence[str] = ("point", "box"),
                    batch_size: int = 16) -> dict[str, float]:
     """Mean IoU of the decoder on the items' low-res targets for each prompt kind, and their mean ``iou``."""
     import torch
@@ -634,71 +464,6 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_decoder_checkpoint(model: Any, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``model.mask_decoder``'s weights as safetensors, with ``metadata`` (JSON) under the key ``lvlm``."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.mask_decoder.state_dict().items()}
-    meta = {"format": FORMAT, **(metadata or {})}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(sd, str(tmp), metadata={"lvlm": json.dumps(meta, default=str)})
-    os.replace(tmp, path)
-    return path
-
-
-def read_decoder_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata written by :func:`save_decoder_checkpoint` ({} for other files)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    try:
-        return json.loads(meta.get("lvlm", "{}"))
-    except json.JSONDecodeError:
-        return {}
-
-
-def load_decoder_checkpoint(model: Any, path: str | os.PathLike, check_encoder: bool = True) -> dict[str, Any]:
-    """Load a specialised mask decoder into ``model`` (any SAM-architecture model); returns its metadata.
-
-    ``path``: a ``decoder.safetensors`` written by ``lvlm train sam-decoder`` (or a torch / safetensors
-    state dict of the decoder, or of a whole model whose keys start with ``mask_decoder.``). Raises
-    WeightsNotFoundError when the file is absent and ConfigError when it does not fit the decoder. With
-    ``check_encoder`` a decoder trained on another image encoder's embeddings gives a warning.
-    """
-    from ..weights import load_state_dict
-
-    check_sam_like(model)
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise WeightsNotFoundError(f"decoder checkpoint {str(p)!r} not found (write one with `lvlm train sam-decoder`)")
-    sd = load_state_dict(p)
-    if any(k.startswith("mask_decoder.") for k in sd):
-        sd = {k[len("mask_decoder."):]: v for k, v in sd.items() if k.startswith("mask_decoder.")}
-    meta = read_decoder_metadata(p)
-    own = model.mask_decoder.state_dict()
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    bad_shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad_shape:
-        trained = f" (trained for {meta['model']})" if meta.get("model") else ""
-        raise ConfigError(
-            f"{p} does not fit this model's mask decoder{trained}: {len(missing)} missing keys {missing[:3]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(bad_shape)} shape mismatches {bad_shape[:3]}")
-    model.mask_decoder.load_state_dict(sd, strict=True)
-    if check_encoder and meta.get("encoder_fingerprint"):
-        mode = meta.get("preprocess", "")
-        fp = encoder_fingerprint(model, f"{mode}:{int(model.prompt_encoder.input_image_size[0])}")
-        if fp != meta["encoder_fingerprint"]:
-            warnings.warn(f"{p} was trained on the embeddings of another image encoder ({meta.get('model', '?')}); "
-                          "its masks may be poor with this model", stacklevel=2)
-    return meta
-
-
 def train_sam_decoder(
     model: Any,
     train: Iterable[Any],
@@ -727,7 +492,7 @@ def train_sam_decoder(
         cfg.preprocess = "medsam"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    arch = SamArch(model, cfg.preprocess, device)
+    arch = adapter_for(model, cfg.preprocess, device)
     for p in model.parameters():
         p.requires_grad_(False)
     decoder = model.mask_decoder
@@ -842,52 +607,12 @@ def evaluate_sam_decoder(model: Any, samples: Iterable[Any], kinds: Sequence[str
                          preprocess: str = "auto", progress: bool = False) -> dict[str, float]:
     """Mean low-res IoU of ``model``'s decoder on (image, mask) objects, per prompt kind: the trainer's
     validation measure (so a reloaded ``decoder.safetensors`` reproduces the run's best ``val_iou``)."""
-    arch = SamArch(model, preprocess, device)
+    arch = adapter_for(model, preprocess, device)
     cache = EmbeddingCache(arch, cache_dir, progress=progress)
     items, _ = _build_items(list(samples), arch, cache, False)
     cache.close()
     store = _Store(cache, items.keys, 4096)
     return evaluate_items(arch, store, items, tuple(kinds))
-
-
-# ------------------------------------------------------------------------ segmenter for evaluations
-class SamArchSegmenter(PromptedSegmenter):
-    """A box / point-prompted segmenter on any SAM-architecture model with the trainer's preprocessing.
-
-    The evaluation twin of the trainer (prompt-strategy tables, base vs specialised): same resizing,
-    normalisation and single-mask output, and optionally the same on-disk embedding cache, so a base
-    and a specialised decoder on one encoder share its embeddings.
-    """
-
-    def __init__(self, model: Any, decoder_checkpoint: str | None = None, preprocess: str = "auto",
-                 device: str = "auto", multimask_output: bool = False, cache_dir: str | os.PathLike | None = None,
-                 name: str = "sam-arch"):
-        if decoder_checkpoint:
-            load_decoder_checkpoint(model, decoder_checkpoint)
-        self.arch = SamArch(model, preprocess, device)
-        self.multimask_output = multimask_output
-        self.name = name
-        self._disk = EmbeddingCache(self.arch, cache_dir, progress=False) if cache_dir is not None else None
-
-    def _embed(self, image: np.ndarray):
-        if self._disk is not None:
-            return self._disk.get(image)
-        return self.arch.encode([image])
-
-    def _decode(self, embedding: Any, prompts: Prompts, image: np.ndarray) -> Candidates:
-        import torch
-
-        h, w = image.shape[:2]
-        boxes, points, labels = self.arch.prompt_tensors(prompts, h, w)
-        with torch.no_grad():
-            low, iou = self.arch.decode(embedding, points=points, labels=labels, boxes=boxes,
-                                        multimask=self.multimask_output)
-            if low.shape[1] > 1:
-                best = iou.argmax(1)
-                rows = torch.arange(len(best), device=best.device)
-                low, iou = low[rows, best][:, None], iou[rows, best][:, None]
-            masks = self.arch.masks(low, h, w)[:, 0]
-        return Candidates(masks.cpu().numpy(), scores=iou[:, 0].cpu().numpy(), source=self.name)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
