@@ -8,15 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lvlm.bench.prompt_strategies import (
-    center_point,
-    edge_point,
-    evaluate_prompt_strategies,
-    format_table,
-    grid_points,
-    make_prompts,
-    tight_box,
-)
+from lvlm.bench.prompt_strategies import evaluate_prompt_strategies, format_table
+from lvlm.data.prompts import center_point, edge_point, grid_points, make_prompts, tight_box
 from lvlm.errors import ConfigError, WeightsError, WeightsNotFoundError
 from lvlm.models.sam import adapter_for, build_sam
 from lvlm.segmenters.sam import SamFamilySegmenter

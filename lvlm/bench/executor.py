@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from .. import __version__, rle
+from .. import metrics as M
 from ..errors import ConfigError, LvlmError
 from ..io import load_image, load_mask
 from ..pipeline import STAGES, EmptyMaskWarning, Pipeline
 from ..registry import build_spec, check_kwargs, get
 from ..types import Prompts, Sample, masks_to_boxes
-from . import metrics as M
 from .cache import CachedGenerator, CachedPrompter, ImageContext
 from .config import BUILTIN_STRATEGIES, Combination, canonical, import_plugins, spec_hash
 

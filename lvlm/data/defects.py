@@ -153,7 +153,7 @@ def synthesize_defect(image: np.ndarray, kind: str | None = None,
     Draws again (up to 20 times) when a draw changes fewer than ``MIN_PIXELS`` pixels (e.g. a stain on a
     grey region); raises ValueError when no draw alters the image.
     """
-    from ..bench.prompt_strategies import center_point
+    from .prompts import center_point
 
     image = _check_image(image)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
