@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import WeightsError, WeightsNotFoundError
+from .errors import LvlmError, WeightsError, WeightsNotFoundError
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -335,7 +335,7 @@ def _hf_fetch(fetch: Callable[[bool], str], repo: str, what: str | None, revisio
     host = _hf_host()
     reason = ""
     if offline():
-        reason = "downloads are off (HF_HUB_OFFLINE / LVLM_OFFLINE is set)"
+        reason = "downloads are off (offline: HF_HUB_OFFLINE / LVLM_OFFLINE is set)"
     elif not online(host):
         reason = f"{host} is unreachable (offline)"
     places = ", ".join(f"{p}/" for p in looked_in)
@@ -464,6 +464,8 @@ def hf_pretrained(factory: Callable[..., Any], repo_id: str | os.PathLike, what:
                          ignore_patterns=list(HF_SKIP_FILES) if default else None, looked_in=looked_in)
     try:
         return factory(str(folder), **kwargs)
+    except LvlmError:  # the factory's own one-line errors
+        raise
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         text = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
         raise WeightsError(f"{what} {str(repo_id)!r}: cannot load the model from {folder} ({text})") from None

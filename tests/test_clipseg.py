@@ -102,7 +102,7 @@ def test_offline_model_fails_fast_naming_id_and_url(monkeypatch, tmp_path):
     assert time.perf_counter() - t0 < 10
     with pytest.raises(WeightsNotFoundError, match="not found"):
         build("segmenter", "clipseg", model=str(tmp_path / "missing" / "dir"))
-    with pytest.raises(WeightsNotFoundError, match="decoder checkpoint"):
+    with pytest.raises(WeightsNotFoundError, match="decoder_checkpoint .*none.safetensors.*not found"):
         build("segmenter", "clipseg", model="tiny-random", decoder_checkpoint=str(tmp_path / "none.safetensors"))
 
 
