@@ -1,7 +1,7 @@
 """MedCLIP (Wang et al. 2022) models behind the :class:`~lvlm.models.clip_base.ClipModel` interface.
 
-Presets ``MC-RN50`` (ResNet-50 image tower) and ``MC-SwinT`` (Swin-T image tower) of seed 001
-Table III; both use MedCLIP's Bio_ClinicalBERT text tower. The ``medclip`` package is an optional
+Presets ``MC-RN50`` (ResNet-50 image tower) and ``MC-SwinT`` (Swin-T image tower) of the benchmark's
+CLIP comparison table (docs/clip.md); both use MedCLIP's Bio_ClinicalBERT text tower. The ``medclip`` package is an optional
 extra (``pip install "lvlm[medclip]"``), imported only when a preset is built.
 
 Weights: ``$LVLM_HOME/medclip-resnet/pytorch_model.bin`` (``medclip-vit/`` for Swin-T), or the
@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from ..components import resolve_device
-from ..errors import LvlmError, WeightsNotFoundError
+from ..errors import LvlmError, WeightsError, WeightsNotFoundError
 from ..registry import register
+from ..weights import load_into, load_state_dict
 from .clip_base import ClipModel
 
 MEDCLIP_MEAN = 0.5862785803043838  # MedCLIP's single-channel normalisation (medclip.constants)
@@ -48,7 +49,7 @@ def _weights_file(variant: str, checkpoint: str | os.PathLike | None) -> Path:
         if p.is_dir():
             p = p / WEIGHTS_NAME
         if not p.is_file():
-            raise WeightsNotFoundError(f"MedCLIP checkpoint {str(p)!r} not found")
+            raise WeightsNotFoundError(f"MedCLIP {variant} checkpoint {str(p)!r}: file not found")
         return p
     target = cache_dir() / v["dir"] / WEIGHTS_NAME
     if target.is_file():
@@ -59,8 +60,12 @@ def _weights_file(variant: str, checkpoint: str | os.PathLike | None) -> Path:
     except WeightsNotFoundError as exc:
         raise WeightsNotFoundError(f"MedCLIP {variant} weights {target} not found; {exc} "
                                    f"(unpack it so that {target} exists)") from None
-    with zipfile.ZipFile(archive) as zf:
-        zf.extractall(target.parent)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(target.parent)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise WeightsError(f"MedCLIP {variant} archive {str(archive)!r}: not a readable zip ({exc}); "
+                           f"delete it and download it again from {v['url']}") from None
     found = sorted(target.parent.rglob(WEIGHTS_NAME))
     if not found:
         raise WeightsNotFoundError(f"{archive} holds no {WEIGHTS_NAME}")
@@ -95,11 +100,14 @@ class MedClipModel(ClipModel):
                 f"{self.name}: MedCLIP builds its towers from Bio_ClinicalBERT (Hugging Face hub) and an "
                 f"ImageNet backbone, which could not be loaded ({exc}); run once online to cache them") from None
         self.tokenizer.model_max_length = 77
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        missing, unexpected = model.load_state_dict(sd, strict=False)
+        what = f"MedCLIP {variant} checkpoint"
+        sd = load_state_dict(path, what=what)
+        # strict=False: the position_ids buffers differ between transformers versions; shapes are checked
+        missing, unexpected = load_into(model, sd, what=what, path=path, strict=False)
         bad = [k for k in list(missing) + list(unexpected) if not k.endswith("position_ids")]
         if bad:
-            raise LvlmError(f"{path}: not a MedCLIP {variant} checkpoint (mismatched keys, e.g. {bad[:3]})")
+            raise WeightsError(f"{what} {str(path)!r}: not a MedCLIP {variant} checkpoint ({len(bad)} mismatched "
+                               f"keys, e.g. {', '.join(repr(k) for k in bad[:3])})")
         self.model = model.to(self.device).eval()
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
@@ -155,19 +163,29 @@ class MedClipModel(ClipModel):
     def cam_target_layer(self) -> torch.nn.Module:
         if self.is_vit:
             raise LvlmError(f"{self.name}: CAM methods are not supported on MedCLIP's Swin-T tower "
-                            "(seed 001 uses MedCLIP in the base pipeline only)")
+                            "(the benchmark uses MedCLIP in the base pipeline only)")
         return self.model.vision_model.model.layer4
 
 
 @register("clip", "MC-RN50", description="MedCLIP ResNet-50 (optional extra 'medclip')",
           source="MedCLIP package, ResNet-50 image tower + Bio_ClinicalBERT; data: MIMIC-CXR + CheXpert; licence: MIT")
 def build_mc_rn50(checkpoint: str | None = "default", device: str = "auto") -> MedClipModel:
-    """MC-RN50: MedCLIP with a ResNet-50 image tower (seed 001 Table III)."""
+    """MC-RN50: MedCLIP with a ResNet-50 image tower.
+
+    Args:
+        checkpoint: ``default`` (``$LVLM_HOME/medclip-resnet/``, else the published zip), or a file / folder.
+        device: torch device.
+    """
     return MedClipModel("resnet", checkpoint=checkpoint, device=device, name="MC-RN50")
 
 
 @register("clip", "MC-SwinT", description="MedCLIP Swin-T (optional extra 'medclip')",
           source="MedCLIP package, Swin-T image tower + Bio_ClinicalBERT; data: MIMIC-CXR + CheXpert; licence: MIT")
 def build_mc_swint(checkpoint: str | None = "default", device: str = "auto") -> MedClipModel:
-    """MC-SwinT: MedCLIP with a Swin-T image tower (seed 001 Table III)."""
+    """MC-SwinT: MedCLIP with a Swin-T image tower.
+
+    Args:
+        checkpoint: ``default`` (``$LVLM_HOME/medclip-vit/``, else the published zip), or a file / folder.
+        device: torch device.
+    """
     return MedClipModel("swin", checkpoint=checkpoint, device=device, name="MC-SwinT")
