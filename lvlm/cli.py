@@ -61,6 +61,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                      help="box prompt in pixels (repeat for several boxes; their masks are combined)")
     seg.add_argument("--point", type=_point, action="append", metavar="x,y", help="foreground point prompt (repeatable)")
     seg.add_argument("--overlay", action="store_true", help="also write {id}_{prompt}_overlay.png")
+    seg.add_argument("--instances", action="store_true",
+                     help="also write every instance as {id}_{prompt}.json (COCO results: RLE masks, boxes, scores); "
+                          "an everything-mode config without a selector then runs with no prompt ({id}_everything.json)")
     seg.add_argument("--device", help="override the device of every stage (cpu, cuda, cuda:1)")
     seg.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
@@ -102,20 +105,25 @@ def _cmd_list(args) -> int:
     return 0
 
 
-def _override_device(cfg: dict, device: str) -> dict:
-    from .registry import get
+def _takes_device(kind: str, name: str) -> bool:
+    """Whether the registered component ``(kind, name)`` has a ``device`` constructor argument."""
+    from .registry import KINDS, check_kwargs, get
 
+    if kind not in KINDS:
+        return False
+    try:
+        check_kwargs(get(kind, name).obj, {"device": "cpu"}, where="")
+    except LvlmError:  # unknown name (reported when the pipeline is built) or no device argument
+        return False
+    return True
+
+
+def _override_device(cfg: dict, device: str) -> dict:
+    """The config with ``device`` set on every stage that takes one."""
     out = {}
     for key, val in cfg.items():
-        if isinstance(val, dict) and "name" in val:
-            val = dict(val)
-            try:
-                from .registry import check_kwargs
-
-                check_kwargs(get(key, val["name"]).obj, {"device": device}, where="")
-                val["device"] = device
-            except Exception:
-                pass
+        if isinstance(val, dict) and "name" in val and _takes_device(key, val["name"]):
+            val = {**val, "device": device}
         out[key] = val
     return out
 
@@ -123,19 +131,30 @@ def _override_device(cfg: dict, device: str) -> dict:
 def _cmd_segment(args) -> int:
     import numpy as np
 
-    from .io import image_id, load_image, mask_filename, save_mask, save_overlay
-    from .pipeline import EmptyMaskWarning, Pipeline, load_config
+    from .fsutil import atomic_write_json
+    from .io import image_id, load_image, mask_filename, save_mask, save_overlay, slug
+    from .pipeline import EmptyMaskWarning, Pipeline, check_text, load_config
 
+    check_text(args.prompt)
     cfg = load_config(args.config)
     if args.device:
         cfg = _override_device(cfg, args.device)
+    if args.instances and cfg.get("combine") is None and cfg.get("selector") is None:
+        cfg["combine"] = "instances"  # every candidate (every box's mask, every everything-mode mask)
+    elif cfg.get("generator") is not None and cfg.get("selector") is None and cfg.get("combine") is None:
+        raise LvlmError(f"config {args.config!r} is everything mode without a selector: give --instances to write "
+                        "every object it finds, or use a config with a selector to pick the mask for a text prompt")
     pipe = Pipeline.from_config(cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     boxes = np.asarray(args.box, np.float32) if args.box else None
     points = np.asarray(args.point, np.float32) if args.point else None
-    if args.prompt is None and boxes is None and points is None:
-        raise LvlmError("give --prompt TEXT (or --box / --point for a prompted segmenter)")
+    everything = args.prompt is None and boxes is None and points is None
+    if everything and not pipe.takes_no_prompt:
+        raise LvlmError("give --prompt TEXT (or --box / --point for a prompted segmenter"
+                        + (", or --instances for every object of an everything-mode config)" if pipe.generator is not None
+                           and pipe.selector is None else ")"))
+    prompt_slug = "everything" if everything else (slug(args.prompt) if args.prompt else "mask")
     failures = 0
     seen: dict[str, int] = {}
     from tqdm.auto import tqdm
@@ -155,15 +174,20 @@ def _cmd_segment(args) -> int:
             for w in caught:
                 if issubclass(w.category, EmptyMaskWarning):
                     print(f"warning: {path}: {w.message}", file=sys.stderr)
-            name = mask_filename(ident, args.prompt)
+            name = mask_filename(ident, args.prompt, prompt_slug)
             save_mask(out / name, res.mask)
             if args.overlay:
                 pb = res.prompts.boxes if res.prompts is not None else None
                 pp = res.prompts.points if res.prompts is not None else None
                 save_overlay(out / name.replace(".png", "_overlay.png"), img, res.mask, boxes=pb, points=pp)
+            written = [name]
+            if args.instances:
+                coco = res.to_coco(ident)
+                atomic_write_json(out / name.replace(".png", ".json"), coco, indent=None)
+                written.append(f"{name.replace('.png', '.json')} ({len(coco)} instances)")
             if not args.quiet:
-                print(f"{path} -> {out / name}  (area {int(res.mask.sum())} px, score {res.score:.3f}, "
-                      f"{res.timings.get('total', 0):.2f} s)")
+                print(f"{path} -> {', '.join(str(out / n) for n in written)}  (area {int(res.mask.sum())} px, "
+                      f"score {res.score:.3f}, {res.timings.get('total', 0):.2f} s)")
         except LvlmError as exc:
             failures += 1
             print(f"error: {path}: {exc}", file=sys.stderr)

@@ -172,16 +172,90 @@ def image_id(image: Any, index: int = 0) -> str:
     return f"image{index}"
 
 
+_SLUG_MAX = 80
+
+
+def text_hash(text: str, n: int = 6) -> str:
+    """A short stable hash of a text: the first ``n`` hex digits of its SHA-1 (UTF-8).
+
+    Args:
+        text: any text.
+        n: number of hex digits.
+    """
+    import hashlib
+
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:n]
+
+
+def _transliterate(text: str) -> tuple[str, bool]:
+    """ASCII of ``text`` (Unicode NFKD, accents dropped) and whether letters or digits were lost."""
+    import unicodedata
+
+    out, lossy = [], False
+    for ch in unicodedata.normalize("NFKD", text):
+        if ch.isascii():
+            out.append(ch)
+        elif unicodedata.combining(ch):
+            continue  # an accent of the letter before it: "é" -> "e"
+        elif ch.isalnum():
+            lossy = True  # a letter with no ASCII form ("星", "ß")
+            out.append(" ")
+        else:
+            out.append(" ")
+    return "".join(out), lossy
+
+
 def slug(text: str, sep: str = "_", keep_case: bool = False) -> str:
-    """'Segment the Crack!' -> 'segment_the_crack' (seed 000's ``{id}_{prompt_slug}.png`` naming)."""
-    t = text if keep_case else text.lower()
+    """A file-name-safe form of a text: 'Segment the Crack!' -> 'segment_the_crack', 'étoile' -> 'etoile'.
+
+    Letters are transliterated to ASCII (Unicode NFKD, accents dropped). Where that loses letters (non-Latin
+    scripts: '星' -> 'h_<hash>') or the slug is cut at 80 characters, a short stable hash of the text
+    (:func:`text_hash`) is appended, so texts that differ give different slugs.
+
+    Args:
+        text: the text (a prompt, a file stem).
+        sep: what replaces each run of other characters.
+        keep_case: keep upper-case letters (file stems); prompts are lower-cased.
+    """
+    ascii_text, lossy = _transliterate(text)
+    t = ascii_text if keep_case else ascii_text.lower()
     t = re.sub(r"[^0-9A-Za-z]+", sep, t).strip(sep)
-    return t[:80]
+    if len(t) > _SLUG_MAX:
+        t, lossy = t[:_SLUG_MAX - 7].rstrip(sep), True
+    if lossy:
+        t = f"{t}{sep}{text_hash(text)}" if t else f"h{sep}{text_hash(text)}"
+    return t
 
 
-def mask_filename(image_ident: str, prompt: str | None) -> str:
-    """``{image_id}_{prompt_slug}.png`` (``{image_id}_mask.png`` without a text prompt)."""
-    return f"{image_ident}_{slug(prompt) if prompt else 'mask'}.png"
+def unique_slugs(texts: list[str], sep: str = "_") -> dict[str, str]:
+    """One slug per distinct text, never two the same: slugs that two texts share get the text's hash.
+
+    ('Crack' and 'crack!' both slug to 'crack': they become 'crack_<hash>' each, so neither file overwrites
+    the other.)
+
+    Args:
+        texts: the texts of one run (repeats allowed).
+        sep: the slug separator.
+    """
+    distinct = list(dict.fromkeys(texts))
+    base = {t: slug(t, sep=sep) for t in distinct}
+    count: dict[str, int] = {}
+    for s in base.values():
+        count[s] = count.get(s, 0) + 1
+    return {t: (s if count[s] == 1 else f"{s}{sep}{text_hash(t)}") for t, s in base.items()}
+
+
+def mask_filename(image_ident: str, prompt: str | None, prompt_slug: str | None = None) -> str:
+    """``{image_id}_{prompt_slug}.png`` (``{image_id}_mask.png`` without a text prompt).
+
+    Args:
+        image_ident: the image id (:func:`image_id`).
+        prompt: the text prompt, or None.
+        prompt_slug: the slug to use (from :func:`unique_slugs`), else ``slug(prompt)``.
+    """
+    if prompt_slug is None:
+        prompt_slug = slug(prompt) if prompt else "mask"
+    return f"{image_ident}_{prompt_slug}.png"
 
 
 def save_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:

@@ -70,11 +70,11 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     ]
     for args, expect in cases:
         r = subprocess.run([sys.executable, "-m", "lvlm.cli", *args, "--out", str(tmp_path / "o")],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=120, check=False)
         assert r.returncode != 0, args
         assert expect in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = subprocess.run([sys.executable, "-m", "lvlm.cli", "segment", str(img), "--box", "1,2,3"],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "expected 4" in r.stderr
 
 
@@ -84,3 +84,66 @@ def test_config_with_wrong_key_names_it(tmp_path, capsys):
     rc = main(["segment", str(_img(tmp_path)), "--config", str(cfg), "--box", "1,1,20,20", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1 and "'devise'" in err and "device" in err
+
+
+def _coco_masks(path, h, w):
+    """The masks of a COCO results file, decoded by pycocotools."""
+    import json
+
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    entries = json.loads(path.read_text())
+    masks = [mask_utils.decode({"size": e["segmentation"]["size"], "counts": e["segmentation"]["counts"].encode()})
+             for e in entries]
+    return entries, (np.stack(masks).astype(bool) if masks else np.zeros((0, h, w), bool))
+
+
+def test_segment_instances_writes_coco_json_beside_the_union_mask(tmp_path, capsys):
+    img = _img(tmp_path, size=(45, 70))
+    out = tmp_path / "out"
+    rc = main(["segment", str(img), "--config", "sam/litemedsam_box", "--box", "15,10,45,30", "--box", "2,2,12,12",
+               "--instances", "--out", str(out), "--device", "cpu", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    union = np.asarray(Image.open(out / "img_mask.png")) > 0
+    entries, masks = _coco_masks(out / "img_mask.json", 45, 70)
+    assert len(entries) == 2 and {e["image_id"] for e in entries} == {"img"}
+    np.testing.assert_array_equal(masks.any(0), union)
+
+
+def test_everything_mode_without_selector_runs_with_no_prompt_given_instances(tmp_path, capsys):
+    """Tiny random SAM (real architecture) in everything mode: every mask as an instance, no prompt needed."""
+    import yaml
+
+    from lvlm.pipeline import load_config
+
+    cfg = tmp_path / "everything.yaml"
+    cfg.write_text(yaml.safe_dump({"generator": load_config("base/tiny")["generator"]}))
+    img = _img(tmp_path, size=(48, 64))
+    out = tmp_path / "out"
+    rc = main(["segment", str(img), "--config", str(cfg), "--out", str(out), "--device", "cpu", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "selector" in err and "--instances" in err and "Traceback" not in err
+    rc = main(["segment", str(img), "--config", str(cfg), "--instances", "--out", str(out), "--device", "cpu", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    union = np.asarray(Image.open(out / "img_everything.png")) > 0
+    entries, masks = _coco_masks(out / "img_everything.json", 48, 64)
+    assert len(entries) >= 1 and all(e["area"] == int(m.sum()) for e, m in zip(entries, masks))
+    np.testing.assert_array_equal(masks.any(0), union)
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_blank_prompt_is_refused_in_one_line(tmp_path, capsys, blank):
+    rc = main(["segment", str(_img(tmp_path)), "--config", "sam/litemedsam_box", "--prompt", blank,
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "empty" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_non_latin_prompt_gets_a_non_empty_file_name(tmp_path, capsys):
+    from lvlm.io import slug
+
+    out = tmp_path / "out"
+    rc = main(["segment", str(_img(tmp_path)), "--config", "sam/litemedsam_box", "--prompt", "星",
+               "--box", "15,10,45,30", "--out", str(out), "--device", "cpu", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    assert (out / f"img_{slug('星')}.png").exists() and slug("星") != "mask"

@@ -9,7 +9,7 @@ import pytest
 
 from lvlm import Pipeline, registry
 from lvlm.components import MaskGenerator, PromptedSegmenter, Prompter, Selector
-from lvlm.errors import ConfigError, PromptError, UnknownComponentError, WeightsNotFoundError
+from lvlm.errors import ConfigError, ImageError, PromptError, UnknownComponentError, WeightsNotFoundError
 from lvlm.types import Candidates, Prompts, Selection, masks_to_boxes
 from lvlm.weights import WeightSpec, resolve
 
@@ -150,8 +150,8 @@ def test_run_many_keeps_going(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"junk")
     out = pipe.run_many([_img(), bad, _img(10, 10)], "red", progress=False, on_error="keep")
-    assert out[0].mask.any() and isinstance(out[1], Exception) and out[2].mask.shape == (10, 10)
-    with pytest.raises(Exception):
+    assert out[0].mask.any() and isinstance(out[1], ImageError) and out[2].mask.shape == (10, 10)
+    with pytest.raises(ImageError):
         pipe.run_many([bad], "red", progress=False)
 
 
@@ -194,3 +194,21 @@ def test_prompter_that_finds_nothing_gives_an_empty_mask_and_a_warning():
         res = pipe(_img(), "a unicorn")
     assert res.mask.shape == (30, 40) and not res.mask.any()
     assert len(res.candidates) == 0 and pipe.segmenter.embeds == 0  # the segmenter is not run for no prompt
+
+
+def test_slugs_transliterate_and_never_collide():
+    from lvlm.io import mask_filename, slug, text_hash, unique_slugs
+
+    assert slug("étoile") == "etoile" and slug("Crème Brûlée!") == "creme_brulee"
+    assert slug("Segment the Crack!") == "segment_the_crack"
+    star = slug("星")
+    assert star and star.isascii() and text_hash("星") in star and star != slug("月")
+    assert slug("ß") != slug("ss") and slug("étoile ★") == "etoile"  # a symbol is punctuation, not a letter
+    long_a, long_b = "a" * 90 + "x", "a" * 90 + "y"
+    assert len(slug(long_a)) <= 80 and slug(long_a) != slug(long_b)
+    assert text_hash("星") == __import__("hashlib").sha1("星".encode()).hexdigest()[:6]
+    names = unique_slugs(["Crack", "crack!", "dog", "Crack", "星", "月"])
+    assert len(names) == 5 and len(set(names.values())) == 5 and names["dog"] == "dog"
+    assert names["Crack"].startswith("crack_") and names["Crack"] == unique_slugs(["Crack", "crack!"])["Crack"]
+    assert mask_filename("img", "étoile") == "img_etoile.png"
+    assert mask_filename("img", "Crack", names["Crack"]) != mask_filename("img", "crack!", names["crack!"])
