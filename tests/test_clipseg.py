@@ -203,7 +203,7 @@ def test_training_loss_goes_down_and_outputs(trained, shapes):
 
 
 def test_saved_decoder_reloads_through_config_and_reproduces_val_iou(trained, shapes, tiny_dir):
-    from lvlm.train.clipseg import iou_dice
+    from lvlm.metrics import iou
 
     out, summary = trained
     cfg = {"segmenter": {"name": "clipseg", "model": tiny_dir, "device": "cpu",
@@ -213,7 +213,7 @@ def test_saved_decoder_reloads_through_config_and_reproduces_val_iou(trained, sh
     with _nowarn():
         for s in shapes[1]:
             m = pipe(s.image, s.prompt).mask
-            ious.append(float(iou_dice(torch.from_numpy(m), torch.from_numpy(s.mask))[0]))
+            ious.append(iou(m, s.mask))
     assert np.mean(ious) == pytest.approx(summary["val_miou"], abs=1e-3)
     base = Pipeline.from_config({"segmenter": {"name": "clipseg", "model": tiny_dir, "device": "cpu"}})
     with _nowarn():

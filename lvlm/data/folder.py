@@ -20,14 +20,35 @@ URL = "your own data (any images with binary masks)"
 class ImageMaskFolder(Dataset):
     """Your own data: ``ROOT/images`` and ``ROOT/masks`` matched by file stem (+ ``mask_suffix``).
 
-    ``prompt``: one text for every image; or ``prompts``: a CSV with columns ``image`` (file name or stem),
-    ``prompt``, optionally ``mask`` (file name in masks/) and extra columns kept as tags (one sample per row).
+    Images without a mask are left out.
+
+    Args:
+        root: the folder holding ``images/`` and ``masks/``.
+        prompt: one text for every image (or give ``prompts``).
+        prompts: a CSV with columns ``image`` (file name or stem), ``prompt``, optionally ``mask`` (file name
+            in masks/) and extra columns kept as tags (one sample per row).
+        images: name of the image folder.
+        masks: name of the mask folder.
+        mask_suffix: what a mask's stem adds to its image's stem (``"_mask"``), or a list tried in order.
+        tags: tags given to every sample (e.g. ``{"class": "crack"}``).
+        lazy_masks: keep each sample's mask as its path (read when used) instead of loading it.
+        n: keep a seeded random subset of ``n`` samples.
+        seed: the subset's seed.
     """
 
     name = "folder"
 
     def __init__(self, root: str, prompt: str | None = None, prompts: str | None = None, images: str = "images",
-                 masks: str = "masks", mask_suffix: str = "", n: int | None = None, seed: int = 0):
+                 masks: str = "masks", mask_suffix: str | list[str] = "", tags: dict | None = None,
+                 lazy_masks: bool = False, n: int | None = None, seed: int = 0):
+        suffixes = [mask_suffix] if isinstance(mask_suffix, str) else [str(x) for x in mask_suffix]
+        self.tags = dict(tags or {})
+        self.lazy_masks = bool(lazy_masks)
+
+        def find_mask(stem: str):
+            return next((m for m in (find_by_stem(mask_dir, stem + sfx) for sfx in suffixes) if m is not None),
+                        None)
+
         if (prompt is None) == (prompts is None):
             raise ConfigError("folder dataset: give exactly one of prompt= (fixed text) or prompts= (a CSV file)")
         self.root = Path(root).expanduser()
@@ -37,7 +58,7 @@ class ImageMaskFolder(Dataset):
         items = []
         if prompts is None:
             for img in list_images(img_dir):
-                m = find_by_stem(mask_dir, f"{img.stem}{mask_suffix}")
+                m = find_mask(img.stem)
                 if m is not None:
                     items.append((img, m, prompt, {}))
         else:
@@ -55,7 +76,7 @@ class ImageMaskFolder(Dataset):
                 img = img_dir / name if (img_dir / name).is_file() else find_by_stem(img_dir, Path(name).stem)
                 if img is None:
                     raise not_found("folder dataset", root, f"no image {name!r} (CSV row {i + 2})", LAYOUT, URL)
-                m = mask_dir / r["mask"] if r.get("mask") else find_by_stem(mask_dir, f"{img.stem}{mask_suffix}")
+                m = mask_dir / r["mask"] if r.get("mask") else find_mask(img.stem)
                 if m is None or not m.is_file():
                     raise not_found("folder dataset", root, f"no mask for {name!r} (CSV row {i + 2})", LAYOUT, URL)
                 tags = {k: v for k, v in r.items() if k not in ("image", "prompt", "mask") and k}
@@ -69,7 +90,8 @@ class ImageMaskFolder(Dataset):
         from ..io import load_mask
 
         ident, (img, mask, prompt, tags) = item
-        return Sample(id=ident, image=img, prompt=prompt, mask=load_mask(mask), tags=dict(tags))
+        return Sample(id=ident, image=img, prompt=prompt, mask=str(mask) if self.lazy_masks else load_mask(mask),
+                      tags={**self.tags, **tags})
 
     def ids(self) -> list[str]:
         return [it[0] for it in self.items]

@@ -13,8 +13,6 @@ Python API: :func:`train_clipseg` (several seeds) and :class:`ClipSegTrainer` (o
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import os
 import random
@@ -27,6 +25,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, LvlmError
+from ..fsutil import atomic_write, atomic_write_json
+from ..metrics import bce_dice_loss, dice, iou
+from .loop import TrainLoop, plot_curves, write_csv
 
 #: Seed 000 section 2.4: phrasings per class, one drawn at random for every training sample.
 SEED000_PROMPTS: dict[str, list[str]] = {
@@ -40,32 +41,6 @@ SEED000 = {"epochs": 20, "batch_size": 16, "lr": 1e-4, "weight_decay": 1e-4, "im
 
 LAST = "last.pt"
 BEST = "best_decoder.safetensors"
-
-
-# --- loss and metrics ------------------------------------------------------------------------------
-
-def bce_dice_loss(logits, target, eps: float = 1.0):
-    """Seed 000 eq. 1-2: BCE(logits, target) + mean over samples of 1 - (2 sum p t + eps) / (sum p + sum t + eps)."""
-    import torch.nn.functional as F
-
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    p = logits.sigmoid().flatten(1)
-    t = target.flatten(1)
-    dice = 1.0 - (2.0 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)
-    return bce + dice.mean()
-
-
-def iou_dice(pred, gt) -> tuple[Any, Any]:
-    """IoU and Dice (tensors) of two bool masks; both empty counts as a perfect match (1, 1)."""
-    import torch
-
-    inter = (pred & gt).sum().float()
-    total = pred.sum().float() + gt.sum().float()
-    union = total - inter
-    one = torch.ones_like(inter)  # no branch on values: no device -> host sync per image
-    iou = torch.where(union > 0, inter / union.clamp_min(1.0), one)
-    dice = torch.where(total > 0, 2 * inter / total.clamp_min(1.0), one)
-    return iou, dice
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -209,9 +184,26 @@ class ClipSegTrainer:
         self.options = [prompt_options(s, self.prompt_map, augment) for s in self.train_samples]
         texts = list(dict.fromkeys([t for o in self.options for t in o] + [s.prompt for s in self.val_samples]))
         self.text_emb = self._embed_texts(texts)
-        self.epoch = 0
-        self.history: list[dict[str, Any]] = []
-        self.best_miou, self.best_epoch = -1.0, 0
+        self.loop = TrainLoop(self.out, self.epochs, self._state, self._load_state, score="val_miou",
+                              settings=self.settings, on_best=self._save_best, checkpoint=LAST, history_csv=True)
+
+    # -- the loop's bookkeeping ---------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """Epochs finished."""
+        return self.loop.epoch
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.loop.history
+
+    @property
+    def best_miou(self) -> float:
+        return self.loop.best
+
+    @property
+    def best_epoch(self) -> int:
+        return self.loop.best_epoch
 
     # -- setup helpers ------------------------------------------------------------------------------
     def _embed_texts(self, texts: list[str]) -> dict[str, Any]:
@@ -311,9 +303,8 @@ class ClipSegTrainer:
                     gt = batch["mask"][j].to(self.device)
                     up = F.interpolate(small[j][None, None], size=gt.shape, mode="bilinear", align_corners=False)
                     pred = up[0, 0] > cut
-                    iou, dice = iou_dice(pred, gt)
-                    ious.append(iou)
-                    dices.append(dice)
+                    ious.append(iou(pred, gt))
+                    dices.append(dice(pred, gt))
                     if save_dir is not None:
                         save_mask(Path(save_dir) / mask_filename(self.val_samples[i].id, texts[j]),
                                   pred.cpu().numpy())
@@ -331,8 +322,8 @@ class ClipSegTrainer:
                 "lr": self.lr, "weight_decay": self.weight_decay, "image_size": self.image_size,
                 "threshold": self.threshold}
 
-    def save_last(self) -> Path:
-        """``last.pt``: decoder, optimizer, scheduler, epoch, history, best score and RNG states."""
+    def _state(self) -> dict[str, Any]:
+        """What ``last.pt`` holds besides the loop's bookkeeping: decoder, optimizer, scheduler, RNG states."""
         import torch
 
         from ..segmenters.clipseg import decoder_state
@@ -341,53 +332,44 @@ class ClipSegTrainer:
             "model": decoder_state(self.net),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch,
-            "history": self.history,
-            "best": {"miou": self.best_miou, "epoch": self.best_epoch},
             "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle_gen.get_state(),
                     "prompt": self.prompt_rng.getstate()},
-            "settings": self.settings,
         }
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / LAST
-        tmp = path.with_name(path.name + ".part")
-        torch.save(state, tmp)
-        tmp.replace(path)
-        return path
+        return state
 
-    def load_last(self) -> bool:
-        """Restore ``last.pt`` when it exists (False otherwise); its settings must match this run's."""
+    def _load_state(self, state: dict[str, Any]) -> None:
         import torch
 
-        path = self.out / LAST
-        if not path.is_file():
-            return False
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        diff = {k: (v, self.settings[k]) for k, v in state.get("settings", {}).items() if self.settings.get(k) != v}
-        if diff:
-            what = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
-            raise ConfigError(f"{path} was written with other settings ({what}); resume with the same settings "
-                              "or start a new run in another output directory")
         self.net.decoder.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch = int(state["epoch"])
-        self.history = list(state["history"])
-        self.best_miou, self.best_epoch = float(state["best"]["miou"]), int(state["best"]["epoch"])
         torch.set_rng_state(state["rng"]["torch"])
         self.shuffle_gen.set_state(state["rng"]["shuffle"])
         self.prompt_rng.setstate(_tuplify(state["rng"]["prompt"]))
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        return True
+
+    def _save_best(self, epoch: int, rec: dict[str, Any]) -> None:
+        from ..segmenters.clipseg import save_decoder
+
+        save_decoder(self.net, self.out / BEST, metadata={
+            "base_model": self.model_name, "epoch": epoch, "val_miou": f"{rec['val_miou']:.6f}",
+            "val_dice": f"{rec['val_dice']:.6f}", "seed": self.seed, "image_size": self.image_size,
+            "threshold": self.threshold})
+
+    def save_last(self) -> Path:
+        """Write ``last.pt``: decoder, optimizer, scheduler, RNG states, epoch, history and best score."""
+        return self.loop.save()
+
+    def load_last(self) -> bool:
+        """Restore ``last.pt`` when it exists (False otherwise); its settings must match this run's."""
+        return self.loop.resume()
 
     def fit(self, resume: bool = False, overwrite: bool = False,
             on_epoch_end: Callable[[ClipSegTrainer, dict], None] | None = None) -> list[dict[str, Any]]:
         """Train to ``epochs``; ``resume`` continues ``last.pt``. Returns the history (one dict per epoch)."""
-        from ..segmenters.clipseg import save_decoder
-
         last = self.out / LAST
         if resume:
             if self.load_last() and self.progress:
@@ -395,30 +377,24 @@ class ClipSegTrainer:
         elif last.exists() and not overwrite:
             raise ConfigError(f"{last} exists: pass --resume (resume=True) to continue that run, or --overwrite "
                               "(overwrite=True) to start over")
-        self.out.mkdir(parents=True, exist_ok=True)
-        while self.epoch < self.epochs:
+
+        def one_epoch(epoch: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             train_loss = self.train_epoch()
             ev = self.evaluate()
-            self.epoch += 1
-            rec = {"epoch": self.epoch, "train_loss": train_loss, "val_loss": ev.loss, "val_miou": ev.miou,
-                   "val_dice": ev.dice, "lr": lr, "time_s": time.perf_counter() - t0}
-            self.history.append(rec)
-            if ev.miou > self.best_miou:
-                self.best_miou, self.best_epoch = ev.miou, self.epoch
-                save_decoder(self.net, self.out / BEST, metadata={
-                    "base_model": self.model_name, "epoch": self.epoch, "val_miou": f"{ev.miou:.6f}",
-                    "val_dice": f"{ev.dice:.6f}", "seed": self.seed, "image_size": self.image_size,
-                    "threshold": self.threshold})
-            self.save_last()
-            _write_history(self.out, self.history)
+            return {"train_loss": train_loss, "val_loss": ev.loss, "val_miou": ev.miou, "val_dice": ev.dice,
+                    "lr": lr, "time_s": time.perf_counter() - t0}
+
+        def report(rec: dict[str, Any]) -> None:
             if self.progress:
-                print(f"seed {self.seed} epoch {self.epoch}/{self.epochs}: train loss {train_loss:.4f}, val loss "
-                      f"{ev.loss:.4f}, val mIoU {ev.miou:.4f}, val Dice {ev.dice:.4f} ({rec['time_s']:.1f} s)")
+                print(f"seed {self.seed} epoch {rec['epoch']}/{self.epochs}: train loss {rec['train_loss']:.4f}, "
+                      f"val loss {rec['val_loss']:.4f}, val mIoU {rec['val_miou']:.4f}, val Dice "
+                      f"{rec['val_dice']:.4f} ({rec['time_s']:.1f} s)")
             if on_epoch_end is not None:
                 on_epoch_end(self, rec)
-        return self.history
+
+        return self.loop.run(one_epoch, report)
 
     def finish(self, predictions: bool = True, plot: bool = True) -> dict[str, Any]:
         """Best decoder -> validation predictions, per-class table (Markdown + CSV), per-sample CSV, curves."""
@@ -430,9 +406,9 @@ class ClipSegTrainer:
         rows = class_table(ev.records)
         write_table(rows, self.out / "results", title=f"Validation results, seed {self.seed} "
                     f"(best epoch {self.best_epoch})")
-        _write_csv(self.out / "per_sample.csv", ev.records)
+        write_csv(self.out / "per_sample.csv", ev.records)
         if plot:
-            plot_curves({self.seed: self.history}, self.out / "curves.png")
+            plot_curves({self.seed: self.history}, self.out / "curves.png", CURVES)
         return {"seed": self.seed, "best_epoch": self.best_epoch, "val_miou": ev.miou, "val_dice": ev.dice,
                 "checkpoint": str(self.out / BEST), "table": rows}
 
@@ -465,57 +441,14 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
 
 def write_table(rows: list[dict[str, Any]], stem: Path, title: str = "") -> None:
     """``{stem}.md`` and ``{stem}.csv``."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".md").write_text((f"# {title}\n\n" if title else "") + table_markdown(rows))
-    _write_csv(stem.with_suffix(".csv"), [{**r, "mIoU": f"{r['mIoU']:.4f}", "Dice": f"{r['Dice']:.4f}"}
-                                          for r in rows])
+    atomic_write(stem.with_suffix(".md"), (f"# {title}\n\n" if title else "") + table_markdown(rows))
+    write_csv(stem.with_suffix(".csv"), [{**r, "mIoU": f"{r['mIoU']:.4f}", "Dice": f"{r['Dice']:.4f}"}
+                                         for r in rows])
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
-    (out / "history.json").write_text(json.dumps(history, indent=1))
-    _write_csv(out / "history.csv", history)
-
-
-def plot_curves(histories: dict[int, list[dict[str, Any]]], path: str | os.PathLike) -> Path | None:
-    """Loss (train solid, validation dashed), validation mIoU and Dice per epoch, one colour per seed."""
-    from ..optional import require
-
-    require("matplotlib", "training curves")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(13, 3.8))
-    axes = fig.subplots(1, 3)
-    for k, (seed, hist) in enumerate(histories.items()):
-        if not hist:
-            continue
-        ep = [h["epoch"] for h in hist]
-        c = f"C{k}"
-        axes[0].plot(ep, [h["train_loss"] for h in hist], color=c, label=f"seed {seed} train")
-        axes[0].plot(ep, [h["val_loss"] for h in hist], color=c, ls="--", label=f"seed {seed} val")
-        axes[1].plot(ep, [h["val_miou"] for h in hist], color=c, marker="o", ms=3, label=f"seed {seed}")
-        axes[2].plot(ep, [h["val_dice"] for h in hist], color=c, marker="o", ms=3, label=f"seed {seed}")
-    from matplotlib.ticker import MaxNLocator
-
-    for ax, title in zip(axes, ("BCE + Dice loss", "validation mIoU", "validation Dice")):
-        ax.set_title(title)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+#: Panels of ``curves.png``: loss (train solid, validation dashed), validation mIoU and Dice per epoch.
+CURVES = (("BCE + Dice loss", ("train_loss", "val_loss")), ("validation mIoU", ("val_miou",)),
+          ("validation Dice", ("val_dice",)))
 
 
 # --- several seeds ------------------------------------------------------------------------------------
@@ -546,57 +479,29 @@ def train_clipseg(train: Iterable, val: Iterable, out_dir: str | os.PathLike = "
     best = max(runs, key=lambda r: r["val_miou"])
     rows = [{"Seed": r["seed"], "Best epoch": r["best_epoch"], "mIoU": f"{r['val_miou']:.4f}",
              "Dice": f"{r['val_dice']:.4f}"} for r in runs]
-    _write_csv(out / "summary.csv", rows)
+    write_csv(out / "summary.csv", rows)
     md = ["| Seed | Best epoch | mIoU | Dice |", "|---:|---:|---:|---:|"]
     md += [f"| {r['Seed']} | {r['Best epoch']} | {r['mIoU']} | {r['Dice']} |" for r in rows]
-    (out / "summary.md").write_text("# CLIPSeg decoder fine-tuning: validation per seed\n\n" + "\n".join(md)
-                                    + f"\n\nBest seed: **{best['seed']}** ({best['checkpoint']})\n\n"
-                                    + f"## Final evaluation results - best seed ({best['seed']})\n\n"
-                                    + table_markdown(best["table"]))
+    atomic_write(out / "summary.md", "# CLIPSeg decoder fine-tuning: validation per seed\n\n" + "\n".join(md)
+                 + f"\n\nBest seed: **{best['seed']}** ({best['checkpoint']})\n\n"
+                 + f"## Final evaluation results - best seed ({best['seed']})\n\n"
+                 + table_markdown(best["table"]))
     write_table(best["table"], out / "results", title=f"Final evaluation results - best seed ({best['seed']})")
     summary = {"best_seed": best["seed"], "checkpoint": best["checkpoint"], "val_miou": best["val_miou"],
                "val_dice": best["val_dice"], "runs": [{k: v for k, v in r.items() if k != "table"} for r in runs]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(out / "summary.json", summary)
     if plot:
-        plot_curves(histories, out / "curves.png")
+        plot_curves(histories, out / "curves.png", CURVES)
     return summary
 
 
 # --- folders ------------------------------------------------------------------------------------------
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def _folder_pairs(d: Path) -> list[tuple[Path, Path]]:
-    imgs, masks = d / "images", d / "masks"
-    if not imgs.is_dir() or not masks.is_dir():
-        raise LvlmError(f"{d}: expected images/ and masks/ folders (masks named like their image, or "
-                        "<stem>_mask.<ext>), or train/ and val/ (or valid/) folders holding them")
-    by_stem = {}
-    for m in sorted(masks.iterdir()):
-        if m.suffix.lower() in IMAGE_EXTS:
-            stem = m.stem.removesuffix("_mask")
-            by_stem.setdefault(stem, m)
-    pairs, missing = [], []
-    for p in sorted(imgs.iterdir()):
-        if p.suffix.lower() not in IMAGE_EXTS:
-            continue
-        if p.stem in by_stem:
-            pairs.append((p, by_stem[p.stem]))
-        else:
-            missing.append(p.name)
-    if missing:
-        raise LvlmError(f"{masks}: no mask for {len(missing)} image(s), e.g. {missing[0]}")
-    if not pairs:
-        raise LvlmError(f"{imgs}: no images")
-    return pairs
-
-
 def folder_samples(directory: str | os.PathLike, prompt: str, cls: str | None = None, val_fraction: float = 0.2,
                    seed: int = 42) -> tuple[list, list]:
     """(train, val) Samples of a folder: ``train/`` + ``val/`` (or ``valid/``) each with ``images/`` +
     ``masks/``, or one ``images/`` + ``masks/`` split ``1 - val_fraction`` / ``val_fraction`` with ``seed``."""
-    from ..types import Sample
+    from ..data.folder import ImageMaskFolder
 
     d = Path(directory)
     if not d.is_dir():
@@ -604,20 +509,21 @@ def folder_samples(directory: str | os.PathLike, prompt: str, cls: str | None = 
     if cls is None:
         cls = next((k for k, v in SEED000_PROMPTS.items() if prompt in v), d.name)
 
-    def make(pairs):
-        return [Sample(id=p.stem, image=str(p), prompt=prompt, mask=str(m), tags={"class": cls}) for p, m in pairs]
+    def load(root: Path) -> list:
+        return list(ImageMaskFolder(str(root), prompt=prompt, mask_suffix=["", "_mask"], tags={"class": cls},
+                                    lazy_masks=True))
 
     if (d / "train").is_dir():
         vd = next((d / n for n in ("val", "valid", "validation") if (d / n).is_dir()), None)
         if vd is None:
             raise LvlmError(f"{d}: has train/ but no val/ (or valid/) folder")
-        return make(_folder_pairs(d / "train")), make(_folder_pairs(vd))
-    pairs = _folder_pairs(d)
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    n_val = max(1, round(val_fraction * len(pairs))) if len(pairs) > 1 else 0
-    val = [pairs[i] for i in sorted(order[:n_val])]
-    train = [pairs[i] for i in sorted(order[n_val:])]
-    return make(train), make(val)
+        return load(d / "train"), load(vd)
+    samples = load(d)
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_val = max(1, round(val_fraction * len(samples))) if len(samples) > 1 else 0
+    val = [samples[i] for i in sorted(order[:n_val])]
+    train = [samples[i] for i in sorted(order[n_val:])]
+    return train, val
 
 
 # --- command line -------------------------------------------------------------------------------------
