@@ -68,7 +68,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     seg.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     ls = sub.add_parser("list", help="list registered components")
-    ls.add_argument("kind", nargs="?", help="one kind (generator, segmenter, selector, prompter, clip, saliency, crf, dataset)")
+    ls.add_argument("kind", nargs="?", help="one kind (generator, segmenter, selector, prompter, combine, clip, saliency, crf, dataset)")
 
     groups: dict[str, argparse._SubParsersAction] = {}
     for words, (module, help_) in PLUGINS.items():

@@ -307,6 +307,9 @@ class Pipeline:
                 got = self._guard(on_error, lambda: self.segmenter.segment_many(
                     [states[i][0] for i in todo], [given[i][0] for i in todo]))
                 if not isinstance(got, Exception):
+                    if len(got) != len(todo):
+                        raise LvlmError(f"{type(self.segmenter).__name__}.segment_many returned {len(got)} "
+                                        f"answers for {len(todo)} images")
                     share = (time.perf_counter() - t0) / len(todo)
                     for i, c in zip(todo, got):
                         cands[i] = c
