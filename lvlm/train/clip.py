@@ -16,16 +16,19 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError, LvlmError
+from ..fsutil import atomic_write, atomic_write_json
+from ..optional import has
+from .loop import TrainLoop, plot_curves
 
 # Seed 001 Table II: (image encoder, initialisation, trained parts). "autoencoder" = AE pre-training on the
 # domain images first (Table I), "scratch" = random ("FS"), "imagenet" = ImageNet weights ("FP").
@@ -99,12 +102,12 @@ class PairSource:
     def __len__(self) -> int:
         return len(self.images)
 
-    def split(self, val_fraction: float, seed: int) -> tuple["PairSource", "PairSource"]:
+    def split(self, val_fraction: float, seed: int) -> tuple[PairSource, PairSource]:
         idx = np.random.default_rng(seed).permutation(len(self))
-        n_val = max(1, int(round(len(self) * val_fraction))) if len(self) > 1 else 0
+        n_val = max(1, round(len(self) * val_fraction)) if len(self) > 1 else 0
         return self.subset(idx[n_val:]), self.subset(idx[:n_val])
 
-    def subset(self, idx) -> "PairSource":
+    def subset(self, idx) -> PairSource:
         return PairSource([self.images[i] for i in idx], [self.texts[i] for i in idx],
                           None if self.labels is None else [self.labels[i] for i in idx], self.label_texts)
 
@@ -187,7 +190,7 @@ def report_text(report: str) -> str:
     import re
 
     sections = {}
-    for m in re.finditer(r"^\s*([A-Z][A-Z /]+):(.*?)(?=^\s*[A-Z][A-Z /]+:|\Z)", report, flags=re.S | re.M):
+    for m in re.finditer(r"^\s*([A-Z][A-Z /]+):(.*?)(?=^\s*[A-Z][A-Z /]+:|\Z)", report, flags=re.DOTALL | re.MULTILINE):
         sections[m.group(1).strip()] = " ".join(m.group(2).split())
     parts = [sections[k] for k in ("FINDINGS", "IMPRESSION") if sections.get(k)]
     return " ".join(parts) if parts else " ".join(report.split())
@@ -268,9 +271,8 @@ def set_trainable(model, train: str) -> list[str]:
     names = []
     for name, p in model.named_parameters():
         is_visual = name.startswith("visual.")
-        is_head = (name in ("text_projection", "logit_scale") or name.startswith("visual.proj")
-                   or name.startswith("visual.attnpool.c_proj") or name.startswith("visual.head")
-                   or name.startswith("visual.trunk.head"))
+        is_head = name in ("text_projection", "logit_scale") or name.startswith(
+            ("visual.proj", "visual.attnpool.c_proj", "visual.head", "visual.trunk.head"))
         on = train == "both" or is_head or (train == "image" and is_visual)
         p.requires_grad_(on)
         if on:
@@ -349,7 +351,7 @@ def _caption_ids(texts: list[str]) -> list[int]:
 def _autoencoder_pretrain(model, batches: _Batches, n: int, cfg: ClipTrainConfig, device: str, log) -> list[float]:
     """Seed 001 Table I: the image tower encodes, a small decoder reconstructs, MSE, Adam (lr 1e-3)."""
     import torch
-    import torch.nn as nn
+    from torch import nn
     from tqdm.auto import tqdm
 
     emb_dim = model.visual.output_dim
@@ -474,15 +476,20 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
     val_b = _Batches(val_pairs, image_size, mean, std, tokenizer, augment="none")
 
     log_path = out / "log.jsonl"
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    atomic_write_json(out / "config.json", asdict(cfg), indent=2)
 
     def log(row):
         with open(log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    state_path = out / "last.pt"
-    start_epoch, step, history, best = 0, 0, [], -math.inf
-    resumed = state_path.is_file()
+    def score(m: dict[str, Any]) -> float:
+        return m["retrieval_top1"] if not math.isnan(m["retrieval_top1"]) else -m["val_loss"]
+
+    def save_best(epoch: int, m: dict[str, Any]) -> None:
+        save_open_clip(model, model_cfg, out / "best", image_size=image_size, mean=mean, std=std,
+                       meta={"epoch": epoch, **{k: v for k, v in m.items() if k not in ("epoch", "seconds")}})
+
+    resumed = (out / "last.pt").is_file()
     if not resumed and cfg.init == "autoencoder":
         _autoencoder_pretrain(model, train_b, len(train_pairs), cfg, device, log)
     trainable = set_trainable(model, cfg.train)
@@ -493,22 +500,30 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
     warm = max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
-    if resumed:
-        ck = torch.load(state_path, map_location=device, weights_only=True)
+    steps = {"step": 0}
+
+    def state() -> dict[str, Any]:
+        return {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "step": steps["step"]}
+
+    def load(ck: dict[str, Any]) -> None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
-        start_epoch, step, best = int(ck["epoch"]), int(ck["step"]), float(ck["best"])
-        history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
-    if start_epoch == 0 and not history:
-        history.append({"epoch": 0, "train_loss": float("nan"), **evaluate(model, val_b, device)})
+        steps["step"] = int(ck["step"])
+
+    loop = TrainLoop(out, cfg.epochs, state, load, score=score, on_best=save_best)
+    if resumed:
+        loop.resume(map_location=device)
+    loop.begin({"train_loss": float("nan"), **evaluate(model, val_b, device)}, candidate=False)
     model.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        rng = np.random.default_rng((cfg.seed, epoch))
+
+    def one_epoch(epoch: int) -> dict[str, Any]:
+        rng = np.random.default_rng((cfg.seed, epoch - 1))
         order = rng.permutation(len(train_pairs))
         tot, seen = 0.0, 0
         t0 = time.time()
-        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"clip epoch {epoch + 1}/{cfg.epochs}",
+        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"clip epoch {epoch}/{cfg.epochs}",
                    disable=not progress, leave=False)
         for b in bar:
             idx = order[b:b + cfg.batch_size]
@@ -525,38 +540,29 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
             sched.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
-            step += 1
+            steps["step"] += 1
             tot += loss.item() * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{loss.item():.3f}")
-            if stop_after_steps is not None and step >= stop_after_steps:
-                raise KeyboardInterrupt(f"stopped after {step} steps")
-        metrics = {"epoch": epoch + 1, "train_loss": tot / max(1, seen), **evaluate(model, val_b, device),
-                   "seconds": time.time() - t0}
-        history.append(metrics)
-        log({"stage": "clip", **metrics})
-        score = metrics["retrieval_top1"] if not math.isnan(metrics["retrieval_top1"]) else -metrics["val_loss"]
-        if score > best:
-            best = score
-            save_open_clip(model, model_cfg, out / "best", image_size=image_size, mean=mean, std=std,
-                           meta={"epoch": epoch + 1, **{k: v for k, v in metrics.items() if k != "seconds"}})
-        (out / "history.json").write_text(json.dumps(history, indent=1))
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "epoch": epoch + 1, "step": step, "best": best}, str(state_path) + ".tmp")
-        os.replace(str(state_path) + ".tmp", state_path)
+            if stop_after_steps is not None and steps["step"] >= stop_after_steps:
+                raise KeyboardInterrupt(f"stopped after {steps['step']} steps")
+        return {"train_loss": tot / max(1, seen), **evaluate(model, val_b, device), "seconds": time.time() - t0}
+
+    history = loop.run(one_epoch, on_epoch_end=lambda m: log({"stage": "clip", **m}))
     final = {"best_dir": str(out / "best"), "epochs": cfg.epochs, "trainable_parameters": len(trainable),
              "first_val_loss": history[0]["val_loss"], "final_val_loss": history[-1]["val_loss"],
              "val_loss_reduction": history[0]["val_loss"] - history[-1]["val_loss"],
              "retrieval_top1": history[-1]["retrieval_top1"],
              "best_retrieval_top1": max(h["retrieval_top1"] for h in history)}
-    (out / "metrics.json").write_text(json.dumps(final, indent=2))
-    plot_curves(history, out / "curves.png")
+    atomic_write_json(out / "metrics.json", final, indent=2)
+    if has("matplotlib"):
+        plot_curves({"": history}, out / "curves.png", CURVES, label="")
     return final
 
 
 def save_open_clip(model, model_cfg: dict, directory: Path, image_size: int, mean, std, meta: dict | None = None) -> Path:
     """Write an open_clip ``local-dir`` model: ``open_clip_config.json`` + ``open_clip_model.safetensors``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -564,35 +570,14 @@ def save_open_clip(model, model_cfg: dict, directory: Path, image_size: int, mea
                                                       "interpolation": "bicubic", "resize_mode": "shortest"}}
     if meta:
         cfg["lvlm"] = meta
-    (directory / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
+    atomic_write_json(directory / "open_clip_config.json", cfg, indent=2)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(sd, str(directory / "open_clip_model.safetensors"))
+    atomic_write(directory / "open_clip_model.safetensors", save(sd))
     return directory
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Train / validation loss and retrieval accuracy per epoch (seed 001 Figs. 3-4)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax[0].plot(ep[1:], [h["train_loss"] for h in history[1:]], "o-", label="train")
-    ax[0].plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
-    ax[0].set_xlabel("epoch")
-    ax[0].set_ylabel("CLIP loss")
-    ax[0].legend()
-    ax[1].plot(ep, [h["retrieval_top1"] for h in history], "o-", color="C2")
-    ax[1].set_xlabel("epoch")
-    ax[1].set_ylabel("retrieval top-1 (val)")
-    ax[1].set_ylim(0, 1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+#: Panels of ``curves.png``: train / validation loss and validation retrieval accuracy per epoch.
+CURVES = (("CLIP loss", ("train_loss", "val_loss")), ("retrieval top-1 (val)", ("retrieval_top1",)))
 
 
 # ------------------------------------------------------------------------------------------- CLI
