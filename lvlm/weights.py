@@ -64,11 +64,26 @@ def online(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> bool
         return False
 
 
-def resolve(spec: WeightSpec, path: str | os.PathLike | None = None, download: bool = True) -> Path:
-    """The local path of a weight file: ``path`` if given, else the cache, else a download.
+def resolve(spec: WeightSpec, path: str | os.PathLike | None = None, download: bool = True,
+            what: str | None = None) -> Path:
+    """The local path of a weight file: ``path`` if given, else ``$LVLM_HOME``, else a download.
 
-    Raises WeightsNotFoundError (fast) when none of these works.
+    Files on the Hugging Face hub (``spec.hf_repo`` without a direct ``url``) come through
+    ``huggingface_hub`` (:func:`hf_file`: its cache, ``HF_TOKEN``, gated repositories); direct URLs are
+    downloaded into ``$LVLM_HOME`` (atomically: a unique temporary name, then a rename). Raises
+    :class:`~lvlm.errors.WeightsNotFoundError` within seconds when none of these works, naming the
+    file, where it was looked for and where to get it.
+
+    Args:
+        spec: the file name and where it comes from.
+        path: an explicit file (or a folder holding ``spec.filename``), e.g. a config's ``checkpoint``.
+        download: allow a download when the file is not on disk.
+        what: the model the file is meant for (``"SAM vit_b checkpoint"``); it starts the error message.
+
+    Returns:
+        The local path.
     """
+    label = what or "weights"
     if path is not None:
         p = Path(path).expanduser()
         if p.is_file():
@@ -76,15 +91,16 @@ def resolve(spec: WeightSpec, path: str | os.PathLike | None = None, download: b
         if p.is_dir() and (p / spec.filename).is_file():
             return p / spec.filename
         raise WeightsNotFoundError(
-            f"weights file {str(p)!r} not found; expected {spec.filename} (get it from {spec.where})"
-        )
+            f"{label} file {str(p)!r} not found; expected {spec.filename} (get it from {spec.where})")
     cached = cache_dir() / spec.filename
     if cached.is_file():
         return cached
+    if download and spec.hf_repo and not spec.url:
+        return hf_file(spec.hf_repo, spec.hf_file or spec.filename, what=label, looked_in=[cached.parent])
     reason = "downloads are disabled"
-    if download and (spec.url or spec.hf_repo):
-        host = urllib.parse.urlparse(spec.url).hostname if spec.url else "huggingface.co"
-        if online(host or ""):
+    if download and spec.url:
+        host = urllib.parse.urlparse(spec.url).hostname or ""
+        if online(host):
             try:
                 return _download(spec, cached)
             except Exception as exc:  # noqa: BLE001 - report any failure the same way
@@ -94,27 +110,21 @@ def resolve(spec: WeightSpec, path: str | os.PathLike | None = None, download: b
     elif download:
         reason = "there is no direct download for it"
     raise WeightsNotFoundError(
-        f"weights {spec.filename} not found in {cached.parent} and {reason}. "
-        f"Get it from {spec.where} and put it at {cached} (or set LVLM_HOME, or pass checkpoint=PATH)."
-    )
+        f"{label} {spec.filename} not found in {cached.parent} and {reason}. "
+        f"Get it from {spec.where} and put it at {cached} (or set LVLM_HOME, or pass checkpoint=PATH).")
 
 
 def _download(spec: WeightSpec, dest: Path) -> Path:
     from tqdm.auto import tqdm
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    if spec.url:
-        url = spec.url
-    else:
-        url = f"https://huggingface.co/{spec.hf_repo}/resolve/main/{spec.hf_file or spec.filename}"
-    with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, "wb") as f:
+    from .fsutil import atomic_open
+
+    with urllib.request.urlopen(spec.url, timeout=30) as resp, atomic_open(dest, "wb") as f:
         total = int(resp.headers.get("Content-Length", 0)) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {spec.filename}") as bar:
             while chunk := resp.read(1 << 20):
                 f.write(chunk)
                 bar.update(len(chunk))
-    tmp.replace(dest)
     return dest
 
 
@@ -213,6 +223,19 @@ def load_state_dict(path: str | os.PathLike, what: str | None = None) -> dict[st
         keys = ", ".join(repr(k) for k in list(sd)[:4]) or "nothing"
         raise _fail(p, what, f"not a state dict (a dict with no tensors; keys {keys})")
     return sd
+
+
+def read_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a library raises on a file it cannot read as weights (for ``except`` clauses)."""
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, KeyError, EOFError,
+                                               pickle.UnpicklingError)
+    try:
+        from safetensors import SafetensorError
+
+        errors += (SafetensorError,)
+    except ImportError:
+        pass
+    return errors
 
 
 def _keys(keys: list[str], n: int = 3) -> str:
@@ -466,7 +489,7 @@ def hf_pretrained(factory: Callable[..., Any], repo_id: str | os.PathLike, what:
         return factory(str(folder), **kwargs)
     except LvlmError:  # the factory's own one-line errors
         raise
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except read_errors() as exc:
         text = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
         raise WeightsError(f"{what} {str(repo_id)!r}: cannot load the model from {folder} ({text})") from None
 

@@ -87,10 +87,12 @@ def _load_dir(tf, path: Path) -> tuple[Any, Any]:
         raise WeightsNotFoundError(
             f"CLIPSeg model {str(path)!r}: no config.json; expected a folder written by save_pretrained "
             f"(like {hub_url(DEFAULT_MODEL)})")
+    from ..weights import read_errors
+
     try:
         net = tf.CLIPSegForImageSegmentation.from_pretrained(str(path), local_files_only=True)
         proc = tf.CLIPSegProcessor.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except read_errors() as exc:
         text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise WeightsError(f"CLIPSeg model {str(path)!r}: cannot load it ({text})") from None
     return net.eval(), proc
