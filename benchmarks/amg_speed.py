@@ -1,7 +1,7 @@
 """Everything mode: ``sam_fast`` vs segment_anything's SamAutomaticMaskGenerator, same model, image and settings.
 
 Both generators get the same randomly initialised SAM (``--model``: vit_tiny, vit_b, vit_l, vit_h or mobilesam;
-no weights can be downloaded here), with :func:`lvlm.generators.sam_fast.point_local_sam` decoder weights by
+no weights can be downloaded here), with :func:`lvlm.testing.point_local_sam` decoder weights by
 default so that the official generator keeps a realistic number of distinct masks (``--plain-random`` keeps the
 plain random decoder: then almost every mask is removed by NMS). Every figure is a ratio of two measurements
 taken in this one run on the same inputs:
@@ -133,8 +133,9 @@ def build_pair(args, device: str, knobs: dict):
         return model, official, ours, model.image_encoder, model.sam_mask_decoder
     from segment_anything import SamAutomaticMaskGenerator
 
-    from lvlm.generators.sam_fast import SamFastGenerator, point_local_sam
+    from lvlm.generators.sam_fast import SamFastGenerator
     from lvlm.models.sam import build_sam
+    from lvlm.testing import point_local_sam
 
     model = build_sam(args.model, None, device=device)
     if not args.plain_random:

@@ -97,7 +97,7 @@ def build_pipelines(args):
             # same network, weights and preprocessing: one encoder pass per scene for both pipelines
             def shared_embed(image, seg=seg):
                 e = seg.embed(image)
-                return e.features, e.new_size
+                return e.features, e.input_size
 
             gen.predictor.embed = shared_embed
     return emb, base

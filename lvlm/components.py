@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .device import resolve_device
+from .io import load_image
 from .types import Candidates, Prompts, Selection
 
 __all__ = ["MaskGenerator", "PromptedSegmenter", "Prompter", "Selector", "image_key", "resolve_device"]
@@ -25,11 +27,74 @@ def image_key(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
-class MaskGenerator:
-    """Everything mode: an image in, candidate masks out."""
+def _lru(owner: Any, attr: str) -> OrderedDict:
+    return owner.__dict__.setdefault(attr, OrderedDict())
 
-    def generate(self, image: np.ndarray) -> Candidates:  # image: H x W x 3 uint8 RGB
+
+def _remember(cache: OrderedDict, key: str, value: Any, size: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > size:
+        cache.popitem(last=False)
+
+
+class MaskGenerator:
+    """Everything mode: an image in, candidate masks out.
+
+    Subclasses implement ``_generate(image)`` (and, when images can share batched work, ``_generate_many``);
+    the candidates of the last ``cache_size`` images are kept, keyed by :func:`image_key`, so several text
+    prompts on one image run the generator once (as :meth:`PromptedSegmenter.embed` keeps embeddings).
+    """
+
+    cache_size = 2
+
+    def generate(self, image: Any) -> Candidates:
+        """Candidate masks (N x H x W bool at the input resolution) of one image.
+
+        Args:
+            image: an H x W x 3 uint8 RGB array, or anything :func:`lvlm.io.load_image` reads.
+        """
+        img = load_image(image)
+        cache, key = _lru(self, "_generate_cache"), image_key(img)
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        cands = self._generate(img)
+        _remember(cache, key, cands, self.cache_size)
+        return cands
+
+    def generate_batch(self, images: Sequence[Any]) -> list[Candidates]:
+        """Candidates of several images; those not cached go through ``_generate_many`` together.
+
+        Args:
+            images: images as :meth:`generate` takes them.
+        """
+        imgs = [load_image(im) for im in images]
+        keys = [image_key(im) for im in imgs]
+        cache = _lru(self, "_generate_cache")
+        todo = list(dict.fromkeys(k for k in keys if k not in cache))
+        if todo:
+            first = {k: imgs[keys.index(k)] for k in todo}
+            size = max(self.cache_size, len(set(keys)))
+            for k, cands in zip(todo, self._generate_many([first[k] for k in todo])):
+                _remember(cache, k, cands, size)
+        out = []
+        for k in keys:
+            cache.move_to_end(k)
+            out.append(cache[k])
+        while len(cache) > max(self.cache_size, len(set(keys))):
+            cache.popitem(last=False)
+        return out
+
+    def clear_cache(self) -> None:
+        """Forget the kept candidates."""
+        self.__dict__.pop("_generate_cache", None)
+
+    def _generate(self, image: np.ndarray) -> Candidates:
         raise NotImplementedError
+
+    def _generate_many(self, images: Sequence[np.ndarray]) -> list[Candidates]:
+        return [self._generate(im) for im in images]
 
 
 class PromptedSegmenter:
@@ -44,16 +109,22 @@ class PromptedSegmenter:
     cache_size = 4
 
     def embed(self, image: np.ndarray) -> Any:
-        cache = self.__dict__.setdefault("_embed_cache", OrderedDict())
-        key = image_key(image)
+        """The image's embedding (``_embed``), from the cache when the image was seen recently.
+
+        Args:
+            image: an H x W x 3 uint8 RGB array.
+        """
+        cache, key = _lru(self, "_embed_cache"), image_key(image)
         if key in cache:
             cache.move_to_end(key)
             return cache[key]
         emb = self._embed(image)
-        cache[key] = emb
-        while len(cache) > self.cache_size:
-            cache.popitem(last=False)
+        _remember(cache, key, emb, self.cache_size)
         return emb
+
+    def clear_cache(self) -> None:
+        """Forget the kept embeddings."""
+        self.__dict__.pop("_embed_cache", None)
 
     def segment(self, image: np.ndarray, prompts: Prompts) -> Candidates:
         h, w = image.shape[:2]

@@ -60,7 +60,7 @@ def test_generator_matches_the_prompted_segmenter(generator, scene):
     np.testing.assert_allclose(cands.scores, ref.scores, atol=1e-5)
     feats, new_size = generator.predictor.embed(scene.image)
     emb = seg.embed(scene.image)
-    assert tuple(new_size) == tuple(emb.new_size)
+    assert tuple(new_size) == tuple(emb.input_size)
     np.testing.assert_allclose(feats.numpy(), emb.features.numpy(), atol=1e-5)
 
 

@@ -18,15 +18,16 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.amg import remove_small_regions
 
 from lvlm.errors import ConfigError, WeightsNotFoundError
-from lvlm.generators.sam_fast import (
-    SamFastGenerator,
+from lvlm.generators.amg_utils import (
+    boxes_from_projections,
     label_components,
-    point_local_sam,
     remove_small_regions_batched,
     sam_postprocess_masks,
 )
+from lvlm.generators.sam_fast import SamFastGenerator
 from lvlm.models.sam import build_sam
 from lvlm.registry import available, build
+from lvlm.testing import point_local_sam
 from lvlm.types import masks_to_boxes
 
 CASES = {  # name: (official generator settings, the fewest masks the official generator must keep)
@@ -273,7 +274,6 @@ def test_missing_weights_fail_fast():
 def test_boxes_from_projections_like_official():
     from segment_anything.utils.amg import batched_mask_to_box
 
-    from lvlm.generators.sam_fast import boxes_from_projections
 
     masks = smooth_masks(9, 33, 47, 4, seed=5)
     masks[2] = False
@@ -352,3 +352,38 @@ def test_sam2_fast_registered():
     gen = build("generator", "sam2_fast", variant="tiny_random", device="cpu", points_per_side=4,
                 pred_iou_thresh=0.0, stability_score_thresh=0.0)
     assert gen.generate(scene(40, 50)).source == "sam2_fast:tiny_random"
+
+
+# ------------------------------------------------------------------------------------ shared settings
+AMG_GENERATORS = ["sam", "mobilesam", "litemedsam", "sam_fast", "sam2", "sam2_fast"]
+
+
+@pytest.mark.parametrize("name", AMG_GENERATORS)
+@pytest.mark.parametrize(("key", "value", "expect"), [
+    ("points_per_side", True, "expected a positive integer"),  # a bool is not an integer, in every generator
+    ("points_per_batch", 0, "expected a positive integer"),
+    ("crop_n_layers", -1, "expected an integer >= 0"),
+    ("min_mask_region_area", False, "expected an integer >= 0"),
+    ("pred_iou_thresh", 1.5, r"expected a number in \[0, 1\]"),
+    ("crop_overlap_ratio", True, r"expected a number in \[0, 1\]"),
+    ("stability_score_offset", -1, "expected a number >= 0"),
+])
+def test_amg_knobs_fail_alike_in_every_generator(name, key, value, expect):
+    """One rule per knob (lvlm.generators.amg_settings), checked before any model is built."""
+    with pytest.raises(ConfigError, match=f"{key}={value!r}: {expect}"):
+        build("generator", name, checkpoint=None, device="cpu", **{key: value})
+
+
+def test_amg_settings_point_grids_and_official_keys():
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from lvlm.generators.amg_settings import AmgSettings
+
+    with pytest.raises(ConfigError, match="exactly one of points_per_side and point_grids"):
+        AmgSettings(points_per_side=None).validate()
+    with pytest.raises(ConfigError, match="crop_n_layers=1 needs 2"):
+        AmgSettings(points_per_side=None, point_grids=[np.zeros((4, 2))], crop_n_layers=1).validate()
+    st = AmgSettings(points_per_side=np.int64(8), pred_iou_thresh=1).validate()
+    assert type(st.points_per_side) is int and type(st.pred_iou_thresh) is float
+    official = SamAutomaticMaskGenerator(tiny_model(), **st.kwargs())  # the names are segment_anything's
+    assert official.pred_iou_thresh == 1.0 and official.point_grids[0].shape == (64, 2)

@@ -23,20 +23,19 @@ approximation.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..components import MaskGenerator, image_key, resolve_device
+from ..components import MaskGenerator, resolve_device
 from ..errors import ConfigError
-from ..io import load_image
 from ..models.litemedsam import IMAGE_SIZE, preprocess, resize_longest_side
 from ..models.sam import build_litemedsam, decode_prompts
 from ..registry import register
 from ..types import Candidates
-from .sam import _check_knobs, automatic_mask_generator_class, candidates_from_records
+from .amg_settings import AmgSettings, check_fraction
+from .sam import automatic_mask_generator_class, candidates_from_records, require_cv2
 
 PROMPT_MODES = ("regions", "points")
 
@@ -59,10 +58,7 @@ def _predictor_class():
     from segment_anything import SamPredictor
 
     class LiteMedSamPredictor(SamPredictor):
-        """SamPredictor whose ``set_image`` embeds with LiteMedSAM's preprocessing (area resize, min-max, pad);
-        the last ``cache_size`` embeddings are kept (one per crop of each image)."""
-
-        cache_size = 4
+        """SamPredictor whose ``set_image`` embeds with LiteMedSAM's preprocessing (area resize, min-max, pad)."""
 
         def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
             if image_format not in ("RGB", "BGR"):
@@ -78,21 +74,13 @@ def _predictor_class():
             self.is_image_set = True
 
         def embed(self, image: np.ndarray):
-            """(1 x 256 x 64 x 64 embedding, (new_h, new_w)) of an H x W x 3 uint8 RGB image, cached."""
+            """(1 x 256 x 64 x 64 embedding, (new_h, new_w)) of an H x W x 3 uint8 RGB image."""
             import torch
 
-            cache = self.__dict__.setdefault("_cache", OrderedDict())
-            key = image_key(image)
-            if key in cache:
-                cache.move_to_end(key)
-                return cache[key]
             x, new_size = preprocess(image, str(self.device))
             with torch.no_grad():
                 feats = self.model.image_encoder(x)
-            cache[key] = (feats, new_size)
-            while len(cache) > self.cache_size:
-                cache.popitem(last=False)
-            return cache[key]
+            return feats, new_size
 
     return LiteMedSamPredictor
 
@@ -195,8 +183,6 @@ class LiteMedSamGenerator(MaskGenerator):
     The last ``cache_size`` images' candidates are kept, so several text prompts run it once per image.
     """
 
-    cache_size = 2
-
     def __init__(self, checkpoint: Any = "default", device: str = "auto", prompts: str = "regions",
                  points_per_side: int = 16, points_per_batch: int = 4, pred_iou_thresh: float = 0.7,
                  stability_score_thresh: float = 0.7, stability_score_offset: float = 1.0,
@@ -208,57 +194,43 @@ class LiteMedSamGenerator(MaskGenerator):
                  encoder_backend: str = "auto") -> None:
         if prompts not in PROMPT_MODES:
             raise ConfigError(f"prompts={prompts!r}; valid: {', '.join(PROMPT_MODES)}")
-        _check_knobs(points_per_side, points_per_batch,
-                     {"pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh,
-                      "box_nms_thresh": box_nms_thresh, "crop_nms_thresh": crop_nms_thresh,
-                      "crop_overlap_ratio": crop_overlap_ratio, "region_min_area": region_min_area,
-                      "region_max_area": region_max_area, "region_dedupe": region_dedupe},
-                     crop_n_layers, crop_n_points_downscale_factor, min_mask_region_area)
-        if not isinstance(stability_score_offset, (int, float)) or stability_score_offset < 0:
-            raise ConfigError(f"stability_score_offset={stability_score_offset!r}: expected a number >= 0")
+        self.settings = AmgSettings(
+            points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
+            box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
+            crop_overlap_ratio=crop_overlap_ratio, crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+            min_mask_region_area=min_mask_region_area).validate()
+        for name, val in (("region_min_area", region_min_area), ("region_max_area", region_max_area),
+                          ("region_dedupe", region_dedupe)):
+            check_fraction(name, val)
+        require_cv2(self.settings.min_mask_region_area)
         if isinstance(region_sigmas, (int, float)):
             region_sigmas = [region_sigmas]
-        if not region_sigmas or any(not isinstance(s, (int, float)) or s < 0 for s in region_sigmas):
+        if not region_sigmas or any(isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0
+                                    for s in region_sigmas):
             raise ConfigError(f"region_sigmas={region_sigmas!r}: expected a list of numbers >= 0 (pixels at 256 px)")
-        if not isinstance(region_colours, int) or region_colours < 2:
+        if isinstance(region_colours, bool) or not isinstance(region_colours, int) or region_colours < 2:
             raise ConfigError(f"region_colours={region_colours!r}: expected an integer >= 2")
         self.device = resolve_device(device)
         self.prompt_mode = prompts
         self.lite = build_litemedsam(checkpoint, self.device, decoder_checkpoint, fuse=True,
                                      encoder_backend=encoder_backend)
         self.model = litemedsam_as_sam(self.lite)
-        self.amg = automatic_mask_generator_class()(
-            self.model, points_per_side=points_per_side, points_per_batch=points_per_batch,
-            pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
-            stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh,
-            crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh, crop_overlap_ratio=crop_overlap_ratio,
-            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-            min_mask_region_area=min_mask_region_area, output_mode="binary_mask")
+        self.amg = automatic_mask_generator_class()(self.model, **self.settings.kwargs(), output_mode="binary_mask")
         self.amg.predictor = _predictor_class()(self.model)
         self.region_kwargs = {"sigmas": [float(s) for s in region_sigmas], "colours": region_colours,
                               "min_area": float(region_min_area), "max_area": float(region_max_area),
                               "dedupe": float(region_dedupe)}
         self.source = "litemedsam"
-        self._cache: OrderedDict[str, Candidates] = OrderedDict()
 
     @property
     def predictor(self):
         return self.amg.predictor
 
-    def generate(self, image: np.ndarray) -> Candidates:
-        img = load_image(image)
-        key = image_key(img)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+    def _generate(self, image: np.ndarray) -> Candidates:
         if self.prompt_mode == "points":
-            cands = candidates_from_records(self.amg.generate(img), img.shape[0], img.shape[1], self.source)
-        else:
-            cands = self._generate_regions(img)
-        self._cache[key] = cands
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return cands
+            return candidates_from_records(self.amg.generate(image), image.shape[0], image.shape[1], self.source)
+        return self._generate_regions(image)
 
     def _generate_regions(self, img: np.ndarray) -> Candidates:
         """Region boxes -> LiteMedSAM masks -> predicted-IoU / stability filters -> box NMS -> Candidates."""

@@ -6,18 +6,17 @@ IoU as ``scores`` and its stability score as ``stability``.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-from ..components import MaskGenerator, image_key, resolve_device
-from ..errors import ConfigError, MissingDependencyError
-from ..io import load_image
+from ..components import MaskGenerator, resolve_device
+from ..errors import MissingDependencyError
 from ..models.sam import build_sam
 from ..optional import has
 from ..registry import register
 from ..types import Candidates, masks_to_boxes
+from .amg_settings import AmgSettings
 
 
 def candidates_from_records(records: list[dict], height: int, width: int, source: str) -> Candidates:
@@ -38,19 +37,8 @@ def candidates_from_records(records: list[dict], height: int, width: int, source
     )
 
 
-def _check_knobs(points_per_side, points_per_batch, thresholds: dict[str, float], crop_n_layers,
-                 crop_n_points_downscale_factor, min_mask_region_area) -> None:
-    for name, val in (("points_per_side", points_per_side), ("points_per_batch", points_per_batch),
-                      ("crop_n_points_downscale_factor", crop_n_points_downscale_factor)):
-        if not isinstance(val, int) or val < 1:
-            raise ConfigError(f"{name}={val!r}: expected a positive integer")
-    if not isinstance(crop_n_layers, int) or crop_n_layers < 0:
-        raise ConfigError(f"crop_n_layers={crop_n_layers!r}: expected an integer >= 0")
-    for name, val in thresholds.items():
-        if not isinstance(val, (int, float)) or not 0.0 <= float(val) <= 1.0:
-            raise ConfigError(f"{name}={val!r}: expected a number in [0, 1]")
-    if not isinstance(min_mask_region_area, int) or min_mask_region_area < 0:
-        raise ConfigError(f"min_mask_region_area={min_mask_region_area!r}: expected an integer >= 0")
+def require_cv2(min_mask_region_area: int) -> None:
+    """segment_anything removes small regions with OpenCV: a clear error when it is missing and needed."""
     if min_mask_region_area > 0 and not has("cv2"):
         raise MissingDependencyError("min_mask_region_area > 0 needs OpenCV (segment_anything removes small "
                                      "regions with it); install it with: pip install opencv-python-headless")
@@ -82,42 +70,24 @@ class SamGenerator(MaskGenerator):
     are kept, so several text prompts on one image run the generator once.
     """
 
-    cache_size = 2
-
     def __init__(self, model_type: str = "vit_h", checkpoint: Any = "default", device: str = "auto",
                  points_per_side: int = 32, points_per_batch: int = 64, pred_iou_thresh: float = 0.88,
                  stability_score_thresh: float = 0.95, stability_score_offset: float = 1.0,
                  box_nms_thresh: float = 0.7, crop_n_layers: int = 0, crop_nms_thresh: float = 0.7,
                  crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
                  min_mask_region_area: int = 0) -> None:
-        _check_knobs(points_per_side, points_per_batch,
-                     {"pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh,
-                      "box_nms_thresh": box_nms_thresh, "crop_nms_thresh": crop_nms_thresh,
-                      "crop_overlap_ratio": crop_overlap_ratio},
-                     crop_n_layers, crop_n_points_downscale_factor, min_mask_region_area)
-        if not isinstance(stability_score_offset, (int, float)) or stability_score_offset < 0:
-            raise ConfigError(f"stability_score_offset={stability_score_offset!r}: expected a number >= 0")
+        self.settings = AmgSettings(
+            points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
+            box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
+            crop_overlap_ratio=crop_overlap_ratio, crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+            min_mask_region_area=min_mask_region_area).validate()
+        require_cv2(self.settings.min_mask_region_area)
         self.device = resolve_device(device)
         self.model_type = model_type
         self.model = build_sam(model_type, checkpoint, self.device)
-        self.amg = automatic_mask_generator_class()(
-            self.model, points_per_side=points_per_side, points_per_batch=points_per_batch,
-            pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
-            stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh,
-            crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh, crop_overlap_ratio=crop_overlap_ratio,
-            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-            min_mask_region_area=min_mask_region_area, output_mode="binary_mask")
+        self.amg = automatic_mask_generator_class()(self.model, **self.settings.kwargs(), output_mode="binary_mask")
         self.source = "mobilesam" if model_type == "mobilesam" else f"sam:{model_type}"
-        self._cache: OrderedDict[str, Candidates] = OrderedDict()
 
-    def generate(self, image: np.ndarray) -> Candidates:
-        img = load_image(image)
-        key = image_key(img)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        cands = candidates_from_records(self.amg.generate(img), img.shape[0], img.shape[1], self.source)
-        self._cache[key] = cands
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return cands
+    def _generate(self, image: np.ndarray) -> Candidates:
+        return candidates_from_records(self.amg.generate(image), image.shape[0], image.shape[1], self.source)

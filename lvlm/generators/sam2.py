@@ -11,36 +11,16 @@ opencv), so the knob works either way.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-from ..components import MaskGenerator, image_key, resolve_device
-from ..errors import ConfigError, MissingDependencyError
+from ..components import MaskGenerator, resolve_device
+from ..errors import MissingDependencyError
 from ..optional import has
 from ..registry import register
 from ..types import Candidates, masks_to_boxes
-
-
-def check_amg_knobs(**knobs: Any) -> None:
-    """ConfigError for automatic-mask-generator knobs out of range (before any model is built)."""
-    for name in ("points_per_side", "points_per_batch", "crop_n_points_downscale_factor"):
-        val = knobs[name]
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ConfigError(f"{name}={val!r}: expected a positive integer")
-    for name in ("crop_n_layers", "min_mask_region_area"):
-        val = knobs[name]
-        if isinstance(val, bool) or not isinstance(val, int) or val < 0:
-            raise ConfigError(f"{name}={val!r}: expected an integer >= 0")
-    for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh",
-                 "crop_overlap_ratio"):
-        val = knobs[name]
-        if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0.0 <= float(val) <= 1.0:
-            raise ConfigError(f"{name}={val!r}: expected a number in [0, 1]")
-    for name in ("stability_score_offset", "mask_threshold"):
-        if isinstance(knobs[name], bool) or not isinstance(knobs[name], (int, float)):
-            raise ConfigError(f"{name}={knobs[name]!r}: expected a number")
+from .amg_settings import AmgSettings
 
 
 @register("generator", "sam2", description="SAM 2.1 automatic mask generator (everything mode)",
@@ -53,8 +33,6 @@ class Sam2Generator(MaskGenerator):
     keys are SAM2AutomaticMaskGenerator's, with its defaults (chosen by SAM 2 for Hiera-L). The last
     ``cache_size`` images' candidates are kept, so several text prompts on one image run it once.
     """
-
-    cache_size = 2
 
     def __init__(
         self,
@@ -84,23 +62,23 @@ class Sam2Generator(MaskGenerator):
             has_postprocessing_extension,
         )
 
-        check_amg_knobs(
+        self.settings = AmgSettings(
             points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
             mask_threshold=mask_threshold, box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers,
             crop_nms_thresh=crop_nms_thresh, crop_overlap_ratio=crop_overlap_ratio,
-            crop_n_points_downscale_factor=crop_n_points_downscale_factor, min_mask_region_area=min_mask_region_area)
+            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+            min_mask_region_area=min_mask_region_area).validate()
         _require_sam2()
         self.device = resolve_device(device)
         self.model = model if model is not None else build_sam2_model(variant, checkpoint, self.device)
         self.variant = variant
         self.source = f"sam2:{variant}" if model is None else "sam2"
-        self._cache: OrderedDict[str, Candidates] = OrderedDict()
-        self.min_mask_region_area = int(min_mask_region_area)
+        self.min_mask_region_area = self.settings.min_mask_region_area
         # without sam2's _C extension its predictor would skip the hole/sprinkle filling with a warning
         # per crop; give it 0 and clean the final masks here instead
         self._clean_here = self.min_mask_region_area > 0 and not has_postprocessing_extension()
-        self.box_nms_thresh = box_nms_thresh
+        self.box_nms_thresh = self.settings.box_nms_thresh
         if self._clean_here and not has("cv2"):
             raise MissingDependencyError(
                 "min_mask_region_area > 0 without sam2's compiled extension cleans masks with OpenCV; "
@@ -112,37 +90,11 @@ class Sam2Generator(MaskGenerator):
 
         with warnings.catch_warnings():  # torch.jit.script deprecation inside SAM2Transforms
             warnings.simplefilter("ignore", FutureWarning)
-            self.amg = SAM2AutomaticMaskGenerator(
-                self.model,
-                points_per_side=points_per_side,
-                points_per_batch=points_per_batch,
-                pred_iou_thresh=pred_iou_thresh,
-                stability_score_thresh=stability_score_thresh,
-                stability_score_offset=stability_score_offset,
-                mask_threshold=mask_threshold,
-                box_nms_thresh=box_nms_thresh,
-                crop_n_layers=crop_n_layers,
-                crop_nms_thresh=crop_nms_thresh,
-                crop_overlap_ratio=crop_overlap_ratio,
-                crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-                min_mask_region_area=0 if self._clean_here else self.min_mask_region_area,
-                output_mode="binary_mask",
-                use_m2m=use_m2m,
-                multimask_output=multimask_output,
-            )
+            knobs = {**self.settings.kwargs("mask_threshold"),
+                     "min_mask_region_area": 0 if self._clean_here else self.min_mask_region_area}
+            self.amg = SAM2AutomaticMaskGenerator(self.model, **knobs, output_mode="binary_mask", use_m2m=use_m2m,
+                                                  multimask_output=multimask_output)
         fit_feature_sizes(self.amg.predictor)
-
-    def generate(self, image: np.ndarray) -> Candidates:
-        """Candidate masks (N x H x W bool at the input resolution) of an H x W x 3 uint8 RGB image."""
-        key = image_key(image)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        cands = self._generate(image)
-        self._cache[key] = cands
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return cands
 
     def _generate(self, image: np.ndarray) -> Candidates:
         import torch

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError
 from ..registry import register
-from .sam_fast import FastAutomaticMaskGenerator, components
+from .amg_settings import check_number
+from .amg_utils import components
+from .sam_fast import FastAutomaticMaskGenerator
 
 
 @dataclass
@@ -85,8 +86,7 @@ class Sam2FastGenerator(FastAutomaticMaskGenerator):
         require("sam2", "SAM 2")
         from sam2.utils.amg import build_all_layer_point_grids
 
-        if isinstance(mask_threshold, bool) or not isinstance(mask_threshold, (int, float)):
-            raise ConfigError(f"mask_threshold={mask_threshold!r}: expected a number")
+        check_number("mask_threshold", mask_threshold)
         self._setup_knobs(points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
                           stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio,
                           crop_n_points_downscale_factor, point_grids, min_mask_region_area, output_mode, bf16,

@@ -15,7 +15,7 @@ differs is how the work is laid out:
   that pass are kept (no run-length encoding of every mask, no per-mask Python loop);
 - the full-resolution masks of the masks left after NMS are computed once at the end, on the device;
 - ``min_mask_region_area`` uses a batched connected-component labelling on the device (8-connectivity, see
-  :func:`label_components`) instead of one ``cv2`` call per mask, so OpenCV is not needed.
+  :func:`lvlm.generators.amg_utils.label_components`) instead of one ``cv2`` call per mask, so OpenCV is not needed.
 
 One documented difference remains: when every island of a mask is smaller than ``min_mask_region_area`` and
 two of them tie for the largest, the official code keeps the one OpenCV labels first, this one the one whose
@@ -23,46 +23,24 @@ first pixel comes first in raster order.
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..components import MaskGenerator, image_key, resolve_device
+from ..components import MaskGenerator, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
 from ..registry import register
 from ..rle import encode_many
 from ..types import Candidates
+from .amg_settings import AmgSettings, check_positive_int
+from .amg_utils import boxes_from_projections, remove_small_regions_batched, sam_postprocess_masks
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-
-
-def check_amg_knobs(points_per_side, point_grids, points_per_batch, thresholds: dict[str, float], crop_n_layers,
-                    crop_n_points_downscale_factor, min_mask_region_area, output_mode, encoder_batch_size) -> None:
-    """ConfigError for an automatic-mask-generator setting out of range (names the key and what it expects)."""
-    if (points_per_side is None) == (point_grids is None):
-        raise ConfigError("give exactly one of points_per_side and point_grids")
-    ints = {"points_per_batch": points_per_batch, "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
-            "encoder_batch_size": encoder_batch_size}
-    if points_per_side is not None:
-        ints["points_per_side"] = points_per_side
-    for name, val in ints.items():
-        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 1:
-            raise ConfigError(f"{name}={val!r}: expected a positive integer")
-    for name, val in (("crop_n_layers", crop_n_layers), ("min_mask_region_area", min_mask_region_area)):
-        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 0:
-            raise ConfigError(f"{name}={val!r}: expected an integer >= 0")
-    for name, val in thresholds.items():
-        if not isinstance(val, (int, float)) or isinstance(val, bool) or not 0.0 <= float(val) <= 1.0:
-            raise ConfigError(f"{name}={val!r}: expected a number in [0, 1]")
-    if output_mode not in OUTPUT_MODES:
-        raise ConfigError(f"output_mode={output_mode!r}; valid values: {', '.join(OUTPUT_MODES)}")
 
 
 class FastAutomaticMaskGenerator(MaskGenerator):
@@ -73,7 +51,6 @@ class FastAutomaticMaskGenerator(MaskGenerator):
     ``_upscale`` (low-res logits -> logits at crop resolution), plus ``mask_threshold``.
     """
 
-    cache_size = 2
     name = "fast_amg"
     multimask_output = True
 
@@ -85,39 +62,37 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         on_gpu = torch.device(self.device).type != "cpu"
         if points_per_batch is None:
             points_per_batch = 256 if on_gpu else 64
-        check_amg_knobs(points_per_side, point_grids, points_per_batch,
-                        {"pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh,
-                         "box_nms_thresh": box_nms_thresh, "crop_nms_thresh": crop_nms_thresh,
-                         "crop_overlap_ratio": crop_overlap_ratio},
-                        crop_n_layers, crop_n_points_downscale_factor, min_mask_region_area, output_mode,
-                        encoder_batch_size)
-        if not isinstance(stability_score_offset, (int, float)) or stability_score_offset < 0:
-            raise ConfigError(f"stability_score_offset={stability_score_offset!r}: expected a number >= 0")
-        if points_per_side is not None:
-            self.point_grids = build_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+        st = AmgSettings(
+            points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
+            box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
+            crop_overlap_ratio=crop_overlap_ratio, crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+            min_mask_region_area=min_mask_region_area, point_grids=point_grids).validate()
+        check_positive_int("encoder_batch_size", encoder_batch_size)
+        if output_mode not in OUTPUT_MODES:
+            raise ConfigError(f"output_mode={output_mode!r}; valid values: {', '.join(OUTPUT_MODES)}")
+        self.settings = st
+        if st.points_per_side is not None:
+            self.point_grids = build_point_grids(st.points_per_side, st.crop_n_layers, st.crop_n_points_downscale_factor)
         else:
-            self.point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]
-            if len(self.point_grids) < crop_n_layers + 1:
-                raise ConfigError(f"point_grids has {len(self.point_grids)} grid(s); crop_n_layers={crop_n_layers} "
-                                  f"needs {crop_n_layers + 1}")
-        self.points_per_side = points_per_side
-        self.points_per_batch = int(points_per_batch)
-        self.pred_iou_thresh = float(pred_iou_thresh)
-        self.stability_score_thresh = float(stability_score_thresh)
-        self.stability_score_offset = float(stability_score_offset)
-        self.box_nms_thresh = float(box_nms_thresh)
-        self.crop_n_layers = int(crop_n_layers)
-        self.crop_nms_thresh = float(crop_nms_thresh)
-        self.crop_overlap_ratio = float(crop_overlap_ratio)
-        self.crop_n_points_downscale_factor = int(crop_n_points_downscale_factor)
-        self.min_mask_region_area = int(min_mask_region_area)
+            self.point_grids = st.point_grids
+        self.points_per_side = st.points_per_side
+        self.points_per_batch = st.points_per_batch
+        self.pred_iou_thresh = st.pred_iou_thresh
+        self.stability_score_thresh = st.stability_score_thresh
+        self.stability_score_offset = st.stability_score_offset
+        self.box_nms_thresh = st.box_nms_thresh
+        self.crop_n_layers = st.crop_n_layers
+        self.crop_nms_thresh = st.crop_nms_thresh
+        self.crop_overlap_ratio = st.crop_overlap_ratio
+        self.crop_n_points_downscale_factor = st.crop_n_points_downscale_factor
+        self.min_mask_region_area = st.min_mask_region_area
         self.output_mode = output_mode
         self.bf16 = bool(bf16)
         self.encoder_batch_size = int(encoder_batch_size)
         self.chunk_pixels = int(chunk_pixels or (2**27 if on_gpu else 2**24))
         self.progress = progress
         self.last_timings: dict[str, float] = {}
-        self._cache: OrderedDict[str, Candidates] = OrderedDict()
 
     # ------------------------------------------------------------------ family hooks
     mask_threshold = 0.0
@@ -140,35 +115,18 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         """Pixels of full-resolution work per mask (bounds the chunk size)."""
         return crop_hw[0] * crop_hw[1]
 
-    # ------------------------------------------------------------------ public API
-    def generate(self, image: Any) -> Candidates:
-        """Candidate masks of one image (any image :func:`lvlm.io.load_image` reads), in the official order."""
-        return self.generate_batch([image])[0]
+    # ------------------------------------------------------------------ MaskGenerator hooks (cached by the base)
+    def _generate(self, image: np.ndarray) -> Candidates:
+        return self._generate_many([image])[0]
 
-    def generate_batch(self, images: Sequence[Any]) -> list[Candidates]:
+    def _generate_many(self, images: Sequence[np.ndarray]) -> list[Candidates]:
         """Candidates of several images; the crops of all of them share batched image-encoder calls."""
-        imgs = [load_image(im) for im in images]
-        keys = [image_key(im) for im in imgs]
-        todo = [i for i, k in enumerate(keys) if k not in self._cache]
-        if todo:
-            for i, d in zip(todo, self._generate([imgs[i] for i in todo])):
-                self._cache[keys[i]] = self._to_candidates(d)
-        out = []
-        for k in keys:
-            self._cache.move_to_end(k)
-            out.append(self._cache[k])
-        while len(self._cache) > max(self.cache_size, len(set(keys))):
-            self._cache.popitem(last=False)
-        return out
-
-    def clear_cache(self) -> None:
-        """Forget the candidates of the last images (they are kept so several prompts reuse one run)."""
-        self._cache.clear()
+        return [self._to_candidates(d) for d in self._run(images)]
 
     def generate_records(self, image: Any) -> list[dict[str, Any]]:
         """The official generator's output: a list of dicts with ``segmentation`` (per ``output_mode``), ``area``,
         ``bbox`` (XYWH), ``predicted_iou``, ``point_coords``, ``stability_score`` and ``crop_box`` (XYWH)."""
-        d = self._generate([load_image(image)])[0]
+        d = self._run([load_image(image)])[0]
         masks = d["masks"]
         n = len(masks)
         areas = masks.flatten(1).sum(1).tolist() if n else []
@@ -196,7 +154,7 @@ class FastAutomaticMaskGenerator(MaskGenerator):
 
     # ------------------------------------------------------------------ the pipeline
     @torch.inference_mode()
-    def _generate(self, images: Sequence[np.ndarray]) -> list[dict[str, torch.Tensor]]:
+    def _run(self, images: Sequence[np.ndarray]) -> list[dict[str, torch.Tensor]]:
         from segment_anything.utils.amg import generate_crop_boxes
 
         timings = {"encoder": 0.0, "decoder": 0.0, "masks": 0.0, "small_regions": 0.0}
@@ -550,148 +508,6 @@ class _PointDecoder(torch.nn.Module):
                                  multimask_output=self.multimask)
 
 
-def sam_postprocess_masks(masks: torch.Tensor, img_size: int, input_size: Sequence[int],
-                          original_size: Sequence[int]) -> torch.Tensor:
-    """``segment_anything.modeling.Sam.postprocess_masks`` that skips the rows and columns of the first upsampling
-    which the crop to ``input_size`` drops: bit-identical output (the first resize keeps its exact 1:4 scale and
-    every kept pixel its two source rows / columns), less work on non-square images."""
-    import torch.nn.functional as F
-
-    lh, lw = masks.shape[-2:]
-    fh, fw = img_size // lh, img_size // lw
-    if fh * lh != img_size or fw * lw != img_size:  # not an integer factor: do exactly what SAM does
-        m = F.interpolate(masks, (img_size, img_size), mode="bilinear", align_corners=False)
-    else:
-        kh = min(lh, math.ceil(input_size[0] / fh) + 1)
-        kw = min(lw, math.ceil(input_size[1] / fw) + 1)
-        m = F.interpolate(masks[..., :kh, :kw], (kh * fh, kw * fw), mode="bilinear", align_corners=False)
-    m = m[..., : input_size[0], : input_size[1]]
-    return F.interpolate(m, tuple(original_size), mode="bilinear", align_corners=False)
-
-
-# ---------------------------------------------------------------------- batched mask utilities
-def boxes_from_projections(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``segment_anything.utils.amg.batched_mask_to_box`` from a mask's row and column occupancy (N x H and
-    N x W bool): XYXY int64 boxes with inclusive right / bottom edges, [0, 0, 0, 0] for an empty mask."""
-    def edges(occ: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.arange(occ.shape[-1], device=occ.device)
-        last = torch.where(occ, idx, 0).amax(-1)
-        first = torch.where(occ, idx, occ.shape[-1]).amin(-1)
-        return first, last
-
-    if rows.numel() == 0 or cols.numel() == 0:
-        return torch.zeros(rows.shape[0], 4, dtype=torch.long, device=rows.device)
-    top, bottom = edges(rows)
-    left, right = edges(cols)
-    out = torch.stack([left, top, right, bottom], dim=-1)
-    return out * rows.any(-1, keepdim=True)
-
-
-def _min3x3(x: torch.Tensor) -> torch.Tensor:
-    """Minimum over each pixel's 3x3 neighbourhood (separable; edges see only in-image pixels)."""
-    r = x.clone()
-    r[:, :, 1:] = torch.minimum(r[:, :, 1:], x[:, :, :-1])
-    r[:, :, :-1] = torch.minimum(r[:, :, :-1], x[:, :, 1:])
-    c = r.clone()
-    c[:, 1:] = torch.minimum(c[:, 1:], r[:, :-1])
-    c[:, :-1] = torch.minimum(c[:, :-1], r[:, 1:])
-    return c
-
-
-def label_components(fg: torch.Tensor) -> torch.Tensor:
-    """8-connected component labels of a batch of N x H x W bool masks, computed on their device.
-
-    Each foreground pixel gets the flat index (into the N x H x W batch) of its component's first pixel in
-    raster order; background pixels keep their own index. Label propagation (3x3 minimum) with hooking of
-    the roots (union by smaller label) and pointer jumping: a few tens of whole-tensor passes for mask-like
-    shapes, whatever their size, and no per-mask or per-component loop.
-    """
-    n, h, w = fg.shape
-    numel = n * h * w
-    labels = torch.arange(numel, device=fg.device).view(n, h, w)
-    big = torch.tensor(numel, device=fg.device)
-    flat = labels.view(-1)
-    while True:
-        m = _min3x3(torch.where(fg, labels, big))
-        upd = fg & (m < labels)
-        if not bool(upd.any()):
-            return labels
-        flat.scatter_reduce_(0, labels[upd], m[upd], reduce="amin")  # hook: the roots adopt the smaller label
-        torch.minimum(labels, torch.where(fg, m, labels), out=labels)
-        while True:  # pointer jumping until every pixel points at a root
-            nxt = flat.gather(0, flat)
-            if torch.equal(nxt, flat):
-                break
-            flat.copy_(nxt)
-
-
-def remove_small_regions_batched(masks: torch.Tensor, area_thresh: int, chunk_pixels: int = 2**24,
-                                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """``segment_anything.utils.amg.remove_small_regions`` on N masks at once: fill holes, then drop islands,
-    smaller than ``area_thresh`` (8-connectivity). Returns the new masks and per mask whether it changed.
-
-    Components come from :func:`components` (``backend``: ``"auto"`` = one ``scipy.ndimage.label`` call over
-    the whole stack on the CPU, :func:`label_components` on a GPU; ``"torch"`` or ``"scipy"``): no loop over
-    masks either way.
-    """
-    n, h, w = masks.shape
-    if n == 0:
-        return masks.clone(), torch.zeros(0, dtype=torch.bool, device=masks.device)
-    per = max(1, chunk_pixels // max(1, h * w))
-    outs, changed = [], []
-    for s in range(0, n, per):
-        m = masks[s:s + per]
-        m, ch1 = _fill_small(m, area_thresh, holes=True, backend=backend)
-        m, ch2 = _fill_small(m, area_thresh, holes=False, backend=backend)
-        outs.append(m)
-        changed.append(ch1 | ch2)
-    return torch.cat(outs), torch.cat(changed)
-
-
-def _fill_small(mask: torch.Tensor, area_thresh: int, holes: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    work = ~mask if holes else mask
-    labels, size_px = components(work, backend)
-    small_px = work & (size_px < area_thresh)
-    changed = small_px.flatten(1).any(1)
-    if holes:
-        return mask | small_px, changed
-    out = work & ~small_px
-    all_small = changed & ~out.flatten(1).any(1)  # every island small: keep the largest
-    if bool(all_small.any()):
-        idx = torch.nonzero(all_small).flatten()
-        best = size_px[idx].flatten(1).argmax(1)  # first pixel of maximal size in raster order
-        root = labels[idx].flatten(1).gather(1, best[:, None])
-        out[idx] = labels[idx] == root.view(-1, 1, 1)
-    return out, changed
-
-
-_STACK_8 = np.zeros((3, 3, 3), bool)
-_STACK_8[1] = True  # 8-connectivity within each mask of an N x H x W stack, none across masks
-
-
-def components(fg: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """8-connected components of N x H x W bool masks: (labels, size of each pixel's component).
-
-    ``labels`` are equal exactly within a component (int64; arbitrary outside ``fg``), ``size`` is 0 outside
-    ``fg``. ``backend``: ``"scipy"`` (one ``scipy.ndimage.label`` call on the stack, on the CPU), ``"torch"``
-    (:func:`label_components`, on the masks' device) or ``"auto"`` (scipy for CPU tensors, else torch).
-    """
-    if backend not in ("auto", "torch", "scipy"):
-        raise ValueError(f"backend={backend!r}; valid: auto, torch, scipy")
-    if backend == "scipy" or (backend == "auto" and fg.device.type == "cpu"):
-        from scipy import ndimage
-
-        lab, k = ndimage.label(fg.cpu().numpy(), structure=_STACK_8)  # numbered in raster order, 0 = not in fg
-        sizes = np.bincount(lab.ravel(), minlength=k + 1)
-        sizes[0] = 0
-        labels = torch.from_numpy(lab.astype(np.int64)).to(fg.device)
-        return labels, torch.from_numpy(sizes[lab]).to(fg.device)
-    labels = label_components(fg)
-    flat = labels.view(-1)
-    sizes = torch.bincount(flat[fg.reshape(-1)], minlength=flat.numel())
-    return labels, torch.where(fg, sizes[labels], 0)
-
-
 def _xyxy_to_xywh(b: np.ndarray) -> np.ndarray:
     b = np.array(b, copy=True).reshape(-1, 4)
     b[:, 2:] -= b[:, :2]
@@ -716,155 +532,3 @@ def _progress(total: int, enabled: bool, name: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=f"{name} crops", unit="crop")
-
-
-# ---------------------------------------------------------------------- a weight-free model with real masks
-@torch.no_grad()
-def point_local_sam(model: Any, seed: int = 0, sharpness: float = 3.0, frequency: float = 0.6,
-                    image_weight: float = 0.15) -> Any:
-    """Re-initialise a ``segment_anything`` SAM's prompt encoder and mask decoder (in place) so that a point
-    prompt gives three nested blobs around the point, shaped by the image embedding.
-
-    For tests and benchmarks of everything mode without downloadable weights: a purely random decoder gives
-    scattered masks that all collapse to one after box NMS, this one gives a realistic number of distinct
-    masks, predicted IoUs around 0.9 and stability scores near 1. Same architecture and shapes; only the
-    values of some weights change. The image encoder is kept (random or not); its last normalisation is
-    scaled by ``image_weight`` (how much the image shapes the blobs) and zeroed on the channels used for
-    positions.
-
-    Construction: the positional encoding keeps ``K`` low frequencies; the point token and the image
-    positions meet in the first image-to-token attention, whose logits become a kernel of the distance
-    between pixel and point; its output moves the image tokens along one direction in proportion to the
-    attention on the point token; the upscaling is made nearest-neighbour and the hypernetwork outputs
-    constant vectors that threshold that direction at three levels.
-    """
-    from torch import nn
-
-    g = torch.Generator().manual_seed(seed)
-    dec, pe = model.mask_decoder, model.prompt_encoder
-    tr = dec.transformer
-    c = dec.transformer_dim
-    f = c // 2
-    blk0 = tr.layers[0]
-    x_attn = blk0.cross_attn_image_to_token
-    heads = x_attn.num_heads
-    ch = x_attn.internal_dim // heads
-    k_freq = min(ch // 2, f - 8)
-    n_tok = dec.num_mask_tokens + 3  # iou, mask tokens, pad, point
-    if k_freq < 2 or f < k_freq + n_tok or tr.layers[0].self_attn.internal_dim // heads < n_tok:
-        raise ValueError(f"transformer_dim {c} with {heads} heads is too small for point_local_sam")
-    dev = dec.iou_token.weight.device
-
-    def rnd(*shape):
-        return torch.randn(*shape, generator=g).to(dev)
-
-    act = list(range(k_freq)) + [f + i for i in range(k_freq)]  # sin and cos dims of the kept frequencies
-    res = [k_freq + i for i in range(n_tok)]  # sin dims of zero frequencies: always 0 in the encoding
-    other = [i for i in range(c) if i not in act and i not in res]
-    r_iou, r_mask, r_pad, r_point = res[0], res[1:1 + dec.num_mask_tokens], res[-2], res[-1]
-
-    # positional encoding: K frequencies on evenly spread directions, the rest zero
-    ang = torch.arange(k_freq, dtype=torch.float32) * (np.pi * 0.618034 * 2)  # golden-angle directions
-    mag = frequency * torch.linspace(0.6, 1.4, k_freq)
-    gm = torch.zeros(2, f)
-    gm[0, :k_freq], gm[1, :k_freq] = mag * torch.cos(ang), mag * torch.sin(ang)
-    pe.pe_layer.positional_encoding_gaussian_matrix.copy_(gm.to(dev))
-
-    beta = 4.0
-
-    def token(r):  # a token: a one-hot in its reserved dim plus noise in the free dims
-        t = torch.zeros(c, device=dev)
-        t[other] = 0.5 * rnd(len(other))
-        t[r] = beta
-        return t
-
-    dec.iou_token.weight.copy_(token(r_iou)[None])
-    dec.mask_tokens.weight.copy_(torch.stack([token(r) for r in r_mask]))
-    pe.not_a_point_embed.weight.copy_(token(r_pad)[None])
-    pe.point_embeddings[1].weight.zero_()
-    pe.point_embeddings[1].weight[0, r_point] = beta
-    pe.no_mask_embed.weight[0, act + res] = 0.0
-    neck = getattr(model.image_encoder, "neck", None)
-    if isinstance(neck, nn.Sequential) and hasattr(neck[-1], "weight") and neck[-1].weight.shape == (c,):
-        neck[-1].weight.mul_(image_weight)
-        neck[-1].bias.mul_(image_weight)
-        neck[-1].weight[act + res] = 0.0
-        neck[-1].bias[act + res] = 0.0
-
-    def zero(lin):
-        lin.weight.zero_()
-        if lin.bias is not None:
-            lin.bias.zero_()
-
-    for i, blk in enumerate(tr.layers):
-        zero(blk.cross_attn_token_to_image.out_proj)
-        zero(blk.mlp.lin2)
-        if i > 0:
-            zero(blk.self_attn.out_proj)
-            zero(blk.cross_attn_image_to_token.out_proj)
-    # layer 0 self-attention (no residual): each token attends to itself only, values pass through
-    sa = blk0.self_attn
-    ch_s = sa.internal_dim // sa.num_heads
-    for lin in (sa.q_proj, sa.k_proj):
-        zero(lin)
-        for h in range(sa.num_heads):
-            for j, r in enumerate(res):
-                lin.weight[h * ch_s + j, r] = 2.0
-    for lin in (sa.v_proj, sa.out_proj):
-        zero(lin)
-        lin.weight.copy_(torch.eye(c, device=dev))
-    for norm in (blk0.norm1, blk0.norm2, blk0.norm3):  # keep only the token identities
-        norm.weight.zero_()
-        norm.bias.zero_()
-        norm.weight[res] = 1.0
-    # layer 0 image-to-token attention: logits = kernel(pixel, point) in every head; value: "is the point"
-    s2 = sharpness * np.sqrt(ch) / k_freq
-    for lin in (x_attn.q_proj, x_attn.k_proj):
-        zero(lin)
-        for h in range(heads):
-            for j, d in enumerate(act):
-                lin.weight[h * ch + j, d] = float(np.sqrt(s2))
-    zero(x_attn.v_proj)
-    zero(x_attn.out_proj)
-    direction = torch.zeros(c, device=dev)
-    direction[other] = rnd(len(other))
-    direction /= direction.norm()
-    for h in range(heads):
-        x_attn.v_proj.weight[h * ch, r_point] = 1.0
-        x_attn.out_proj.weight[:, h * ch] = direction * (0.5 * np.sqrt(c) / heads)
-    # upscaling: nearest-neighbour (tap-constant transposed convs) and one constant output channel
-    convs = [m for m in dec.output_upscaling if isinstance(m, nn.ConvTranspose2d)]
-    for conv in convs:
-        conv.weight.copy_(conv.weight.mean((2, 3), keepdim=True).expand_as(conv.weight))
-    convs[-1].weight[:, 0] = 0.0
-    convs[-1].bias[0] = 1.0
-    # calibrate the hypernetwork outputs on a zero image embedding with one point at the centre
-    size = pe.input_image_size
-    emb = torch.zeros(1, c, *pe.image_embedding_size, device=dev)
-    cap = {}
-    hook = dec.output_upscaling.register_forward_hook(lambda m, i, o: cap.setdefault("u", o))
-    for mlp in dec.output_hypernetworks_mlps:
-        for lin in mlp.layers:
-            zero(lin)
-    iou_last = dec.iou_prediction_head.layers[-1]
-    pts = torch.tensor([[[size[1] / 2, size[0] / 2]]], device=dev)
-    sparse, dense = pe(points=(pts, torch.ones(1, 1, device=dev)), boxes=None, masks=None)
-    dec.predict_masks(emb, pe.get_dense_pe(), sparse, dense)
-    hook.remove()
-    u = cap["u"][0]  # C/8 x H x W
-    hh, ww = u.shape[1:]
-    centre, far = u[:, hh // 2, ww // 2], u[:, 0, 0]
-    d = centre - far
-    d[0] = 0.0
-    lo, hi = float(d @ far), float(d @ centre)
-    lam = 40.0 / max(hi - lo, 1e-6)
-    const = float(u[0, 0, 0])
-    levels = np.linspace(0.8, 0.3, dec.num_mask_tokens)  # fraction of the way from far to centre
-    for mlp, lv in zip(dec.output_hypernetworks_mlps, levels):
-        vec = lam * d
-        vec[0] = -lam * (lo + lv * (hi - lo)) / const
-        mlp.layers[-1].bias.copy_(vec)
-    # predicted IoU: around 0.9, varying with the point
-    iou_last.weight.mul_(0.05 / max(float(iou_last.weight.std()), 1e-6) / np.sqrt(iou_last.in_features))
-    iou_last.bias.fill_(0.9)
-    return model

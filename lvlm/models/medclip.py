@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..components import resolve_device
+from ..device import resolve_device
 from ..errors import LvlmError, WeightsError, WeightsNotFoundError
 from ..registry import register
 from ..weights import load_into, load_state_dict

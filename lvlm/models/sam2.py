@@ -134,6 +134,58 @@ def image_predictor(model, **kwargs):
     return predictor
 
 
+class Sam2Adapter:
+    """SAM 2.1's image recipe on one model, through sam2's own ``SAM2ImagePredictor`` (its transforms, prompt
+    normalisation and postprocessing): :meth:`embed` one image once, :meth:`predict` any number of box / point
+    prompts on it in one batched decoder call.
+
+    Args:
+        model: a ``SAM2Base`` (:func:`build_sam2_model`).
+        mask_threshold: the logit threshold of a mask.
+    """
+
+    def __init__(self, model: Any, mask_threshold: float = 0.0) -> None:
+        self.model = model
+        self.mask_threshold = float(mask_threshold)
+        self.predictor = image_predictor(model, mask_threshold=self.mask_threshold)
+
+    def embed(self, image) -> dict[str, Any]:
+        """SAM 2's multi-scale features of one H x W x 3 uint8 RGB image, with its size."""
+        import numpy as np
+
+        self.predictor.set_image(np.ascontiguousarray(image))
+        emb = {"features": self.predictor._features, "orig_hw": tuple(self.predictor._orig_hw[0])}
+        self.predictor.reset_predictor()
+        return emb
+
+    def predict(self, embedding: dict[str, Any], prompts, multimask: bool = True):
+        """Logits (K x H x W at the input resolution) and predicted IoU (K) of K prompts, the best of the
+        decoder's masks by predicted IoU (``multimask``: of 3, else of 1), and the index of the one kept.
+
+        Args:
+            embedding: from :meth:`embed`.
+            prompts: a :class:`~lvlm.types.Prompts` in input-image pixels.
+            multimask: SAM 2's ``multimask_output``.
+        """
+        import torch
+
+        pred = self.predictor
+        pred._features, pred._orig_hw = embedding["features"], [embedding["orig_hw"]]
+        pred._is_image_set, pred._is_batch = True, False
+        try:
+            with torch.inference_mode():
+                _, coords, labels, boxes = pred._prep_prompts(
+                    prompts.points, prompts.point_labels, prompts.boxes, None, normalize_coords=True)
+                logits, ious, _ = pred._predict(coords, labels, boxes, None, multimask_output=multimask,
+                                                return_logits=True)
+                # logits: K x M x H x W at the input resolution, ious: K x M (M = 3 or 1)
+                best = ious.argmax(dim=1)
+                k = torch.arange(len(best), device=best.device)
+                return logits[k, best], ious[k, best], best
+        finally:
+            pred.reset_predictor()
+
+
 def fit_feature_sizes(predictor) -> None:
     """Set a SAM2 predictor's backbone feature sizes (strides 4, 8, 16) from its model's input size."""
     s = int(predictor.model.image_size)

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..components import PromptedSegmenter, resolve_device
+from ..components import PromptedSegmenter
+from ..device import resolve_device
 from ..registry import register
 from ..types import Candidates, Prompts
 
@@ -20,10 +21,17 @@ from ..types import Candidates, Prompts
 @register("segmenter", "sam2", description="SAM 2.1 prompted with boxes / points (one mask per prompt)",
           source="facebookresearch/sam2 SAM 2.1 Hiera t/s/b+/l checkpoints (Apache-2.0)")
 class Sam2Segmenter(PromptedSegmenter):
-    """SAM 2.1 image predictor: boxes / point sets -> masks at the input resolution, batched per image.
+    """SAM 2.1 image predictor: boxes / point sets -> masks at the input resolution, batched per image
+    (the recipe is :class:`lvlm.models.sam2.Sam2Adapter`).
 
-    ``variant``: tiny / small / base_plus / large (tiny_random: small random model for tests);
-    ``model``: an already built SAM2Base to share (then variant / checkpoint are ignored).
+    Args:
+        variant: tiny / small / base_plus / large (tiny_random: small random model for tests).
+        checkpoint: ``default`` (official weights), a path, or null / ``random``.
+        device: ``auto``, ``cpu``, ``cuda``...
+        multimask_output: keep the best of SAM 2's 3 masks by predicted IoU (else its single mask).
+        mask_threshold: the logit threshold of a mask.
+        stability_score_offset: the offset of the reported stability score.
+        model: an already built SAM2Base to share (then variant / checkpoint are ignored).
     """
 
     def __init__(
@@ -36,7 +44,7 @@ class Sam2Segmenter(PromptedSegmenter):
         stability_score_offset: float = 1.0,
         model: Any = None,
     ) -> None:
-        from ..models.sam2 import _require_sam2, build_sam2_model, image_predictor
+        from ..models.sam2 import Sam2Adapter, _require_sam2, build_sam2_model
 
         _require_sam2()
         self.device = resolve_device(device)
@@ -46,38 +54,21 @@ class Sam2Segmenter(PromptedSegmenter):
         self.multimask_output = bool(multimask_output)
         self.mask_threshold = float(mask_threshold)
         self.stability_score_offset = float(stability_score_offset)
-        self.predictor = image_predictor(self.model, mask_threshold=self.mask_threshold)
+        self.adapter = Sam2Adapter(self.model, mask_threshold=self.mask_threshold)
+        self.predictor = self.adapter.predictor
 
     def _embed(self, image: np.ndarray) -> dict[str, Any]:
         """The image encoder pass: SAM 2's multi-scale features of one image."""
-        self.predictor.set_image(np.ascontiguousarray(image))
-        emb = {"features": self.predictor._features, "orig_hw": tuple(self.predictor._orig_hw[0])}
-        self.predictor.reset_predictor()
-        return emb
+        return self.adapter.embed(image)
 
     def _decode(self, embedding: dict[str, Any], prompts: Prompts, image: np.ndarray) -> Candidates:
-        import torch
         from sam2.utils.amg import calculate_stability_score
 
         if len(prompts) == 0:
             return Candidates.empty(*embedding["orig_hw"], source=self.source)
-        pred = self.predictor
-        pred._features, pred._orig_hw = embedding["features"], [embedding["orig_hw"]]
-        pred._is_image_set, pred._is_batch = True, False
-        try:
-            with torch.inference_mode():
-                _, coords, labels, boxes = pred._prep_prompts(
-                    prompts.points, prompts.point_labels, prompts.boxes, None, normalize_coords=True)
-                logits, ious, _ = pred._predict(coords, labels, boxes, None,
-                                                multimask_output=self.multimask_output, return_logits=True)
-                # logits: K x M x H x W at the input resolution, ious: K x M (M = 3 or 1)
-                best = ious.argmax(dim=1)
-                k = torch.arange(len(best), device=best.device)
-                logits, ious = logits[k, best], ious[k, best]
-                stability = calculate_stability_score(logits, self.mask_threshold, self.stability_score_offset)
-                masks = (logits > self.mask_threshold).cpu().numpy()
-        finally:
-            pred.reset_predictor()
+        logits, ious, best = self.adapter.predict(embedding, prompts, multimask=self.multimask_output)
+        stability = calculate_stability_score(logits, self.mask_threshold, self.stability_score_offset)
+        masks = (logits > self.mask_threshold).cpu().numpy()
         return Candidates(
             masks,
             scores=ious.float().cpu().numpy(),

@@ -16,7 +16,9 @@ Works on any module with ``.image_encoder``, ``.prompt_encoder`` and ``.mask_dec
   without improvement; the best decoder is written as ``decoder.safetensors`` (the base decoder when
   training never beats it), ``last.pt`` keeps decoder, optimiser, scheduler and epoch to resume.
 
-The model side (each family's preprocessing, prompt scaling, batched decoding, postprocessing) is the
+The data side (embedding cache, objects, prompts, targets) is :mod:`lvlm.train.sam_decoder_data`, the epoch
+loop (resume, history, early stopping) :class:`lvlm.train.loop.TrainLoop`, the command line
+:mod:`lvlm.train.sam_decoder_cli`. The model side (each family's preprocessing, prompt scaling, batched decoding, postprocessing) is the
 family's adapter in :mod:`lvlm.models.sam`; decoder files are read and written by
 :mod:`lvlm.models.decoder_checkpoint` (``load_decoder_checkpoint(model, path)`` puts a trained decoder into a
 freshly built model: what the segmenters' ``decoder_checkpoint`` argument does).
@@ -24,30 +26,49 @@ freshly built model: what the segmenters' ``decoder_checkpoint`` argument does).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..components import image_key, resolve_device
 from ..errors import ConfigError, LvlmError
+from ..metrics import bce_dice_loss, iou
 from ..models.decoder_checkpoint import (  # noqa: F401  (load / read: the decoder-checkpoint API, re-exported)
     load_decoder_checkpoint,
     read_decoder_metadata,
     save_decoder_checkpoint,
 )
 from ..models.sam import PREPROCESS, SamFamilyAdapter, adapter_for
+from .loop import TrainLoop
+from .sam_decoder_data import (
+    EmbeddingCache,
+    EmbeddingStore,
+    Items,
+    build_items,
+    prompt_kinds,
+    random_points,
+    split_samples,
+    unpack_targets,
+    valid_mask,
+)
 
 DECODER_FILE = "decoder.safetensors"
 LAST_FILE = "last.pt"
 HISTORY_FILE = "history.json"
-MODEL_NAMES = ("sam", "mobilesam", "medsam", "litemedsam")
+
+__all__ = ["DecoderTrainConfig", "EmbeddingCache", "TrainResult", "evaluate_items", "evaluate_sam_decoder",
+           "load_decoder_checkpoint", "read_decoder_metadata", "save_decoder_checkpoint", "split_samples",
+           "train_sam_decoder"]
+
+
+def _masked_iou(pred, target, valid):
+    """Per-object IoU of bool B x L x L masks over the valid region (1 when both are empty)."""
+    return iou(pred & valid, target.bool() & valid)
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -107,248 +128,6 @@ class DecoderTrainConfig:
             raise ConfigError(f"preprocess={self.preprocess!r}; valid: {', '.join(PREPROCESS)}")
 
 
-# ----------------------------------------------------------------------------------- embedding cache
-class EmbeddingCache:
-    """Image embeddings on disk, one ``.npy`` per image, keyed by image content hash under a model fingerprint."""
-
-    def __init__(self, arch: SamFamilyAdapter, cache_dir: str | os.PathLike | None = None, batch_size: int = 4,
-                 progress: bool = True):
-        if cache_dir is None:
-            from ..weights import cache_dir as lvlm_home
-
-            cache_dir = lvlm_home() / "embeddings"
-        self.arch = arch
-        self.dir = Path(cache_dir).expanduser() / arch.fingerprint
-        self.batch_size = max(1, int(batch_size))
-        self.progress = progress
-        self.n_encoded = 0  # images run through the encoder by this cache (not found on disk)
-        self._pending: dict[str, np.ndarray] = {}
-        self._bar = None
-
-    def path(self, key: str) -> Path:
-        return self.dir / f"{key}.npy"
-
-    def has(self, key: str) -> bool:
-        return key in self._pending or self.path(key).is_file()
-
-    def add(self, image: np.ndarray) -> str:
-        """The image's key; its embedding is computed (in batches) unless already cached."""
-        key = image_key(image)
-        if not self.has(key):
-            self._pending[key] = image
-            if len(self._pending) >= self.batch_size:
-                self.flush()
-        return key
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        if self._bar is None and self.progress:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(desc="encoding images (once)", unit="img")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        keys = list(self._pending)
-        emb = self.arch.encode([self._pending[k] for k in keys]).float().cpu().numpy()
-        for k, e in zip(keys, emb):
-            tmp = self.dir / f".{k}.{os.getpid()}.tmp.npy"
-            np.save(tmp, e)
-            os.replace(tmp, self.path(k))
-        self.n_encoded += len(keys)
-        if self._bar is not None:
-            self._bar.update(len(keys))
-        self._pending.clear()
-
-    def close(self) -> None:
-        self.flush()
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-    def load(self, key: str, mmap: bool = False) -> np.ndarray:
-        if key in self._pending:
-            self.flush()
-        return np.load(self.path(key), mmap_mode="r" if mmap else None)
-
-    def get(self, image: np.ndarray):
-        """The 1 x C x h x w embedding tensor of one image (encoded and cached if new)."""
-        import torch
-
-        key = self.add(image)
-        return torch.as_tensor(np.asarray(self.load(key)), device=self.arch.device)[None]
-
-
-# ------------------------------------------------------------------------------------------- items
-@dataclass
-class _Items:
-    """Training / validation objects: which embedding, the low-res target and the prompts (model frame)."""
-
-    keys: list[str] = field(default_factory=list)  # embedding key per object
-    targets: list[np.ndarray] = field(default_factory=list)  # packed bits of the L x L bool target
-    valid: list[tuple[int, int]] = field(default_factory=list)
-    points: list[np.ndarray] = field(default_factory=list)  # (2,) centre point
-    boxes: list[np.ndarray] = field(default_factory=list)  # (4,) tight box
-    flipped: list[bool] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
-def _as_image(image: Any) -> np.ndarray:
-    from ..io import load_image
-
-    return load_image(image)
-
-
-def _as_mask(mask: Any, shape: tuple[int, int]) -> np.ndarray:
-    if isinstance(mask, (str, os.PathLike)):
-        from ..io import load_mask
-
-        mask = load_mask(mask)
-    mask = np.asarray(mask).astype(bool)
-    if mask.shape != shape:
-        raise ConfigError(f"mask of shape {mask.shape} does not match its image {shape}")
-    return mask
-
-
-def _sample_parts(s: Any) -> tuple[Any, Any]:
-    """(image, mask) of a Sample-like object or an (image, mask) pair."""
-    if hasattr(s, "image") and hasattr(s, "mask"):
-        return s.image, s.mask
-    if isinstance(s, (tuple, list)) and len(s) >= 2:
-        return s[0], s[1]
-    raise ConfigError(f"training samples must be lvlm.types.Sample or (image, mask) pairs, got {type(s).__name__}")
-
-
-def _add_item(items: _Items, arch: SamFamilyAdapter, key: str, mask: np.ndarray, flipped: bool) -> None:
-    from ..bench.prompt_strategies import center_point, tight_box
-
-    h, w = mask.shape
-    sx, sy = arch.scale(h, w)
-    target, valid = arch.lowres_target(mask)
-    items.keys.append(key)
-    items.targets.append(np.packbits(target))
-    items.valid.append(valid)
-    items.points.append(center_point(mask)[0] * np.array([sx, sy], np.float32))
-    items.boxes.append(tight_box(mask) * np.array([sx, sy, sx, sy], np.float32))
-    items.flipped.append(flipped)
-
-
-def _group_key(image: Any, index: int, split_by: str) -> str:
-    if split_by == "item":
-        return f"item{index}"
-    if isinstance(image, (str, os.PathLike)):
-        return os.fspath(image)
-    return image_key(np.asarray(image))
-
-
-def _build_items(samples: Sequence[Any], arch: SamFamilyAdapter, cache: EmbeddingCache, flip: bool) -> tuple[_Items, int]:
-    """Items of the samples (with their flipped copies when ``flip``); embeddings cached on the way."""
-    items = _Items()
-    skipped = 0
-    for s in samples:
-        image, mask = _sample_parts(s)
-        image = _as_image(image)
-        mask = _as_mask(mask, image.shape[:2])
-        if not mask.any():
-            skipped += 1
-            continue
-        _add_item(items, arch, cache.add(image), mask, False)
-        if flip:
-            fimg = np.ascontiguousarray(image[:, ::-1])
-            _add_item(items, arch, cache.add(fimg), np.ascontiguousarray(mask[:, ::-1]), True)
-    cache.flush()
-    return items, skipped
-
-
-def split_samples(samples: Sequence[Any], val_fraction: float, seed: int = 0,
-                  split_by: str = "image") -> tuple[list[Any], list[Any]]:
-    """(train, val) lists: a seeded split of images (``split_by="image"``) or of objects (``"item"``).
-
-    With ``split_by="image"`` all objects of one image land on the same side; when there is only one
-    image the split falls back to objects.
-    """
-    samples = list(samples)
-    groups = [_group_key(_sample_parts(s)[0], i, split_by) for i, s in enumerate(samples)]
-    uniq = list(dict.fromkeys(groups))
-    if len(uniq) < 2 and split_by == "image":
-        return split_samples(samples, val_fraction, seed, "item")
-    if len(uniq) < 2:
-        raise ConfigError(f"need at least 2 training objects to hold some out for validation, got {len(samples)}")
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(uniq))
-    n_val = min(len(uniq) - 1, max(1, round(val_fraction * len(uniq))))
-    val_groups = {uniq[i] for i in order[:n_val]}
-    train = [s for s, g in zip(samples, groups) if g not in val_groups]
-    val = [s for s, g in zip(samples, groups) if g in val_groups]
-    return train, val
-
-
-class _Store:
-    """Embeddings of the items' keys: one in-memory tensor when small enough, else read per batch."""
-
-    def __init__(self, cache: EmbeddingCache, keys: Iterable[str], max_memory_mb: int):
-        import torch
-
-        self.cache = cache
-        self.keys = list(dict.fromkeys(keys))
-        self.index = {k: i for i, k in enumerate(self.keys)}
-        c = 256
-        if self.keys:
-            c = int(np.prod(cache.load(self.keys[0], mmap=True).shape))
-        self.tensor = None
-        if len(self.keys) * c * 4 <= max_memory_mb * 2**20:
-            self.tensor = torch.from_numpy(np.stack([cache.load(k) for k in self.keys]))
-
-    def get(self, keys: Sequence[str], device):
-        import torch
-
-        if self.tensor is not None:
-            idx = torch.as_tensor([self.index[k] for k in keys])
-            return self.tensor[idx].to(device, non_blocking=True)
-        return torch.from_numpy(np.stack([np.asarray(self.cache.load(k, mmap=True)) for k in keys])).to(device)
-
-
-# --------------------------------------------------------------------------------- loss and metrics
-def _valid_mask(valid: Sequence[tuple[int, int]], size: int, device):
-    import torch
-
-    v = torch.as_tensor(np.asarray(valid, np.int64), device=device)
-    r = torch.arange(size, device=device)
-    return (r[None, :, None] < v[:, 0, None, None]) & (r[None, None, :] < v[:, 1, None, None])
-
-
-def _targets(items: _Items, idx: Sequence[int], size: int, device):
-    import torch
-
-    t = np.stack([np.unpackbits(items.targets[i], count=size * size) for i in idx]).reshape(-1, size, size)
-    return torch.from_numpy(t.astype(np.float32)).to(device)
-
-
-def segmentation_loss(logits, target, valid, bce_weight: float = 0.5, dice_weight: float = 0.5):
-    """``bce_weight * BCE + dice_weight * (1 - Dice)`` of B x L x L logits over the ``valid`` pixels."""
-    import torch
-    import torch.nn.functional as F
-
-    w = valid.float()
-    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum((1, 2))
-    bce = bce / w.sum((1, 2)).clamp(min=1)
-    p = torch.sigmoid(logits) * w
-    inter = (p * target).sum((1, 2))
-    dice = 1 - (2 * inter + 1) / (p.sum((1, 2)) + (target * w).sum((1, 2)) + 1)
-    return (bce_weight * bce + dice_weight * dice).mean()
-
-
-def _iou(pred, target, valid):
-    """Per-object IoU of bool B x L x L masks over the valid region (1 when both are empty)."""
-    import torch
-
-    p, t = pred & valid, target.bool() & valid
-    inter = (p & t).sum((1, 2)).float()
-    union = (p | t).sum((1, 2)).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-
-
 # -------------------------------------------------------------------------------------- the trainer
 @dataclass
 class TrainResult:
@@ -376,29 +155,7 @@ class TrainResult:
                 "n_train": self.n_train, "n_val": self.n_val, "seconds": round(self.seconds, 1)}
 
 
-def _prompt_kinds(n: int, point_fraction: float, seed: int, epoch: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, epoch, 1])
-    return rng.random(n) < point_fraction
-
-
-def _random_points(items: _Items, idx: Sequence[int], arch: SamFamilyAdapter, seed: int, epoch: int) -> np.ndarray:
-    """A random foreground pixel of each object's low-res target, in the model's input frame."""
-    rng = np.random.default_rng([seed, epoch, 2])
-    size = arch.lowres
-    f = arch.img_size / size
-    out = []
-    for i in idx:
-        t = np.unpackbits(items.targets[i], count=size * size).reshape(size, size)
-        ys, xs = np.nonzero(t)
-        if len(xs) == 0:
-            out.append(items.points[i])
-            continue
-        j = rng.integers(len(xs))
-        out.append(np.array([(xs[j] + 0.5) * f - 0.5, (ys[j] + 0.5) * f - 0.5], np.float32))
-    return np.stack(out)
-
-
-def _forward(arch: SamFamilyAdapter, emb, items: _Items, idx: np.ndarray, use_point: np.ndarray, points: np.ndarray | None):
+def _forward(arch: SamFamilyAdapter, emb, items: Items, idx: np.ndarray, use_point: np.ndarray, points: np.ndarray | None):
     """Low-res logits (B x L x L) and IoU predictions (B,) for items ``idx``; points / boxes per ``use_point``."""
     import torch
 
@@ -423,7 +180,7 @@ def _forward(arch: SamFamilyAdapter, emb, items: _Items, idx: np.ndarray, use_po
     return logits, ious
 
 
-def evaluate_items(arch: SamFamilyAdapter, store: _Store, items: _Items, kinds: Sequence[str] = ("point", "box"),
+def evaluate_items(arch: SamFamilyAdapter, store: EmbeddingStore, items: Items, kinds: Sequence[str] = ("point", "box"),
                    batch_size: int = 16) -> dict[str, float]:
     """Mean IoU of the decoder on the items' low-res targets for each prompt kind, and their mean ``iou``."""
     import torch
@@ -440,8 +197,8 @@ def evaluate_items(arch: SamFamilyAdapter, store: _Store, items: _Items, kinds: 
                 emb = store.get([items.keys[i] for i in idx], arch.device)
                 use_point = np.full(len(idx), kind == "point")
                 logits, _ = _forward(arch, emb, items, idx, use_point, None)
-                valid = _valid_mask([items.valid[i] for i in idx], arch.lowres, arch.device)
-                tgt = _targets(items, idx, arch.lowres, arch.device)
+                valid = valid_mask([items.valid[i] for i in idx], arch.lowres, arch.device)
+                tgt = unpack_targets(items, idx, arch.lowres, arch.device)
                 vals.append(_iou(logits > 0, tgt, valid).cpu())
             out[f"iou_{kind}"] = float(torch.cat(vals).mean())
     out["iou"] = float(np.mean([out[f"iou_{k}"] for k in kinds]))
@@ -454,14 +211,6 @@ def _val_kinds(point_fraction: float) -> tuple[str, ...]:
     if point_fraction <= 0.0:
         return ("box",)
     return ("point", "box")
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def train_sam_decoder(
@@ -506,13 +255,13 @@ def train_sam_decoder(
     else:
         val = list(val)
     cache = EmbeddingCache(arch, cache_dir, cfg.encode_batch_size, progress)
-    tr_items, skipped_tr = _build_items(train, arch, cache, cfg.hflip)
-    va_items, skipped_va = _build_items(val, arch, cache, False)
+    tr_items, skipped_tr = build_items(train, arch, cache, cfg.hflip)
+    va_items, skipped_va = build_items(val, arch, cache, False)
     cache.close()
     if len(tr_items) == 0 or len(va_items) == 0:
         raise LvlmError(f"sam-decoder training needs non-empty masks: {len(tr_items)} training and "
                         f"{len(va_items)} validation objects ({skipped_tr + skipped_va} empty masks skipped)")
-    store = _Store(cache, tr_items.keys + va_items.keys, cfg.max_memory_mb)
+    store = EmbeddingStore(cache, tr_items.keys + va_items.keys, cfg.max_memory_mb)
     kinds = _val_kinds(cfg.point_fraction)
 
     steps_per_epoch = math.ceil(len(tr_items) / cfg.batch_size)
@@ -552,8 +301,8 @@ def train_sam_decoder(
     for epoch in bar:
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
         perm = torch.randperm(len(tr_items), generator=gen).numpy()
-        use_point_all = _prompt_kinds(len(tr_items), cfg.point_fraction, cfg.seed, epoch)
-        rnd_points = _random_points(tr_items, perm, arch, cfg.seed, epoch) if cfg.point_mode == "random" else None
+        use_point_all = prompt_kinds(len(tr_items), cfg.point_fraction, cfg.seed, epoch)
+        rnd_points = random_points(tr_items, perm, arch, cfg.seed, epoch) if cfg.point_mode == "random" else None
         decoder.train()
         losses = []
         for s in range(0, len(perm), cfg.batch_size):
@@ -561,8 +310,8 @@ def train_sam_decoder(
             emb = store.get([tr_items.keys[i] for i in idx], arch.device)
             pts = None if rnd_points is None else rnd_points[s:s + cfg.batch_size]
             logits, iou_pred = _forward(arch, emb, tr_items, idx, use_point_all[idx], pts)
-            valid = _valid_mask([tr_items.valid[i] for i in idx], arch.lowres, arch.device)
-            tgt = _targets(tr_items, idx, arch.lowres, arch.device)
+            valid = valid_mask([tr_items.valid[i] for i in idx], arch.lowres, arch.device)
+            tgt = unpack_targets(tr_items, idx, arch.lowres, arch.device)
             loss = segmentation_loss(logits, tgt, valid, cfg.bce_weight, cfg.dice_weight)
             if cfg.iou_loss_weight > 0:
                 true_iou = _iou(logits.detach() > 0, tgt, valid)
@@ -609,92 +358,9 @@ def evaluate_sam_decoder(model: Any, samples: Iterable[Any], kinds: Sequence[str
     validation measure (so a reloaded ``decoder.safetensors`` reproduces the run's best ``val_iou``)."""
     arch = adapter_for(model, preprocess, device)
     cache = EmbeddingCache(arch, cache_dir, progress=progress)
-    items, _ = _build_items(list(samples), arch, cache, False)
+    items, _ = build_items(list(samples), arch, cache, False)
     cache.close()
-    store = _Store(cache, items.keys, 4096)
+    store = EmbeddingStore(cache, items.keys, 4096)
     return evaluate_items(arch, store, items, tuple(kinds))
 
 
-# ---------------------------------------------------------------------------------------------- CLI
-def build_model(name: str, model_type: str | None = None, checkpoint: Any = "default", device: str = "cpu"):
-    """A SAM-architecture model by name: sam (vit_b/l/h), mobilesam, medsam, litemedsam."""
-    from ..models import sam as sam_models
-
-    if name == "litemedsam":
-        return sam_models.build_litemedsam(checkpoint, device)
-    if name == "sam":
-        return sam_models.build_sam(model_type or "vit_b", checkpoint, device)
-    if name in ("mobilesam", "medsam"):
-        return sam_models.build_sam(name, checkpoint, device)
-    raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}")
-
-
-def _kv(text: str) -> tuple[str, Any]:
-    import yaml
-
-    if "=" not in text:
-        raise ConfigError(f"--data-arg {text!r}: expected KEY=VALUE")
-    k, v = text.split("=", 1)
-    return k.strip(), yaml.safe_load(v)
-
-
-def add_arguments(parser) -> None:
-    """Arguments of ``lvlm train sam-decoder``."""
-    parser.add_argument("--model", default="litemedsam", choices=MODEL_NAMES, help="model family (default litemedsam)")
-    parser.add_argument("--model-type", help="SAM variant for --model sam: vit_b (default), vit_l, vit_h, vit_tiny")
-    parser.add_argument("--checkpoint", default="default",
-                        help="model weights: 'default' (official), a path, or 'random'")
-    parser.add_argument("--dataset", required=True, help="registered dataset of training objects (lvlm list dataset)")
-    parser.add_argument("--data-root", help="the dataset's root folder")
-    parser.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="another constructor argument of the dataset (repeatable), e.g. split=train")
-    parser.add_argument("--val-dataset", help="validation dataset (default: hold out --val-fraction of the training set)")
-    parser.add_argument("--val-data-arg", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--out", "-o", default="sam_decoder_run", help="run folder (decoder.safetensors, last.pt)")
-    parser.add_argument("--config", help="YAML file of training settings (keys of DecoderTrainConfig)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--patience", type=int)
-    parser.add_argument("--point-fraction", type=float, help="share of point prompts, the rest boxes (default 0.5)")
-    parser.add_argument("--val-fraction", type=float)
-    parser.add_argument("--no-hflip", action="store_true", help="no horizontal-flip augmentation")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--cache-dir", help="embedding cache folder (default $LVLM_HOME/embeddings)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    parser.add_argument("--quiet", "-q", action="store_true")
-
-
-def run(args) -> int:
-    """``lvlm train sam-decoder``: build the model and datasets, train, print the summary as JSON."""
-    import yaml
-
-    from ..registry import build
-
-    cfg: dict[str, Any] = {}
-    if args.config:
-        cfg = yaml.safe_load(Path(args.config).read_text()) or {}
-        if not isinstance(cfg, dict):
-            raise ConfigError(f"{args.config}: expected a mapping of training settings")
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience,
-                 "point_fraction": args.point_fraction, "val_fraction": args.val_fraction, "seed": args.seed}
-    if args.no_hflip:
-        overrides["hflip"] = False
-    config = DecoderTrainConfig.from_any(cfg, **overrides)
-
-    def dataset(name, extra):
-        kwargs = dict(_kv(t) for t in extra)
-        if args.data_root and "root" not in kwargs:
-            kwargs["root"] = args.data_root
-        return build("dataset", name, **kwargs)
-
-    train = dataset(args.dataset, args.data_arg)
-    val = dataset(args.val_dataset, args.val_data_arg) if args.val_dataset else None
-    device = resolve_device(args.device)
-    model = build_model(args.model, args.model_type, args.checkpoint, device)
-    name = args.model if args.model != "sam" else (args.model_type or "vit_b")
-    res = train_sam_decoder(model, train, val, out_dir=args.out, config=config, cache_dir=args.cache_dir,
-                            device=device, resume=args.resume, model_name=name, progress=not args.quiet)
-    print(json.dumps(res.summary(), indent=1))
-    return 0

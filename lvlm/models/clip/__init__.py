@@ -20,7 +20,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from ...components import resolve_device
+from ...device import resolve_device
 from ...errors import ConfigError
 from ...registry import register
 from ..clip_base import ClipModel

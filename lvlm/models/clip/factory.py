@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ...components import resolve_device
+from ...device import resolve_device
 from ...errors import ConfigError, WeightsError, WeightsNotFoundError
 from ...weights import (
     WeightSpec,
