@@ -197,7 +197,7 @@ class Pipeline:
             if not self._can_segment(prompts):
                 # the prompter found nothing for this text (no salient region): an empty mask and a warning
                 return Candidates.empty(h, w, source="prompter"), prompts, extra
-            return self.segmenter.segment(img, prompts), prompts, extra
+            return _labelled(self.segmenter.segment(img, prompts), prompts), prompts, extra
 
     def _finish(self, img: np.ndarray, prompt: str | None, candidates: Candidates, prompts: Prompts | None,
                 extra: dict[str, Any], timings: dict[str, float]) -> Result:
@@ -312,7 +312,7 @@ class Pipeline:
                                         f"answers for {len(todo)} images")
                     share = (time.perf_counter() - t0) / len(todo)
                     for i, c in zip(todo, got):
-                        cands[i] = c
+                        cands[i] = _labelled(c, given[i][0])
                         states[i][3]["segmenter"] = share
         for i in ready:
             img, user, p, t = states[i]
@@ -340,6 +340,13 @@ class Pipeline:
         parts = [f"{k}={type(getattr(self, k)).__name__}" for k in STAGES if getattr(self, k) is not None]
         parts.append(f"combine={self.combiner!r}")
         return f"Pipeline({', '.join(parts)})"
+
+
+def _labelled(candidates: Candidates, prompts: Prompts) -> Candidates:
+    """The prompts' labels (a detector's classes) on the masks they produced, one per prompt."""
+    if candidates.labels is None and prompts.labels is not None and len(prompts.labels) == len(candidates):
+        candidates.labels = list(prompts.labels)
+    return candidates
 
 
 def check_text(prompt: Any) -> None:

@@ -39,6 +39,8 @@ class Prompts:
     - ``boxes``: K x 4 xyxy, or None
     - ``points``: K x P x 2 (x, y), or None (a P x 2 array is one prompt of P points); ``point_labels``: K x P (1 foreground, 0 background)
     - ``text``: the text prompt, for text-conditioned segmenters (CLIPSeg)
+    - ``labels``: one label per prompt where the prompter names what each box is (a detector's class), else
+      None; the masks of the prompts carry them (``Candidates.labels``, then ``Result.instances.labels``)
     A prompt k uses ``boxes[k]`` and/or ``points[k]``; with both None the prompt is text only.
     """
 
@@ -46,8 +48,11 @@ class Prompts:
     points: np.ndarray | None = None
     point_labels: np.ndarray | None = None
     text: str | None = None
+    labels: list[str] | None = None
 
     def __post_init__(self) -> None:
+        if self.labels is not None:
+            self.labels = [str(v) for v in self.labels]
         if self.boxes is not None:
             self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         if self.points is not None:
@@ -108,7 +113,7 @@ class Prompts:
             boxes = self.boxes.copy()
             boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
             boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-        return Prompts(boxes, self.points, self.point_labels, self.text)
+        return Prompts(boxes, self.points, self.point_labels, self.text, self.labels)
 
 
 @dataclass

@@ -198,3 +198,14 @@ def test_run_many_without_batched_stages_is_per_image_and_segment_many_is_used()
     assert seg.batches == [2, 2, 1] and all(r.mask.sum() == 105 for r in out)
     out = Pipeline(segmenter=seg).run_many([_img()] * 3, None, progress=False, batch_size=8, box=[0, 0, 4, 4])
     assert seg.batches[-1] == 3 and all(r.mask.sum() == 16 for r in out)
+
+
+def test_a_prompters_labels_become_the_instance_labels():
+    class _Detects(Prompter):
+        def prompts(self, image, text):
+            return Prompts(boxes=[[1, 1, 6, 6], [10, 10, 20, 18]], labels=["cat", "dog"]), {}
+
+    res = Pipeline(prompter=_Detects(), segmenter=_BoxFill(), combine="instances")(_img(), "cat. dog")
+    assert res.instances.labels == ["cat", "dog"] and [e["area"] for e in res.to_coco(1)] == [25, 80]
+    res = Pipeline(prompter=_TwoBoxes(), segmenter=_BoxFill(), combine="instances")(_img(), "cat. dog")
+    assert res.instances.labels == ["cat. dog"] * 2  # no labels of their own: the text prompt
