@@ -20,7 +20,7 @@ DEFAULT_CONFIG = "embedded"
 PLUGINS: dict[tuple[str, ...], tuple[str, str]] = {
     ("train", "clip"): ("lvlm.train.clip", "train a domain CLIP (seed 001 III-B)"),
     ("train", "clipseg"): ("lvlm.train.clipseg", "fine-tune the CLIPSeg decoder (seed 000)"),
-    ("train", "sam-decoder"): ("lvlm.train.sam_decoder", "specialise a SAM-architecture mask decoder (seed 002)"),
+    ("train", "sam-decoder"): ("lvlm.train.sam_decoder_cli", "specialise a SAM-architecture mask decoder (seed 002)"),
     ("bench",): ("lvlm.bench.runner", "run a cached, resumable benchmark matrix"),
     ("report",): ("lvlm.bench.report", "tables, plots and galleries of a benchmark run"),
     ("serve",): ("lvlm.serve.cli", "HTTP API and browser page on localhost (lvlm[serve]); see docs/serve.md"),

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import ConfigError, LvlmError
 from ..metrics import bce_dice_loss, iou
-from ..models.decoder_checkpoint import (  # noqa: F401  (load / read: the decoder-checkpoint API, re-exported)
+from ..models.decoder_checkpoint import (
     load_decoder_checkpoint,
     read_decoder_metadata,
     save_decoder_checkpoint,
@@ -199,7 +199,7 @@ def evaluate_items(arch: SamFamilyAdapter, store: EmbeddingStore, items: Items, 
                 logits, _ = _forward(arch, emb, items, idx, use_point, None)
                 valid = valid_mask([items.valid[i] for i in idx], arch.lowres, arch.device)
                 tgt = unpack_targets(items, idx, arch.lowres, arch.device)
-                vals.append(_iou(logits > 0, tgt, valid).cpu())
+                vals.append(_masked_iou(logits > 0, tgt, valid).cpu())
             out[f"iou_{kind}"] = float(torch.cat(vals).mean())
     out["iou"] = float(np.mean([out[f"iou_{k}"] for k in kinds]))
     return out
@@ -273,32 +273,32 @@ def train_sam_decoder(
     meta_base = {"model": model_name or type(model).__name__, "encoder_fingerprint": arch.fingerprint,
                  "preprocess": arch.preprocess_mode, "img_size": arch.img_size,
                  "config": dataclasses.asdict(cfg), "multimask_output": False}
-    last_path, decoder_path = out / LAST_FILE, out / DECODER_FILE
-    history: list[dict[str, Any]] = []
-    start_epoch, best, best_epoch, bad_epochs = 1, -1.0, 0, 0
-    if resume and last_path.is_file():
-        state = torch.load(last_path, map_location=arch.device, weights_only=True)
-        if state.get("encoder_fingerprint") != arch.fingerprint:
-            raise LvlmError(f"{last_path} belongs to a run on another image encoder; use a new --out or drop --resume")
-        decoder.load_state_dict(state["decoder"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history, best, best_epoch, bad_epochs = state["history"], state["best"], state["best_epoch"], state["bad_epochs"]
-        start_epoch = state["epoch"] + 1
-    if not history:  # epoch 0: the base decoder
+    decoder_path = out / DECODER_FILE
+
+    def state() -> dict[str, Any]:
+        return {"decoder": decoder.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "encoder_fingerprint": arch.fingerprint, "config": dataclasses.asdict(cfg)}
+
+    def load(st: dict[str, Any]) -> None:
+        decoder.load_state_dict(st["decoder"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+
+    def save_best(epoch: int, rec: dict[str, Any]) -> None:
+        save_decoder_checkpoint(model, decoder_path, {**meta_base, "epoch": epoch, "val_iou": rec["val_iou"]})
+
+    loop = TrainLoop(out, cfg.epochs, state, load, score="val_iou", min_delta=cfg.min_delta, patience=cfg.patience,
+                     settings={"encoder_fingerprint": arch.fingerprint}, on_best=save_best, checkpoint=LAST_FILE,
+                     history_file=HISTORY_FILE)
+    if resume:
+        loop.resume(map_location=arch.device)
+    if not loop.history:  # epoch 0: the base decoder
         base = evaluate_items(arch, store, va_items, kinds)
-        history.append({"epoch": 0, "train_loss": None, "lr": cfg.lr, **{f"val_{k}": v for k, v in base.items()}})
-        best, best_epoch = base["iou"], 0
-        save_decoder_checkpoint(model, decoder_path, {**meta_base, "epoch": 0, "val_iou": best})
+        loop.begin({"train_loss": None, "lr": cfg.lr, **{f"val_{k}": v for k, v in base.items()}})
         if on_epoch_end:
-            on_epoch_end(history[-1])
+            on_epoch_end(loop.history[-1])
 
-    from tqdm.auto import tqdm
-
-    stopped = bad_epochs >= cfg.patience
-    epochs = range(start_epoch, cfg.epochs + 1) if not stopped else range(0)
-    bar = tqdm(epochs, desc="sam-decoder", unit="epoch", disable=not progress)
-    for epoch in bar:
+    def one_epoch(epoch: int) -> dict[str, Any]:
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
         perm = torch.randperm(len(tr_items), generator=gen).numpy()
         use_point_all = prompt_kinds(len(tr_items), cfg.point_fraction, cfg.seed, epoch)
@@ -312,9 +312,9 @@ def train_sam_decoder(
             logits, iou_pred = _forward(arch, emb, tr_items, idx, use_point_all[idx], pts)
             valid = valid_mask([tr_items.valid[i] for i in idx], arch.lowres, arch.device)
             tgt = unpack_targets(tr_items, idx, arch.lowres, arch.device)
-            loss = segmentation_loss(logits, tgt, valid, cfg.bce_weight, cfg.dice_weight)
+            loss = bce_dice_loss(logits, tgt, valid, cfg.bce_weight, cfg.dice_weight)
             if cfg.iou_loss_weight > 0:
-                true_iou = _iou(logits.detach() > 0, tgt, valid)
+                true_iou = _masked_iou(logits.detach() > 0, tgt, valid).to(iou_pred.dtype)
                 loss = loss + cfg.iou_loss_weight * torch.mean((iou_pred - true_iou) ** 2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -325,30 +325,25 @@ def train_sam_decoder(
             losses.append(float(loss.detach()))
         decoder.eval()
         metrics = evaluate_items(arch, store, va_items, kinds)
-        rec = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": float(opt.param_groups[0]["lr"]),
-               **{f"val_{k}": v for k, v in metrics.items()}}
-        history.append(rec)
-        if metrics["iou"] > best + cfg.min_delta:
-            best, best_epoch, bad_epochs = metrics["iou"], epoch, 0
-            save_decoder_checkpoint(model, decoder_path, {**meta_base, "epoch": epoch, "val_iou": best})
-        else:
-            bad_epochs += 1
-        _atomic_torch_save({"decoder": decoder.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "epoch": epoch, "history": history, "best": best,
-                            "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                            "encoder_fingerprint": arch.fingerprint, "config": dataclasses.asdict(cfg)}, last_path)
-        (out / HISTORY_FILE).write_text(json.dumps(history, indent=1))
-        bar.set_postfix(loss=f"{rec['train_loss']:.4f}", val_iou=f"{metrics['iou']:.4f}", best=f"{best:.4f}")
+        return {"train_loss": float(np.mean(losses)), "lr": float(opt.param_groups[0]["lr"]),
+                **{f"val_{k}": v for k, v in metrics.items()}}
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.epochs, initial=loop.epoch, desc="sam-decoder", unit="epoch", disable=not progress)
+
+    def after(rec: dict[str, Any]) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{rec['train_loss']:.4f}", val_iou=f"{rec['val_iou']:.4f}", best=f"{loop.best:.4f}")
         if on_epoch_end:
             on_epoch_end(rec)
-        if bad_epochs >= cfg.patience:
-            stopped = True
-            break
-    bar.close()
-    (out / HISTORY_FILE).write_text(json.dumps(history, indent=1))
-    base_iou = history[0]["val_iou"]
-    return TrainResult(out, decoder_path, history, best_epoch, best, base_iou, stopped,
-                       len(tr_items), len(va_items), time.perf_counter() - t0)
+
+    try:
+        history = loop.run(one_epoch, after)
+    finally:
+        bar.close()
+    return TrainResult(out, decoder_path, history, loop.best_epoch, loop.best, history[0]["val_iou"],
+                       loop.stopped_early, len(tr_items), len(va_items), time.perf_counter() - t0)
 
 
 def evaluate_sam_decoder(model: Any, samples: Iterable[Any], kinds: Sequence[str] = ("point", "box"),
