@@ -209,3 +209,30 @@ def test_a_prompters_labels_become_the_instance_labels():
     assert res.instances.labels == ["cat", "dog"] and [e["area"] for e in res.to_coco(1)] == [25, 80]
     res = Pipeline(prompter=_TwoBoxes(), segmenter=_BoxFill(), combine="instances")(_img(), "cat. dog")
     assert res.instances.labels == ["cat. dog"] * 2  # no labels of their own: the text prompt
+
+
+def test_clipseg_prompter_boxes_are_the_regions_of_clipsegs_map(tmp_path):
+    """CLIPSeg as a prompter (a stage, for any segmenter): one box per 8-connected region of its map."""
+    pytest.importorskip("transformers")
+    from scipy import ndimage
+
+    from lvlm.segmenters.clipseg import save_tiny_clipseg
+
+    tiny = str(save_tiny_clipseg(tmp_path / "tiny"))
+    img = np.random.default_rng(4).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    prob = registry.build("segmenter", "clipseg", model=tiny, device="cpu").probabilities(img, "segment crack")
+    thr = float(np.quantile(prob, 0.8))
+    pipe = Pipeline.from_config({"prompter": {"name": "clipseg", "model": tiny, "device": "cpu", "threshold": thr,
+                                              "min_area": 0.0},
+                                 "segmenter": {"name": "_combine_boxfill"}, "combine": "instances"})
+    res = pipe(img, "segment crack")
+    labels, _ = ndimage.label(prob > thr, structure=np.ones((3, 3), bool))
+    ref = {(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndimage.find_objects(labels)}
+    assert len(ref) > 1 and {tuple(int(v) for v in b) for b in res.prompts.boxes} == ref
+    np.testing.assert_array_equal(res.extra["probability"], prob)
+    assert len(res.instances) == len(ref) and res.instances.labels == ["segment crack"] * len(ref)
+    with pytest.raises(ConfigError, match="box_mode"):
+        registry.build("prompter", "clipseg", model=tiny, box_mode="every")
+
+
+registry.register("segmenter", "_combine_boxfill")(_BoxFill)

@@ -13,6 +13,8 @@ Used three ways (see ``docs/clipseg.md``):
 - as a refiner of a pipeline's mask: the ``clipseg_refine`` combiner (``combine: {name: clipseg_refine,
   mode: intersect|union|weighted|overlap}``), or :meth:`ClipSegSegmenter.refine_mask` on any mask.
 
+As a prompter (its map's regions -> boxes for any segmenter): ``lvlm/selectors/clipseg_prompter.py``.
+
 Loading, preprocessing and the decoder live in :mod:`lvlm.models.clipseg` (:class:`ClipSegModel`);
 weights: a Hugging Face id (default ``CIDAS/clipseg-rd64-refined``, ``revision`` pins it), a local
 directory written by ``save_pretrained``, or ``tiny-random`` (a tiny randomly initialised model for tests
