@@ -24,6 +24,19 @@ import numpy as np
 import torch
 
 METRICS = ("iou", "dice", "precision", "recall", "boundary_precision", "boundary_recall", "boundary_f1")
+
+#: Row metrics a benchmark may add when its pipelines produce them (higher is better for all), with their
+#: table headings: :func:`oracle_iou`, :func:`selection_efficiency`, :func:`match_instances`' ``f1`` /
+#: ``matched_iou`` / ``best_iou``, and :func:`coco_mask_ap`'s ``ap`` / ``ap50``.
+OPTIONAL_METRICS = {
+    "oracle_iou": "Oracle IoU",
+    "selection_efficiency": "Sel. eff.",
+    "instance_f1": "Inst. F1",
+    "matched_iou": "Matched IoU",
+    "best_iou": "Best IoU / GT",
+    "mask_ap": "Mask AP",
+    "mask_ap50": "AP50",
+}
 DEFAULT_TOLERANCE = 2
 
 

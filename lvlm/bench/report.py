@@ -16,6 +16,7 @@ only here).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LvlmError
+from ..fsutil import atomic_write
+from ..metrics import OPTIONAL_METRICS
 from .metrics import METRICS, summarize
 
 MODEL_AXES = ("selector", "prompter", "pipeline")
@@ -36,7 +39,8 @@ SEED002_METRICS = (("iou", "iou"), ("dice", "dice"), ("f1", "dice"), ("boundary_
 def add_arguments(parser) -> None:
     parser.add_argument("run_dir", help="a run directory written by 'lvlm bench'")
     parser.add_argument("--out", "-o", help="output folder (default: RUN_DIR/report)")
-    parser.add_argument("--metric", default="iou", choices=METRICS, help="metric of the seed-001 tables and plots")
+    parser.add_argument("--metric", default="iou", choices=METRICS + tuple(OPTIONAL_METRICS),
+                        help="metric of the seed-001 tables and plots")
     parser.add_argument("--by", help="tag whose groups become table columns (default: difficulty, class or defect)")
     parser.add_argument("--digits", type=int, default=2, help="decimals in the seed-001 tables (default 2)")
     parser.add_argument("--gallery", type=int, default=3, help="best and worst cases per gallery (0: none)")
@@ -113,14 +117,31 @@ def _combos(rows) -> list[str]:
     return list(dict.fromkeys(r["combo"] for r in rows))
 
 
+def extra_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The :data:`~lvlm.metrics.OPTIONAL_METRICS` (oracle IoU, selection efficiency, instance metrics) that
+    some row holds a value of, in their standard order."""
+    return [m for m in OPTIONAL_METRICS if any(r.get(m) is not None for r in rows)]
+
+
 # --- tables -----------------------------------------------------------------------------------------
 
-def seed001_table(rows: Sequence[dict[str, Any]], metric: str = "iou", by: str | None = None) -> dict[str, Any]:
-    """Seed 001's table: one line per combination, ``All`` then one column per group; values are means."""
+def seed001_table(rows: Sequence[dict[str, Any]], metric: str = "iou", by: str | None = None,
+                  extra: Sequence[str] | None = None) -> dict[str, Any]:
+    """Seed 001's table: one line per combination, ``All`` then one column per group; values are means.
+
+    Args:
+        rows: result rows of one dataset.
+        metric: the metric of the ``All`` and group columns.
+        by: the tag whose groups become columns (default: difficulty, class or defect when present).
+        extra: further metrics shown as one mean column each after the groups (default: the
+            :func:`extra_metrics` present in the rows, e.g. oracle IoU and selection efficiency).
+    """
     model, sam, others = axes_of(rows)
     tag, values = _groups(rows, by)
+    extra = [m for m in (extra_metrics(rows) if extra is None else extra) if m != metric]
     header = (["Model"] if model else []) + (["SAM"] if sam else []) + others + ["All"]
     header += [DIFFICULTY.get(v, str(v)) if tag == "difficulty" else str(v) for v in values]
+    header += [OPTIONAL_METRICS.get(m, m) for m in extra]
     lines = []
     for cid in _combos(rows):
         rs = [r for r in rows if r["combo"] == cid]
@@ -130,8 +151,11 @@ def seed001_table(rows: Sequence[dict[str, Any]], metric: str = "iou", by: str |
         nums = [summarize(rs, [metric])["all"][f"{metric}_mean"]]
         per = summarize(rs, [metric], by=f"tags.{tag}") if tag else {}
         nums += [per.get(v, {}).get(f"{metric}_mean", math.nan) for v in values]
+        if extra:
+            s = summarize(rs, extra)["all"]
+            nums += [s[f"{m}_mean"] for m in extra]
         lines.append((cells, nums))
-    n_text = len(header) - 1 - len(values)
+    n_text = len(header) - 1 - len(values) - len(extra)
     return {"header": header, "n_text": n_text, "lines": lines, "metric": metric, "tag": tag}
 
 
@@ -196,26 +220,31 @@ def table_latex(t: dict[str, Any], digits: int = 2, caption: str = "") -> str:
 
 
 def table_csv(t: dict[str, Any], path: Path) -> Path:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(t["header"])
-        for cells, nums in t["lines"]:
-            w.writerow(cells + [("" if math.isnan(v) else f"{v:.6f}") for v in nums])
-    return path
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(t["header"])
+    for cells, nums in t["lines"]:
+        w.writerow(cells + [("" if math.isnan(v) else f"{v:.6f}") for v in nums])
+    return atomic_write(path, buf.getvalue())
 
 
 def seed002_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Seed 002's comparison: per combination, model | prompt_strategy | <metric>_mean / _std | num_samples."""
+    """Seed 002's comparison: per combination, model | prompt_strategy | <metric>_mean / _std | num_samples.
+
+    The :func:`extra_metrics` present in the rows (oracle IoU, selection efficiency, instance metrics) get
+    their ``_mean`` / ``_std`` columns after the standard ones.
+    """
     model, sam, others = axes_of(rows)
+    extra = extra_metrics(rows)
     out = []
     for cid in _combos(rows):
         rs = [r for r in rows if r["combo"] == cid]
         r0 = rs[0]
         name = " / ".join(x for x in [_label(r0, model), _label(r0, sam)] +
                           [f"{o}={_label(r0, o)}" for o in others if o != "strategy"] if x)
-        s = summarize(rs, METRICS)["all"]
+        s = summarize(rs, list(METRICS) + extra)["all"]
         row: dict[str, Any] = {"model": name, "prompt_strategy": r0["labels"].get("strategy", "text")}
-        for short, m in SEED002_METRICS:
+        for short, m in SEED002_METRICS + tuple((m, m) for m in extra):
             row[f"{short}_mean"], row[f"{short}_std"] = s[f"{m}_mean"], s[f"{m}_std"]
         row["num_samples"] = s["n"]
         row["errors"] = sum(1 for r in rs if r.get("error"))
@@ -224,12 +253,12 @@ def seed002_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _write_dicts(rows: list[dict[str, Any]], path: Path) -> Path:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
-    return path
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [])
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+    return atomic_write(path, buf.getvalue())
 
 
 def dicts_markdown(rows: list[dict[str, Any]], digits: int = 4) -> str:
@@ -243,15 +272,16 @@ def dicts_markdown(rows: list[dict[str, Any]], digits: int = 4) -> str:
 
 
 def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every (dataset, combination, group) with mean / std / n of every metric."""
+    """Every (dataset, combination, group) with mean / std / n of every metric (and of the extra ones present)."""
+    metrics = list(METRICS) + extra_metrics(rows)
     out = []
     for cid in _combos(rows):
         rs = [r for r in rows if r["combo"] == cid]
         r0 = rs[0]
         base = {"dataset": r0["dataset"], "combo": cid, **{f"label.{k}": v for k, v in r0["labels"].items()}}
-        groups = [("all", None, summarize(rs, METRICS)["all"])]
+        groups = [("all", None, summarize(rs, metrics)["all"])]
         for tag in dict.fromkeys(t for r in rs for t in r.get("tags", {}) if t in GROUP_TAGS):
-            for g, s in summarize(rs, METRICS, by=f"tags.{tag}").items():
+            for g, s in summarize(rs, metrics, by=f"tags.{tag}").items():
                 if g is not None:
                     groups.append((tag, g, s))
         for tag, g, s in groups:
@@ -429,11 +459,11 @@ def make_report(run_dir: str | Path, out: str | Path | None = None, metric: str 
         rs = [r for r in rows if r["dataset"] == ds]
         name = slug(ds)
         t = seed001_table(rs, metric, by)
-        (out_dir / f"table_{name}.md").write_text(table_markdown(t, digits))
-        (out_dir / f"table_{name}.tex").write_text(table_latex(t, digits, caption=f"Results on {ds} (mean {metric})."))
+        atomic_write(out_dir / f"table_{name}.md", table_markdown(t, digits))
+        atomic_write(out_dir / f"table_{name}.tex", table_latex(t, digits, caption=f"Results on {ds} (mean {metric})."))
         files += [out_dir / f"table_{name}.md", out_dir / f"table_{name}.tex", table_csv(t, out_dir / f"table_{name}.csv")]
         comp = seed002_rows(rs)
-        (out_dir / f"comparison_{name}.md").write_text(dicts_markdown(comp))
+        atomic_write(out_dir / f"comparison_{name}.md", dicts_markdown(comp))
         files += [out_dir / f"comparison_{name}.md", _write_dicts(comp, out_dir / f"comparison_{name}.csv")]
         if plots:
             files += heatmap(rs, out_dir / f"heatmap_{name}", metric, title=f"{ds}: mean {metric}")
