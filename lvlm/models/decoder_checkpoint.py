@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..fsutil import atomic_write
 
 FORMAT = "lvlm.sam_decoder/1"
 
@@ -60,16 +61,11 @@ def save_decoder_checkpoint(model: Any, path: str | os.PathLike, metadata: dict[
         path: the ``.safetensors`` file to write (its folder is created; written atomically).
         metadata: JSON-serialisable facts about the decoder (model name, encoder fingerprint, ...).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.mask_decoder.state_dict().items()}
     meta = {"format": FORMAT, **(metadata or {})}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(sd, str(tmp), metadata={"lvlm": json.dumps(meta, default=str)})
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, save(sd, metadata={"lvlm": json.dumps(meta, default=str)}))
 
 
 def read_decoder_metadata(path: str | os.PathLike) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import torch
 
 from ...device import resolve_device
 from ...errors import ConfigError, WeightsError, WeightsNotFoundError
+from ...fsutil import atomic_write, atomic_write_json
 from ...weights import (
     WeightSpec,
     cache_dir,
@@ -156,11 +157,11 @@ def save_open_clip(model: torch.nn.Module, path: str | os.PathLike, model_name: 
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(sd, str(path))
+        atomic_write(path, save(sd))
     else:
-        torch.save(sd, str(path))
+        atomic_write(path, lambda f: torch.save(sd, f))
     meta: dict[str, Any] = {}
     if model_name is not None:
         meta["model_name"] = model_name
@@ -168,7 +169,7 @@ def save_open_clip(model: torch.nn.Module, path: str | os.PathLike, model_name: 
         meta["model_cfg"] = model_cfg
     if preprocess_cfg:
         meta["preprocess_cfg"] = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess_cfg.items()}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    atomic_write_json(path.with_suffix(".json"), meta, indent=2)
     return path
 
 
