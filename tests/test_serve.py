@@ -64,6 +64,8 @@ class FakePipeline:
             if prompt == "boom":
                 raise RuntimeError("the model broke")
             mask = np.zeros(image.shape[:2], bool)
+            if prompt == "nothing":  # a prompt that matches nothing: empty mask, no score
+                return Result(mask=mask, score=float("nan"), prompt=prompt, candidates=Candidates.empty(*mask.shape))
             x0, y0, x1, y1 = (int(v) for v in (box[0] if box is not None else (2, 3, 9, 7)))
             mask[y0:y1, x0:x1] = True
             return Result(mask=mask, score=0.5, prompt=prompt, candidates=Candidates(mask[None]),
@@ -223,6 +225,14 @@ def test_model_failure_is_500_and_the_server_goes_on(fake):
     r = _post(client, {"prompt": "boom"}, _png(IMG))
     assert r.status_code == 500 and "the model broke" in r.json()["error"]
     assert _post(client, {"prompt": "a star"}, _png(IMG)).status_code == 200
+
+
+def test_a_prompt_matching_nothing_is_an_empty_mask_not_an_error(fake):
+    client, _, _ = fake
+    j = _post(client, {"prompt": "nothing", "format": "json"}, _png(IMG)).json()
+    assert j["empty"] is True and j["score"] is None and j["area"] == 0 and j["instances"] == []
+    r = _post(client, {"prompt": "nothing"}, _png(IMG))
+    assert r.status_code == 200 and not np.asarray(Image.open(io.BytesIO(r.content))).any()
 
 
 def test_upload_over_the_byte_limit_is_413(fake):

@@ -160,6 +160,17 @@ def _instances(res: Any, ident: str) -> tuple[list[dict], str]:
     return out, "candidates"
 
 
+def _finite(o: Any) -> Any:
+    """JSON-safe: NaN and infinities (a score of nothing) become null."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
@@ -396,7 +407,7 @@ def create_app(configs: list[str] | tuple[str, ...] = DEFAULT_CONFIGS, *, max_qu
         }
         if str(form.get("include_png") or "").lower() in ("1", "true", "yes", "on"):
             out["mask_png"] = base64.b64encode(png).decode("ascii")
-        return JSONResponse(out)
+        return JSONResponse(_finite(out))
 
     return app
 
