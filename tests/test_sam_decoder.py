@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 
 import numpy as np
@@ -136,6 +137,8 @@ def test_saved_decoder_reloads_and_reproduces_validation_iou(trained, tiny, data
     assert again["iou_box"] == pytest.approx(best["val_iou_box"], abs=1e-6)
     # the history on disk is the returned one
     assert json.loads((res.out_dir / "history.json").read_text())[-1]["epoch"] == len(res.history) - 1
+    if importlib.util.find_spec("matplotlib"):
+        assert (res.out_dir / "curves.png").stat().st_size > 1000
 
 
 def test_early_stopping_on_a_flat_validation_curve(tiny, data, tmp_path):

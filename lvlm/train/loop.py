@@ -191,8 +191,8 @@ def plot_curves(histories: Mapping[Any, Sequence[Mapping[str, Any]]], path: str 
                 panels: Sequence[tuple[str, Sequence[str]]], label: str = "seed") -> Path:
     """One figure of training curves: a panel per ``(title, keys)``, a colour per run (matplotlib, lazy).
 
-    Keys starting with ``val_`` are drawn dashed when a panel holds several keys; records without a key
-    (or with ``None`` / NaN) are skipped.
+    In a panel of several keys, the keys starting with ``val_`` are drawn dashed and each line is labelled
+    with its key; records without a key (or with ``None`` / NaN) are skipped.
 
     Args:
         histories: run name (e.g. the seed) -> history (records with an ``epoch`` key).
@@ -214,9 +214,7 @@ def plot_curves(histories: Mapping[Any, Sequence[Mapping[str, Any]]], path: str 
                 pts = [(h["epoch"], h[key]) for h in hist if _finite(h.get(key))]
                 if not pts:
                     continue
-                name = f"{label} {run}" if label else str(run)
-                if len(keys) > 1:
-                    name += f" {key.split('_')[0]}"
+                name = " ".join(x for x in (f"{label} {run}".strip(), key if len(keys) > 1 else "") if x)
                 ls = "--" if key.startswith("val_") and len(keys) > 1 else "-"
                 ax.plot(*zip(*pts), color=f"C{k}", ls=ls, marker="o", ms=3, label=name)
     for ax, (title, _) in zip(axes, panels):

@@ -44,7 +44,8 @@ from ..models.decoder_checkpoint import (
     save_decoder_checkpoint,
 )
 from ..models.sam import PREPROCESS, SamFamilyAdapter, adapter_for
-from .loop import TrainLoop
+from ..optional import has
+from .loop import TrainLoop, plot_curves
 from .sam_decoder_data import (
     EmbeddingCache,
     EmbeddingStore,
@@ -60,6 +61,8 @@ from .sam_decoder_data import (
 DECODER_FILE = "decoder.safetensors"
 LAST_FILE = "last.pt"
 HISTORY_FILE = "history.json"
+#: Panels of ``curves.png``: training loss, validation IoU (mean and per prompt kind) per epoch.
+CURVES = (("0.5 BCE + 0.5 Dice loss", ("train_loss",)), ("validation IoU", ("val_iou", "val_iou_point", "val_iou_box")))
 
 __all__ = ["DecoderTrainConfig", "EmbeddingCache", "TrainResult", "evaluate_items", "evaluate_sam_decoder",
            "load_decoder_checkpoint", "read_decoder_metadata", "save_decoder_checkpoint", "split_samples",
@@ -225,13 +228,24 @@ def train_sam_decoder(
     model_name: str = "",
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
+    curves: bool = True,
 ) -> TrainResult:
     """Specialise ``model.mask_decoder`` on ``train`` objects and return the :class:`TrainResult`.
 
-    ``train`` / ``val``: :class:`~lvlm.types.Sample` objects or ``(image, mask)`` pairs, one object
-    (mask) each; images may repeat (several objects per image share one cached embedding). Without
-    ``val`` a ``val_fraction`` split of ``train`` is held out. ``resume=True`` continues from
-    ``out_dir/last.pt`` when it exists. ``on_epoch_end(record)`` is called after every epoch.
+    Args:
+        model: a SAM-architecture model (its encoders stay frozen; its decoder is trained in place).
+        train: :class:`~lvlm.types.Sample` objects or ``(image, mask)`` pairs, one object (mask) each;
+            images may repeat (several objects per image share one cached embedding).
+        val: validation objects alike; without them a ``val_fraction`` split of ``train`` is held out.
+        out_dir: the run folder (``decoder.safetensors``, ``last.pt``, ``history.json``, ``curves.png``).
+        config: a :class:`DecoderTrainConfig` or a dict of its keys.
+        cache_dir: embedding cache folder (default ``$LVLM_HOME/embeddings``).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        resume: continue from ``out_dir/last.pt`` when it exists (else a fresh run).
+        model_name: recorded in the decoder's metadata (``"medsam"`` also selects MedSAM preprocessing).
+        on_epoch_end: called with each epoch's record (epoch 0: the base decoder) once it is saved.
+        progress: show a progress bar.
+        curves: draw ``curves.png`` at the end (when matplotlib is installed).
     """
     import torch
 
@@ -342,6 +356,8 @@ def train_sam_decoder(
         history = loop.run(one_epoch, after)
     finally:
         bar.close()
+    if curves and has("matplotlib"):
+        plot_curves({"": history}, out / "curves.png", CURVES, label="")
     return TrainResult(out, decoder_path, history, loop.best_epoch, loop.best, history[0]["val_iou"],
                        loop.stopped_early, len(tr_items), len(va_items), time.perf_counter() - t0)
 
@@ -350,7 +366,17 @@ def evaluate_sam_decoder(model: Any, samples: Iterable[Any], kinds: Sequence[str
                          cache_dir: str | os.PathLike | None = None, device: str = "auto",
                          preprocess: str = "auto", progress: bool = False) -> dict[str, float]:
     """Mean low-res IoU of ``model``'s decoder on (image, mask) objects, per prompt kind: the trainer's
-    validation measure (so a reloaded ``decoder.safetensors`` reproduces the run's best ``val_iou``)."""
+    validation measure (so a reloaded ``decoder.safetensors`` reproduces the run's best ``val_iou``).
+
+    Args:
+        model: a SAM-architecture model.
+        samples: Samples or ``(image, mask)`` pairs, one object each.
+        kinds: prompt kinds to score (``"point"``: the centre point, ``"box"``: the tight box).
+        cache_dir: embedding cache folder (default ``$LVLM_HOME/embeddings``).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        preprocess: the family's preprocessing (``"auto"`` from the model).
+        progress: show the encoding progress bar.
+    """
     arch = adapter_for(model, preprocess, device)
     cache = EmbeddingCache(arch, cache_dir, progress=progress)
     items, _ = build_items(list(samples), arch, cache, False)
