@@ -286,3 +286,13 @@ def test_presets_table_matches_seed_table_iii():
     for name, p in PRESETS.items():
         if p["pretrained"]:
             assert open_clip.get_pretrained_cfg(p["model_name"], p["pretrained"]), name
+
+
+def test_docs_presets_table_is_the_code_table():
+    """docs/clip.md shows the presets table printed from lvlm/models/clip/presets.py, so they cannot drift."""
+    from pathlib import Path
+
+    from lvlm.models.clip import presets_markdown
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "clip.md").read_text()
+    assert presets_markdown() in docs
