@@ -14,6 +14,7 @@ from .errors import (  # noqa: E402
     MissingDependencyError,
     PromptError,
     UnknownComponentError,
+    WeightsError,
     WeightsNotFoundError,
 )
 from .io import load_image, save_mask  # noqa: E402
@@ -24,5 +25,5 @@ from .types import Candidates, Prompts, Result, Selection  # noqa: E402
 __all__ = [
     "Pipeline", "Candidates", "Prompts", "Result", "Selection", "register", "build", "available",
     "load_image", "save_mask", "LvlmError", "ConfigError", "ImageError", "PromptError",
-    "UnknownComponentError", "WeightsNotFoundError", "MissingDependencyError", "__version__",
+    "UnknownComponentError", "WeightsError", "WeightsNotFoundError", "MissingDependencyError", "__version__",
 ]

@@ -5,7 +5,7 @@ and register a builder under kind ``"clip"``; callers only use what is declared 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..device import resolve_device
 from ..errors import LvlmError, WeightsError, WeightsNotFoundError
 from ..registry import register
-from ..weights import load_into, load_state_dict
+from ..weights import hf_pretrained, load_into, load_state_dict
 from .clip_base import ClipModel
 
 MEDCLIP_MEAN = 0.5862785803043838  # MedCLIP's single-channel normalisation (medclip.constants)
@@ -94,7 +94,10 @@ class MedClipModel(ClipModel):
 
             vision_cls = getattr(medclip, VARIANTS[variant]["cls"])
             model = medclip.MedCLIPModel(vision_cls=vision_cls)
-            self.tokenizer = AutoTokenizer.from_pretrained(medclip.constants.BERT_TYPE)
+            self.tokenizer = hf_pretrained(AutoTokenizer.from_pretrained, medclip.constants.BERT_TYPE,
+                                           what=f"{self.name} tokenizer", allow_patterns=["*.json", "*.txt"])
+        except LvlmError:  # our own one-line messages (the tokenizer through lvlm.weights)
+            raise
         except Exception as exc:  # noqa: BLE001 - hub / torchvision downloads inside MedCLIP's constructors
             raise WeightsNotFoundError(
                 f"{self.name}: MedCLIP builds its towers from Bio_ClinicalBERT (Hugging Face hub) and an "
