@@ -1,9 +1,16 @@
-"""Weight resolution in one place: explicit path > ``$LVLM_HOME`` > official URL / hub id when online.
+"""The one weight path: every weight file and Hugging Face model the library uses is found and read here.
 
-When the file is not on disk and cannot be fetched, :func:`resolve` raises
-:class:`~lvlm.errors.WeightsNotFoundError` within seconds, naming the file, the directory it was
-looked for in and the URL to get it from. It never hangs: the network is probed with a short
-timeout first (``LVLM_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` skip the probe).
+- Where: :func:`resolve` (explicit path > ``$LVLM_HOME`` > official URL / hub file when online),
+  :func:`hf_snapshot` / :func:`hf_file` / :func:`hf_pretrained` (Hugging Face repositories through
+  ``huggingface_hub``: its cache and ``HF_HOME``, ``HF_TOKEN``, a pinnable ``revision``, gated repositories).
+- What: :func:`load_state_dict` (``.safetensors`` or ``torch.load(weights_only=True)``) and
+  :func:`load_into` (keys and shapes checked).
+
+Every failure is one :class:`~lvlm.errors.WeightsError` line naming the file (or hub id), the model it
+was meant for and what is wrong; a file that is not on disk and cannot be fetched is a
+:class:`~lvlm.errors.WeightsNotFoundError` raised within seconds, naming where it was looked for and
+where to get it. Nothing hangs: the network is probed with a short timeout first (``LVLM_OFFLINE=1`` or
+``HF_HUB_OFFLINE=1`` skip the probe) and hub requests have timeouts.
 """
 from __future__ import annotations
 
@@ -26,7 +33,16 @@ PROBE_TIMEOUT_S = 3.0
 
 @dataclass(frozen=True)
 class WeightSpec:
-    """Where a weight file comes from: its file name, an official URL and/or a Hugging Face id."""
+    """Where a weight file comes from: its file name, an official URL and/or a Hugging Face id.
+
+    Args:
+        filename: the file name in ``$LVLM_HOME`` (and the default file inside ``hf_repo``).
+        url: a direct download URL.
+        hf_repo: a Hugging Face repo id holding the file (fetched through ``huggingface_hub``).
+        hf_file: the file inside ``hf_repo`` when it is not ``filename``.
+        page: where a person gets the file when there is no direct URL (Google Drive, ...).
+        license: the weights' licence, for the docs.
+    """
 
     filename: str
     url: str | None = None  # direct download
@@ -37,6 +53,7 @@ class WeightSpec:
 
     @property
     def where(self) -> str:
+        """Where to get the file, for messages: the URL, the hub page or ``page``."""
         if self.url:
             return self.url
         if self.hf_repo:
@@ -50,11 +67,18 @@ def cache_dir() -> Path:
 
 
 def offline() -> bool:
+    """True when ``LVLM_OFFLINE`` or ``HF_HUB_OFFLINE`` is set (to anything but ``0``): no download is tried."""
     return os.environ.get("LVLM_OFFLINE", "") not in ("", "0") or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
 def online(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """True when a TCP connection to ``host`` opens within ``timeout`` seconds."""
+    """True when a TCP connection to ``host`` opens within ``timeout`` seconds (False when :func:`offline`).
+
+    Args:
+        host: the host name (``"huggingface.co"``).
+        port: the TCP port.
+        timeout: seconds to wait for the connection.
+    """
     if offline():
         return False
     try:
@@ -495,5 +519,9 @@ def hf_pretrained(factory: Callable[..., Any], repo_id: str | os.PathLike, what:
 
 
 def is_random(checkpoint: Any) -> bool:
-    """The config convention for random initialisation: ``checkpoint: null`` or ``checkpoint: random``."""
+    """The config convention for random initialisation: ``checkpoint: null`` or ``checkpoint: random``.
+
+    Args:
+        checkpoint: a config's ``checkpoint`` value.
+    """
     return checkpoint is None or (isinstance(checkpoint, str) and checkpoint.lower() in ("random", "none"))
