@@ -9,9 +9,9 @@ import torch
 
 pytest.importorskip("open_clip")
 
-from lvlm.data.synthetic import all_captions, make_scene, training_pairs  # noqa: E402
-from lvlm.registry import build  # noqa: E402
-from lvlm.train.clip import ClipTrainConfig, PairSource, report_text, train_clip  # noqa: E402
+from lvlm.data.synthetic import all_captions, make_scene, training_pairs
+from lvlm.registry import build
+from lvlm.train.clip import ClipTrainConfig, PairSource, report_text, train_clip
 
 TINY = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 8},
         "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
@@ -25,8 +25,8 @@ def tiny_cfg(tmp_path_factory):
 
 
 def _cfg(tiny_cfg, out, **kw):
-    base = dict(data="scenes:96", out=str(out), model_config=tiny_cfg, train="both", epochs=3, batch_size=32,
-                lr=3e-3, seed=0, device="cpu", val_fraction=0.25)
+    base = {"data": "scenes:96", "out": str(out), "model_config": tiny_cfg, "train": "both", "epochs": 3,
+            "batch_size": 32, "lr": 3e-3, "seed": 0, "device": "cpu", "val_fraction": 0.25}
     base.update(kw)
     return ClipTrainConfig(**base)
 
@@ -72,9 +72,9 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_cfg, tmp_path):
 
 
 def test_table_ii_settings_freeze_the_right_parts(tiny_cfg):
-    from lvlm.train.clip import set_trainable
-
     import open_clip
+
+    from lvlm.train.clip import set_trainable
 
     m = open_clip.CLIP(**TINY)
     heads = set_trainable(m, "heads")
@@ -126,7 +126,7 @@ def test_scene_generator_is_deterministic_and_masks_are_true():
 def test_pair_source_split_is_seeded():
     ps = PairSource(list(range(20)), [str(i) for i in range(20)])
     tr1, va1 = ps.split(0.2, seed=3)
-    tr2, va2 = ps.split(0.2, seed=3)
+    _, va2 = ps.split(0.2, seed=3)
     assert va1.images == va2.images and len(va1) == 4 and not set(va1.images) & set(tr1.images)
 
 
@@ -155,3 +155,43 @@ def test_unknown_augmentation_is_named(tiny_cfg, tmp_path):
         train_clip(_cfg(tiny_cfg, tmp_path / "run", augment="rotate"), progress=False)
     with pytest.raises(ConfigError, match="probability"):
         train_clip(_cfg(tiny_cfg, tmp_path / "run2", scene_black_prob=1.5), progress=False)
+
+
+def test_train_loop_core_early_stopping_resume_and_settings(tmp_path):
+    from lvlm.errors import ConfigError
+    from lvlm.train.loop import TrainLoop
+
+    scores = {1: 0.5, 2: 0.7, 3: 0.7005, 4: 0.69, 5: 0.9}  # epoch 3 gains less than min_delta
+
+    def make(settings=None, state=None):
+        state = state if state is not None else {"w": 0}
+        bests = []
+        loop = TrainLoop(tmp_path, 10, lambda: {"w": state["w"]}, lambda s: state.update(w=s["w"]),
+                         score="val", min_delta=1e-3, patience=2, settings=settings or {"lr": 1},
+                         on_best=lambda e, r: bests.append(e))
+        return loop, state, bests
+
+    def epoch(state):
+        def run(e):
+            state["w"] += 1
+            return {"val": scores[e]}
+        return run
+
+    loop, state, bests = make()
+
+    def kill_after_2(rec):
+        if rec["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(epoch(state), kill_after_2)
+    assert bests == [1, 2]
+    again, state2, bests2 = make(state={"w": -1})
+    assert again.resume() and state2["w"] == 2 and again.epoch == 2 and again.best_epoch == 2
+    hist = again.run(epoch(state2))
+    assert [r["epoch"] for r in hist] == [1, 2, 3, 4]  # stopped after 2 epochs without a gain
+    assert again.stopped_early and again.best == pytest.approx(0.7) and bests2 == []
+    assert json.loads((tmp_path / "history.json").read_text()) == hist
+    with pytest.raises(ConfigError, match="lr: 1 in the checkpoint, 2 now"):
+        make(settings={"lr": 2})[0].resume()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json", "last.pt"]  # no temporary files
