@@ -38,6 +38,17 @@ def _remember(cache: OrderedDict, key: str, value: Any, size: int) -> None:
         cache.popitem(last=False)
 
 
+def _cached(owner: Any, attr: str, image: np.ndarray, compute: Any) -> Any:
+    """``compute(image)`` through the LRU ``owner.<attr>`` (``owner.cache_size`` entries, keyed by content)."""
+    cache, key = _lru(owner, attr), image_key(image)
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = compute(image)
+    _remember(cache, key, value, owner.cache_size)
+    return value
+
+
 class MaskGenerator:
     """Everything mode: an image in, candidate masks out.
 
@@ -54,14 +65,7 @@ class MaskGenerator:
         Args:
             image: an H x W x 3 uint8 RGB array, or anything :func:`lvlm.io.load_image` reads.
         """
-        img = load_image(image)
-        cache, key = _lru(self, "_generate_cache"), image_key(img)
-        if key in cache:
-            cache.move_to_end(key)
-            return cache[key]
-        cands = self._generate(img)
-        _remember(cache, key, cands, self.cache_size)
-        return cands
+        return _cached(self, "_generate_cache", load_image(image), self._generate)
 
     def generate_batch(self, images: Sequence[Any]) -> list[Candidates]:
         """Candidates of several images; those not cached go through ``_generate_many`` together.
@@ -114,13 +118,7 @@ class PromptedSegmenter:
         Args:
             image: an H x W x 3 uint8 RGB array.
         """
-        cache, key = _lru(self, "_embed_cache"), image_key(image)
-        if key in cache:
-            cache.move_to_end(key)
-            return cache[key]
-        emb = self._embed(image)
-        _remember(cache, key, emb, self.cache_size)
-        return emb
+        return _cached(self, "_embed_cache", image, self._embed)
 
     def clear_cache(self) -> None:
         """Forget the kept embeddings."""

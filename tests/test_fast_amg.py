@@ -387,3 +387,32 @@ def test_amg_settings_point_grids_and_official_keys():
     assert type(st.points_per_side) is int and type(st.pred_iou_thresh) is float
     official = SamAutomaticMaskGenerator(tiny_model(), **st.kwargs())  # the names are segment_anything's
     assert official.pred_iou_thresh == 1.0 and official.point_grids[0].shape == (64, 2)
+
+
+def test_generator_cache_is_the_base_classes():
+    """MaskGenerator.generate / generate_batch keep the last images' candidates: one _generate per new image."""
+    from lvlm.components import MaskGenerator
+    from lvlm.types import Candidates
+
+    class Counting(MaskGenerator):
+        def __init__(self):
+            self.seen = []
+
+        def _generate(self, image):
+            self.seen.append(int(image[0, 0, 0]))
+            return Candidates.empty(*image.shape[:2])
+
+    imgs = [np.full((8, 9, 3), v, np.uint8) for v in range(4)]
+    gen = Counting()
+    a = gen.generate(imgs[0])
+    assert gen.generate(imgs[0].copy()) is a and gen.seen == [0]  # keyed by content, not identity
+    out = gen.generate_batch([imgs[1], imgs[0], imgs[1], imgs[2]])
+    assert gen.seen == [0, 1, 2] and out[0] is out[2] and out[1] is a
+    gen.generate(imgs[3])  # cache_size 2: the least recently used go (here 0 and 1)
+    gen.generate(imgs[2])
+    assert gen.seen == [0, 1, 2, 3]
+    gen.generate(imgs[0])
+    assert gen.seen == [0, 1, 2, 3, 0]
+    gen.clear_cache()
+    gen.generate(imgs[0])
+    assert gen.seen == [0, 1, 2, 3, 0, 0]

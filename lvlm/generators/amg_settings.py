@@ -8,7 +8,7 @@ an :class:`AmgSettings` from them, so a bad value fails the same way everywhere,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -91,6 +91,16 @@ class AmgSettings:
     min_mask_region_area: int = 0
     mask_threshold: float = 0.0
     point_grids: Sequence[Any] | None = None
+
+    @classmethod
+    def from_knobs(cls, knobs: dict[str, Any]) -> AmgSettings:
+        """The validated settings from a generator's keyword arguments (``locals()`` of its constructor; keys
+        that are no knob, such as ``checkpoint``, are ignored; knobs it lacks keep their defaults).
+
+        Args:
+            knobs: a mapping holding some of this dataclass's field names.
+        """
+        return cls(**{f.name: knobs[f.name] for f in fields(cls) if f.name in knobs}).validate()
 
     def validate(self) -> AmgSettings:
         """Check every knob (ConfigError naming the key, its value and the valid range); normalise the types.

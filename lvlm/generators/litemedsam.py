@@ -194,12 +194,7 @@ class LiteMedSamGenerator(MaskGenerator):
                  encoder_backend: str = "auto") -> None:
         if prompts not in PROMPT_MODES:
             raise ConfigError(f"prompts={prompts!r}; valid: {', '.join(PROMPT_MODES)}")
-        self.settings = AmgSettings(
-            points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
-            stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
-            box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
-            crop_overlap_ratio=crop_overlap_ratio, crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-            min_mask_region_area=min_mask_region_area).validate()
+        self.settings = AmgSettings.from_knobs(locals())
         for name, val in (("region_min_area", region_min_area), ("region_max_area", region_max_area),
                           ("region_dedupe", region_dedupe)):
             check_fraction(name, val)

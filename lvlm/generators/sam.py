@@ -76,12 +76,7 @@ class SamGenerator(MaskGenerator):
                  box_nms_thresh: float = 0.7, crop_n_layers: int = 0, crop_nms_thresh: float = 0.7,
                  crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
                  min_mask_region_area: int = 0) -> None:
-        self.settings = AmgSettings(
-            points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
-            stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
-            box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
-            crop_overlap_ratio=crop_overlap_ratio, crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-            min_mask_region_area=min_mask_region_area).validate()
+        self.settings = AmgSettings.from_knobs(locals())
         require_cv2(self.settings.min_mask_region_area)
         self.device = resolve_device(device)
         self.model_type = model_type

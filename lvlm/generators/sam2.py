@@ -62,13 +62,7 @@ class Sam2Generator(MaskGenerator):
             has_postprocessing_extension,
         )
 
-        self.settings = AmgSettings(
-            points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
-            stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
-            mask_threshold=mask_threshold, box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers,
-            crop_nms_thresh=crop_nms_thresh, crop_overlap_ratio=crop_overlap_ratio,
-            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-            min_mask_region_area=min_mask_region_area).validate()
+        self.settings = AmgSettings.from_knobs(locals())
         _require_sam2()
         self.device = resolve_device(device)
         self.model = model if model is not None else build_sam2_model(variant, checkpoint, self.device)

@@ -62,12 +62,7 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         on_gpu = torch.device(self.device).type != "cpu"
         if points_per_batch is None:
             points_per_batch = 256 if on_gpu else 64
-        st = AmgSettings(
-            points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
-            stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
-            box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
-            crop_overlap_ratio=crop_overlap_ratio, crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-            min_mask_region_area=min_mask_region_area, point_grids=point_grids).validate()
+        st = AmgSettings.from_knobs(locals())
         check_positive_int("encoder_batch_size", encoder_batch_size)
         if output_mode not in OUTPUT_MODES:
             raise ConfigError(f"output_mode={output_mode!r}; valid values: {', '.join(OUTPUT_MODES)}")
@@ -76,17 +71,10 @@ class FastAutomaticMaskGenerator(MaskGenerator):
             self.point_grids = build_point_grids(st.points_per_side, st.crop_n_layers, st.crop_n_points_downscale_factor)
         else:
             self.point_grids = st.point_grids
-        self.points_per_side = st.points_per_side
-        self.points_per_batch = st.points_per_batch
-        self.pred_iou_thresh = st.pred_iou_thresh
-        self.stability_score_thresh = st.stability_score_thresh
-        self.stability_score_offset = st.stability_score_offset
-        self.box_nms_thresh = st.box_nms_thresh
-        self.crop_n_layers = st.crop_n_layers
-        self.crop_nms_thresh = st.crop_nms_thresh
-        self.crop_overlap_ratio = st.crop_overlap_ratio
-        self.crop_n_points_downscale_factor = st.crop_n_points_downscale_factor
-        self.min_mask_region_area = st.min_mask_region_area
+        for name in ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+                     "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh",
+                     "crop_overlap_ratio", "crop_n_points_downscale_factor", "min_mask_region_area"):
+            setattr(self, name, getattr(st, name))  # the engine reads them as attributes
         self.output_mode = output_mode
         self.bf16 = bool(bf16)
         self.encoder_batch_size = int(encoder_batch_size)
