@@ -335,3 +335,12 @@ def test_a_client_that_went_away_does_not_block_the_queue(tmp_path):
         assert r.status_code == 200
         assert pipe.prompts == ["running", "next"]  # the abandoned one never reached the model
         assert pool.skipped == 1
+
+
+def test_serve_without_the_extra_names_it(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if lvlm[serve] were not installed
+    assert main(["serve", "--port", "1"]) == 1
+    err = capsys.readouterr().err
+    assert 'pip install "lvlm[serve]"' in err and err.count("\n") == 1
