@@ -76,7 +76,12 @@ def _ratio(num: torch.Tensor, den: torch.Tensor, both_empty: torch.Tensor) -> to
 
 
 def confusion(pred: Any, gt: Any) -> dict[str, Any]:
-    """Pixel counts ``tp``, ``fp``, ``fn``, ``tn`` per mask pair (int64)."""
+    """Pixel counts ``tp``, ``fp``, ``fn``, ``tn`` per mask pair (int64).
+
+    Args:
+        pred: predicted H x W or B x H x W masks (numpy or torch, bool or 0/1).
+        gt: ground-truth masks of the same shape.
+    """
     p, g, is_np, single = _pair(pred, gt)
     p, g = p.flatten(1), g.flatten(1)
     tp = (p & g).sum(1)
@@ -98,35 +103,59 @@ def _counts(p: torch.Tensor, g: torch.Tensor):
 
 
 def iou(pred: Any, gt: Any):
-    """Intersection over union |P & G| / |P | G| (1 when both are empty)."""
+    """Intersection over union |P & G| / |P | G| (1 when both are empty).
+
+    Args:
+        pred: predicted H x W or B x H x W masks (numpy or torch, bool or 0/1).
+        gt: ground-truth masks of the same shape.
+    """
     p, g, is_np, single = _pair(pred, gt)
     tp, np_, ng, empty = _counts(p, g)
     return _out(_ratio(tp, np_ + ng - tp, empty), is_np, single)
 
 
 def dice(pred: Any, gt: Any):
-    """Dice = pixel F1 = 2 |P & G| / (|P| + |G|) (1 when both are empty)."""
+    """Dice = pixel F1 = 2 |P & G| / (|P| + |G|) (1 when both are empty).
+
+    Args:
+        pred: predicted H x W or B x H x W masks (numpy or torch, bool or 0/1).
+        gt: ground-truth masks of the same shape.
+    """
     p, g, is_np, single = _pair(pred, gt)
     tp, np_, ng, empty = _counts(p, g)
     return _out(_ratio(2 * tp, np_ + ng, empty), is_np, single)
 
 
 def precision(pred: Any, gt: Any):
-    """|P & G| / |P|; an empty prediction scores 1 if the truth is empty too, else 0."""
+    """|P & G| / |P|; an empty prediction scores 1 if the truth is empty too, else 0.
+
+    Args:
+        pred: predicted H x W or B x H x W masks (numpy or torch, bool or 0/1).
+        gt: ground-truth masks of the same shape.
+    """
     p, g, is_np, single = _pair(pred, gt)
     tp, np_, _, empty = _counts(p, g)
     return _out(_ratio(tp, np_, empty), is_np, single)
 
 
 def recall(pred: Any, gt: Any):
-    """|P & G| / |G|; an empty truth scores 1 if the prediction is empty too, else 0."""
+    """|P & G| / |G|; an empty truth scores 1 if the prediction is empty too, else 0.
+
+    Args:
+        pred: predicted H x W or B x H x W masks (numpy or torch, bool or 0/1).
+        gt: ground-truth masks of the same shape.
+    """
     p, g, is_np, single = _pair(pred, gt)
     tp, _, ng, empty = _counts(p, g)
     return _out(_ratio(tp, ng, empty), is_np, single)
 
 
 def boundary(mask: Any):
-    """Boundary pixels (same shape and type family as ``mask``): mask pixels with a 4-neighbour outside it."""
+    """Boundary pixels (same shape and type family as ``mask``): mask pixels with a 4-neighbour outside it.
+
+    Args:
+        mask: H x W or B x H x W mask(s), numpy or torch.
+    """
     m, is_np, single = _as_batch(mask)
     b = _boundary(m)
     b = b[0] if single else b
@@ -167,7 +196,13 @@ def _dilate(b: torch.Tensor, radius: float) -> torch.Tensor:
 
 
 def boundary_scores(pred: Any, gt: Any, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
-    """Boundary ``precision``, ``recall`` and ``f1`` with a pixel ``tolerance``."""
+    """Boundary ``precision``, ``recall`` and ``f1`` with a pixel ``tolerance``.
+
+    Args:
+        pred: predicted H x W or B x H x W masks (numpy or torch, bool or 0/1).
+        gt: ground-truth masks of the same shape.
+        tolerance: boundary distance (pixels, Euclidean) within which a boundary pixel counts as matched.
+    """
     p, g, is_np, single = _pair(pred, gt)
     return {k.replace("boundary_", ""): _out(v, is_np, single) for k, v in _boundary_scores(p, g, tolerance).items()}
 
@@ -184,7 +219,13 @@ def _boundary_scores(p: torch.Tensor, g: torch.Tensor, tolerance: float) -> dict
 
 
 def segmentation_metrics(pred: Any, gt: Any, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
-    """Every metric of :data:`METRICS` (plus pixel areas ``pred_area`` / ``gt_area``) in one pass."""
+    """Every metric of :data:`METRICS` (plus pixel areas ``pred_area`` / ``gt_area``) in one pass.
+
+    Args:
+        pred: predicted H x W or B x H x W masks (numpy or torch, bool or 0/1).
+        gt: ground-truth masks of the same shape.
+        tolerance: boundary distance (pixels, Euclidean) within which a boundary pixel counts as matched.
+    """
     p, g, is_np, single = _pair(pred, gt)
     tp, np_, ng, empty = _counts(p, g)
     vals = {

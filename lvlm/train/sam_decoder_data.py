@@ -29,7 +29,14 @@ __all__ = ["EmbeddingCache", "EmbeddingStore", "Items", "build_items", "prompt_k
 
 # ----------------------------------------------------------------------------------- embedding cache
 class EmbeddingCache:
-    """Image embeddings on disk, one ``.npy`` per image, keyed by image content hash under a model fingerprint."""
+    """Image embeddings on disk, one ``.npy`` per image, keyed by image content hash under a model fingerprint.
+
+    Args:
+        arch: the model's family adapter (its ``encode`` and ``fingerprint``).
+        cache_dir: the cache folder (default ``$LVLM_HOME/embeddings``).
+        batch_size: images encoded per encoder call.
+        progress: show a progress bar while encoding.
+    """
 
     def __init__(self, arch: SamFamilyAdapter, cache_dir: str | os.PathLike | None = None, batch_size: int = 4,
                  progress: bool = True):
@@ -161,7 +168,17 @@ def _group_key(image: Any, index: int, split_by: str) -> str:
 
 
 def build_items(samples: Sequence[Any], arch: SamFamilyAdapter, cache: EmbeddingCache, flip: bool) -> tuple[Items, int]:
-    """Items of the samples (with their flipped copies when ``flip``); embeddings cached on the way."""
+    """Items of the samples (with their flipped copies when ``flip``); embeddings cached on the way.
+
+    Args:
+        samples: Samples or ``(image, mask)`` pairs, one object each.
+        arch: the model's family adapter.
+        cache: where the embeddings go.
+        flip: also add each image flipped left-right (encoded as such).
+
+    Returns:
+        ``(items, number of samples skipped for an empty mask)``.
+    """
     items = Items()
     skipped = 0
     for s in samples:
@@ -185,6 +202,12 @@ def split_samples(samples: Sequence[Any], val_fraction: float, seed: int = 0,
 
     With ``split_by="image"`` all objects of one image land on the same side; when there is only one
     image the split falls back to objects.
+
+    Args:
+        samples: Samples or ``(image, mask)`` pairs.
+        val_fraction: share of the groups held out.
+        seed: the split's seed.
+        split_by: ``"image"`` or ``"item"``.
     """
     samples = list(samples)
     groups = [_group_key(_sample_parts(s)[0], i, split_by) for i, s in enumerate(samples)]
@@ -203,7 +226,13 @@ def split_samples(samples: Sequence[Any], val_fraction: float, seed: int = 0,
 
 
 class EmbeddingStore:
-    """Embeddings of the items' keys: one in-memory tensor when small enough, else read per batch."""
+    """Embeddings of the items' keys: one in-memory tensor when small enough, else read per batch.
+
+    Args:
+        cache: the embedding cache holding them.
+        keys: the embedding keys of the run.
+        max_memory_mb: keep them in memory up to this size.
+    """
 
     def __init__(self, cache: EmbeddingCache, keys: Iterable[str], max_memory_mb: int):
         import torch
@@ -228,6 +257,13 @@ class EmbeddingStore:
 
 
 def valid_mask(valid: Sequence[tuple[int, int]], size: int, device):
+    """B x size x size bool masks of the un-padded extents ``(h, w)`` of the objects' frames.
+
+    Args:
+        valid: per object, the un-padded height and width in the low-resolution frame.
+        size: the low-resolution side.
+        device: torch device of the result.
+    """
     import torch
 
     v = torch.as_tensor(np.asarray(valid, np.int64), device=device)
@@ -236,6 +272,14 @@ def valid_mask(valid: Sequence[tuple[int, int]], size: int, device):
 
 
 def unpack_targets(items: Items, idx: Sequence[int], size: int, device):
+    """B x size x size float targets of the items ``idx`` (unpacked from their bits).
+
+    Args:
+        items: the objects.
+        idx: which of them.
+        size: the low-resolution side.
+        device: torch device of the result.
+    """
     import torch
 
     t = np.stack([np.unpackbits(items.targets[i], count=size * size) for i in idx]).reshape(-1, size, size)
@@ -243,12 +287,28 @@ def unpack_targets(items: Items, idx: Sequence[int], size: int, device):
 
 
 def prompt_kinds(n: int, point_fraction: float, seed: int, epoch: int) -> np.ndarray:
+    """Per object, True for a point prompt (probability ``point_fraction``), else a box; fixed by (seed, epoch).
+
+    Args:
+        n: number of objects.
+        point_fraction: share of point prompts.
+        seed: the run's seed.
+        epoch: the epoch.
+    """
     rng = np.random.default_rng([seed, epoch, 1])
     return rng.random(n) < point_fraction
 
 
 def random_points(items: Items, idx: Sequence[int], arch: SamFamilyAdapter, seed: int, epoch: int) -> np.ndarray:
-    """A random foreground pixel of each object's low-res target, in the model's input frame."""
+    """A random foreground pixel of each object's low-res target, in the model's input frame.
+
+    Args:
+        items: the objects.
+        idx: which of them, in order.
+        arch: the model's family adapter (its frame sizes).
+        seed: the run's seed.
+        epoch: the epoch (the draw is fixed by seed and epoch).
+    """
     rng = np.random.default_rng([seed, epoch, 2])
     size = arch.lowres
     f = arch.img_size / size
