@@ -296,3 +296,45 @@ def test_docs_presets_table_is_the_code_table():
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "clip.md").read_text()
     assert presets_markdown() in docs
+
+
+def test_pretrained_tag_from_the_hugging_face_hub_through_lvlm_weights(tmp_path, monkeypatch):
+    """A tag whose weights are on the hub comes through huggingface_hub (cache, then download) with the
+    revision given, and loads into the architecture."""
+    import huggingface_hub
+    from huggingface_hub import errors as hub_errors
+    from safetensors.torch import save_file
+
+    import lvlm.weights
+
+    monkeypatch.delenv("LVLM_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(lvlm.weights, "online", lambda host, **kw: True)
+    cfg_dir = tmp_path / "cfgs"
+    cfg_dir.mkdir()
+    (cfg_dir / "lvlm-test-hub-rn.json").write_text(json.dumps(TINY_CONFIGS["tiny-rn"]))
+    open_clip.add_model_config(cfg_dir)
+    real = open_clip.get_pretrained_cfg
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda m, t: (
+        {"hf_hub": "org/lvlm-test-hub-rn/", "url": "", "quick_gelu": False}
+        if (m, t) == ("lvlm-test-hub-rn", "hubtag") else real(m, t)))
+    src = build("clip", "tiny-rn", device="cpu", seed=9)
+    weights = tmp_path / "downloaded" / "open_clip_model.safetensors"
+    weights.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in src.model.state_dict().items()}, str(weights))
+    calls = []
+
+    def hf_hub_download(**kw):
+        calls.append(kw)
+        if kw["local_files_only"]:
+            raise hub_errors.LocalEntryNotFoundError("not cached")
+        return str(weights)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    clip = load_open_clip("lvlm-test-hub-rn", "hubtag", device="cpu", name="T", revision="v1")
+    assert [c["local_files_only"] for c in calls] == [True, False]
+    assert all(c["repo_id"] == "org/lvlm-test-hub-rn" and c["revision"] == "v1"
+               and c["filename"] == "open_clip_model.safetensors" for c in calls)
+    assert clip.source == str(weights)
+    assert torch.allclose(_embeddings(src)[0], _embeddings(clip)[0], atol=1e-6)

@@ -34,11 +34,6 @@ DECODER_FORMAT = "lvlm-clipseg-decoder"
 HF_FILES = ["*.json", "*.txt", "*.safetensors", "*.bin"]  # config, processor / tokenizer files, weights
 
 
-def _looks_like_path(model: str) -> bool:
-    """Hub ids are ``owner/name``; anything else that names the file system is a path."""
-    return model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1
-
-
 def hub_url(model_id: str) -> str:
     """The Hugging Face page of a model id."""
     from ..weights import hf_page
@@ -62,7 +57,7 @@ def load_clipseg(model: str | os.PathLike = DEFAULT_MODEL, revision: str | None 
         The network (eval mode, CPU) and its processor.
     """
     from ..optional import require
-    from ..weights import cache_dir, hf_pretrained
+    from ..weights import cache_dir, hf_pretrained, is_hf_repo_id
 
     tf = require("transformers", "the clipseg segmenter")
     name = str(model)
@@ -71,7 +66,7 @@ def load_clipseg(model: str | os.PathLike = DEFAULT_MODEL, revision: str | None 
     p = Path(name).expanduser()
     if p.is_dir():
         return _load_dir(tf, p)
-    if _looks_like_path(name) or p.is_file():
+    if not is_hf_repo_id(name) or p.is_file():
         raise WeightsNotFoundError(
             f"CLIPSeg model folder {name!r} not found; give a folder written by save_pretrained "
             f"(config.json + model weights + processor files) or a Hugging Face id such as {DEFAULT_MODEL!r}")
