@@ -9,6 +9,9 @@ from lvlm import rle
 
 mask_utils = pytest.importorskip("pycocotools.mask")
 
+# pycocotools' own decode calls np.array(..., copy=False) on its RLE objects, which numpy 2 warns about
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
 
 def _cases():
     rng = np.random.default_rng(0)
