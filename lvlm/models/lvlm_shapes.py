@@ -17,12 +17,19 @@ WEIGHTS = ASSET_DIR / "open_clip_model.safetensors"
 @register("clip", "lvlm-shapes", description="small CLIP trained by lvlm on generated shapes scenes (offline, 160 px)",
           source="bundled: lvlm/assets/lvlm_shapes (trained with `lvlm train clip`, Apache-2.0)")
 def build_lvlm_shapes(checkpoint: str | None = "default", device: str = "auto"):
-    """The bundled shapes CLIP (``checkpoint`` may point at a retrained ``open_clip_model.safetensors``)."""
+    """The bundled shapes CLIP.
+
+    Args:
+        checkpoint: ``default`` (the bundled ``open_clip_model.safetensors``), or a retrained one (with its
+            ``open_clip_config.json`` beside it); read through :func:`lvlm.weights.load_state_dict`.
+        device: torch device (``auto``: CUDA when available).
+    """
     from ..errors import WeightsNotFoundError
     from .clip import load_open_clip
 
     path = Path(WEIGHTS if checkpoint in (None, "default") else checkpoint)
     if not path.is_file():
-        raise WeightsNotFoundError(f"lvlm-shapes weights {path} are missing from the package; retrain them with the "
-                                   f"command in {ASSET_DIR / 'MODEL_CARD.md'}")
+        raise WeightsNotFoundError(f"CLIP lvlm-shapes weights {str(path)!r}: file not found"
+                                   + (f" (missing from the package; retrain them with the command in "
+                                      f"{ASSET_DIR / 'MODEL_CARD.md'})" if checkpoint in (None, "default") else ""))
     return load_open_clip(checkpoint=str(path), device=device, name="lvlm-shapes")
