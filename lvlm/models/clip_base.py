@@ -69,3 +69,26 @@ class ClipModel:
     def reshape_transform(self, activations: torch.Tensor) -> torch.Tensor:
         """Target-layer output -> B x C x h x w (identity for CNNs; tokens to a grid for ViTs)."""
         return activations
+
+
+def byte_level_clip_tokenizer(model_max_length: int = 32, **kwargs):
+    """A transformers ``CLIPTokenizer`` that needs no download, for tiny random models (tests, smoke runs).
+
+    A CLIP byte-level BPE tokenizer with no merges: its vocabulary is the 256 byte symbols (plus their
+    end-of-word forms) and the two special tokens, so text is split into characters.
+
+    Args:
+        model_max_length: the longest token sequence.
+        **kwargs: passed to ``CLIPTokenizer`` (e.g. ``pad_token``).
+
+    Returns:
+        ``(tokenizer, vocab)``: the tokenizer and its ``{token: id}`` vocabulary.
+    """
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    bos, eos = "<|startoftext|>", "<|endoftext|>"
+    vocab[bos], vocab[eos] = len(vocab), len(vocab) + 1
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length, **kwargs), vocab

@@ -96,26 +96,17 @@ def _load_dir(tf, path: Path) -> tuple[Any, Any]:
 def tiny_clipseg(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
     """A tiny randomly initialised CLIPSeg (real architecture classes) with an offline tokenizer.
 
-    The tokenizer is a CLIP byte-level BPE tokenizer with no merges: its vocabulary is the 256 byte
-    symbols (plus their end-of-word forms) and the two special tokens, so text is split into
-    characters. ~80k parameters; the decoder has the same layout as the real one (3 FiLM-conditioned
+    The tokenizer is :func:`~lvlm.models.clip_base.byte_level_clip_tokenizer` (text split into
+    characters, no download). ~80k parameters; the decoder has the same layout as the real one (3 FiLM-conditioned
     layers fed by 3 vision layers, complex transposed convolution), logits at half the input size.
     """
     import torch
-    from transformers import (
-        CLIPSegConfig,
-        CLIPSegForImageSegmentation,
-        CLIPSegProcessor,
-        CLIPTokenizer,
-        ViTImageProcessor,
-    )
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
 
-    symbols = list(bytes_to_unicode().values())
-    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    from .clip_base import byte_level_clip_tokenizer
+
+    tok, vocab = byte_level_clip_tokenizer(model_max_length=32)
     bos, eos = "<|startoftext|>", "<|endoftext|>"
-    vocab[bos], vocab[eos] = len(vocab), len(vocab) + 1
-    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=32)
     cfg = CLIPSegConfig(
         text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64,
                      "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 32,
