@@ -21,7 +21,7 @@ import socket
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -457,7 +457,7 @@ def hf_snapshot(repo_id: str | os.PathLike, what: str | None = None, revision: s
     return _hf_fetch(fetch, repo, what, revision, repr(repo), list(looked_in or []))
 
 
-def hf_file(repo_id: str, filename: str, what: str | None = None, revision: str | None = None,
+def hf_file(repo_id: str, filename: str | Sequence[str], what: str | None = None, revision: str | None = None,
             looked_in: list[Path] | None = None) -> Path:
     """One file of a Hugging Face repository, through ``huggingface_hub``'s cache (``hf_hub_download``).
 
@@ -465,7 +465,8 @@ def hf_file(repo_id: str, filename: str, what: str | None = None, revision: str 
 
     Args:
         repo_id: ``"owner/name"``.
-        filename: the file inside the repository (``"open_clip_model.safetensors"``).
+        filename: the file inside the repository (``"open_clip_model.safetensors"``), or several names
+            in order of preference (the first one in the cache, else the first one the hub has).
         what: the model, as the user knows it (starts the error message).
         revision: a branch, tag or commit hash to pin.
         looked_in: other folders the caller already searched (named in the not-found message).
@@ -473,14 +474,22 @@ def hf_file(repo_id: str, filename: str, what: str | None = None, revision: str 
     Returns:
         The local path of the file.
     """
-    hub, _ = _hub()
+    hub, hub_errors = _hub()
+    names = [filename] if isinstance(filename, str) else list(filename)
 
     def fetch(local_only: bool) -> str:
-        return hub.hf_hub_download(repo_id=repo_id, filename=filename, revision=revision,
-                                   cache_dir=str(hf_cache_dir()), local_files_only=local_only,
-                                   etag_timeout=HF_ETAG_TIMEOUT_S)
+        for i, name in enumerate(names):
+            try:
+                return hub.hf_hub_download(repo_id=repo_id, filename=name, revision=revision,
+                                           cache_dir=str(hf_cache_dir()), local_files_only=local_only,
+                                           etag_timeout=HF_ETAG_TIMEOUT_S)
+            except (hub_errors.LocalEntryNotFoundError, hub_errors.EntryNotFoundError):
+                if i == len(names) - 1:
+                    raise
+        raise AssertionError("no file name given")
 
-    return _hf_fetch(fetch, repo_id, what, revision, f"{filename} of {repo_id!r}", list(looked_in or []))
+    item = " or ".join(names) + f" of {repo_id!r}"
+    return _hf_fetch(fetch, repo_id, what, revision, item, list(looked_in or []))
 
 
 def hf_pretrained(factory: Callable[..., Any], repo_id: str | os.PathLike, what: str,

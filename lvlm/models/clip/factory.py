@@ -307,13 +307,11 @@ def tag_weights(pcfg: dict, what: str, model_name: str, pretrained: str, revisio
     repo, fname = _split_hub(pcfg.get("hf_hub") or "")
     problems: list[str] = []
     if repo:
-        for name in [fname] if fname else list(HF_WEIGHT_FILES):
-            try:
-                return hf_file(repo, name, what=what, revision=revision, looked_in=[base])
-            except WeightsNotFoundError as exc:  # gated repositories (WeightsError) are reported as they are
-                problems.append(str(exc))
-                if offline() or "unreachable" in str(exc):
-                    break
+        try:
+            return hf_file(repo, [fname] if fname else list(HF_WEIGHT_FILES), what=what, revision=revision,
+                           looked_in=[base])
+        except WeightsNotFoundError as exc:  # gated repositories (WeightsError) are reported as they are
+            problems.append(str(exc))
     if url:
         try:
             return resolve(WeightSpec(filename=_url_file(url), url=url))
