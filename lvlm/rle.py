@@ -6,6 +6,10 @@ form packs the run lengths into an ASCII string as ``maskApi.c``'s ``rleToString
 each count from the third on stored as its difference with the count two before). ``tests/test_rle.py`` pins
 every function here against pycocotools.
 
+pycocotools is optional: where it is installed, :func:`encode_many` and :func:`decode_many` hand CPU masks
+to its C loops (the same strings, faster); without it, and for masks on an accelerator (whose runs are
+found on the device), the vectorised numpy / torch codec here does the work.
+
 An RLE is a dict ``{"size": [h, w], "counts": ...}`` whose counts are a ``str`` (compressed, what
 :func:`encode` writes), ``bytes`` (compressed, as pycocotools returns it) or a list of ints (uncompressed,
 as segment_anything's ``mask_to_rle_pytorch`` and COCO's ``iscrowd`` annotations write it).
@@ -23,9 +27,24 @@ RLE = dict[str, Any]
 # 13 characters of 5 bits hold any int64 difference
 _MAX_CHARS = 13
 
+_UNSET = object()
+_COCO: Any = _UNSET
+
+
+def _pycocotools() -> Any:
+    """``pycocotools.mask`` when installed (its C loops encode and decode CPU masks faster), else None."""
+    global _COCO
+    if _COCO is _UNSET:
+        try:
+            from pycocotools import mask as mask_utils
+        except ImportError:
+            mask_utils = None
+        _COCO = mask_utils
+    return _COCO
+
 
 def _as_bool_stack(masks: Any) -> tuple[Any, bool]:
-    """N x H x W masks as a bool torch tensor (kept on its device) or numpy array; flag says torch."""
+    """N x H x W masks as a bool numpy array, or a bool torch tensor when on an accelerator (flag says which)."""
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a core dependency
@@ -33,11 +52,46 @@ def _as_bool_stack(masks: Any) -> tuple[Any, bool]:
     if torch is not None and isinstance(masks, torch.Tensor):
         if masks.ndim != 3:
             raise ValueError(f"expected N x H x W masks, got shape {tuple(masks.shape)}")
-        return masks.bool(), True
+        if masks.device.type != "cpu":  # find the runs on the device, copy only them
+            return masks.bool(), True
+        masks = masks.bool().numpy()
     m = np.asarray(masks).astype(bool, copy=False)
     if m.ndim != 3:
         raise ValueError(f"expected N x H x W masks, got shape {m.shape}")
     return m, False
+
+
+def _changes_numpy(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mask index, column-major position of the first pixel of each new run, first pixels) of N x H x W masks,
+    sorted by mask then position; found without transposing the stack."""
+    _, h, w = m.shape
+    hw = h * w
+    m = np.ascontiguousarray(m)
+    keys = []
+    if h > 1:  # inside a column: row y-1 -> y of column x starts a run at x * h + y
+        inside = np.flatnonzero(m[:, 1:, :] != m[:, :-1, :])
+        i, rest = np.divmod(inside, (h - 1) * w)
+        y, x = np.divmod(rest, w)
+        keys.append(i * hw + x * h + y + 1)
+    if w > 1:  # across a column break: the bottom of column x -> the top of column x + 1
+        across = np.flatnonzero(m[:, 0, 1:] != m[:, h - 1, :-1])
+        j, xb = np.divmod(across, w - 1)
+        keys.append(j * hw + (xb + 1) * h)
+    key = np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+    mid, pos = np.divmod(key.astype(np.int64), hw)
+    return mid, pos, m[:, 0, 0]
+
+
+def _changes_torch(t: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_changes_numpy` of a bool torch tensor, found on its device (only the changes are copied)."""
+    import torch
+
+    n, h, w = t.shape
+    f = t.permute(0, 2, 1).reshape(n, h * w)  # Fortran order
+    change = torch.nonzero(f[:, 1:] ^ f[:, :-1])
+    mid = change[:, 0].cpu().numpy().astype(np.int64)
+    pos = change[:, 1].cpu().numpy().astype(np.int64) + 1
+    return mid, pos, f[:, 0].cpu().numpy()
 
 
 def _runs(masks: Any) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -47,26 +101,23 @@ def _runs(masks: Any) -> tuple[np.ndarray, np.ndarray, int, int]:
     hw = h * w
     if n == 0 or hw == 0:
         return np.zeros(0, np.int64), np.zeros(n, np.int64), h, w
-    if is_torch:
-        import torch
-
-        t = m.permute(0, 2, 1).reshape(n, hw)  # Fortran order
-        change = torch.nonzero(t[:, 1:] ^ t[:, :-1])
-        mid = change[:, 0].cpu().numpy().astype(np.int64)
-        pos = change[:, 1].cpu().numpy().astype(np.int64) + 1
-        first = t[:, 0].cpu().numpy()
-    else:
-        t = m.transpose(0, 2, 1).reshape(n, hw)
-        mid, pos = np.nonzero(t[:, 1:] != t[:, :-1])
-        mid = mid.astype(np.int64)
-        pos = pos.astype(np.int64) + 1
-        first = t[:, 0]
-    # cut points in one global index: every mask's start plus its change positions, plus the end
-    starts = np.arange(n, dtype=np.int64) * hw
-    cuts = np.sort(np.concatenate([starts, mid * hw + pos, [n * hw]]))
-    lengths = np.diff(cuts)
-    owner = np.searchsorted(starts, cuts[:-1], side="right") - 1
-    per_mask = np.bincount(owner, minlength=n).astype(np.int64)
+    mid, pos, first = _changes_torch(m) if is_torch else _changes_numpy(m)
+    # each run ends at a change (or at the end of its mask): its length is the distance to the run's start,
+    # the previous change of the same mask or the mask's start; the changes come sorted by (mask, position)
+    n_changes = np.bincount(mid, minlength=n).astype(np.int64)
+    per_mask = n_changes + 1
+    new_mask = np.ones(mid.size, bool)
+    new_mask[1:] = mid[1:] != mid[:-1]
+    prev = np.empty_like(pos)
+    prev[1:] = pos[:-1]
+    prev[new_mask] = 0
+    lengths = np.empty(int(per_mask.sum()), np.int64)
+    lengths[np.arange(mid.size) + mid] = pos - prev
+    ends = np.cumsum(per_mask) - 1
+    last = np.zeros(n, np.int64)
+    has = n_changes > 0
+    last[has] = pos[np.cumsum(n_changes)[has] - 1]
+    lengths[ends] = hw - last
     if first.any():  # COCO starts with a run of zeros: prepend a 0 to the masks whose first pixel is set
         first_run = np.concatenate([[0], np.cumsum(per_mask)[:-1]])
         lengths = np.insert(lengths, first_run[first], 0)
@@ -80,15 +131,18 @@ def _compress(counts: np.ndarray, per_mask: np.ndarray) -> list[str]:
         return [""] * len(per_mask)
     offsets = np.concatenate([[0], np.cumsum(per_mask)[:-1]])
     local = np.arange(counts.size) - np.repeat(offsets, per_mask)
-    x = counts.astype(np.int64).copy()
-    later = local > 2
-    x[later] -= counts[np.flatnonzero(later) - 2]
+    before = np.zeros_like(counts)
+    before[2:] = counts[:-2]
+    x = counts - np.where(local > 2, before, 0)
     # characters per value: the fewest 5-bit groups holding x in two's complement
+    v = np.where(x >= 0, x, ~x)
     nchar = np.ones(x.size, np.int64)
     for k in range(1, _MAX_CHARS):
-        lim = np.int64(1) << np.int64(5 * k - 1)
-        nchar += ~((x >= -lim) & (x < lim))
-    groups = np.arange(_MAX_CHARS, dtype=np.int64)
+        over = v >= (np.int64(1) << np.int64(5 * k - 1))
+        if not over.any():
+            break
+        nchar += over
+    groups = np.arange(int(nchar.max()), dtype=np.int64)
     chunks = (x[:, None] >> (5 * groups)[None, :]) & 0x1F
     chunks |= np.where(groups[None, :] < (nchar[:, None] - 1), 0x20, 0)
     chars = (chunks + 48).astype(np.uint8)[groups[None, :] < nchar[:, None]]
@@ -156,12 +210,25 @@ def encode_many(masks: Any, compressed: bool = True) -> list[RLE]:
     Returns:
         N dicts ``{"size": [h, w], "counts": str | list[int]}``.
     """
+    coco = _pycocotools() if compressed else None
+    if coco is not None and not _on_accelerator(masks):
+        m = np.asarray(masks.cpu() if hasattr(masks, "cpu") else masks)
+        if m.ndim != 3:
+            raise ValueError(f"expected N x H x W masks, got shape {m.shape}")
+        if len(m) and m.shape[1] * m.shape[2]:
+            out = coco.encode(np.asfortranarray(m.transpose(1, 2, 0).astype(np.uint8, copy=False)))
+            return [{"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")} for r in out]
     counts, per_mask, h, w = _runs(masks)
     if compressed:
         texts = _compress(counts, per_mask)
         return [{"size": [h, w], "counts": t} for t in texts]
     pieces = np.split(counts, np.cumsum(per_mask)[:-1]) if len(per_mask) else []
     return [{"size": [h, w], "counts": p.tolist()} for p in pieces]
+
+
+def _on_accelerator(masks: Any) -> bool:
+    device = getattr(masks, "device", None)
+    return device is not None and getattr(device, "type", "cpu") != "cpu"
 
 
 def encode(mask: Any, compressed: bool = True) -> RLE:
@@ -223,6 +290,14 @@ def decode_many(rles: list[RLE], height: int | None = None, width: int | None = 
         if height is None or width is None:
             raise ValueError("decode_many of no RLEs needs height and width")
         return np.zeros((0, height, width), bool)
+    coco = _pycocotools()
+    sizes = {tuple(_size(r)) for r in rles}
+    if coco is not None and len(sizes) == 1 and all(isinstance(r["counts"], (str, bytes)) for r in rles):
+        h, w = sizes.pop()
+        if h * w:
+            enc = [{"size": [h, w], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
+                    else r["counts"]} for r in rles]
+            return coco.decode(enc).transpose(2, 0, 1).astype(bool)
     return np.stack([decode(r) for r in rles])
 
 

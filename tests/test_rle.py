@@ -13,6 +13,13 @@ mask_utils = pytest.importorskip("pycocotools.mask")
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 
+@pytest.fixture(autouse=True, params=["pure", "pycocotools"])
+def codec(request, monkeypatch):
+    """Every test twice: with lvlm's own codec (pycocotools hidden) and with the pycocotools fast path."""
+    monkeypatch.setattr(rle, "_COCO", None if request.param == "pure" else mask_utils)
+    return request.param
+
+
 def _cases():
     rng = np.random.default_rng(0)
     out = []
@@ -61,12 +68,24 @@ def test_encode_many_numpy_and_torch_match_pycocotools():
         masks[1] = True
         ref = [_coco(m) for m in masks]
         assert rle.encode_many(masks) == ref
+        np.testing.assert_array_equal(rle.decode_many(ref), masks)
         assert rle.encode_many(torch.from_numpy(masks)) == ref
         # uncompressed counts decode to the same masks in pycocotools
         for m, r in zip(masks, rle.encode_many(masks, compressed=False)):
             coco = mask_utils.frPyObjects(r, *m.shape)
             np.testing.assert_array_equal(mask_utils.decode(coco).astype(bool), m)
     assert rle.encode_many(np.zeros((0, 4, 5), bool)) == []
+
+
+def test_device_path_finds_the_same_runs():
+    # the path used for masks on an accelerator (torch.nonzero on the device), run here on CPU tensors
+    rng = np.random.default_rng(2)
+    for shape in [(3, 1, 9), (3, 9, 1), (4, 17, 23)]:
+        m = rng.random(shape) < 0.5
+        ours = rle._changes_torch(torch.from_numpy(m))
+        ref = rle._changes_numpy(m)
+        for a, b in zip(ours, ref):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_uncompressed_matches_segment_anything():
