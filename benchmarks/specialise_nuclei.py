@@ -12,7 +12,7 @@ Protocol (held-out by position, so no nucleus is seen in both roles):
   0.5 BCE + 0.5 Dice, AdamW + cosine schedule, early stopping on validation IoU;
 - base and specialised decoders are evaluated on the right-half nuclei with the four prompt strategies
   of :mod:`lvlm.bench.prompt_strategies` (centre point, edge point, 4-point grid, box); masks at full
-  resolution, IoU / Dice / boundary F1 (2 px) from :mod:`lvlm.bench.metrics`.
+  resolution, IoU / Dice / boundary F1 (2 px) from :mod:`lvlm.metrics`.
 
 Usage (about 11.5 CPU-minutes: roughly 6-7 minutes of wall time on 2 idle cores)::
 
