@@ -58,14 +58,14 @@ def _with_defaults(kind: str, spec: Any, defaults: dict[str, Any]) -> Any:
     return spec
 
 
-@register("prompter", "saliency", description="text -> CLIP saliency (gScoreCAM, HilaCAM, Score-CAM, Grad-CAM) "
-          "-> dense CRF -> box / point prompts", source="MedCLIP-SAM's gScoreCAM pipeline")
+@register("prompter", "saliency", description="text -> CLIP saliency (gScoreCAM, HilaCAM, M2IB, Score-CAM, "
+          "Grad-CAM) -> dense CRF -> box / point prompts", source="MedCLIP-SAM's gScoreCAM pipeline")
 class SaliencyPrompter(Prompter):
     """Box / point prompts from a CLIP saliency map.
 
     - ``clip``: CLIP preset name, ``{name: ..., **kwargs}`` or a built :class:`ClipModel`;
-    - ``method``: ``gscorecam`` | ``hilacam`` (ViT) | ``scorecam`` | ``gradcam``, a ``{name: ...}`` dict or a
-      callable ``(clip, pixels, text_features) -> S x S map``; ``topk``, ``batch_size``, ``logit_scale``
+    - ``method``: ``gscorecam`` | ``hilacam`` (ViT) | ``m2ib`` (ViT; MedCLIP-SAMv2) | ``scorecam`` | ``gradcam``,
+      a ``{name: ...}`` dict or a callable ``(clip, pixels, text_features) -> S x S map``; ``topk``, ``batch_size``, ``logit_scale``
       go to the method when it takes them;
     - ``templates``: text templates (``{}`` = the prompt) whose embeddings are averaged;
     - ``resize``: ``stretch`` the image to the CLIP input square, or ``pad`` it to a square first;
