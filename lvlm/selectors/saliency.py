@@ -65,8 +65,8 @@ class SaliencyPrompter(Prompter):
 
     - ``clip``: CLIP preset name, ``{name: ..., **kwargs}`` or a built :class:`ClipModel`;
     - ``method``: ``gscorecam`` | ``hilacam`` (ViT) | ``m2ib`` (ViT; MedCLIP-SAMv2) | ``scorecam`` | ``gradcam``,
-      a ``{name: ...}`` dict or a callable ``(clip, pixels, text_features) -> S x S map``; ``topk``, ``batch_size``, ``logit_scale``
-      go to the method when it takes them;
+      a ``{name: ...}`` dict or a callable ``(clip, pixels, text_features) -> S x S map``; ``topk``,
+      ``batch_size``, ``logit_scale`` go to the method when it takes them;
     - ``templates``: text templates (``{}`` = the prompt) whose embeddings are averaged;
     - ``resize``: ``stretch`` the image to the CLIP input square, or ``pad`` it to a square first;
     - ``crf``: None, or a CRF backend spec (``{name: torch | pydensecrf, **parameters}``);
