@@ -81,10 +81,16 @@ def test_grounding_dino_matches_transformers_postprocessing(gdino, images):
         ref_boxes = r["boxes"].numpy()
         for box, lab in zip(o.boxes, o.text_labels):
             j = int(np.argmin(np.abs(ref_boxes - box).sum(1)))
-            assert set(lab.split()) & set(r["text_labels"][j].replace(".", " ").split()), (lab, r["text_labels"][j])
-    # the text threshold drops boxes whose best phrase token is not above it
+            words = set(r["text_labels"][j].replace(".", " ").split())
+            if lab:
+                assert set(lab.split()) & words, (lab, r["text_labels"][j])
+            else:  # matched no phrase: transformers decodes no phrase token above the text threshold either
+                assert not words & {w for c in classes for x in c for w in x.split()}
+    # the text threshold decides the class, not which boxes are kept (lang-sam); drop_unmatched drops them
     strict = det.postprocess(outputs, inputs, sizes, classes, threshold=0.3, text_threshold=0.99)
-    assert sum(map(len, strict)) < sum(map(len, ours))
+    assert [len(s) for s in strict] == [len(o) for o in ours]
+    assert any((s.labels == -1).any() for s in strict)
+    assert all(set(s.text_labels) <= set(c) | {""} for s, c in zip(strict, classes))
 
 
 def test_grounding_dino_prompter_equals_transformers_by_hand(gdino, images):
@@ -103,8 +109,8 @@ def test_grounding_dino_prompter_equals_transformers_by_hand(gdino, images):
     keep = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= 1.0
     got = {tuple(np.round(b, 3)) for b in prompts.boxes}
     assert len(prompts.boxes) > 0
-    assert got <= {tuple(np.round(b, 3)) for b in boxes[keep]}
-    assert set(extra["detector_labels"]) <= {"A Cat", "a dog"}  # the user's phrases
+    assert got == {tuple(np.round(b, 3)) for b in boxes[keep]}
+    assert set(extra["detector_labels"]) <= {"A Cat", "a dog", ""}  # the user's phrases, or none matched
     assert np.all(extra["detector_scores"] > 0.3)
 
 
@@ -235,3 +241,31 @@ def test_bad_config_values():
 
 def test_families():
     assert {GROUNDING_DINO, OWLV2, OMDET_TURBO} == {"grounding_dino", "owlv2", "omdet_turbo"}
+
+
+def test_drop_unmatched(images):
+    keep = build("prompter", "detector", model="tiny-random-grounding-dino", text_threshold=0.99, device="cpu")
+    drop = build("prompter", "detector", model="tiny-random-grounding-dino", text_threshold=0.99,
+                 drop_unmatched=True, device="cpu")
+    _, ea = keep.prompts(images[0], "cat. dog")
+    b, eb = drop.prompts(images[0], "cat. dog")
+    assert "" in ea["detector_labels"] and "" not in eb["detector_labels"]
+    assert len(b.boxes) == sum(lab != "" for lab in ea["detector_labels"])
+
+
+def test_packaged_detector_and_sam3_configs_have_valid_keys():
+    """Every config under configs/detector and configs/sam3 names registered components with their real keys."""
+    from lvlm.pipeline import CONFIG_DIR, STAGES, load_config
+    from lvlm.registry import check_kwargs, get
+
+    paths = sorted((CONFIG_DIR / "detector").glob("*.yaml")) + sorted((CONFIG_DIR / "sam3").glob("*.yaml"))
+    assert len(paths) >= 10
+    for path in paths:
+        cfg = load_config(path)
+        for stage in STAGES:
+            spec = cfg.get(stage)
+            if spec is None:
+                continue
+            spec = dict(spec)
+            entry = get(stage, spec.pop("name"))
+            check_kwargs(entry.obj, spec, where=f"{path.name} {stage}")

@@ -8,8 +8,9 @@ per image out, boxes in input pixels, xyxy):
   and the checkpoints that share its head and post-processing: MM-GroundingDINO (Zhao et al., 2024;
   ``openmmlab-community/mm_grounding_dino_*``) and LLMDet (Fu et al., CVPR 2025; ``iSEE-Laboratory/llmdet_*``).
   The classes go into one prompt, lower case, period separated (``"a cat. a dog."``); a box's score is its
-  highest token probability, and its class is the phrase holding the most probable token (the box is kept
-  when that token's probability exceeds ``text_threshold``, as GroundingDINO's phrase extraction needs).
+  highest token probability (every box above the box threshold is kept, as lang-sam keeps them), and its
+  class is the phrase holding its most probable phrase token when that probability exceeds
+  ``text_threshold`` (else the box matched no phrase: label -1, as transformers then decodes no phrase).
 - **OWLv2** (Minderer et al., NeurIPS 2023; ``google/owlv2-base-patch16-ensemble``, Apache-2.0): one CLIP text
   embedding per class, cached per class string; the image is padded to a square, so boxes are scaled by
   the longer side (transformers' ``post_process_object_detection``).
@@ -285,7 +286,7 @@ class Detector:
             sizes: each image's (height, width).
             classes: each image's class phrases.
             threshold: box score threshold.
-            text_threshold: GroundingDINO: the matched phrase token's probability must exceed it.
+            text_threshold: GroundingDINO: a box whose best phrase token is not above it matches no class (-1).
             nms: OmDet-Turbo: the IoU of its per-class NMS (its post-processing always runs one; 1.0 = none).
         """
         if self.family == GROUNDING_DINO:
@@ -353,7 +354,7 @@ def grounding_dino_postprocess(outputs: Any, input_ids: Any, sizes: Sequence[tup
     Scores and boxes are those of transformers' ``post_process_grounded_object_detection`` (sigmoid of the
     token logits, the max over tokens, ``> threshold``; centre boxes to corners scaled to each image); the
     class of a box is the phrase (tokens between separators, special tokens excluded) holding its most
-    probable token, and the box is kept only when that probability exceeds ``text_threshold``.
+    probable phrase token when that probability exceeds ``text_threshold``, else -1 (no phrase matched).
 
     Args:
         outputs: ``GroundingDinoObjectDetectionOutput`` (``logits`` B x Q x T, ``pred_boxes`` B x Q x 4 cxcywh).
@@ -390,17 +391,19 @@ def grounding_dino_postprocess(outputs: Any, input_ids: Any, sizes: Sequence[tup
         p = probs[b][keep].cpu()  # N x T
         scale = torch.tensor([ww, hh, ww, hh], dtype=torch.float32)
         bx = boxes[b][keep].cpu() * scale
-        if n_phr == 0 or len(p) == 0:
+        if len(p) == 0:
             results.append(Detections.empty(classes[b]))
+            continue
+        if n_phr == 0:
+            results.append(Detections(bx.numpy(), scores[b][keep].cpu().numpy(), -np.ones(len(p)), list(classes[b])))
             continue
         per_phrase = torch.full((len(p), n_phr), -1.0)
         for j in range(n_phr):
             sel = phrase == j
             per_phrase[:, j] = p[:, sel].max(dim=-1).values
         best, label = per_phrase.max(dim=-1)
-        ok = best > text_threshold
-        results.append(Detections(bx[ok].numpy(), scores[b][keep].cpu()[ok].numpy(), label[ok].numpy(),
-                                  list(classes[b])))
+        label[best <= text_threshold] = -1
+        results.append(Detections(bx.numpy(), scores[b][keep].cpu().numpy(), label.numpy(), list(classes[b])))
     return results
 
 
@@ -459,6 +462,8 @@ def tiny_detector(family: str, seed: int = 0, image_size: int = 64) -> tuple[Any
 
 
 def _tiny_grounding_dino(image_size: int):
+    # its coarsest feature level is 1/64 of the input and GroupNorm needs more than one value there
+    image_size = max(int(image_size), 96)
     from transformers import (
         BertTokenizer,
         GroundingDinoConfig,

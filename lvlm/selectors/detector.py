@@ -52,8 +52,10 @@ class DetectorPrompter(Prompter):
             or ``tiny-random-grounding-dino`` / ``tiny-random-owlv2`` / ``tiny-random-omdet-turbo`` (tests).
         threshold: box score threshold; ``default``: GroundingDINO 0.3 (lang-sam's box threshold), OWLv2 0.1,
             OmDet-Turbo 0.3 (transformers' post-processing defaults).
-        text_threshold: GroundingDINO: the matched phrase's best token probability must exceed it (0.25, as
-            lang-sam); the other families ignore it.
+        text_threshold: GroundingDINO: a box's class is the phrase of its most probable token when that
+            probability exceeds it (0.25, as lang-sam), else the box matched no class; others ignore it.
+        drop_unmatched: drop the boxes that matched no class (default false: every box above ``threshold``
+            is kept, as lang-sam and transformers' post-processing keep them).
         nms: IoU of a non-maximum suppression after the detector, or None; ``default``: none for GroundingDINO
             and OWLv2 (as their references), 0.5 for OmDet-Turbo (its post-processing's per-class NMS).
         class_agnostic_nms: suppress overlapping boxes across classes too.
@@ -68,8 +70,8 @@ class DetectorPrompter(Prompter):
     """
 
     def __init__(self, model: str = "grounding-dino-tiny", threshold: Any = _UNSET,
-                 text_threshold: float = DEFAULT_TEXT_THRESHOLD, nms: Any = _UNSET, class_agnostic_nms: bool = False,
-                 max_boxes: int | None = None, min_box_size: float = 1.0, lowercase: bool = True,
+                 text_threshold: float = DEFAULT_TEXT_THRESHOLD, drop_unmatched: bool = False, nms: Any = _UNSET,
+                 class_agnostic_nms: bool = False, max_boxes: int | None = None, min_box_size: float = 1.0, lowercase: bool = True,
                  separators: str = SEPARATORS, batch_size: int = 8, revision: str | None = None,
                  device: str = "auto", seed: int = 0) -> None:
         if max_boxes is not None and (isinstance(max_boxes, bool) or int(max_boxes) < 1):
@@ -84,6 +86,7 @@ class DetectorPrompter(Prompter):
         self.family = family
         self.threshold = DEFAULT_THRESHOLD[family] if threshold == _UNSET else float(threshold)
         self.text_threshold = float(text_threshold)
+        self.drop_unmatched = bool(drop_unmatched)
         self.nms = DEFAULT_NMS[family] if nms == _UNSET else (None if nms is None else float(nms))
         for key, val in (("threshold", self.threshold), ("text_threshold", self.text_threshold),
                          ("nms", self.nms)):
@@ -119,6 +122,8 @@ class DetectorPrompter(Prompter):
 
     def _filter(self, det: Detections, size: tuple[int, int]) -> Detections:
         h, w = size
+        if self.drop_unmatched and len(det):
+            det = det.subset(np.flatnonzero(det.labels >= 0))
         if len(det):
             det.boxes[:, [0, 2]] = det.boxes[:, [0, 2]].clip(0, w)
             det.boxes[:, [1, 3]] = det.boxes[:, [1, 3]].clip(0, h)
