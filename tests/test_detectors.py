@@ -269,3 +269,22 @@ def test_packaged_detector_and_sam3_configs_have_valid_keys():
             spec = dict(spec)
             entry = get(stage, spec.pop("name"))
             check_kwargs(entry.obj, spec, where=f"{path.name} {stage}")
+
+
+@pytest.mark.parametrize("segmenter", [
+    {"name": "sam", "model_type": "vit_tiny", "checkpoint": None, "encoder_backend": "torch"},
+    {"name": "medsam", "model_type": "vit_tiny", "checkpoint": None, "encoder_backend": "torch"},
+    {"name": "sam3", "model": "tiny-random"},  # boxes become SAM 3's exemplars
+])
+def test_detector_boxes_feed_other_segmenters(segmenter, images):
+    pipe = Pipeline.from_config({"prompter": {"name": "detector", "model": "tiny-random-grounding-dino",
+                                              "max_boxes": 3, "device": "cpu"},
+                                 "segmenter": {**segmenter, "device": "cpu"}, "combine": "union"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyMaskWarning)
+        res = pipe(images[2], "a cat. a bus")
+    assert res.mask.shape == images[2].shape[:2]
+    assert len(res.prompts.boxes) == 3
+    if segmenter["name"] != "sam3":
+        assert len(res.candidates) == 3  # one mask per box, carrying the box's class
+        assert res.candidates.labels == [lab or "a cat. a bus" for lab in res.extra["detector_labels"]]

@@ -135,7 +135,8 @@ class DetectorPrompter(Prompter):
     @staticmethod
     def _as_prompts(det: Detections, text: str) -> tuple[Prompts, dict[str, Any]]:
         extra = {"detector_scores": det.scores, "detector_labels": det.text_labels, "detections": det}
-        return Prompts(boxes=det.boxes, text=text), extra
+        labels = [lab or text for lab in det.text_labels]  # a box that matched no class carries the prompt
+        return Prompts(boxes=det.boxes, text=text, labels=labels), extra
 
     def prompts(self, image: np.ndarray, text: str) -> tuple[Prompts, dict[str, Any]]:
         """Box prompts (K x 4, input pixels) for one image; extras ``detector_scores`` / ``detector_labels``."""
