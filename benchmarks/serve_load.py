@@ -60,7 +60,11 @@ def _png(arr: np.ndarray) -> bytes:
 
 
 def variants(image: np.ndarray) -> list[np.ndarray]:
-    """12 distinct images from one: the 8 flips / rotations and 4 brightness shifts."""
+    """12 distinct images from one: the 8 flips / rotations and 4 brightness shifts.
+
+    Args:
+        image: H x W x 3 uint8 RGB.
+    """
     out = []
     for k in range(4):
         r = np.rot90(image, k)
@@ -71,7 +75,14 @@ def variants(image: np.ndarray) -> list[np.ndarray]:
 
 
 def cli_masks(paths: list[Path], config: str, data: dict, out: Path) -> list[np.ndarray]:
-    """The masks ``lvlm segment`` writes for these images (one CLI run for all of them)."""
+    """The masks ``lvlm segment`` writes for these images (one CLI run for all of them).
+
+    Args:
+        paths: image files.
+        config: the packaged config.
+        data: the request's form fields (``prompt`` and / or ``box``), given to the CLI as options.
+        out: the CLI's output directory.
+    """
     from PIL import Image
 
     from lvlm.cli import main
@@ -89,7 +100,11 @@ def cli_masks(paths: list[Path], config: str, data: dict, out: Path) -> list[np.
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process in MiB (VmRSS in /proc/PID/status)."""
+    """Resident memory of a process in MiB (VmRSS in /proc/PID/status).
+
+    Args:
+        pid: the process id.
+    """
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
