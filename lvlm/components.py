@@ -133,7 +133,13 @@ class PromptedSegmenter:
                 raise PromptError(f"{type(self).__name__} needs a box or point prompt (--box x0,y0,x1,y1 or --point x,y)")
             prompts.validate(h, w)
             prompts = prompts.clipped(h, w)
+        if getattr(self, "zoom", None) is not None and prompts.has_geometry:
+            return self._segment_zoomed(image, prompts)  # zoomed prompts: lvlm.segmenters.zoom
         return self._decode(self.embed(image), prompts, image)
+
+    def _segment_zoomed(self, image: np.ndarray, prompts: Prompts) -> Candidates:
+        """Each prompt on a zoomed crop of the image (segmenters with a ``zoom`` setting implement it)."""
+        raise NotImplementedError(f"{type(self).__name__} has no zoomed prompts")
 
     def _embed(self, image: np.ndarray) -> Any:
         raise NotImplementedError

@@ -102,6 +102,7 @@ def test_zoom_settings_checks():
 def test_real_litemedsam_zoom_beats_whole_image():
     from lvlm.io import load_image, load_mask
     from lvlm.metrics import iou
+    from lvlm.pipeline import load_config
     from lvlm.registry import build
     from lvlm.types import masks_to_boxes
 
@@ -112,7 +113,9 @@ def test_real_litemedsam_zoom_beats_whole_image():
     boxes = masks_to_boxes(gt)
     seg = build("segmenter", "litemedsam", device="cpu")
     whole = seg.segment(image, Prompts(boxes=boxes)).masks
-    zoomed = segment_zoomed(seg, image, Prompts(boxes=boxes), ZoomSettings(context=4.0, share=False)).masks
+    spec = dict(load_config("sam/litemedsam_box_zoom")["segmenter"], device="cpu")  # zoom through the config
+    zoom_seg = build("segmenter", spec.pop("name"), **spec)
+    zoomed = zoom_seg.segment(image, Prompts(boxes=boxes)).masks
     iou_whole = float(np.mean(iou(whole, gt)))
     iou_zoom = float(np.mean(iou(zoomed, gt)))
     assert iou_zoom > iou_whole + 0.05, (iou_zoom, iou_whole)

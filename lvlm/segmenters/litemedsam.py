@@ -31,14 +31,16 @@ class LiteMedSamSegmenter(SamFamilySegmenter):
         encoder_backend: ``auto`` (default: the image encoder runs in ONNX Runtime on the CPU when
             ``lvlm[onnx]`` is installed, same embedding to 1.3e-6 (docs/performance.md); torch otherwise),
             ``torch`` or ``onnxruntime``.
+        zoom: zoomed box prompts (:mod:`lvlm.segmenters.zoom`, e.g. ``{context: 4.0}``: each box decoded on a
+            crop of 4 x its side at the full 256 px input); null (default): the whole image, one encoder pass.
     """
 
     def __init__(self, checkpoint: Any = "default", device: str = "auto", multimask: Any = False,
                  batch_size: int = 64, threshold: float = 0.5, decoder_checkpoint: str | None = None,
-                 encoder_backend: str = "auto") -> None:
+                 encoder_backend: str = "auto", zoom: Any = None) -> None:
         threshold, batch_size = check_threshold(threshold), check_batch_size(batch_size)
         multimask = check_multimask(multimask)
         device = resolve_device(device)
         model = build_litemedsam(checkpoint, device, decoder_checkpoint, fuse=True, encoder_backend=encoder_backend)
-        super().__init__(LiteMedSamAdapter(model, device), multimask=multimask, batch_size=batch_size,
+        super().__init__(LiteMedSamAdapter(model, device), multimask=multimask, batch_size=batch_size, zoom=zoom,
                          threshold=threshold, source="litemedsam")

@@ -28,14 +28,16 @@ class MedSamSegmenter(SamFamilySegmenter):
         decoder_checkpoint: a mask decoder specialised with ``lvlm train sam-decoder``.
         encoder_backend: ``auto`` (torch for MedSAM's ViT-B), ``torch``, or ``onnxruntime`` (CPU, after a
             one-time export written to ``$LVLM_HOME/onnx``).
+        zoom: zoomed box prompts (:mod:`lvlm.segmenters.zoom`, e.g. ``{context: 4.0}``); null (default): off.
     """
 
     def __init__(self, checkpoint: Any = "default", device: str = "auto", model_type: str = "medsam",
                  batch_size: int = 64, threshold: float = 0.5, decoder_checkpoint: str | None = None,
-                 encoder_backend: str = "auto") -> None:
+                 encoder_backend: str = "auto", zoom: Any = None) -> None:
         threshold, batch_size = check_threshold(threshold), check_batch_size(batch_size)
         device = resolve_device(device)
         model = build_sam(model_type, checkpoint, device, decoder_checkpoint, encoder_backend)
         super().__init__(MedSamAdapter(model, device), multimask=False, batch_size=batch_size, threshold=threshold,
+                         zoom=zoom,
                          source="medsam" if model_type == "medsam" else f"medsam:{model_type}")
         self.size = self.adapter.img_size

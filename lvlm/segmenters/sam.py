@@ -16,6 +16,7 @@ from ..io import load_image
 from ..models.sam import ImageEmbedding, SamAdapter, SamFamilyAdapter, build_sam
 from ..registry import register
 from ..types import Candidates, Prompts
+from .zoom import segment_zoomed, zoom_settings
 
 MULTIMASK = ("auto", True, False)
 
@@ -57,10 +58,14 @@ class SamFamilySegmenter(PromptedSegmenter):
         source: the name in ``Candidates.source``.
         embeddings: where embeddings come from instead of the encoder: anything with ``get(image)``
             returning the 1 x C x h x w features (e.g. the decoder trainer's on-disk cache).
+        zoom: zoomed prompts (:mod:`lvlm.segmenters.zoom`): ``{context: 4.0, min_crop: 32, batch: 8, share:
+            true}`` decodes each box on a crop of ``context`` x its side at the full input size, mask pasted
+            back at the input resolution; null / false (default): the whole image in one encoder pass.
     """
 
     def __init__(self, adapter: SamFamilyAdapter, multimask: Any = False, batch_size: int = 64,
-                 threshold: float | None = None, source: str = "sam", embeddings: Any = None) -> None:
+                 threshold: float | None = None, source: str = "sam", embeddings: Any = None,
+                 zoom: Any = None) -> None:
         self.adapter = adapter
         self.model = adapter.model
         self.device = str(adapter.device)
@@ -69,6 +74,10 @@ class SamFamilySegmenter(PromptedSegmenter):
         self.threshold = threshold
         self.source = source
         self.embeddings = embeddings
+        self.zoom = zoom_settings(zoom)
+
+    def _segment_zoomed(self, image: np.ndarray, prompts: Prompts) -> Candidates:
+        return segment_zoomed(self, image, prompts, self.zoom)
 
     def _embed(self, image: np.ndarray) -> ImageEmbedding:
         img = load_image(image)
@@ -106,14 +115,15 @@ class SamSegmenter(SamFamilySegmenter):
             ``lvlm[onnx]`` is installed, torch otherwise), ``torch``, or ``onnxruntime`` (CPU; also for vit_b /
             vit_l / medsam after a one-time export written to ``$LVLM_HOME/onnx``; not vit_h, over ONNX's 2 GB
             limit).
+        zoom: zoomed prompts (:mod:`lvlm.segmenters.zoom`, e.g. ``{context: 4.0}``); null (default): off.
     """
 
     def __init__(self, model_type: str = "vit_h", checkpoint: Any = "default", device: str = "auto",
                  multimask: Any = "auto", batch_size: int = 64, decoder_checkpoint: str | None = None,
-                 encoder_backend: str = "auto") -> None:
+                 encoder_backend: str = "auto", zoom: Any = None) -> None:
         multimask, batch_size = check_multimask(multimask), check_batch_size(batch_size)
         device = resolve_device(device)
         self.model_type = model_type
         model = build_sam(model_type, checkpoint, device, decoder_checkpoint, encoder_backend)
-        super().__init__(SamAdapter(model, device), multimask=multimask, batch_size=batch_size,
+        super().__init__(SamAdapter(model, device), multimask=multimask, batch_size=batch_size, zoom=zoom,
                          source=f"sam:{model_type}" if model_type != "mobilesam" else "mobilesam")

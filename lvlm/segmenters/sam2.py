@@ -16,6 +16,7 @@ from ..components import PromptedSegmenter
 from ..device import resolve_device
 from ..registry import register
 from ..types import Candidates, Prompts
+from .zoom import segment_zoomed, zoom_settings
 
 
 @register("segmenter", "sam2", description="SAM 2.1 prompted with boxes / points (one mask per prompt)",
@@ -32,6 +33,7 @@ class Sam2Segmenter(PromptedSegmenter):
         mask_threshold: the logit threshold of a mask.
         stability_score_offset: the offset of the reported stability score.
         model: an already built SAM2Base to share (then variant / checkpoint are ignored).
+        zoom: zoomed prompts (:mod:`lvlm.segmenters.zoom`), e.g. ``{context: 4.0}``; null (default): off.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class Sam2Segmenter(PromptedSegmenter):
         mask_threshold: float = 0.0,
         stability_score_offset: float = 1.0,
         model: Any = None,
+        zoom: Any = None,
     ) -> None:
         from ..models.sam2 import Sam2Adapter, _require_sam2, build_sam2_model
 
@@ -56,6 +59,10 @@ class Sam2Segmenter(PromptedSegmenter):
         self.stability_score_offset = float(stability_score_offset)
         self.adapter = Sam2Adapter(self.model, mask_threshold=self.mask_threshold)
         self.predictor = self.adapter.predictor
+        self.zoom = zoom_settings(zoom)
+
+    def _segment_zoomed(self, image: np.ndarray, prompts: Prompts) -> Candidates:
+        return segment_zoomed(self, image, prompts, self.zoom)
 
     def _embed(self, image: np.ndarray) -> dict[str, Any]:
         """The image encoder pass: SAM 2's multi-scale features of one image."""

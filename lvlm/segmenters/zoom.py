@@ -185,11 +185,11 @@ def _embed_windows(segmenter, crops: list[np.ndarray], batch: int) -> list[Any]:
     """Embeddings of the crops, ``batch`` per encoder call where the segmenter can batch: its
     ``_embed_many(images)``, or its SAM-family adapter's ``encode`` (one B x 3 x S x S encoder input), else one
     ``_embed`` per crop."""
+    from ..models.sam import ImageEmbedding, SamFamilyAdapter
+
     many = getattr(segmenter, "_embed_many", None)
     adapter = getattr(segmenter, "adapter", None)
-    if many is None and adapter is not None and hasattr(adapter, "encode") and hasattr(adapter, "input_size") \
-            and getattr(segmenter, "embeddings", None) is None:
-        from ..models.sam import ImageEmbedding
+    if many is None and isinstance(adapter, SamFamilyAdapter) and getattr(segmenter, "embeddings", None) is None:
 
         def many(images):
             feats = adapter.encode(images)
