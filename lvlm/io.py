@@ -46,9 +46,76 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip(np.round((a - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
 
 
-def _array_to_rgb(arr: np.ndarray, what: str) -> np.ndarray:
+#: intensity normalisations of :func:`load_image` (``normalize``)
+NORMALIZE_MODES = ("none", "percentile", "minmax")
+#: default percentiles of ``normalize="percentile"`` (as stardist / csbdeep, cellpose and micro-sam use)
+DEFAULT_PERCENTILES = (0.5, 99.5)
+
+
+def check_normalize(normalize: Any, percentiles: Any = DEFAULT_PERCENTILES) -> tuple[str, tuple[float, float]]:
+    """``(mode, (low, high))`` of a ``normalize`` option, or ImageError naming the valid values.
+
+    Args:
+        normalize: ``none``, ``percentile`` or ``minmax`` (None means ``none``).
+        percentiles: (low, high) percentiles in [0, 100] for ``percentile``.
+    """
+    mode = "none" if normalize is None else normalize
+    if mode not in NORMALIZE_MODES:
+        raise ImageError(f"normalize={normalize!r}: expected one of {', '.join(NORMALIZE_MODES)}")
+    try:
+        lo, hi = (float(v) for v in percentiles)
+    except (TypeError, ValueError):
+        raise ImageError(f"percentiles={percentiles!r}: expected two numbers (low, high)") from None
+    if not 0.0 <= lo < hi <= 100.0:
+        raise ImageError(f"percentiles={percentiles!r}: expected 0 <= low < high <= 100")
+    return mode, (lo, hi)
+
+
+def normalize_intensity(arr: np.ndarray, normalize: str = "percentile",
+                        percentiles: Any = DEFAULT_PERCENTILES) -> np.ndarray:
+    """Intensities of ``arr`` (any dtype, full precision) mapped to float64 [0, 1], one range for all channels.
+
+    ``percentile``: ``(x - p_low) / (p_high - p_low)`` clipped to [0, 1], with the ``percentiles`` of the
+    finite values (csbdeep's ``normalize``, clipped); ``minmax``: the same with the minimum and maximum;
+    ``none``: the array as float. A constant image gives zeros; non-finite values count as the low end.
+
+    Args:
+        arr: H x W (x C) array (uint8, uint16, float...).
+        normalize: ``percentile``, ``minmax`` or ``none``.
+        percentiles: (low, high) in [0, 100] for ``percentile``.
+    """
+    mode, (plo, phi) = check_normalize(normalize, percentiles)
+    a = np.asarray(arr).astype(np.float64)
+    if mode == "none":
+        return a
+    finite = np.isfinite(a)
+    if not finite.any():
+        return np.zeros(a.shape)
+    vals = a[finite]
+    lo, hi = (float(vals.min()), float(vals.max())) if mode == "minmax" else \
+        (float(v) for v in np.percentile(vals, [plo, phi]))
+    if hi <= lo:
+        return np.zeros(a.shape)
+    return np.clip((np.where(finite, a, lo) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _normalized_uint8(arr: np.ndarray, norm: tuple[str, tuple[float, float]] | None) -> np.ndarray:
+    """``arr`` as uint8: the dtype conversion of :func:`_to_uint8`, or the ``norm`` (mode, percentiles)."""
+    if norm is None or norm[0] == "none":
+        return _to_uint8(arr)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    return np.round(normalize_intensity(arr, *norm) * 255.0).astype(np.uint8)
+
+
+def _array_to_rgb(arr: np.ndarray, what: str, norm: tuple[str, tuple[float, float]] | None = None) -> np.ndarray:
     if arr.size == 0 or 0 in arr.shape[:2]:
         raise ImageError(f"{what}: image is empty (shape {arr.shape})")
+    if norm is not None and norm[0] != "none":
+        if arr.ndim == 3 and arr.shape[2] in (1, 2, 3, 4):
+            arr = arr[:, :, :1] if arr.shape[2] <= 2 else arr[:, :, :3]  # no alpha in the statistics
+        if arr.ndim in (2, 3):
+            arr = _normalized_uint8(arr, norm)
     if arr.ndim == 2:
         arr = _to_uint8(arr)
         return np.repeat(arr[:, :, None], 3, axis=2)
@@ -61,7 +128,17 @@ def _array_to_rgb(arr: np.ndarray, what: str) -> np.ndarray:
     raise ImageError(f"{what}: expected an H x W or H x W x 3 (RGB) array, got shape {arr.shape}")
 
 
-def _pil_to_rgb(img: Image.Image, what: str) -> np.ndarray:
+def _pil_to_rgb(img: Image.Image, what: str, norm: tuple[str, tuple[float, float]] | None = None) -> np.ndarray:
+    rgb = _pil_to_rgb_plain(img, what, norm)
+    if norm is not None and norm[0] != "none" and img.mode not in _HIGH_DEPTH_MODES:
+        rgb = _normalized_uint8(rgb, norm)
+    return rgb
+
+
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _pil_to_rgb_plain(img: Image.Image, what: str, norm: tuple[str, tuple[float, float]] | None) -> np.ndarray:
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # broken EXIF: keep the pixels as stored
@@ -75,8 +152,8 @@ def _pil_to_rgb(img: Image.Image, what: str) -> np.ndarray:
             "downscale it or raise the limit with LVLM_MAX_PIXELS"
         )
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return _array_to_rgb(np.asarray(img), what)
+    if mode in _HIGH_DEPTH_MODES:
+        return _array_to_rgb(np.asarray(img), what, norm)  # full precision until normalised
     if mode == "RGBA" or mode == "LA" or (mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         return np.asarray(img)[:, :, :3].copy()
@@ -85,12 +162,23 @@ def _pil_to_rgb(img: Image.Image, what: str) -> np.ndarray:
     return np.asarray(img).copy()
 
 
-def load_image(image: ImageLike) -> np.ndarray:
-    """Any supported image -> H x W x 3 uint8 RGB array (raises ImageError with the reason)."""
+def load_image(image: ImageLike, normalize: str | None = "none",
+               percentiles: Any = DEFAULT_PERCENTILES) -> np.ndarray:
+    """Any supported image -> H x W x 3 uint8 RGB array (raises ImageError with the reason).
+
+    Args:
+        image: a path, a PIL image or an array.
+        normalize: intensity normalisation before the conversion to uint8: ``none`` (default: integers and
+            floats outside [0, 1] min-max scaled, uint8 kept), ``percentile`` (the ``percentiles`` of the
+            image mapped to 0 and 255, clipped: microscopy's usual choice) or ``minmax``. 16-bit and float
+            images (TIFF, PIL ``I;16`` / ``I`` / ``F``) keep their full precision until normalised.
+        percentiles: (low, high) for ``percentile`` (default 0.5, 99.5).
+    """
+    norm = check_normalize(normalize, percentiles)
     if isinstance(image, np.ndarray):
-        return _array_to_rgb(image, "array")
+        return _array_to_rgb(image, "array", norm)
     if isinstance(image, Image.Image):
-        return _pil_to_rgb(image, "PIL image")
+        return _pil_to_rgb(image, "PIL image", norm)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         what = str(path)
@@ -105,7 +193,7 @@ def load_image(image: ImageLike) -> np.ndarray:
             if arr is not None:
                 if arr.size > max_pixels() * (arr.shape[2] if arr.ndim == 3 else 1):
                     raise ImageError(f"{what}: image of shape {arr.shape} is over the limit of {max_pixels():,} pixels")
-                return _array_to_rgb(arr, what)
+                return _array_to_rgb(arr, what, norm)
         Image.MAX_IMAGE_PIXELS = max(max_pixels(), Image.MAX_IMAGE_PIXELS or 0)
         try:
             with warnings.catch_warnings():
@@ -118,7 +206,7 @@ def load_image(image: ImageLike) -> np.ndarray:
                             "downscale it or raise the limit with LVLM_MAX_PIXELS"
                         )
                     img.load()
-                    return _pil_to_rgb(img, what)
+                    return _pil_to_rgb(img, what, norm)
         except ImageError:
             raise
         except UnidentifiedImageError:
