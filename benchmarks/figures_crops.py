@@ -1,7 +1,7 @@
 """The crop strategies of the `clip` selector, as the CLIP model sees them (docs/img/crops.png).
 
 A synthetic chest-X-ray-like image (two lungs) and one candidate mask (the left lung, as SAM
-returns it in seed 001 Fig. 7) go through ``ClipSelector.crop_images`` for every crop strategy;
+returns it in Villarreal et al. Fig. 7) go through ``ClipSelector.crop_images`` for every crop strategy;
 each panel is the model input (224 x 224 after OA-RN50's preprocessing), de-normalised. The
 CLIP weights play no part (only the preprocessing), so OA-RN50 is built with random weights and
 the script runs offline.

@@ -7,7 +7,7 @@
 """
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from .errors import (
     ConfigError,
     ImageError,
     LvlmError,
@@ -17,13 +17,29 @@ from .errors import (  # noqa: E402
     WeightsError,
     WeightsNotFoundError,
 )
-from .io import load_image, save_mask  # noqa: E402
-from .pipeline import Pipeline  # noqa: E402
-from .registry import available, build, register  # noqa: E402
-from .types import Candidates, Prompts, Result, Selection  # noqa: E402
+from .io import load_image, save_mask
+from .pipeline import Pipeline
+from .registry import available, build, register
+from .types import Candidates, Prompts, Result, Selection
 
 __all__ = [
-    "Pipeline", "Candidates", "Prompts", "Result", "Selection", "register", "build", "available",
-    "load_image", "save_mask", "LvlmError", "ConfigError", "ImageError", "PromptError",
-    "UnknownComponentError", "WeightsError", "WeightsNotFoundError", "MissingDependencyError", "__version__",
+    "Candidates",
+    "ConfigError",
+    "ImageError",
+    "LvlmError",
+    "MissingDependencyError",
+    "Pipeline",
+    "PromptError",
+    "Prompts",
+    "Result",
+    "Selection",
+    "UnknownComponentError",
+    "WeightsError",
+    "WeightsNotFoundError",
+    "__version__",
+    "available",
+    "build",
+    "load_image",
+    "register",
+    "save_mask",
 ]

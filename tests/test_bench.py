@@ -350,9 +350,9 @@ def test_prompt_strategies_from_the_ground_truth(toy, tmp_path):
     centre = [r for r in rows if r["labels"]["strategy"] == "Center"]
     assert len(box) == len(centre) == 4 and all(r["iou"] == 1.0 for r in box)
     assert all(r["pred_area"] == 25 and r["precision"] == 1.0 for r in centre)  # a 5 x 5 square inside the object
-    from lvlm.bench.report import seed002_rows
+    from lvlm.bench.report import comparison_rows
 
-    comp = seed002_rows(rows)
+    comp = comparison_rows(rows)
     assert [c["prompt_strategy"] for c in comp] == ["Box", "Center"] and comp[0]["iou_mean"] == 1.0
     assert comp[0]["num_samples"] == 4 and comp[0]["f1_mean"] == comp[0]["dice_mean"]
 
@@ -374,26 +374,26 @@ def test_overrides_iterable_datasets_and_generator_strategy_mismatch(tmp_path):
 
 
 def test_report_shows_oracle_selection_and_instance_columns_when_present():
-    from lvlm.bench.report import seed001_table, seed002_rows, summary_rows, table_markdown
+    from lvlm.bench.report import comparison_rows, group_table, summary_rows, table_markdown
 
     def row(combo, sel, iou, **extra):
         return {"combo": combo, "dataset": "toy", "labels": {"selector": sel, "generator": "S0"}, "tags": {},
                 "iou": iou, **extra}
 
     plain = [row("a", "C0", 0.5), row("a", "C0", 0.7)]
-    t = seed001_table(plain)
+    t = group_table(plain)
     assert t["header"] == ["Model", "SAM", "All"]  # nothing extra without the keys
     rows = [row("a", "C0", 0.4, oracle_iou=0.8, selection_efficiency=0.5, instance_f1=0.6),
             row("a", "C0", 0.6, oracle_iou=0.6, selection_efficiency=1.0, instance_f1=0.8),
             row("b", "C1", 0.3, oracle_iou=0.9, selection_efficiency=1 / 3)]  # no instance metric here
-    t = seed001_table(rows)
+    t = group_table(rows)
     assert t["header"] == ["Model", "SAM", "All", "Oracle IoU", "Sel. eff.", "Inst. F1"]
     (_, a), (_, b) = t["lines"]
     assert a == pytest.approx([0.5, 0.7, 0.75, 0.7])
     assert b[:3] == pytest.approx([0.3, 0.9, 1 / 3]) and np.isnan(b[3])
     md = table_markdown(t)
     assert "Oracle IoU (↑)" in md and "**0.90**" in md and "–" in md
-    comp = seed002_rows(rows)
+    comp = comparison_rows(rows)
     assert comp[0]["oracle_iou_mean"] == pytest.approx(0.7) and comp[0]["selection_efficiency_mean"] == 0.75
     assert comp[0]["instance_f1_std"] == pytest.approx(0.1)
     assert summary_rows(rows)[0]["oracle_iou_mean"] == pytest.approx(0.7)

@@ -111,7 +111,7 @@ def test_all_crops_go_through_clip_in_chunked_batches_and_text_is_cached(stub):
 
 
 def test_merge_returns_both_halves_of_a_split_object(stub):
-    """Seed 001 Fig. 7: SAM returns the two lungs separately; `merge` unites near-best, non-overlapping masks."""
+    """Villarreal et al. Fig. 7: SAM returns the two lungs separately; `merge` unites near-best, non-overlapping masks."""
     img, masks, names = scene(1)
     red = masks[names.index("red")]
     cols = np.where(red.any(0))[0]

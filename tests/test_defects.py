@@ -1,4 +1,4 @@
-"""Data recipes of seed 002: synthetic defects, box -> mask, texture mosaics."""
+"""Data recipes of Dhungana and Bista: synthetic defects, box -> mask, texture mosaics."""
 from __future__ import annotations
 
 import time

@@ -93,3 +93,15 @@ def test_config_checks():
         ProposalGenerator(segmenter=ComponentSegmenter(), sigmas=[], region_sigmas=[])
     with pytest.raises(ConfigError, match="normalize"):
         ProposalGenerator(segmenter=ComponentSegmenter(), normalize="zscore")
+
+
+def test_packaged_configs_build():
+    from lvlm.generators.proposals import ProposalGenerator
+    from lvlm.pipeline import Pipeline
+
+    pipe = Pipeline.from_config("everything/litemedsam")
+    assert isinstance(pipe.generator, ProposalGenerator) and pipe.takes_no_prompt
+    assert pipe.generator.zoom.context == 4.0 and pipe.generator.norm == ("percentile", (0.5, 99.5))
+    seg = Pipeline.from_config("sam/litemedsam_box_zoom").segmenter
+    assert seg.zoom is not None and seg.zoom.context == 4.0
+    assert Pipeline.from_config("sam/litemedsam_box").segmenter.zoom is None  # off by default

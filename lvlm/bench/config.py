@@ -2,7 +2,7 @@
 
 A config (YAML or dict)::
 
-    description: seed 001 Tables IV-V (base pipeline)
+    description: Villarreal et al. Tables IV-V (base pipeline)
     imports: [my_components]           # optional: modules / .py files that @register extra components
     datasets:                          # label -> dataset spec
       COCO: {name: coco, root: data/coco, selection: data/coco/selection.csv}

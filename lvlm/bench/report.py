@@ -2,13 +2,13 @@
 
 Written to ``RUN_DIR/report/`` for each dataset of the run:
 
-- ``table_<dataset>.{csv,md,tex}``: seed 001's layout, ``Model | SAM | All | E | M | H | VH`` (mean IoU;
+- ``table_<dataset>.{csv,md,tex}``: Villarreal et al.'s layout, ``Model | SAM | All | E | M | H | VH`` (mean IoU;
   groups of the ``difficulty`` tag, or of ``class`` / ``defect`` where the data has those), best per column
   in bold;
-- ``comparison_<dataset>.{csv,md}``: seed 002's layout, ``model | prompt_strategy | iou_mean | iou_std |
+- ``comparison_<dataset>.{csv,md}``: Dhungana and Bista's layout, ``model | prompt_strategy | iou_mean | iou_std |
   dice_mean | ... | boundary_f1_std | num_samples``;
 - ``heatmap_<dataset>.{png,pdf}`` (CLIP x SAM mean IoU), ``bars_<dataset>.{png,pdf}`` (mean +- std);
-- ``gallery_<dataset>_{best,worst}.png``: image + prompt | prediction | ground truth, as seed 001 Fig. 6;
+- ``gallery_<dataset>_{best,worst}.png``: image + prompt | prediction | ground truth, as Villarreal et al. Fig. 6;
 
 and ``summary.csv`` with every combination's mean / std / n per group. Plots need matplotlib (imported
 only here).
@@ -32,7 +32,7 @@ MODEL_AXES = ("selector", "prompter", "pipeline")
 SAM_AXES = ("generator", "segmenter")
 GROUP_TAGS = ("difficulty", "class", "defect")
 DIFFICULTY = {"easy": "E", "medium": "M", "hard": "H", "very hard": "VH", "very_hard": "VH"}
-SEED002_METRICS = (("iou", "iou"), ("dice", "dice"), ("f1", "dice"), ("boundary_prec", "boundary_precision"),
+COMPARISON_METRICS = (("iou", "iou"), ("dice", "dice"), ("f1", "dice"), ("boundary_prec", "boundary_precision"),
                    ("boundary_recall", "boundary_recall"), ("boundary_f1", "boundary_f1"))
 
 
@@ -125,9 +125,9 @@ def extra_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 # --- tables -----------------------------------------------------------------------------------------
 
-def seed001_table(rows: Sequence[dict[str, Any]], metric: str = "iou", by: str | None = None,
+def group_table(rows: Sequence[dict[str, Any]], metric: str = "iou", by: str | None = None,
                   extra: Sequence[str] | None = None) -> dict[str, Any]:
-    """Seed 001's table: one line per combination, ``All`` then one column per group; values are means.
+    """Villarreal et al.'s table: one line per combination, ``All`` then one column per group; values are means.
 
     Args:
         rows: result rows of one dataset.
@@ -169,7 +169,7 @@ def _fmt(v: float, digits: int) -> str:
 
 
 def _grouped_cells(lines) -> list[list[str]]:
-    """Text cells with a repeated model name left blank (seed 001's look)."""
+    """Text cells with a repeated model name left blank (Villarreal et al.'s look)."""
     out, prev = [], None
     for cells, _ in lines:
         c = list(cells)
@@ -228,8 +228,8 @@ def table_csv(t: dict[str, Any], path: Path) -> Path:
     return atomic_write(path, buf.getvalue())
 
 
-def seed002_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Seed 002's comparison: per combination, model | prompt_strategy | <metric>_mean / _std | num_samples.
+def comparison_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Dhungana and Bista's comparison: per combination, model | prompt_strategy | <metric>_mean / _std | num_samples.
 
     The :func:`extra_metrics` present in the rows (oracle IoU, selection efficiency, instance metrics) get
     their ``_mean`` / ``_std`` columns after the standard ones.
@@ -244,7 +244,7 @@ def seed002_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                           [f"{o}={_label(r0, o)}" for o in others if o != "strategy"] if x)
         s = summarize(rs, list(METRICS) + extra)["all"]
         row: dict[str, Any] = {"model": name, "prompt_strategy": r0["labels"].get("strategy", "text")}
-        for short, m in SEED002_METRICS + tuple((m, m) for m in extra):
+        for short, m in COMPARISON_METRICS + tuple((m, m) for m in extra):
             row[f"{short}_mean"], row[f"{short}_std"] = s[f"{m}_mean"], s[f"{m}_std"]
         row["num_samples"] = s["n"]
         row["errors"] = sum(1 for r in rs if r.get("error"))
@@ -458,11 +458,11 @@ def make_report(run_dir: str | Path, out: str | Path | None = None, metric: str 
     for ds in dict.fromkeys(r["dataset"] for r in rows):
         rs = [r for r in rows if r["dataset"] == ds]
         name = slug(ds)
-        t = seed001_table(rs, metric, by)
+        t = group_table(rs, metric, by)
         atomic_write(out_dir / f"table_{name}.md", table_markdown(t, digits))
         atomic_write(out_dir / f"table_{name}.tex", table_latex(t, digits, caption=f"Results on {ds} (mean {metric})."))
         files += [out_dir / f"table_{name}.md", out_dir / f"table_{name}.tex", table_csv(t, out_dir / f"table_{name}.csv")]
-        comp = seed002_rows(rs)
+        comp = comparison_rows(rs)
         atomic_write(out_dir / f"comparison_{name}.md", dicts_markdown(comp))
         files += [out_dir / f"comparison_{name}.md", _write_dicts(comp, out_dir / f"comparison_{name}.csv")]
         if plots:

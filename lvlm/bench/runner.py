@@ -24,7 +24,7 @@ DEFAULT_RUNS = "runs"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("config", help="benchmark config: a YAML file or a packaged name (e.g. bench/seed001_base)")
+    parser.add_argument("config", help="benchmark config: a YAML file or a packaged name (e.g. bench/base_matrix)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
                         help="override a config value (YAML), e.g. datasets.COCO.root=/data/coco (repeatable)")
     parser.add_argument("--out", "-o", help=f"run directory (default: {DEFAULT_RUNS}/<config name>)")

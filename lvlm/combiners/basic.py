@@ -91,7 +91,7 @@ def greedy_merge(masks: np.ndarray, scores: np.ndarray, margin: float = 0.01, ma
 
 @register("combine", "merge", description="the best candidate plus near-best ones that add new area (two lungs)")
 class MergeCombiner(Combiner):
-    """The union of the best candidate and the near-best ones that add new area (seed 001 Fig. 7: SAM returns
+    """The union of the best candidate and the near-best ones that add new area (Villarreal et al. Fig. 7: SAM returns
     the two lungs as separate masks and one mask can only hold one).
 
     Args:

@@ -1,6 +1,6 @@
 """COCO val2017 instances: one object per image with its category name as the prompt, tagged by difficulty.
 
-Seed 001 evaluates 100 hand-picked val2017 images, 25 per human-judged difficulty level; that list is not
+Villarreal et al. evaluate 100 hand-picked val2017 images, 25 per human-judged difficulty level; that list is not
 public. :func:`make_selection` builds a comparable 100-image, 4-level selection from objective cues
 (number of instances, the object's area fraction, background clutter as edge density), written by
 ``scripts/make_coco_selection.py`` and read back with ``selection=``.

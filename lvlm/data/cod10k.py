@@ -35,7 +35,7 @@ def words(name: str) -> str:
 
 @register("dataset", "cod10k", description="COD10K-v3 camouflaged animals (Image + GT_Object)", source=URL)
 class COD10K(Dataset):
-    """COD10K-v3 camouflaged object detection; seed 002 evaluates 200 test images sampled with a seed.
+    """COD10K-v3 camouflaged object detection; Dhungana and Bista evaluate 200 test images sampled with a seed.
 
     The prompt is ``prompt`` formatted with the file name's ``{class}`` in words (``BatFish`` -> "bat fish"),
     falling back to ``default_prompt``. Only camouflaged (``-CAM-``) images with a mask are kept unless

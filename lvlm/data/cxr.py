@@ -27,7 +27,7 @@ def _find_images_dir(root: Path) -> Path | None:
 @register("dataset", "cxr", description="chest X-rays + lung masks (Montgomery / Shenzhen), prompt 'lungs'",
           source=URL)
 class ChestXrayLungs(Dataset):
-    """Chest X-ray lung segmentation, as seed 001's CXR set: 100 X-rays sampled with a seed from the test split.
+    """Chest X-ray lung segmentation, as Villarreal et al.'s CXR set: 100 X-rays sampled with a seed from the test split.
 
     ``split``: ``"test"`` = the X-rays whose mask has the image's own file name (the Montgomery set, 138),
     the test split Kaggle notebooks on this archive use; ``"train"`` = the ``_mask``-suffixed ones

@@ -1,4 +1,4 @@
-"""Synthetic defects injected into defect-free images (seed 002), and box -> mask conversion.
+"""Synthetic defects injected into defect-free images (Dhungana and Bista), and box -> mask conversion.
 
 Three defect kinds, each returned with its mask and a point / box prompt, deterministic by seed:
 
@@ -190,7 +190,7 @@ def _good_images(root: Path, category: str) -> list[Path]:
     return []
 
 
-@register("dataset", "defects", description="synthetic patch / scar / stain defects on defect-free images (seed 002)",
+@register("dataset", "defects", description="synthetic patch / scar / stain defects on defect-free images (Dhungana and Bista)",
           source="generated from your defect-free images (deterministic by seed)")
 class SyntheticDefects(Dataset):
     """``n`` synthetic defects (kinds cycled patch, scar, stain) on images from ``root`` (or ``images``).

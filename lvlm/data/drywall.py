@@ -1,4 +1,4 @@
-"""Drywall QA (seed 000): Roboflow COCO-JSON exports of cracks and taping areas; boxes filled as masks."""
+"""Drywall QA (the CLIPSeg drywall report): Roboflow COCO-JSON exports of cracks and taping areas; boxes filled as masks."""
 from __future__ import annotations
 
 import json
@@ -19,7 +19,7 @@ LAYOUT = """\
     valid/_annotations.coco.json  valid/*.jpg
     test/_annotations.coco.json   test/*.jpg     (not every export has every split)"""
 
-#: seed 000's prompt lists, the first one of each being the canonical prompt
+#: the CLIPSeg drywall report's prompt lists, the first one of each being the canonical prompt
 PROMPTS = {
     "taping": ["segment taping area", "segment joint tape", "segment drywall seam", "segment wall joint"],
     "crack": ["segment crack", "segment wall crack", "segment surface crack", "segment fracture"],
@@ -53,7 +53,7 @@ class Drywall(Dataset):
     """One sample per (image, class) of a Roboflow COCO export: the union of that class's boxes, filled.
 
     Classes come from category names (``crack`` / ``taping``; override with ``class_map``); the prompt is the
-    first of seed 000's list for the class, or a seeded random one with ``prompt_mode="random"``; every
+    first of the CLIPSeg drywall report's list for the class, or a seeded random one with ``prompt_mode="random"``; every
     phrasing is in ``sample.prompts``. ``use_polygons`` fills segmentation polygons where an export has them.
     """
 

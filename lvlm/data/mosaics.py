@@ -1,4 +1,4 @@
-"""Texture mosaics (seed 002, wood textures): 2 x 2 tiles of 256 px -> a 512 px image with 4 quadrant masks.
+"""Texture mosaics (Dhungana and Bista, wood textures): 2 x 2 tiles of 256 px -> a 512 px image with 4 quadrant masks.
 
 Textures are grouped by appearance: ResNet18 features (torchvision's architecture; ImageNet weights
 resolved through :mod:`lvlm.weights`, failing fast offline, or ``features="random"`` for a seeded random
@@ -32,7 +32,7 @@ RESNET18 = WeightSpec("resnet18-f37072fd.pth", url="https://download.pytorch.org
                       license="BSD-3-Clause (torchvision)")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-URL = "e.g. the wood texture set of seed 002 (530 species images, 'wood_data/images/images/*.jpg'), or any texture folder"
+URL = "e.g. the wood texture set of Dhungana and Bista (530 species images, 'wood_data/images/images/*.jpg'), or any texture folder"
 LAYOUT = """\
   ROOT/**/*.jpg|png|...   texture images (searched recursively; the file stem names the texture,
                           a trailing size such as '-60x60' is dropped: 'oak-60x60.jpg' -> 'oak')"""
@@ -114,7 +114,7 @@ def texture_name(path: str | Path) -> str:
     return re.sub(r"[-_]+", " ", stem).strip() or Path(path).stem
 
 
-@register("dataset", "mosaics", description="2x2 texture mosaics, standard or hard mode (seed 002 wood textures)",
+@register("dataset", "mosaics", description="2x2 texture mosaics, standard or hard mode (Dhungana and Bista wood textures)",
           source="generated from your texture images; ResNet18 (torchvision) features + k-means clusters")
 class TextureMosaics(Dataset):
     """``n`` mosaics of textures from ``root`` (4 samples each: one per quadrant), deterministic by ``seed``.

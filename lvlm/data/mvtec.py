@@ -20,7 +20,7 @@ LAYOUT = """\
 
 @register("dataset", "mvtec", description="MVTec AD defects of one category (per-defect-type tags)", source=URL)
 class MVTecAD(Dataset):
-    """MVTec AD anomaly segmentation of one ``category`` (seed 002: carpet, 89 defective test images).
+    """MVTec AD anomaly segmentation of one ``category`` (Dhungana and Bista: carpet, 89 defective test images).
 
     One sample per test image, tagged ``{"defect": <type>, "category": ...}``; ``include_good`` adds the
     defect-free test images with empty masks. ``prompt`` may use ``{defect}`` and ``{category}``

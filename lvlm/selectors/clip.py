@@ -1,9 +1,9 @@
-"""Text selection by CLIP similarity: the base pipeline's mask selector (seed 001 Fig. 1).
+"""Text selection by CLIP similarity: the base pipeline's mask selector (Villarreal et al. Fig. 1).
 
 Every candidate mask is turned into an image (a *crop*: the mask on black, the mask's box, ...),
 all crops of an image go through the CLIP image tower in one batched, chunked forward on device,
 and each crop's cosine similarity to the prompt's text embedding scores its candidate, and the best one is
-chosen. Uniting near-best candidates (the two lungs that SAM returns as separate masks, seed 001 Fig. 7) is
+chosen. Uniting near-best candidates (the two lungs that SAM returns as separate masks, Villarreal et al. Fig. 7) is
 the ``merge`` combiner's job (``combine: merge``), on these scores.
 """
 from __future__ import annotations

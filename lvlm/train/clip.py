@@ -1,10 +1,10 @@
-"""Domain CLIP training (seed 001 III-B): optional autoencoder pre-training, then contrastive training.
+"""Domain CLIP training (Villarreal et al. section III-B): optional autoencoder pre-training, then contrastive training.
 
 The result is an open_clip ``local-dir`` model (``open_clip_config.json`` + ``open_clip_model.safetensors``)
 that ``open_clip.create_model("local-dir:DIR")``, the CLIP presets (``{name: open_clip, model_name: DIR}``),
 the CLIP selector and gScoreCAM load by path.
 
-Seed 001 Table II settings are named presets (``--setting 1..7``); any open_clip architecture
+Villarreal et al. Table II settings are named presets (``--setting 1..7``); any open_clip architecture
 name or a custom model config (JSON) can be the model. Data: a CSV / JSONL manifest of
 ``image,text`` pairs, a MIMIC-CXR-JPG tree, or generated shapes scenes (``scenes:N``).
 
@@ -30,7 +30,7 @@ from ..fsutil import atomic_write, atomic_write_json
 from ..optional import has
 from .loop import TrainLoop, plot_curves
 
-# Seed 001 Table II: (image encoder, initialisation, trained parts). "autoencoder" = AE pre-training on the
+# Villarreal et al. Table II: (image encoder, initialisation, trained parts). "autoencoder" = AE pre-training on the
 # domain images first (Table I), "scratch" = random ("FS"), "imagenet" = ImageNet weights ("FP").
 SETTINGS: dict[int, dict[str, str]] = {
     1: {"model": "swin-t", "init": "autoencoder", "train": "heads"},
@@ -67,7 +67,7 @@ class ClipTrainConfig:
     model_config: str = ""  # JSON file of an open_clip model config (embed_dim, vision_cfg, text_cfg)
     text_model: str = "RN50"  # open_clip architecture whose text tower is used with an IMAGE_ENCODERS key
     text_pretrained: str = ""  # open_clip pretrained tag of the text tower (e.g. openai); "" = random
-    setting: int = 0  # seed 001 Table II preset (overrides model / init / train)
+    setting: int = 0  # Villarreal et al. Table II preset (overrides model / init / train)
     init: str = "scratch"
     train: str = "image"
     epochs: int = 10
@@ -349,7 +349,7 @@ def _caption_ids(texts: list[str]) -> list[int]:
 
 
 def _autoencoder_pretrain(model, batches: _Batches, n: int, cfg: ClipTrainConfig, device: str, log) -> list[float]:
-    """Seed 001 Table I: the image tower encodes, a small decoder reconstructs, MSE, Adam (lr 1e-3)."""
+    """Villarreal et al. Table I: the image tower encodes, a small decoder reconstructs, MSE, Adam (lr 1e-3)."""
     import torch
     from torch import nn
     from tqdm.auto import tqdm
@@ -430,7 +430,7 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
 
     if cfg.setting:
         if cfg.setting not in SETTINGS:
-            raise ConfigError(f"setting {cfg.setting} unknown; valid: {', '.join(map(str, SETTINGS))} (seed 001 Table II)")
+            raise ConfigError(f"setting {cfg.setting} unknown; valid: {', '.join(map(str, SETTINGS))} (Villarreal et al. Table II)")
         s = SETTINGS[cfg.setting]
         cfg.model, cfg.init, cfg.train = s["model"], s["init"], s["train"]
     if cfg.init not in INITS:
@@ -585,7 +585,7 @@ CURVES = (("CLIP loss", ("train_loss", "val_loss")), ("retrieval top-1 (val)", (
 def add_arguments(p) -> None:
     p.add_argument("--data", required=True, help="scenes:N, a .csv/.jsonl manifest (image,text), or a MIMIC-CXR-JPG root")
     p.add_argument("--out", default="runs/clip", help="run directory (resumes when it holds last.pt)")
-    p.add_argument("--setting", type=int, default=0, help="seed 001 Table II preset 1-7 (sets model, init, train)")
+    p.add_argument("--setting", type=int, default=0, help="Villarreal et al. Table II preset 1-7 (sets model, init, train)")
     p.add_argument("--model", default="", help=f"open_clip architecture or one of {', '.join(IMAGE_ENCODERS)}")
     p.add_argument("--model-config", default="", help="open_clip model config JSON (custom architecture)")
     p.add_argument("--text-model", default="RN50", help="open_clip architecture whose text tower is used")

