@@ -177,8 +177,8 @@ class LiteMedSamGenerator(MaskGenerator):
       ``min_mask_region_area``: SamAutomaticMaskGenerator's filters (both modes);
     - ``encoder_backend``: ``auto`` (ONNX Runtime on the CPU when ``lvlm[onnx]`` is installed), ``torch`` or
       ``onnxruntime``, as the ``litemedsam`` segmenter;
-    - ``points_per_batch``: prompts per mask-decoder call (4: on a CPU the decoder is memory-bound and 25
-      boxes decode in 5.3 s in batches of 4 vs 7.9 s in one batch of 25, one thread).
+    - ``points_per_batch``: prompts per mask-decoder call (4: on a CPU the decoder is memory-bound, so small
+      batches decode faster than one large one; see docs/performance.md).
 
     The last ``cache_size`` images' candidates are kept, so several text prompts run it once per image.
     """

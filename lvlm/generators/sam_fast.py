@@ -320,7 +320,7 @@ class FastAutomaticMaskGenerator(MaskGenerator):
 @register(
     "generator",
     "sam_fast",
-    description="SAM automatic masks (the official ones), batched on device: several times faster",
+    description="SAM automatic masks (the official ones), batched on device (speed: docs/performance.md)",
     source="segment_anything; SAM checkpoints from dl.fbaipublicfiles.com (Apache-2.0)",
 )
 class SamFastGenerator(FastAutomaticMaskGenerator):
@@ -337,8 +337,8 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
     not describe), ``progress`` (a bar over crops) and ``backend``: ``torch`` (default: the official masks bit
     for bit with the official point batch) or ``onnxruntime`` (CPU only: the image encoder, unless over
     ONNX's 2 GB limit as vit_h's, and the mask decoder run in ONNX Runtime, exported once and cached under
-    ``$LVLM_HOME/onnx``; masks equal the torch backend's up to float rounding; with vit_b on one CPU thread
-    1.96x the official generator's speed vs 1.09x with torch, docs/performance.md; the given ``model`` itself
+    ``$LVLM_HOME/onnx``; masks equal the torch backend's up to float rounding; speed against the
+    official generator: docs/performance.md; the given ``model`` itself
     is not changed, and weights loaded into it later do not reach the exported copies: build the generator
     again).
     """

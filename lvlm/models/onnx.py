@@ -7,8 +7,8 @@ versions, so later processes skip the export (a few seconds for LiteMedSAM's enc
 (``model.image_encoder = onnx_module(model.image_encoder, ...)``).
 
 Why: on CPUs ONNX Runtime's convolution kernels (fused convolution + activation, blocked memory layouts)
-run LiteMedSAM's TinyViT encoder 1.6x faster than eager torch on 2 cores, with the same embedding to 1.3e-6
-(docs/performance.md, ``benchmarks/encoder_speed.py --model litemedsam``).
+run LiteMedSAM's TinyViT encoder faster than eager torch, with the same embedding to 1.3e-6 (figures in
+docs/performance.md, ``benchmarks/encoder_speed.py --model litemedsam``).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from ..fsutil import atomic_write
 from ..optional import has, require
 from ..weights import cache_dir
 
-OPSET = 20  # 20: ONNX Gelu (exact erf form) as one op, about 5 % faster than the erf graph of opset 17
+OPSET = 20  # 20: ONNX Gelu (exact erf form) as one op, faster than opset 17's erf graph (docs/performance.md)
 BACKENDS = ("auto", "torch", "onnxruntime")
 
 

@@ -239,8 +239,8 @@ def build_litemedsam(checkpoint: Any = "default", device: str = "cpu", decoder_c
 
 
 #: encoders that ``encoder_backend: auto`` runs in ONNX Runtime on the CPU: the TinyViT ones (small exports,
-#: 1.6-1.9x faster there). ViT encoders gain too (vit_b 1.5-1.9x) but their exports are 0.36-1.2 GB
-#: written to $LVLM_HOME and take about 20 s, so they need an explicit ``encoder_backend: onnxruntime``.
+#: faster there). ViT encoders gain too but their exports are 0.36-1.2 GB written to $LVLM_HOME and
+#: slow to write (figures: docs/performance.md), so they need an explicit ``encoder_backend: onnxruntime``.
 AUTO_ONNX_ENCODERS = ("litemedsam", "mobilesam")
 #: over ONNX's 2 GB protobuf limit (the export would need external data files)
 NO_ONNX_ENCODERS = ("vit_h",)
