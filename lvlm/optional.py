@@ -33,7 +33,12 @@ EXTRAS = {
 
 
 def require(module: str, feature: str = "") -> ModuleType:
-    """Import ``module`` or raise MissingDependencyError telling which extra provides it."""
+    """Import ``module`` or raise MissingDependencyError telling which extra provides it.
+
+    Args:
+        module: the module to import (e.g. ``open_clip``).
+        feature: what needs it, named in the error message.
+    """
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -44,7 +49,11 @@ def require(module: str, feature: str = "") -> ModuleType:
 
 
 def has(module: str) -> bool:
-    """True when ``module`` imports."""
+    """True when ``module`` imports.
+
+    Args:
+        module: the module to try to import.
+    """
     try:
         importlib.import_module(module)
         return True

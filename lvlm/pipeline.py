@@ -42,7 +42,11 @@ class EmptyMaskWarning(UserWarning):
 
 
 def find_config(name: str | os.PathLike) -> Path:
-    """A config path: an existing file, or a name under the packaged ``configs/`` (``.yaml`` optional)."""
+    """A config path: an existing file, or a name under the packaged ``configs/`` (``.yaml`` optional).
+
+    Args:
+        name: a YAML file path, or a packaged config name such as ``sam/litemedsam_box`` (``.yaml`` optional).
+    """
     p = Path(name)
     if p.is_file():
         return p
@@ -54,7 +58,11 @@ def find_config(name: str | os.PathLike) -> Path:
 
 
 def load_config(config: str | os.PathLike | dict) -> dict:
-    """A config dict from a dict, a YAML path or a packaged config name (``yaml.safe_load`` only)."""
+    """A config dict from a dict, a YAML path or a packaged config name (``yaml.safe_load`` only).
+
+    Args:
+        config: a config dict (copied), a YAML path or a packaged config name.
+    """
     if isinstance(config, dict):
         return dict(config)
     import yaml

@@ -61,7 +61,14 @@ _load_errors: dict[str, str] = {}
 
 
 def register(kind: str, name: str, description: str = "", source: str = ""):
-    """Decorator registering a class or builder function under ``(kind, name)``."""
+    """Decorator registering a class or builder function under ``(kind, name)``.
+
+    Args:
+        kind: the component kind, one of ``KINDS`` (``generator``, ``segmenter``, ``selector``, ...).
+        name: the name configs and ``build`` use; registering another object under it raises ValueError.
+        description: one line for ``lvlm list``; empty takes the first line of the object's docstring.
+        source: where its weights come from or what it wraps, shown by ``lvlm list``.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown component kind {kind!r}; valid kinds: {', '.join(KINDS)}")
 
@@ -97,14 +104,22 @@ def _load_components() -> None:
 
 
 def available(kind: str) -> list[str]:
-    """Sorted registered names of one kind."""
+    """Sorted registered names of one kind.
+
+    Args:
+        kind: the component kind, one of ``KINDS``.
+    """
     _check_kind(kind)
     _load_components()
     return sorted(_REGISTRY[kind])
 
 
 def entries(kind: str | None = None) -> list[Entry]:
-    """Registry entries (all kinds when ``kind`` is None), sorted by kind then name."""
+    """Registry entries (all kinds when ``kind`` is None), sorted by kind then name.
+
+    Args:
+        kind: one component kind, or None for all of them.
+    """
     _load_components()
     kinds = [kind] if kind else list(KINDS)
     for k in kinds:
@@ -113,7 +128,12 @@ def entries(kind: str | None = None) -> list[Entry]:
 
 
 def get(kind: str, name: str) -> Entry:
-    """The registry entry for ``(kind, name)``; unknown names list the valid ones."""
+    """The registry entry for ``(kind, name)``; unknown names list the valid ones.
+
+    Args:
+        kind: the component kind, one of ``KINDS``.
+        name: the registered name.
+    """
     _check_kind(kind)
     _load_components()
     try:
@@ -128,6 +148,11 @@ def build(kind: str, name: str, **kwargs: Any) -> Any:
 
     Keys that the constructor does not take raise a :class:`ConfigError` naming the key and
     the valid ones, before anything is built.
+
+    Args:
+        kind: the component kind, one of ``KINDS``.
+        name: the registered name.
+        **kwargs: constructor arguments (a config's keys).
     """
     entry = get(kind, name)
     check_kwargs(entry.obj, kwargs, where=f"{kind} {name!r}")
@@ -135,7 +160,13 @@ def build(kind: str, name: str, **kwargs: Any) -> Any:
 
 
 def build_spec(kind: str, spec: Any) -> Any:
-    """Build from a config spec: a name, a ``{"name": ..., **kwargs}`` dict, or an already-built object."""
+    """Build from a config spec: a name, a ``{"name": ..., **kwargs}`` dict, or an already-built object.
+
+    Args:
+        kind: the component kind, one of ``KINDS``.
+        spec: a registered name, a dict with a ``name`` key plus constructor arguments, an object (returned as
+            is) or None (returns None).
+    """
     if spec is None:
         return None
     if isinstance(spec, str):
@@ -150,7 +181,13 @@ def build_spec(kind: str, spec: Any) -> Any:
 
 
 def check_kwargs(obj: Callable[..., Any], kwargs: dict[str, Any], where: str) -> None:
-    """Raise ConfigError for keys that ``obj``'s signature does not accept."""
+    """Raise ConfigError for keys that ``obj``'s signature does not accept.
+
+    Args:
+        obj: a class (its ``__init__`` is checked) or a callable.
+        kwargs: the keys to check.
+        where: what the error message names (e.g. ``selector 'clip'``).
+    """
     target = obj.__init__ if inspect.isclass(obj) else obj
     try:
         sig = inspect.signature(target)

@@ -13,7 +13,11 @@ import numpy as np
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """XYXY boxes (N x 4 float32) of N x H x W bool masks; an empty mask gives [0, 0, 0, 0]."""
+    """XYXY boxes (N x 4 float32) of N x H x W bool masks; an empty mask gives [0, 0, 0, 0].
+
+    Args:
+        masks: N x H x W boolean masks (any array that converts to bool).
+    """
     masks = np.asarray(masks, dtype=bool)
     n = masks.shape[0]
     boxes = np.zeros((n, 4), dtype=np.float32)
@@ -86,7 +90,12 @@ class Prompts:
         return self.boxes is None and self.points is None and not self.text
 
     def validate(self, height: int, width: int) -> None:
-        """Raise PromptError for malformed boxes or prompts lying wholly outside a HxW image."""
+        """Raise PromptError for malformed boxes or prompts lying wholly outside a HxW image.
+
+        Args:
+            height: image height in pixels.
+            width: image width in pixels.
+        """
         from .errors import PromptError
 
         if self.boxes is not None:
@@ -107,7 +116,12 @@ class Prompts:
                 raise PromptError(f"point {pts[out][0].tolist()} lies outside the {width}x{height} image")
 
     def clipped(self, height: int, width: int) -> Prompts:
-        """Boxes clipped to the image (after ``validate``, so at least partly inside)."""
+        """Boxes clipped to the image (after ``validate``, so at least partly inside).
+
+        Args:
+            height: image height in pixels.
+            width: image width in pixels.
+        """
         boxes = None
         if self.boxes is not None:
             boxes = self.boxes.copy()
@@ -165,7 +179,11 @@ class Candidates:
         return self.masks.sum(axis=(1, 2))
 
     def subset(self, index) -> Candidates:
-        """The candidates at ``index`` (indices or a boolean mask)."""
+        """The candidates at ``index`` (indices or a boolean mask).
+
+        Args:
+            index: indices or a boolean mask over the N candidates.
+        """
         index = np.asarray(index)
         return Candidates(
             self.masks[index],
@@ -179,6 +197,13 @@ class Candidates:
 
     @classmethod
     def empty(cls, height: int, width: int, source: str = "") -> Candidates:
+        """No candidates (0 x H x W masks) for an image of ``height`` x ``width``.
+
+        Args:
+            height: image height in pixels.
+            width: image width in pixels.
+            source: the producing component's name.
+        """
         return cls(np.zeros((0, height, width), bool), source=source)
 
     def union(self) -> np.ndarray:
@@ -219,6 +244,12 @@ class Instances:
 
     @classmethod
     def empty(cls, height: int, width: int) -> Instances:
+        """No instances (0 x H x W masks) for an image of ``height`` x ``width``.
+
+        Args:
+            height: image height in pixels.
+            width: image width in pixels.
+        """
         return cls(np.zeros((0, height, width), bool))
 
     @classmethod
