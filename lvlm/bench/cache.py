@@ -27,12 +27,22 @@ def _floats(a: np.ndarray | None) -> list[float] | None:
 
 
 def candidates_to_json(c: Candidates) -> dict[str, Any]:
+    """The JSON-ready dict of one image's candidates (masks as COCO RLE strings; scores, boxes, stability as lists).
+
+    Args:
+        c: the candidates to store.
+    """
     h, w = c.shape
     return {"size": [int(h), int(w)], "masks": rle.encode_many(c.masks), "boxes": _floats(c.boxes),
             "scores": _floats(c.scores), "stability": _floats(c.stability), "source": c.source}
 
 
 def candidates_from_json(d: dict[str, Any]) -> Candidates:
+    """The :class:`Candidates` stored by :func:`candidates_to_json`.
+
+    Args:
+        d: the dict read back from the JSON file.
+    """
     h, w = d["size"]
     masks = rle.decode_many(d["masks"], h, w)
     n = len(masks)
@@ -53,10 +63,20 @@ class ImageContext:
         self.key: str | None = None
 
     def set(self, image: np.ndarray) -> str:
+        """Make ``image`` the current image and return its content hash.
+
+        Args:
+            image: the H x W x 3 uint8 image of the sample being run.
+        """
         self.image, self.key = image, image_key(image)
         return self.key
 
     def key_for(self, image: np.ndarray) -> str:
+        """The content hash of ``image``: the current key when it is the current image's array, else hashed anew.
+
+        Args:
+            image: an H x W x 3 image array.
+        """
         cur = self.image
         if (cur is not None and image.shape == cur.shape and image.dtype == cur.dtype
                 and image.__array_interface__["data"][0] == cur.__array_interface__["data"][0]
@@ -66,7 +86,14 @@ class ImageContext:
 
 
 class CachedGenerator(MaskGenerator):
-    """A mask generator whose output is computed once per image: memory (last image) > disk > compute."""
+    """A mask generator whose output is computed once per image: memory (last image) > disk > compute.
+
+    Args:
+        generator: the wrapped mask generator.
+        directory: where the candidates are stored (one ``<image key>.json`` per image), or None for memory
+            only.
+        context: the shared current-image context (a new one when None).
+    """
 
     def __init__(self, generator: MaskGenerator, directory: Path | None, context: ImageContext | None = None):
         self.generator = generator
@@ -110,6 +137,12 @@ class CachedPrompter(Prompter):
     """A prompter whose prompts are computed once per (image, text): memory (last image) > disk > compute.
 
     Extras (saliency maps, ...) are kept in memory only; prompts read back from disk come with none.
+
+    Args:
+        prompter: the wrapped prompter.
+        directory: where the prompts are stored, one JSON file per (image, text), or None for memory
+            only.
+        context: the shared current-image context (a new one when None).
     """
 
     def __init__(self, prompter: Prompter, directory: Path | None, context: ImageContext | None = None):
@@ -120,6 +153,12 @@ class CachedPrompter(Prompter):
         self.passes = 0
 
     def prompts(self, image: np.ndarray, text: str) -> tuple[Prompts, dict[str, Any]]:
+        """The wrapped prompter's ``(prompts, extras)`` for ``(image, text)``, computed once.
+
+        Args:
+            image: the H x W x 3 uint8 image.
+            text: the text prompt.
+        """
         key = self.context.key_for(image)
         if (key, text) in self._memo:
             return self._memo[(key, text)]

@@ -17,7 +17,11 @@ __all__ = ["METRICS", "mean_std", "summarize"]
 # --- aggregation ------------------------------------------------------------------------------------
 
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
-    """(mean, population std (ddof = 0), count) of the finite values; NaNs when there are none."""
+    """(mean, population std (ddof = 0), count) of the finite values; NaNs when there are none.
+
+    Args:
+        values: numbers; None and non-finite values are skipped.
+    """
     v = np.asarray([x for x in values if x is not None], dtype=np.float64)
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -32,6 +36,11 @@ def summarize(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = METRIC
     ``by`` names row keys or ``tags.<name>`` (e.g. ``"tags.difficulty"``); rows missing the key go to
     group ``None``. Returns ``{group: {"<metric>_mean": .., "<metric>_std": .., "n": ..}}``;
     without ``by`` the single group is ``"all"``.
+
+    Args:
+        rows: the result rows (dicts).
+        metrics: the metric keys to summarise.
+        by: one row key, several, or None for a single group.
     """
     keys = [by] if isinstance(by, str) else list(by or [])
     groups: dict[Any, list[Mapping[str, Any]]] = {}

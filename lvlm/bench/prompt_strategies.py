@@ -29,7 +29,13 @@ METRICS = ("iou", "dice", "boundary_precision", "boundary_recall", "boundary_f1"
 
 def score_masks(pred: np.ndarray, gt: np.ndarray, tolerance: float = 2.0) -> list[dict[str, float]]:
     """IoU, Dice and boundary precision / recall / F1 (within ``tolerance`` px) of K predicted masks
-    (K x H x W) against their ground truth, with :mod:`lvlm.metrics` (one batched pass)."""
+    (K x H x W) against their ground truth, with :mod:`lvlm.metrics` (one batched pass).
+
+    Args:
+        pred: K x H x W predicted masks.
+        gt: K x H x W ground-truth masks, one per prediction.
+        tolerance: the boundary distance tolerance in pixels.
+    """
     m = segmentation_metrics(np.asarray(pred, bool), np.asarray(gt, bool), tolerance=tolerance)
     return [{k: float(m[k][i]) for k in METRICS} for i in range(len(pred))]
 
@@ -47,6 +53,13 @@ def evaluate_prompt_strategies(
     ``segment(image, prompts) -> Candidates`` returning one mask per prompt). Returns ``(rows, per_item)``:
     one summary row per (model, strategy) with ``<metric>_mean`` / ``<metric>_std`` and ``num_samples``,
     and the per-object scores they were computed from.
+
+    Args:
+        segmenters: model name -> prompted segmenter.
+        images: ``(image, instance masks)`` pairs; empty instance masks are dropped.
+        strategies: the prompt strategies to compare (a subset of ``STRATEGIES``).
+        tolerance: the boundary distance tolerance in pixels.
+        progress: show a progress bar.
     """
     for s in strategies:
         if s not in STRATEGIES:
@@ -74,7 +87,13 @@ def evaluate_prompt_strategies(
 
 def summarise(per_item: list[dict[str, Any]], strategies: Sequence[str] = STRATEGIES,
               models: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Per (model, strategy) means and (population) standard deviations of the per-object scores."""
+    """Per (model, strategy) means and (population) standard deviations of the per-object scores.
+
+    Args:
+        per_item: the per-object score rows of :func:`evaluate_prompt_strategies`.
+        strategies: the strategies to report, in this order.
+        models: the models to report, in this order (None: first-seen order).
+    """
     from .metrics import summarize
 
     groups = summarize(per_item, METRICS, by=("model", "strategy"))
@@ -93,7 +112,12 @@ def summarise(per_item: list[dict[str, Any]], strategies: Sequence[str] = STRATE
 
 
 def format_table(rows: list[dict[str, Any]], digits: int = 3) -> str:
-    """A markdown table of :func:`summarise` rows (mean ± std per metric)."""
+    """A markdown table of :func:`summarise` rows (mean ± std per metric).
+
+    Args:
+        rows: the rows of :func:`summarise`.
+        digits: decimals of the means and standard deviations.
+    """
     head = ["model", "prompt strategy", "IoU", "Dice", "boundary precision", "boundary recall", "boundary F1", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:

@@ -20,6 +20,11 @@ RESULTS = "results.jsonl"
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, str]:
+    """The ``(combo, sample)`` key that identifies a result row.
+
+    Args:
+        row: a result row with ``combo`` and ``sample`` keys.
+    """
     return (row["combo"], row["sample"])
 
 
@@ -37,7 +42,11 @@ def _clean(obj: Any) -> Any:
 
 
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The committed rows of a results file (a partial last line is ignored; repeated keys kept once)."""
+    """The committed rows of a results file (a partial last line is ignored; repeated keys kept once).
+
+    Args:
+        path: a results file, or a run directory holding one.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS
@@ -66,7 +75,14 @@ def _parse(data: bytes) -> Iterator[dict[str, Any]]:
 
 
 class ResultsLog:
-    """Append-only, crash-safe results file; ``done`` holds the committed (combo, sample) keys."""
+    """Append-only, crash-safe results file; ``done`` holds the committed (combo, sample) keys.
+
+    Args:
+        path: the JSON-lines results file (created with its directory when missing; committed rows are read
+            back).
+        fsync_interval: seconds between ``fsync`` calls (each row is flushed at once, fsynced at most once per
+            interval).
+    """
 
     def __init__(self, path: str | os.PathLike, fsync_interval: float = 1.0):
         self.path = Path(path)
@@ -89,7 +105,11 @@ class ResultsLog:
         self._f = self.path.open("ab")
 
     def append(self, row: dict[str, Any]) -> bool:
-        """Commit one row (False, and nothing written, when its key is already committed)."""
+        """Commit one row (False, and nothing written, when its key is already committed).
+
+        Args:
+            row: the result row (JSON-serialisable, with ``combo`` and ``sample`` keys).
+        """
         key = row_key(row)
         if key in self.done:
             return False
