@@ -62,7 +62,11 @@ class Combination:
 
 
 def canonical(obj: Any) -> str:
-    """Key-sorted JSON of a spec, without runtime-only keys (the basis of every cache key)."""
+    """Key-sorted JSON of a spec, without runtime-only keys (the basis of every cache key).
+
+    Args:
+        obj: a spec (dict, list, scalar); keys that only affect where or how it runs are dropped.
+    """
     return json.dumps(_strip(obj), sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -75,11 +79,21 @@ def _strip(obj: Any) -> Any:
 
 
 def spec_hash(obj: Any, n: int = 12) -> str:
+    """A short hex digest of :func:`canonical` ``(obj)``: the cache key of a spec.
+
+    Args:
+        obj: the spec to hash.
+        n: the number of hex digits kept.
+    """
     return hashlib.blake2b(canonical(obj).encode(), digest_size=16).hexdigest()[:n]
 
 
 def load_bench_config(config: str | os.PathLike | dict) -> dict[str, Any]:
-    """A validated benchmark config dict from a YAML path, packaged name or dict."""
+    """A validated benchmark config dict from a YAML path, packaged name or dict.
+
+    Args:
+        config: a YAML path, a packaged config name (``bench/tiny``) or a config dict.
+    """
     cfg = load_config(config) if not isinstance(config, dict) else dict(config)
     bad = [k for k in cfg if k not in TOP_KEYS]
     if bad:
@@ -95,7 +109,12 @@ def load_bench_config(config: str | os.PathLike | dict) -> dict[str, Any]:
 
 def apply_overrides(cfg: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
     """``KEY=VALUE`` overrides (VALUE read as YAML) on nested keys, e.g. ``datasets.COCO.root=/data/coco``;
-    under ``sweep`` the rest of the key is one name (``sweep.generator.points_per_side=[16,32]``)."""
+    under ``sweep`` the rest of the key is one name (``sweep.generator.points_per_side=[16,32]``).
+
+    Args:
+        cfg: the config dict (not changed; a modified deep copy is returned).
+        sets: ``KEY=VALUE`` strings, or None.
+    """
     import copy
 
     import yaml
@@ -125,7 +144,12 @@ def apply_overrides(cfg: dict[str, Any], sets: list[str] | None) -> dict[str, An
 
 
 def import_plugins(imports: list[str] | None, base: Path | None = None) -> None:
-    """Import modules (dotted names) or ``.py`` files that register extra components."""
+    """Import modules (dotted names) or ``.py`` files that register extra components.
+
+    Args:
+        imports: dotted module names or ``.py`` paths, or None.
+        base: the folder that relative ``.py`` paths are resolved against (the config's folder).
+    """
     for item in imports or []:
         if str(item).endswith(".py"):
             path = Path(item)
@@ -226,7 +250,11 @@ def _apply_sweep(stages: dict[str, Any], point: dict[str, Any]) -> dict[str, Any
 
 
 def expand(cfg: dict[str, Any]) -> list[Combination]:
-    """Every combination of a config, in a stable order (dataset, pipeline, sweep point, strategy)."""
+    """Every combination of a config, in a stable order (dataset, pipeline, sweep point, strategy).
+
+    Args:
+        cfg: a validated benchmark config (:func:`load_bench_config`).
+    """
     strategies = cfg.get("strategies") or {"text": "text"}
     if isinstance(strategies, list):
         strategies = {str(s): s for s in strategies}

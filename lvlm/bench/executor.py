@@ -44,7 +44,11 @@ def _with_device(kind: str, spec: Any, device: str | None) -> Any:
 def resolve_strategy(name: str):
     """A prompt strategy: ``text``, ``sample_box``, a name of :mod:`lvlm.bench.prompt_strategies`
     (``center``, ``edge``, ``grid4``, ``box``), or ``module:function`` taking the ground-truth mask and
-    returning :class:`~lvlm.types.Prompts`."""
+    returning :class:`~lvlm.types.Prompts`.
+
+    Args:
+        name: the strategy's name, or ``module:function``.
+    """
     if name in BUILTIN_STRATEGIES:
         return name
     if ":" in name:
@@ -67,7 +71,11 @@ def resolve_strategy(name: str):
 
 class Indexed:
     """Random access and ``ids()`` for any dataset: loaders derived from :class:`lvlm.data.base.Dataset`
-    have both; a plain iterable of Samples is read once into memory."""
+    have both; a plain iterable of Samples is read once into memory.
+
+    Args:
+        dataset: a built dataset, or any iterable of :class:`~lvlm.data.base.Sample`.
+    """
 
     def __init__(self, dataset: Any):
         self.dataset = dataset
@@ -86,7 +94,15 @@ class Indexed:
 
 
 class Executor:
-    """Runs combinations on samples; components, pipelines and datasets are built on first use."""
+    """Runs combinations on samples; components, pipelines and datasets are built on first use.
+
+    Args:
+        config: the validated benchmark config.
+        combos: the combinations to run (:func:`~lvlm.bench.config.expand`).
+        cache_dir: where generator candidates and prompts are cached between runs, or None for memory only.
+        device: the device of every model stage (``cpu``, ``cuda``...), or None for each spec's own.
+        config_dir: the config's folder, against which relative plugin paths (``imports``) are resolved.
+    """
 
     def __init__(self, config: dict[str, Any], combos: list[Combination], cache_dir: str | Path | None = None,
                  device: str | None = None, config_dir: str | Path | None = None):
@@ -113,14 +129,23 @@ class Executor:
 
     # --- building ---------------------------------------------------------------------------------
     def dataset(self, label: str):
-        """The dataset of a label, with random access and ``ids()`` (see :class:`Indexed`)."""
+        """The dataset of a label, with random access and ``ids()`` (see :class:`Indexed`).
+
+        Args:
+            label: the dataset's label in the config's ``datasets``.
+        """
         if label not in self._datasets:
             spec = self.config["datasets"][label]
             self._datasets[label] = Indexed(build_spec("dataset", spec))
         return self._datasets[label]
 
     def component(self, kind: str, spec: Any) -> Any:
-        """One object per distinct (kind, spec); generators and prompters come wrapped in their caches."""
+        """One object per distinct (kind, spec); generators and prompters come wrapped in their caches.
+
+        Args:
+            kind: the component kind (``generator``, ``selector``, ...).
+            spec: its config spec (a name or a dict with ``name``).
+        """
         key = (kind, canonical(spec))
         if key not in self._components:
             obj = build_spec(kind, _with_device(kind, spec, self.device))
@@ -134,6 +159,11 @@ class Executor:
         return self._components[key]
 
     def pipeline(self, combo: Combination) -> Pipeline:
+        """The pipeline of one combination, built once.
+
+        Args:
+            combo: the combination.
+        """
         if combo.id not in self._pipelines:
             stages = {k: (self.component(k, v) if v is not None else None)
                       for k, v in combo.stages.items() if k in STAGES}
@@ -146,6 +176,11 @@ class Executor:
         return self._pipelines[combo.id]
 
     def strategy(self, name: str):
+        """The prompt strategy ``name`` resolved once (see :func:`resolve_strategy`).
+
+        Args:
+            name: the strategy's name, or ``module:function``.
+        """
         if name not in self._strategies:
             self._strategies[name] = resolve_strategy(name)
         return self._strategies[name]
@@ -157,7 +192,14 @@ class Executor:
     # --- running ----------------------------------------------------------------------------------
     def run_sample(self, dataset: str, index: int, skip: set[str] | frozenset = frozenset(),
                    expect_id: str | None = None) -> Iterator[dict[str, Any]]:
-        """Rows of every combination of ``dataset`` not in ``skip`` (combination ids) on sample ``index``."""
+        """Rows of every combination of ``dataset`` not in ``skip`` (combination ids) on sample ``index``.
+
+        Args:
+            dataset: the dataset's label.
+            index: the sample's index in the dataset.
+            skip: ids of the combinations already done on this sample.
+            expect_id: the sample id the plan saw at ``index``; a different one raises LvlmError.
+        """
         combos = [c for c in self.by_dataset.get(dataset, []) if c.id not in skip]
         if not combos:
             return

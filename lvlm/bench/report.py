@@ -37,18 +37,28 @@ COMPARISON_METRICS = (("iou", "iou"), ("dice", "dice"), ("f1", "dice"), ("bounda
 
 
 def add_arguments(parser) -> None:
+    """Add the options of ``lvlm report`` to ``parser``.
+
+    Args:
+        parser: the ``argparse`` (sub)parser.
+    """
     parser.add_argument("run_dir", help="a run directory written by 'lvlm bench'")
     parser.add_argument("--out", "-o", help="output folder (default: RUN_DIR/report)")
     parser.add_argument("--metric", default="iou", choices=METRICS + tuple(OPTIONAL_METRICS),
-                        help="metric of the seed-001 tables and plots")
+                        help="metric of the tables and plots")
     parser.add_argument("--by", help="tag whose groups become table columns (default: difficulty, class or defect)")
-    parser.add_argument("--digits", type=int, default=2, help="decimals in the seed-001 tables (default 2)")
+    parser.add_argument("--digits", type=int, default=2, help="decimals in the tables (default 2)")
     parser.add_argument("--gallery", type=int, default=3, help="best and worst cases per gallery (0: none)")
     parser.add_argument("--gallery-combo", help="part of the label of the combination to show (default: the best)")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
 
 
 def run(args) -> int:
+    """``lvlm report``: write the report of a run and print its tables; returns the exit status.
+
+    Args:
+        args: the parsed options of :func:`add_arguments`.
+    """
     files = make_report(args.run_dir, out=args.out, metric=args.metric, by=args.by, digits=args.digits,
                         gallery=0 if args.no_plots else args.gallery, gallery_combo=args.gallery_combo,
                         plots=not args.no_plots)
@@ -63,7 +73,11 @@ def run(args) -> int:
 # --- loading ----------------------------------------------------------------------------------------
 
 def load_run(run_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(rows of the combinations the run's config still holds, run.json)."""
+    """(rows of the combinations the run's config still holds, run.json).
+
+    Args:
+        run_dir: a run directory written by ``lvlm bench``.
+    """
     from .results import read_rows
 
     run_dir = Path(run_dir)
@@ -83,7 +97,11 @@ def load_run(run_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]
 
 
 def axes_of(rows: Sequence[dict[str, Any]]) -> tuple[str | None, str | None, list[str]]:
-    """(model axis, SAM axis, other axes) among the rows' label keys."""
+    """(model axis, SAM axis, other axes) among the rows' label keys.
+
+    Args:
+        rows: result rows (their ``labels`` dicts name the axes).
+    """
     keys = list(dict.fromkeys(k for r in rows for k in r["labels"]))
     model = next((a for a in MODEL_AXES if a in keys), None)
     sam = next((a for a in SAM_AXES if a in keys), None)
@@ -119,14 +137,18 @@ def _combos(rows) -> list[str]:
 
 def extra_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The :data:`~lvlm.metrics.OPTIONAL_METRICS` (oracle IoU, selection efficiency, instance metrics) that
-    some row holds a value of, in their standard order."""
+    some row holds a value of, in their standard order.
+
+    Args:
+        rows: result rows.
+    """
     return [m for m in OPTIONAL_METRICS if any(r.get(m) is not None for r in rows)]
 
 
 # --- tables -----------------------------------------------------------------------------------------
 
 def group_table(rows: Sequence[dict[str, Any]], metric: str = "iou", by: str | None = None,
-                  extra: Sequence[str] | None = None) -> dict[str, Any]:
+                extra: Sequence[str] | None = None) -> dict[str, Any]:
     """Villarreal et al.'s table: one line per combination, ``All`` then one column per group; values are means.
 
     Args:
@@ -182,6 +204,12 @@ def _grouped_cells(lines) -> list[list[str]]:
 
 
 def table_markdown(t: dict[str, Any], digits: int = 2) -> str:
+    """A markdown table of :func:`group_table`'s output, the best value of each column in bold.
+
+    Args:
+        t: the table of :func:`group_table`.
+        digits: decimals shown.
+    """
     arrows = [h if i < t["n_text"] else f"{h} (↑)" for i, h in enumerate(t["header"])]
     out = ["| " + " | ".join(arrows) + " |",
            "|" + "|".join("---" if i < t["n_text"] else "---:" for i in range(len(arrows))) + "|"]
@@ -201,6 +229,13 @@ def _tex(s: str) -> str:
 
 
 def table_latex(t: dict[str, Any], digits: int = 2, caption: str = "") -> str:
+    """A LaTeX (booktabs) table of :func:`group_table`'s output, the best value of each column in bold.
+
+    Args:
+        t: the table of :func:`group_table`.
+        digits: decimals shown.
+        caption: the table's caption (none when empty).
+    """
     n_num = len(t["header"]) - t["n_text"]
     head = [_tex(h) if i < t["n_text"] else f"{_tex(h)} ($\\uparrow$)" for i, h in enumerate(t["header"])]
     best = [_best(t["lines"], j) for j in range(n_num)]
@@ -220,6 +255,12 @@ def table_latex(t: dict[str, Any], digits: int = 2, caption: str = "") -> str:
 
 
 def table_csv(t: dict[str, Any], path: Path) -> Path:
+    """Write :func:`group_table`'s output as CSV (full precision) to ``path``; returns ``path``.
+
+    Args:
+        t: the table of :func:`group_table`.
+        path: the CSV file to write.
+    """
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(t["header"])
@@ -233,6 +274,9 @@ def comparison_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
     The :func:`extra_metrics` present in the rows (oracle IoU, selection efficiency, instance metrics) get
     their ``_mean`` / ``_std`` columns after the standard ones.
+
+    Args:
+        rows: result rows of one dataset.
     """
     model, sam, others = axes_of(rows)
     extra = extra_metrics(rows)
@@ -262,6 +306,12 @@ def _write_dicts(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def dicts_markdown(rows: list[dict[str, Any]], digits: int = 4) -> str:
+    """A markdown table of dicts sharing the first one's keys (floats rounded to ``digits``).
+
+    Args:
+        rows: the dicts, one per table line.
+        digits: decimals of float cells.
+    """
     if not rows:
         return ""
     keys = list(rows[0])
@@ -272,7 +322,11 @@ def dicts_markdown(rows: list[dict[str, Any]], digits: int = 4) -> str:
 
 
 def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every (dataset, combination, group) with mean / std / n of every metric (and of the extra ones present)."""
+    """Every (dataset, combination, group) with mean / std / n of every metric (and of the extra ones present).
+
+    Args:
+        rows: result rows.
+    """
     metrics = list(METRICS) + extra_metrics(rows)
     out = []
     for cid in _combos(rows):
@@ -302,7 +356,14 @@ def _plt():
 
 
 def heatmap(rows, path_stem: Path, metric: str = "iou", title: str = "") -> list[Path]:
-    """Model (CLIP) x SAM heat map of the mean ``metric``."""
+    """Model (CLIP) x SAM heat map of the mean ``metric``.
+
+    Args:
+        rows: result rows of one dataset.
+        path_stem: the output path without suffix (a ``.png`` and a ``.pdf`` are written).
+        metric: the metric shown.
+        title: the plot's title.
+    """
     import numpy as np
 
     model, sam, others = axes_of(rows)
@@ -338,7 +399,14 @@ def heatmap(rows, path_stem: Path, metric: str = "iou", title: str = "") -> list
 
 
 def bars(rows, path_stem: Path, metric: str = "iou", title: str = "") -> list[Path]:
-    """Mean +- std of ``metric`` per combination, grouped by model, one colour per SAM."""
+    """Mean +- std of ``metric`` per combination, grouped by model, one colour per SAM.
+
+    Args:
+        rows: result rows of one dataset.
+        path_stem: the output path without suffix (a ``.png`` and a ``.pdf`` are written).
+        metric: the metric shown.
+        title: the plot's title.
+    """
     import numpy as np
 
     model, sam, others = axes_of(rows)
@@ -383,7 +451,17 @@ def _save(fig, plt, stem: Path) -> list[Path]:
 
 def make_gallery(rows, info: dict[str, Any], dataset: str, path_stem: Path, k: int = 3, metric: str = "iou",
             combo: str | None = None) -> list[Path]:
-    """Best and worst ``k`` cases of one combination: image + prompt | prediction | ground truth."""
+    """Best and worst ``k`` cases of one combination: image + prompt | prediction | ground truth.
+
+    Args:
+        rows: result rows of one dataset (with stored masks).
+        info: the run's ``run.json`` (its config rebuilds the dataset for the images).
+        dataset: the dataset's label.
+        path_stem: the output path without suffix.
+        k: the number of best and of worst cases.
+        metric: the metric that ranks the cases.
+        combo: a text matched against the combinations' labels; None picks the combination with the best mean.
+    """
     from .. import rle
     from ..io import load_image, load_mask, overlay
     from ..registry import build_spec
@@ -446,7 +524,19 @@ def _first(rows, cid):
 
 def make_report(run_dir: str | Path, out: str | Path | None = None, metric: str = "iou", by: str | None = None,
                 digits: int = 2, gallery: int = 3, gallery_combo: str | None = None, plots: bool = True) -> list[Path]:
-    """Write every table, plot and gallery of a run; returns the files written."""
+    """Write every table, plot and gallery of a run; returns the files written.
+
+    Args:
+        run_dir: a run directory written by ``lvlm bench``.
+        out: the output folder (default: ``RUN_DIR/report``).
+        metric: the metric of the tables, plots and galleries.
+        by: the tag whose groups become table columns (default: difficulty, class or defect when present).
+        digits: decimals in the tables.
+        gallery: best and worst cases per gallery (0: no gallery).
+        gallery_combo: a text matched against the combinations' labels for the gallery (default: the best
+            one).
+        plots: write the heat maps and bar plots.
+    """
     from ..io import slug
 
     rows, info = load_run(run_dir)

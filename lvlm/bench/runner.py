@@ -24,6 +24,11 @@ DEFAULT_RUNS = "runs"
 
 
 def add_arguments(parser) -> None:
+    """Add the options of ``lvlm bench`` to ``parser``.
+
+    Args:
+        parser: the ``argparse`` (sub)parser.
+    """
     parser.add_argument("config", help="benchmark config: a YAML file or a packaged name (e.g. bench/base_matrix)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
                         help="override a config value (YAML), e.g. datasets.COCO.root=/data/coco (repeatable)")
@@ -41,6 +46,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """``lvlm bench``: run the benchmark and print what it wrote; returns the exit status.
+
+    Args:
+        args: the parsed options of :func:`add_arguments`.
+    """
     out = run_benchmark(args.config, args.out, overrides=args.overrides, cache_dir=args.cache, device=args.device, backend=args.backend,
                         workers=args.workers, ray_address=args.ray_address, cpus_per_worker=args.cpus_per_worker,
                         gpus_per_worker=args.gpus_per_worker, limit=args.limit, progress=not args.quiet)
@@ -58,7 +68,13 @@ def _config_name(config: Any) -> str:
 
 def prepare(config: Any, run_dir: str | os.PathLike | None = None,
             overrides: list[str] | None = None) -> tuple[dict, list, Path, Path | None]:
-    """(config dict, combinations, run dir, config's folder) of a config and its ``KEY=VALUE`` overrides."""
+    """(config dict, combinations, run dir, config's folder) of a config and its ``KEY=VALUE`` overrides.
+
+    Args:
+        config: a YAML path, a packaged config name or a config dict.
+        run_dir: the run directory (created), or None for ``runs/<config name>``.
+        overrides: ``KEY=VALUE`` overrides (see :func:`~lvlm.bench.config.apply_overrides`).
+    """
     from .config import apply_overrides, expand, load_bench_config
 
     cfg = load_bench_config(apply_overrides(load_bench_config(config), overrides))
@@ -94,7 +110,14 @@ def _record(run_dir: Path, cfg: dict, combos: list, config_dir: Path | None, ses
 
 
 def plan(executor, combos: list, done: set[tuple[str, str]], limit: int | None = None) -> list[tuple[str, int, str, frozenset]]:
-    """The work left: (dataset, sample index, sample id, combination ids already done) per sample."""
+    """The work left: (dataset, sample index, sample id, combination ids already done) per sample.
+
+    Args:
+        executor: the executor (its datasets and combinations per dataset).
+        combos: the combinations of the run.
+        done: the committed ``(combination id, sample id)`` keys.
+        limit: only the first ``limit`` samples of each dataset, or None for all.
+    """
     todo = []
     for ds_label, ds_combos in executor.by_dataset.items():
         ds = executor.dataset(ds_label)
@@ -113,7 +136,22 @@ def run_benchmark(config: Any, run_dir: str | os.PathLike | None = None, overrid
                   device: str | None = None, backend: str = "local", workers: int | None = None,
                   ray_address: str | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
                   limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) a benchmark; returns counts: rows ``written`` now, ``total``, generator passes, ..."""
+    """Run (or resume) a benchmark; returns counts: rows ``written`` now, ``total``, generator passes, ...
+
+    Args:
+        config: a YAML path, a packaged config name or a config dict.
+        run_dir: the run directory, or None for ``runs/<config name>``; rows already in it are not run again.
+        overrides: ``KEY=VALUE`` config overrides.
+        cache_dir: the cache directory, shareable between runs (default: ``RUN_DIR/cache``).
+        device: the device of every model stage, or None for each config's own.
+        backend: ``local`` (this process) or ``ray`` (samples sharded over Ray workers).
+        workers: the number of Ray workers (default: the CPUs Ray sees / ``cpus_per_worker``).
+        ray_address: an existing Ray cluster to join, or None to start a local one.
+        cpus_per_worker: CPUs reserved per Ray worker.
+        gpus_per_worker: GPUs (or fractions) reserved per Ray worker.
+        limit: only the first ``limit`` samples of each dataset, or None for all.
+        progress: show a progress bar.
+    """
     from .executor import Executor
     from .results import RESULTS, ResultsLog
 
