@@ -91,7 +91,15 @@ class ClipTrainConfig:
 # ------------------------------------------------------------------------------------------ data
 
 class PairSource:
-    """Image-text pairs: ``images[i]`` (path or array) with ``texts[i]``; ``labels`` optional class ids."""
+    """Image-text pairs: ``images[i]`` (path or array) with ``texts[i]``; ``labels`` optional class ids.
+
+    Args:
+        images: image paths or H x W x 3 uint8 arrays.
+        texts: one caption per image.
+        labels: one class id per image (pairs of one class are positives of each other with
+            ``group_positives``), or None.
+        label_texts: the class texts that retrieval is scored against when ``labels`` is given.
+    """
 
     def __init__(self, images: list[Any], texts: list[str], labels: list[int] | None = None,
                  label_texts: list[str] | None = None):
@@ -103,17 +111,35 @@ class PairSource:
         return len(self.images)
 
     def split(self, val_fraction: float, seed: int) -> tuple[PairSource, PairSource]:
+        """``(train, val)`` split: a ``val_fraction`` of the pairs (at least one) drawn with ``seed``.
+
+        Args:
+            val_fraction: the fraction of pairs for validation.
+            seed: the random seed of the permutation.
+        """
         idx = np.random.default_rng(seed).permutation(len(self))
         n_val = max(1, round(len(self) * val_fraction)) if len(self) > 1 else 0
         return self.subset(idx[n_val:]), self.subset(idx[:n_val])
 
     def subset(self, idx) -> PairSource:
+        """The pairs at ``idx``, in that order.
+
+        Args:
+            idx: pair indices.
+        """
         return PairSource([self.images[i] for i in idx], [self.texts[i] for i in idx],
                           None if self.labels is None else [self.labels[i] for i in idx], self.label_texts)
 
 
 def load_pairs(data: str, max_samples: int = 0, seed: int = 0, scene_black_prob: float = 0.25) -> PairSource:
-    """Pairs from ``scenes:N``, a ``.csv`` / ``.jsonl`` manifest (image, text columns) or a MIMIC-CXR-JPG root."""
+    """Pairs from ``scenes:N``, a ``.csv`` / ``.jsonl`` manifest (image, text columns) or a MIMIC-CXR-JPG root.
+
+    Args:
+        data: ``scenes:N`` (N synthetic scenes), a manifest path or a MIMIC-CXR-JPG root folder.
+        max_samples: keep a random ``max_samples`` pairs (0: all).
+        seed: the random seed of the scenes and of the ``max_samples`` draw.
+        scene_black_prob: ``scenes:N`` only: the chance that all but the captioned object is blacked out.
+    """
     if data.startswith("scenes:"):
         from tqdm.auto import tqdm
 
@@ -186,7 +212,11 @@ def _mimic_pairs(root: Path) -> tuple[list[str], list[str]]:
 
 
 def report_text(report: str) -> str:
-    """FINDINGS and IMPRESSION sections of a radiology report (the whole text when they are absent)."""
+    """FINDINGS and IMPRESSION sections of a radiology report (the whole text when they are absent).
+
+    Args:
+        report: the radiology report's text.
+    """
     import re
 
     sections = {}
@@ -199,7 +229,11 @@ def report_text(report: str) -> str:
 # ----------------------------------------------------------------------------------------- model
 
 def build_model(cfg: ClipTrainConfig):
-    """The open_clip model to train and its model config dict (saved with the weights)."""
+    """The open_clip model to train and its model config dict (saved with the weights).
+
+    Args:
+        cfg: the run's config (``model`` / ``model_config``, ``text_model``, ``init``...).
+    """
     import open_clip
 
     if cfg.model_config:
@@ -265,6 +299,10 @@ def set_trainable(model, train: str) -> list[str]:
     """Freeze all but the parts ``train`` names; returns the names of trainable parameters.
 
     heads: image and text projections (+ logit scale); image: heads + image encoder; both: everything.
+
+    Args:
+        model: the open_clip model.
+        train: one of ``TRAIN_PARTS``: ``heads``, ``image`` or ``both``.
     """
     if train not in TRAIN_PARTS:
         raise ConfigError(f"train={train!r}; valid: {', '.join(TRAIN_PARTS)}")
@@ -385,7 +423,14 @@ def _autoencoder_pretrain(model, batches: _Batches, n: int, cfg: ClipTrainConfig
 
 def evaluate(model, batches: _Batches, device: str, batch_size: int = 256) -> dict[str, float]:
     """Validation loss (in batches) and top-1 retrieval: image -> its text among all distinct val texts
-    (or among the class label texts when the data has labels)."""
+    (or among the class label texts when the data has labels).
+
+    Args:
+        model: the open_clip model.
+        batches: the validation pairs, preprocessed in batches.
+        device: the model's device.
+        batch_size: pairs per forward pass.
+    """
     import torch
 
     n = len(batches.pairs)
@@ -421,6 +466,12 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
     """Run (or resume) a CLIP training; returns the final metrics (also written to ``metrics.json``).
 
     ``stop_after_steps`` interrupts the run after that many optimiser steps (used to test resuming).
+
+    Args:
+        cfg: the run's config (its ``out`` directory resumes when it holds ``last.pt``).
+        pairs: the image-text pairs, or None to load ``cfg.data`` with :func:`load_pairs`.
+        progress: show progress bars.
+        stop_after_steps: stop after this many optimiser steps, or None to run to the end.
     """
     import open_clip
     import torch
@@ -561,7 +612,17 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
 
 
 def save_open_clip(model, model_cfg: dict, directory: Path, image_size: int, mean, std, meta: dict | None = None) -> Path:
-    """Write an open_clip ``local-dir`` model: ``open_clip_config.json`` + ``open_clip_model.safetensors``."""
+    """Write an open_clip ``local-dir`` model: ``open_clip_config.json`` + ``open_clip_model.safetensors``.
+
+    Args:
+        model: the trained open_clip model.
+        model_cfg: its open_clip model config dict.
+        directory: the output folder (created).
+        image_size: the input size of the preprocessing config.
+        mean: per-channel normalisation mean of the preprocessing config.
+        std: per-channel normalisation std of the preprocessing config.
+        meta: extra information stored under ``lvlm`` in ``open_clip_config.json``, or None.
+    """
     from safetensors.torch import save
 
     directory = Path(directory)
@@ -583,6 +644,11 @@ CURVES = (("CLIP loss", ("train_loss", "val_loss")), ("retrieval top-1 (val)", (
 # ------------------------------------------------------------------------------------------- CLI
 
 def add_arguments(p) -> None:
+    """Add the options of ``lvlm train clip`` to ``p``.
+
+    Args:
+        p: the ``argparse`` (sub)parser.
+    """
     p.add_argument("--data", required=True, help="scenes:N, a .csv/.jsonl manifest (image,text), or a MIMIC-CXR-JPG root")
     p.add_argument("--out", default="runs/clip", help="run directory (resumes when it holds last.pt)")
     p.add_argument("--setting", type=int, default=0, help="Villarreal et al. Table II preset 1-7 (sets model, init, train)")
@@ -612,6 +678,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    """``lvlm train clip``: train from the parsed options and print the final metrics; returns the exit status.
+
+    Args:
+        args: the parsed options of :func:`add_arguments`.
+    """
     cfg = ClipTrainConfig(data=args.data, out=args.out, setting=args.setting, model=args.model,
                           model_config=args.model_config, text_model=args.text_model,
                           text_pretrained=args.text_pretrained, init=args.init, train=args.train,

@@ -50,7 +50,11 @@ def _as_list(samples: Iterable) -> list:
 
 
 def sample_class(sample) -> str:
-    """The group a sample is reported under: ``tags['class']``, else its prompt."""
+    """The group a sample is reported under: ``tags['class']``, else its prompt.
+
+    Args:
+        sample: a :class:`~lvlm.data.base.Sample`.
+    """
     return str((sample.tags or {}).get("class") or sample.prompt)
 
 
@@ -59,6 +63,11 @@ def prompt_options(sample, prompt_map: dict[str, list[str]] | None, augment: boo
 
     ``prompt_map``'s list for the sample's class (or the list holding its prompt), else the sample's own
     alternatives (``Sample.prompts``), else its prompt; only the prompt when ``augment`` is False.
+
+    Args:
+        sample: the training sample.
+        prompt_map: ``{class: [phrasings]}``, or None.
+        augment: False keeps only the sample's own prompt.
     """
     if not augment:
         return [sample.prompt]
@@ -134,7 +143,27 @@ class EvalResult:
 
 
 class ClipSegTrainer:
-    """One training run (one seed) of the CLIPSeg decoder; see the module docstring for what it writes."""
+    """One training run (one seed) of the CLIPSeg decoder; see the module docstring for what it writes.
+
+    Args:
+        train: the training samples (image, mask, prompt).
+        val: the validation samples; the best checkpoint is chosen by their mIoU.
+        out_dir: the run's folder (``last.pt``, the best decoder, history, tables).
+        model: the transformers CLIPSeg id or folder (None: ``DEFAULT_MODEL``).
+        seed: seeds Python, NumPy and torch at the start of the run.
+        epochs: training epochs (cosine learning-rate schedule over them).
+        batch_size: samples per optimiser step.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        image_size: the model input side in pixels.
+        prompt_map: ``{class: [phrasings]}`` for prompt augmentation (None: ``DRYWALL_PROMPTS``).
+        augment: draw a random phrasing per training sample; False uses each sample's prompt.
+        threshold: the probability threshold of the predicted masks.
+        device: ``auto``, ``cpu``, ``cuda``...
+        num_workers: data-loader worker processes.
+        amp: mixed precision (None: on for CUDA; never on the CPU).
+        progress: print one line per epoch and show progress bars.
+    """
 
     def __init__(self, train: Iterable, val: Iterable, out_dir: str | os.PathLike, model: str | None = None,
                  seed: int = 42, epochs: int = 20, batch_size: int = 16, lr: float = 1e-4,
@@ -280,6 +309,9 @@ class ClipSegTrainer:
         """Validation loss, and IoU / Dice per sample at the source resolution (threshold on the probability).
 
         With ``save_dir`` the predicted masks are written there as ``{id}_{prompt_slug}.png``.
+
+        Args:
+            save_dir: where the predicted masks are written, or None.
         """
         import torch
         import torch.nn.functional as F
@@ -369,7 +401,13 @@ class ClipSegTrainer:
 
     def fit(self, resume: bool = False, overwrite: bool = False,
             on_epoch_end: Callable[[ClipSegTrainer, dict], None] | None = None) -> list[dict[str, Any]]:
-        """Train to ``epochs``; ``resume`` continues ``last.pt``. Returns the history (one dict per epoch)."""
+        """Train to ``epochs``; ``resume`` continues ``last.pt``. Returns the history (one dict per epoch).
+
+        Args:
+            resume: continue from ``last.pt`` when it exists.
+            overwrite: start over although ``last.pt`` exists (otherwise that raises ConfigError).
+            on_epoch_end: called with the trainer and each epoch's record once it is saved.
+        """
         last = self.out / LAST
         if resume:
             if self.load_last() and self.progress:
@@ -397,7 +435,12 @@ class ClipSegTrainer:
         return self.loop.run(one_epoch, report)
 
     def finish(self, predictions: bool = True, plot: bool = True) -> dict[str, Any]:
-        """Best decoder -> validation predictions, per-class table (Markdown + CSV), per-sample CSV, curves."""
+        """Best decoder -> validation predictions, per-class table (Markdown + CSV), per-sample CSV, curves.
+
+        Args:
+            predictions: write the best decoder's validation masks under ``predictions/``.
+            plot: write ``curves.png``.
+        """
         from ..segmenters.clipseg import load_decoder
 
         load_decoder(self.net, self.out / BEST)
@@ -420,7 +463,11 @@ def _tuplify(x):
 # --- outputs ------------------------------------------------------------------------------------------
 
 def class_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The CLIPSeg drywall report table 3: per class (first-seen order) mean IoU / Dice and count, then ``Overall``."""
+    """The CLIPSeg drywall report table 3: per class (first-seen order) mean IoU / Dice and count, then ``Overall``.
+
+    Args:
+        records: per-sample records with ``class``, ``iou`` and ``dice``.
+    """
     groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(r["class"], []).append(r)
@@ -432,6 +479,11 @@ def class_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table_markdown(rows: list[dict[str, Any]]) -> str:
+    """The per-class table as markdown (``Overall`` in bold).
+
+    Args:
+        rows: the rows of :func:`class_table`.
+    """
     lines = ["| Class | mIoU | Dice | Samples |", "|---|---:|---:|---:|"]
     for r in rows:
         name = f"**{r['Class']}**" if r["Class"] == "Overall" else r["Class"]
@@ -440,7 +492,13 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def write_table(rows: list[dict[str, Any]], stem: Path, title: str = "") -> None:
-    """``{stem}.md`` and ``{stem}.csv``."""
+    """``{stem}.md`` and ``{stem}.csv``.
+
+    Args:
+        rows: the rows of :func:`class_table`.
+        stem: the output path without suffix.
+        title: a heading for the markdown file (none when empty).
+    """
     atomic_write(stem.with_suffix(".md"), (f"# {title}\n\n" if title else "") + table_markdown(rows))
     write_csv(stem.with_suffix(".csv"), [{**r, "mIoU": f"{r['mIoU']:.4f}", "Dice": f"{r['Dice']:.4f}"}
                                          for r in rows])
@@ -464,6 +522,18 @@ def train_clipseg(train: Iterable, val: Iterable, out_dir: str | os.PathLike = "
     image_size, prompt_map, augment, threshold, device, num_workers, amp, progress). Writes
     ``summary.md`` / ``summary.csv`` (one row per seed), ``summary.json`` (best seed and its checkpoint),
     ``results.md`` / ``.csv`` (the best seed's per-class table) and ``curves.png`` (all seeds).
+
+    Args:
+        train: the training samples.
+        val: the validation samples.
+        out_dir: the output folder (one ``seed_{seed}/`` per seed).
+        seeds: the random seeds, one run each.
+        resume: continue runs that hold ``last.pt``.
+        overwrite: start runs over although they hold ``last.pt``.
+        predictions: write the best decoder's validation masks.
+        plot: write the training curves.
+        on_epoch_end: called with the trainer and each epoch's record.
+        **settings: :class:`ClipSegTrainer` arguments.
     """
     train, val = _as_list(train), _as_list(val)
     out = Path(out_dir)
@@ -500,7 +570,16 @@ def train_clipseg(train: Iterable, val: Iterable, out_dir: str | os.PathLike = "
 def folder_samples(directory: str | os.PathLike, prompt: str, cls: str | None = None, val_fraction: float = 0.2,
                    seed: int = 42) -> tuple[list, list]:
     """(train, val) Samples of a folder: ``train/`` + ``val/`` (or ``valid/``) each with ``images/`` +
-    ``masks/``, or one ``images/`` + ``masks/`` split ``1 - val_fraction`` / ``val_fraction`` with ``seed``."""
+    ``masks/``, or one ``images/`` + ``masks/`` split ``1 - val_fraction`` / ``val_fraction`` with ``seed``.
+
+    Args:
+        directory: the data folder.
+        prompt: the text prompt of every sample.
+        cls: the class samples are reported under (None: the drywall class whose phrasings hold ``prompt``,
+            else the folder name).
+        val_fraction: the validation fraction when the folder has no split.
+        seed: the random seed of that split.
+    """
     from ..data.folder import ImageMaskFolder
 
     d = Path(directory)
@@ -529,7 +608,11 @@ def folder_samples(directory: str | os.PathLike, prompt: str, cls: str | None = 
 # --- command line -------------------------------------------------------------------------------------
 
 def add_arguments(parser) -> None:
-    """Options of ``lvlm train clipseg`` (defaults: the CLIPSeg drywall report's table 1)."""
+    """Options of ``lvlm train clipseg`` (defaults: the CLIPSeg drywall report's table 1).
+
+    Args:
+        parser: the ``argparse`` (sub)parser.
+    """
     d = parser.add_argument_group("data (a registered dataset, or folders of images/ + masks/)")
     d.add_argument("--dataset", help="registered dataset name (see `lvlm list dataset`), e.g. drywall")
     d.add_argument("--root", action="append", default=[], metavar="DIR",
@@ -643,6 +726,11 @@ def _load_prompt_map(path: str | None) -> dict | None:
 
 
 def run(args) -> int:
+    """``lvlm train clipseg``: load the data, train every seed and print the summary; returns the exit status.
+
+    Args:
+        args: the parsed options of :func:`add_arguments`.
+    """
     train, val = _load_data(args)
     if not args.quiet:
         print(f"clipseg: {len(train)} training and {len(val)} validation samples; seeds {args.seeds}; "

@@ -89,7 +89,11 @@ class TrainLoop:
         return self.checkpoint
 
     def resume(self, map_location: Any = "cpu") -> bool:
-        """Restore ``last.pt`` when it exists (``False`` otherwise); its settings must match this run's."""
+        """Restore ``last.pt`` when it exists (``False`` otherwise); its settings must match this run's.
+
+        Args:
+            map_location: ``torch.load``'s ``map_location`` for the checkpoint.
+        """
         import torch
 
         if not self.checkpoint.is_file():
@@ -130,7 +134,11 @@ class TrainLoop:
         self.write_history()
 
     def end_epoch(self, record: Record) -> bool:
-        """Book one finished epoch: history, best, patience, ``last.pt``, ``history.json``; True on a gain."""
+        """Book one finished epoch: history, best, patience, ``last.pt``, ``history.json``; True on a gain.
+
+        Args:
+            record: the epoch's record (its ``epoch`` key, when present, sets the epoch count).
+        """
         self.epoch = int(record.get("epoch", self.epoch + 1))
         self.history.append(record)
         score = self.score_fn(record)

@@ -102,6 +102,12 @@ class DecoderTrainConfig:
 
     @classmethod
     def from_any(cls, config: DecoderTrainConfig | dict | None = None, **overrides: Any) -> DecoderTrainConfig:
+        """A checked config from a config, a dict or None, with the non-None ``overrides`` applied.
+
+        Args:
+            config: a :class:`DecoderTrainConfig`, a dict of its fields, or None for the defaults.
+            **overrides: field values that replace the config's (None values are ignored).
+        """
         if isinstance(config, cls):
             base = dataclasses.asdict(config)
         else:
@@ -185,7 +191,15 @@ def _forward(arch: SamFamilyAdapter, emb, items: Items, idx: np.ndarray, use_poi
 
 def evaluate_items(arch: SamFamilyAdapter, store: EmbeddingStore, items: Items, kinds: Sequence[str] = ("point", "box"),
                    batch_size: int = 16) -> dict[str, float]:
-    """Mean IoU of the decoder on the items' low-res targets for each prompt kind, and their mean ``iou``."""
+    """Mean IoU of the decoder on the items' low-res targets for each prompt kind, and their mean ``iou``.
+
+    Args:
+        arch: the SAM-family adapter whose decoder is evaluated.
+        store: the embeddings of the items' images.
+        items: the objects, with their low-res targets and prompts.
+        kinds: the prompt kinds to evaluate (``point``, ``box``).
+        batch_size: objects per decoder call.
+    """
     import torch
 
     out: dict[str, float] = {}

@@ -13,7 +13,14 @@ MODEL_NAMES = ("sam", "mobilesam", "medsam", "litemedsam")
 
 
 def build_model(name: str, model_type: str | None = None, checkpoint: Any = "default", device: str = "cpu"):
-    """A SAM-architecture model by name: sam (vit_b/l/h), mobilesam, medsam, litemedsam."""
+    """A SAM-architecture model by name: sam (vit_b/l/h), mobilesam, medsam, litemedsam.
+
+    Args:
+        name: ``sam``, ``mobilesam``, ``medsam`` or ``litemedsam``.
+        model_type: the SAM variant for ``sam`` (``vit_b``, ``vit_l``, ``vit_h``; default ``vit_b``).
+        checkpoint: ``default`` (the official weights), a path, or None / ``random`` for random weights.
+        device: the device to load on.
+    """
     from ..models import sam as sam_models
 
     if name == "litemedsam":
@@ -35,7 +42,11 @@ def _kv(text: str) -> tuple[str, Any]:
 
 
 def add_arguments(parser) -> None:
-    """Arguments of ``lvlm train sam-decoder``."""
+    """Arguments of ``lvlm train sam-decoder``.
+
+    Args:
+        parser: the ``argparse`` (sub)parser.
+    """
     parser.add_argument("--model", default="litemedsam", choices=MODEL_NAMES, help="model family (default litemedsam)")
     parser.add_argument("--model-type", help="SAM variant for --model sam: vit_b (default), vit_l, vit_h, vit_tiny")
     parser.add_argument("--checkpoint", default="default",
@@ -63,7 +74,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    """``lvlm train sam-decoder``: build the model and datasets, train, print the summary as JSON."""
+    """``lvlm train sam-decoder``: build the model and datasets, train, print the summary as JSON.
+
+    Args:
+        args: the parsed options of :func:`add_arguments`.
+    """
     import yaml
 
     from ..registry import build

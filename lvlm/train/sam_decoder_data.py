@@ -53,13 +53,27 @@ class EmbeddingCache:
         self._bar = None
 
     def path(self, key: str) -> Path:
+        """The ``.npy`` file of one embedding.
+
+        Args:
+            key: the image's content key.
+        """
         return self.dir / f"{key}.npy"
 
     def has(self, key: str) -> bool:
+        """Whether the embedding is cached (on disk or pending encoding).
+
+        Args:
+            key: the image's content key.
+        """
         return key in self._pending or self.path(key).is_file()
 
     def add(self, image: np.ndarray) -> str:
-        """The image's key; its embedding is computed (in batches) unless already cached."""
+        """The image's key; its embedding is computed (in batches) unless already cached.
+
+        Args:
+            image: an H x W x 3 uint8 image.
+        """
         key = image_key(image)
         if not self.has(key):
             self._pending[key] = image
@@ -91,12 +105,22 @@ class EmbeddingCache:
             self._bar = None
 
     def load(self, key: str, mmap: bool = False) -> np.ndarray:
+        """One cached embedding as an array (pending images are encoded first).
+
+        Args:
+            key: the image's content key.
+            mmap: memory-map the file instead of reading it.
+        """
         if key in self._pending:
             self.flush()
         return np.load(self.path(key), mmap_mode="r" if mmap else None)
 
     def get(self, image: np.ndarray):
-        """The 1 x C x h x w embedding tensor of one image (encoded and cached if new)."""
+        """The 1 x C x h x w embedding tensor of one image (encoded and cached if new).
+
+        Args:
+            image: an H x W x 3 uint8 image.
+        """
         import torch
 
         key = self.add(image)
@@ -248,6 +272,12 @@ class EmbeddingStore:
             self.tensor = torch.from_numpy(np.stack([cache.load(k) for k in self.keys]))
 
     def get(self, keys: Sequence[str], device):
+        """The embeddings of ``keys`` stacked into one tensor on ``device``.
+
+        Args:
+            keys: image keys of the store.
+            device: the target device.
+        """
         import torch
 
         if self.tensor is not None:
