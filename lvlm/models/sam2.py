@@ -86,7 +86,8 @@ def build_sam2_model(variant: str = "large", checkpoint: Any = "default", device
     random_init = is_random(checkpoint) or (checkpoint == "default" and filename is None)
     path = None
     if not random_init:  # resolve first: a missing file fails in seconds, before the model is built
-        path = resolve(weight_spec(variant), None if checkpoint == "default" else checkpoint)
+        path = resolve(weight_spec(variant), None if checkpoint == "default" else checkpoint,
+                       what=f"SAM 2 {variant} checkpoint")
 
     import torch
 
