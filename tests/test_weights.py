@@ -104,7 +104,6 @@ LOADERS = {
         "segmenter: {name: clipseg, model: tiny-random, decoder_checkpoint: BAD, device: cpu}",
         ["--prompt", "a red square"], "film_mul.weight", "CLIPSeg decoder_checkpoint"),
 }
-SAM_FAMILY = {"litemedsam_checkpoint", "sam_checkpoint", "litemedsam_decoder_checkpoint", "sam_decoder_checkpoint"}
 # one subprocess run per loader (the rest in-process with cli.main), each kind run as a subprocess somewhere
 SUBPROCESS = {"litemedsam_checkpoint": "truncated", "sam_checkpoint": "refused_global",
               "litemedsam_decoder_checkpoint": "garbage_safetensors", "sam_decoder_checkpoint": "wrong_shapes",
