@@ -25,7 +25,15 @@ class DatasetNotFoundError(LvlmError, FileNotFoundError):
 
 
 def not_found(name: str, root: str | os.PathLike | None, missing: str, layout: str, url: str) -> DatasetNotFoundError:
-    """The one error for absent data: what is missing, the layout looked for, where it is published."""
+    """The one error for absent data: what is missing, the layout looked for, where it is published.
+
+    Args:
+        name: the dataset's name.
+        root: the root folder that was searched, or None.
+        missing: what is missing (e.g. ``no folder 'images'``).
+        layout: the expected folder layout, shown as is.
+        url: where the data is published.
+    """
     where = f" under {str(root)!r}" if root is not None else ""
     return DatasetNotFoundError(
         f"{name}: {missing}{where}. Expected layout:\n{layout.rstrip()}\nGet it from {url}"
@@ -34,7 +42,13 @@ def not_found(name: str, root: str | os.PathLike | None, missing: str, layout: s
 
 def subsample(n_total: int, n: int | None, seed: int = 0) -> list[int]:
     """``n`` indices out of ``range(n_total)`` drawn without replacement with ``seed``, in ascending order
-    (all of them when ``n`` is None or not smaller than ``n_total``)."""
+    (all of them when ``n`` is None or not smaller than ``n_total``).
+
+    Args:
+        n_total: the number of items.
+        n: how many to draw, or None for all.
+        seed: the random seed.
+    """
     if n is None or n >= n_total:
         return list(range(n_total))
     if n < 0:
@@ -44,7 +58,11 @@ def subsample(n_total: int, n: int | None, seed: int = 0) -> list[int]:
 
 
 def stable_seed(*parts: Any) -> int:
-    """A seed that depends only on ``parts`` (not on Python's per-process string hashing)."""
+    """A seed that depends only on ``parts`` (not on Python's per-process string hashing).
+
+    Args:
+        *parts: values whose ``str`` forms make the seed.
+    """
     import hashlib
 
     digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
@@ -52,17 +70,30 @@ def stable_seed(*parts: Any) -> int:
 
 
 def unique(values) -> list:
-    """``values`` without repeats, in first-seen order."""
+    """``values`` without repeats, in first-seen order.
+
+    Args:
+        values: any iterable of hashable values.
+    """
     return list(dict.fromkeys(values))
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files of a folder (not recursive), sorted by name."""
+    """Image files of a folder (not recursive), sorted by name.
+
+    Args:
+        folder: the folder to list.
+    """
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
 def find_by_stem(folder: Path, stem: str) -> Path | None:
-    """The image file of ``folder`` named ``stem`` + any image extension, or None."""
+    """The image file of ``folder`` named ``stem`` + any image extension, or None.
+
+    Args:
+        folder: the folder to search.
+        stem: the file name without extension.
+    """
     for ext in IMAGE_EXTS + tuple(e.upper() for e in IMAGE_EXTS):
         p = folder / f"{stem}{ext}"
         if p.is_file():
@@ -108,7 +139,16 @@ class Dataset:
 
 
 def require_dir(path: Path, name: str, root: Any, layout: str, url: str, what: str | None = None) -> Path:
-    """``path`` when it is a directory, else the dataset's not-found error."""
+    """``path`` when it is a directory, else the dataset's not-found error.
+
+    Args:
+        path: the folder that must exist.
+        name: the dataset's name (for the error).
+        root: the dataset's root (for the error).
+        layout: the expected folder layout (for the error).
+        url: where the data is published (for the error).
+        what: the folder's name in the message (default: ``path.name``).
+    """
     if not path.is_dir():
         raise not_found(name, root, f"no folder {what or path.name!r} ({path})", layout, url)
     return path

@@ -39,7 +39,11 @@ def _coco(ann_file: Path):
 
 
 def read_selection(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a selection file (CSV or JSON list) with ``image_id``, ``annotation_id``, ``difficulty``."""
+    """Rows of a selection file (CSV or JSON list) with ``image_id``, ``annotation_id``, ``difficulty``.
+
+    Args:
+        path: the selection file (``.json``: a list of objects; otherwise CSV).
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise not_found("COCO selection", None, f"no selection file {str(path)!r}", LAYOUT, URL)
@@ -66,6 +70,14 @@ class COCOObjects(Dataset):
     With ``selection`` (a file of image_id, annotation_id, difficulty) those objects, tagged
     ``{"difficulty": ..., "category": ...}``; without it every non-crowd object of at least ``min_area``
     pixels (sub-sample with ``n`` / ``seed``). The ground truth is the object's instance mask.
+
+    Args:
+        root: the COCO folder (``annotations/`` and one image folder per split).
+        selection: a selection file (see :func:`read_selection`), or None for every object.
+        split: the split, e.g. ``val2017``.
+        n: sub-sample this many objects (None: all).
+        seed: the random seed of the sub-sample.
+        min_area: the smallest object area in pixels, without a selection.
     """
 
     name = "coco"
@@ -116,7 +128,14 @@ class COCOObjects(Dataset):
 
 def edge_density(image: np.ndarray, exclude: np.ndarray | None = None, size: int = 256, threshold: float = 0.1) -> float:
     """Background clutter: the fraction of pixels (outside ``exclude``) whose Sobel gradient magnitude on
-    the grey image, downscaled to at most ``size`` px and scaled to [0, 1], exceeds ``threshold``."""
+    the grey image, downscaled to at most ``size`` px and scaled to [0, 1], exceeds ``threshold``.
+
+    Args:
+        image: an H x W x 3 uint8 image.
+        exclude: an H x W bool mask of pixels left out (the object), or None.
+        size: the longest side the image is downscaled to.
+        threshold: the gradient-magnitude threshold on the [0, 1] scale.
+    """
     from PIL import Image
     from scipy import ndimage
 
@@ -151,6 +170,13 @@ def selection_candidates(coco, image_dir: Path | None = None, max_images: int | 
 
     Cues: ``n_instances`` (objects in the image), ``area_fraction`` (object area / image area) and, when
     ``image_dir`` is given, ``clutter`` (:func:`edge_density` outside the object).
+
+    Args:
+        coco: a ``pycocotools.coco.COCO`` index.
+        image_dir: the image folder; None skips the clutter cue.
+        max_images: only a random ``max_images`` of the images (None: all).
+        seed: the random seed of that draw.
+        progress: show a progress bar.
     """
     image_ids = sorted(coco.imgs)
     if max_images is not None:
@@ -193,6 +219,12 @@ def make_selection(candidates: list[dict[str, Any]], per_level: int = 25, seed: 
     measured). Candidates are cut into quartiles of that score (easy, medium, hard, very hard) and
     ``per_level`` are drawn at random from each with ``seed``. Objects under ``min_area_fraction`` of the
     image are left out (too small to be judged by eye).
+
+    Args:
+        candidates: the rows of :func:`selection_candidates`.
+        per_level: images per difficulty level.
+        seed: the random seed of the draw.
+        min_area_fraction: the smallest object area as a fraction of the image.
     """
     cands = [c for c in candidates if c["area_fraction"] >= min_area_fraction]
     if len(cands) < 4 * per_level:
@@ -215,7 +247,12 @@ def make_selection(candidates: list[dict[str, Any]], per_level: int = 25, seed: 
 
 
 def write_selection(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """Write selection rows as CSV (image_id, annotation_id, difficulty first, then the cues)."""
+    """Write selection rows as CSV (image_id, annotation_id, difficulty first, then the cues).
+
+    Args:
+        rows: the selection rows (dicts).
+        path: the CSV file to write (its folder is created).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     first = ["image_id", "annotation_id", "difficulty"]

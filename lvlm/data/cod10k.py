@@ -21,7 +21,11 @@ SPLITS = {"train": "Train", "test": "Test"}
 
 def parse_name(stem: str) -> dict[str, str]:
     """Category tags from a COD10K file name: ``COD10K-CAM-1-Aquatic-1-BatFish-1`` ->
-    ``{"kind": "CAM", "superclass": "Aquatic", "class": "BatFish"}`` (empty dict for other names)."""
+    ``{"kind": "CAM", "superclass": "Aquatic", "class": "BatFish"}`` (empty dict for other names).
+
+    Args:
+        stem: the file name without extension.
+    """
     parts = stem.split("-")
     if len(parts) >= 6 and parts[0].upper().startswith("COD10K"):
         return {"kind": parts[1], "superclass": parts[3], "class": parts[5]}
@@ -29,7 +33,11 @@ def parse_name(stem: str) -> dict[str, str]:
 
 
 def words(name: str) -> str:
-    """``BatFish`` -> ``bat fish``; ``Ghost_Pipefish`` -> ``ghost pipefish``."""
+    """``BatFish`` -> ``bat fish``; ``Ghost_Pipefish`` -> ``ghost pipefish``.
+
+    Args:
+        name: a CamelCase or underscore-separated name.
+    """
     return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).replace("_", " ").strip().lower()
 
 
@@ -40,6 +48,15 @@ class COD10K(Dataset):
     The prompt is ``prompt`` formatted with the file name's ``{class}`` in words (``BatFish`` -> "bat fish"),
     falling back to ``default_prompt``. Only camouflaged (``-CAM-``) images with a mask are kept unless
     ``include_noncam`` (then non-camouflaged images without a mask get an empty one).
+
+    Args:
+        root: the COD10K-v3 folder (or its parent).
+        split: ``train`` or ``test``.
+        n: sample this many images with ``seed`` (None: all).
+        seed: the random seed of the sample.
+        prompt: the prompt template, with ``{class}`` in words.
+        default_prompt: the prompt when the file name names no class.
+        include_noncam: keep non-camouflaged images too (with empty masks).
     """
 
     name = "cod10k"

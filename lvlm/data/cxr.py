@@ -33,6 +33,13 @@ class ChestXrayLungs(Dataset):
     the test split Kaggle notebooks on this archive use; ``"train"`` = the ``_mask``-suffixed ones
     (Shenzhen, 566); ``"all"`` = both. The archive's separate ``test/`` folder has no masks and is not used.
     Left and right lung masks given as separate files (``ManualMask/leftMask`` + ``rightMask``) are combined.
+
+    Args:
+        root: the "Chest X-ray masks and labels" archive folder.
+        split: ``test``, ``train`` or ``all`` (see above).
+        n: sample this many X-rays with ``seed`` (None: all).
+        seed: the random seed of the sample.
+        prompt: the text prompt of every sample.
     """
 
     name = "cxr"

@@ -47,6 +47,11 @@ def boxes_to_masks(boxes: np.ndarray | Sequence[Sequence[float]], height: int, w
     """N x H x W bool masks of N xyxy boxes (right / bottom exclusive): a pixel is in a box when its centre is.
 
     For box-only annotations (e.g. detection-style datasets) that a mask-trained decoder must learn from.
+
+    Args:
+        boxes: N x 4 xyxy boxes (or one box).
+        height: mask height in pixels.
+        width: mask width in pixels.
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if np.any(b[:, 2] < b[:, 0]) or np.any(b[:, 3] < b[:, 1]):
@@ -59,7 +64,13 @@ def boxes_to_masks(boxes: np.ndarray | Sequence[Sequence[float]], height: int, w
 
 
 def box_to_mask(box: np.ndarray | Sequence[float], height: int, width: int) -> np.ndarray:
-    """H x W bool mask of one xyxy box (or the union of several)."""
+    """H x W bool mask of one xyxy box (or the union of several).
+
+    Args:
+        box: one xyxy box, or N x 4 boxes.
+        height: mask height in pixels.
+        width: mask width in pixels.
+    """
     return boxes_to_masks(box, height, width).any(axis=0)
 
 
@@ -83,7 +94,12 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 
 def add_patch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
-    """A 20-60 px patch of the image pasted elsewhere, darkened or noised (see the module doc)."""
+    """A 20-60 px patch of the image pasted elsewhere, darkened or noised (see the module doc).
+
+    Args:
+        image: the defect-free H x W x 3 uint8 image (not changed).
+        rng: the random generator of the draw.
+    """
     image = _check_image(image)
     h, w = image.shape[:2]
     ph = int(min(h, rng.integers(PATCH_SIZE[0], PATCH_SIZE[1] + 1)))
@@ -103,7 +119,12 @@ def add_patch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
 
 
 def add_scar(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
-    """A thin dark straight line (2-5 px, each channel 0-50) from a random point in a random direction."""
+    """A thin dark straight line (2-5 px, each channel 0-50) from a random point in a random direction.
+
+    Args:
+        image: the defect-free H x W x 3 uint8 image (not changed).
+        rng: the random generator of the draw.
+    """
     from PIL import Image, ImageDraw
 
     image = _check_image(image)
@@ -124,7 +145,12 @@ def add_scar(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, d
 
 
 def add_stain(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
-    """A disc (radius 40-100 px) with its hue shifted by 20-50 degrees, blended at 40 % opacity."""
+    """A disc (radius 40-100 px) with its hue shifted by 20-50 degrees, blended at 40 % opacity.
+
+    Args:
+        image: the defect-free H x W x 3 uint8 image (not changed).
+        rng: the random generator of the draw.
+    """
     from PIL import Image
 
     image = _check_image(image)
@@ -152,6 +178,11 @@ def synthesize_defect(image: np.ndarray, kind: str | None = None,
 
     Draws again (up to 20 times) when a draw changes fewer than ``MIN_PIXELS`` pixels (e.g. a stain on a
     grey region); raises ValueError when no draw alters the image.
+
+    Args:
+        image: the defect-free H x W x 3 uint8 image (not changed).
+        kind: ``patch``, ``scar``, ``stain``, or None for a random one.
+        seed: a seed, a seed sequence or a ``numpy`` random generator.
     """
     from .prompts import center_point
 
@@ -198,6 +229,17 @@ class SyntheticDefects(Dataset):
     Sample ``i`` is drawn with ``numpy.random.default_rng([seed, i])``: the same seed gives the same
     images, masks and prompts in any order of access. ``size``: resize the base images to ``size`` x
     ``size`` first (defect sizes stay in pixels). Tags: ``{"defect": kind}``; ``box``: the defect's box.
+
+    Args:
+        root: a folder of defect-free images (MVTec's ``<category>/train/good`` when present), or None with
+            ``images``.
+        images: image paths or arrays to use instead of ``root``.
+        n: the number of samples.
+        seed: the random seed.
+        kinds: the defect kinds, cycled over the samples.
+        size: resize the base images to ``size`` x ``size`` first, or None to keep them.
+        category: the MVTec category whose ``train/good`` folder is looked for under ``root``.
+        prompt: the text prompt of every sample.
     """
 
     name = "defects"
@@ -238,7 +280,11 @@ class SyntheticDefects(Dataset):
         return img
 
     def defect(self, i: int) -> Defect:
-        """Defect ``i`` (with its point prompt and parameters)."""
+        """Defect ``i`` (with its point prompt and parameters).
+
+        Args:
+            i: the sample index.
+        """
         rng = np.random.default_rng([self.seed, i])
         base = self._base(int(rng.integers(len(self.images))))
         return synthesize_defect(base, self.kinds[i % len(self.kinds)], rng)

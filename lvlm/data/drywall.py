@@ -28,7 +28,11 @@ TAPING_WORDS = ("tap", "join", "seam", "drywall")
 
 
 def class_of(category: str) -> str | None:
-    """Map a Roboflow category name to ``crack`` / ``taping`` (None when neither)."""
+    """Map a Roboflow category name to ``crack`` / ``taping`` (None when neither).
+
+    Args:
+        category: the export's category name.
+    """
     c = category.lower()
     if "crack" in c:
         return "crack"
@@ -38,7 +42,13 @@ def class_of(category: str) -> str | None:
 
 
 def fill_boxes(boxes_xywh, height: int, width: int) -> np.ndarray:
-    """H x W bool mask with every COCO ``[x, y, w, h]`` box filled (outward-rounded to whole pixels)."""
+    """H x W bool mask with every COCO ``[x, y, w, h]`` box filled (outward-rounded to whole pixels).
+
+    Args:
+        boxes_xywh: COCO ``[x, y, w, h]`` boxes.
+        height: mask height in pixels.
+        width: mask width in pixels.
+    """
     mask = np.zeros((height, width), bool)
     for x, y, w, h in boxes_xywh:
         x0, y0 = max(0, int(np.floor(x))), max(0, int(np.floor(y)))
@@ -55,6 +65,17 @@ class Drywall(Dataset):
     Classes come from category names (``crack`` / ``taping``; override with ``class_map``); the prompt is the
     first of the CLIPSeg drywall report's list for the class, or a seeded random one with ``prompt_mode="random"``; every
     phrasing is in ``sample.prompts``. ``use_polygons`` fills segmentation polygons where an export has them.
+
+    Args:
+        root: an export folder, or several (one dataset of all of them).
+        split: the export's split folder (``train``, ``valid``, ``test``).
+        n: sub-sample this many samples with ``seed`` (None: all).
+        seed: the random seed of the sub-sample and of random prompts.
+        classes: keep only these classes (None: all).
+        class_map: ``{category name: class}`` overriding the name-based mapping.
+        prompts: ``{class: [phrasings]}`` added to (or replacing) the default lists.
+        prompt_mode: ``first`` or ``random``.
+        use_polygons: fill segmentation polygons instead of boxes where the export has them.
     """
 
     name = "drywall"

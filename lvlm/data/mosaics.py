@@ -48,6 +48,10 @@ def make_mosaic(tiles: Sequence[np.ndarray], tile: int = TILE) -> tuple[np.ndarr
     """(2t x 2t x 3 image, 4 x 2t x 2t quadrant masks, 4 x 2 centre points) of 4 tiles (TL, TR, BL, BR).
 
     Each tile is resized to ``tile`` x ``tile`` (bicubic).
+
+    Args:
+        tiles: four H x W x 3 uint8 images.
+        tile: the side each tile is resized to.
     """
     if len(tiles) != 4:
         raise ValueError(f"a mosaic takes 4 tiles, got {len(tiles)}")
@@ -70,6 +74,14 @@ def resnet18_features(images: Sequence[np.ndarray], weights: str = "imagenet", d
     ``weights``: ``"imagenet"`` (torchvision's ImageNet weights from ``$LVLM_HOME`` or a download; a
     WeightsNotFoundError within seconds when neither works), a path to that file, or ``"random"`` (a
     random network seeded with ``seed``: offline clustering by colour / texture statistics).
+
+    Args:
+        images: H x W x 3 uint8 images.
+        weights: ``imagenet``, a weights file, or ``random``.
+        device: the device of the network.
+        batch_size: images per forward pass.
+        size: the side images are resized to.
+        seed: the seed of the random network.
     """
     import torch
     from torchvision.models import resnet18
@@ -96,7 +108,13 @@ def resnet18_features(images: Sequence[np.ndarray], weights: str = "imagenet", d
 
 
 def cluster_textures(features: np.ndarray, k: int = 5, seed: int = 0) -> np.ndarray:
-    """Cluster labels (N,) of L2-normalised features by k-means (scipy ``kmeans2``, k-means++ init, seeded)."""
+    """Cluster labels (N,) of L2-normalised features by k-means (scipy ``kmeans2``, k-means++ init, seeded).
+
+    Args:
+        features: N x D features.
+        k: the number of clusters.
+        seed: the random seed of the k-means initialisation.
+    """
     from scipy.cluster.vq import kmeans2
 
     f = np.asarray(features, np.float64)
@@ -109,7 +127,11 @@ def cluster_textures(features: np.ndarray, k: int = 5, seed: int = 0) -> np.ndar
 
 
 def texture_name(path: str | Path) -> str:
-    """'oak-60x60.jpg' -> 'oak'; 'african-blackwood-60x60' -> 'african blackwood'."""
+    """'oak-60x60.jpg' -> 'oak'; 'african-blackwood-60x60' -> 'african blackwood'.
+
+    Args:
+        path: the texture image's path.
+    """
     stem = re.sub(r"[-_ ]?\d+x\d+$", "", Path(path).stem)
     return re.sub(r"[-_]+", " ", stem).strip() or Path(path).stem
 
@@ -123,6 +145,23 @@ class TextureMosaics(Dataset):
     ``features``: ResNet18 weights for clustering (``imagenet``, a path, or ``random``);
     ``split``: ``all``, or ``train`` / ``test`` for disjoint texture sets (``test_fraction`` of each
     cluster's textures are test textures). Tags: ``{"mode", "cluster", "texture", "quadrant"}``.
+
+    Args:
+        root: a folder of texture images (searched recursively; file stems name the textures), or None with
+            ``images``.
+        images: texture images (paths or arrays) to use instead of ``root``.
+        n: the number of mosaics.
+        mode: ``standard`` or ``hard``.
+        seed: the random seed.
+        k: the number of texture clusters.
+        tile: the side of each quadrant in pixels.
+        features: the ResNet18 weights used for clustering.
+        device: the device of the feature network.
+        split: ``all``, ``train`` or ``test``.
+        test_fraction: the fraction of each cluster's textures that are test textures.
+        feature_size: the side images are resized to for the features.
+        prompt: the prompt template, with ``{texture}`` the texture's name.
+        names: one name per image of ``images`` (default: ``texture {i}``).
     """
 
     name = "mosaics"
@@ -170,7 +209,11 @@ class TextureMosaics(Dataset):
         self._finish([(i, q) for i in range(n) for q in range(4)], None, seed)
 
     def choose(self, i: int) -> list[int]:
-        """Texture indices (TL, TR, BL, BR) of mosaic ``i``."""
+        """Texture indices (TL, TR, BL, BR) of mosaic ``i``.
+
+        Args:
+            i: the mosaic index.
+        """
         rng = np.random.default_rng([self.seed, i, MODES.index(self.mode)])
         labels = self.clusters[self.pool]
         if self.mode == "standard":
@@ -182,7 +225,11 @@ class TextureMosaics(Dataset):
         return [int(j) for j in rng.choice(self.pool[labels == c], size=4, replace=False)]
 
     def mosaic(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-        """(image, 4 quadrant masks, 4 centre points, texture indices) of mosaic ``i``."""
+        """(image, 4 quadrant masks, 4 centre points, texture indices) of mosaic ``i``.
+
+        Args:
+            i: the mosaic index.
+        """
         if self._cache is not None and self._cache[0] == i:
             return self._cache[1]
         idx = self.choose(i)

@@ -25,6 +25,16 @@ class MVTecAD(Dataset):
     One sample per test image, tagged ``{"defect": <type>, "category": ...}``; ``include_good`` adds the
     defect-free test images with empty masks. ``prompt`` may use ``{defect}`` and ``{category}``
     (e.g. ``"{defect} defect"``; defect names in words: ``metal_contamination`` -> "metal contamination").
+
+    Args:
+        root: the MVTec AD folder (or one category's folder).
+        category: the object / texture category, e.g. ``carpet``.
+        split: ``test`` (the only split with defects).
+        n: sub-sample this many images with ``seed`` (None: all).
+        seed: the random seed of the sub-sample.
+        include_good: add the defect-free test images.
+        defects: keep only these defect types (None: all).
+        prompt: the prompt template (``{defect}``, ``{category}``).
     """
 
     name = "mvtec"

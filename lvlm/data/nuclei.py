@@ -27,6 +27,16 @@ class Nuclei(Dataset):
     ``mode="instances"``: one sample per nucleus of at least ``min_area`` pixels, prompt ``"nucleus"``,
     ``box`` = its xyxy box, tags ``{"instance": k, "half": "left" | "right"}`` (by the box centre, for a
     held-out split); ``mode="semantic"``: one sample, all nuclei, prompt ``"nuclei"``.
+
+    Args:
+        root: a folder with ``img2d.tif`` and ``mask2d.tif``, or None with ``image`` and ``mask``.
+        image: the image file (overrides ``root``'s).
+        mask: the instance label image file (overrides ``root``'s).
+        mode: ``instances`` or ``semantic``.
+        n: sub-sample this many nuclei with ``seed`` (None: all).
+        seed: the random seed of the sub-sample.
+        min_area: the smallest nucleus area in pixels.
+        prompt: the text prompt (default: ``nucleus`` / ``nuclei`` by mode).
     """
 
     name = "nuclei"

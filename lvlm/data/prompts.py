@@ -34,7 +34,12 @@ def _check_mask(mask: np.ndarray) -> np.ndarray:
 
 
 def snap_to_mask(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Each (x, y) of ``xy`` (N x 2) moved to the nearest foreground pixel of ``mask`` (unchanged when inside)."""
+    """Each (x, y) of ``xy`` (N x 2) moved to the nearest foreground pixel of ``mask`` (unchanged when inside).
+
+    Args:
+        mask: an H x W bool mask with at least one pixel.
+        xy: N x 2 (x, y) points.
+    """
     mask = _check_mask(mask)
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     ys, xs = np.nonzero(mask)
@@ -50,14 +55,22 @@ def snap_to_mask(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 
 def center_point(mask: np.ndarray) -> np.ndarray:
-    """1 x 2 (x, y): the centre of mass, snapped inside the mask."""
+    """1 x 2 (x, y): the centre of mass, snapped inside the mask.
+
+    Args:
+        mask: an H x W bool mask with at least one pixel.
+    """
     mask = _check_mask(mask)
     ys, xs = np.nonzero(mask)
     return snap_to_mask(mask, np.array([[xs.mean(), ys.mean()]]))
 
 
 def edge_point(mask: np.ndarray) -> np.ndarray:
-    """1 x 2 (x, y): the object's first pixel in raster order (always on its boundary)."""
+    """1 x 2 (x, y): the object's first pixel in raster order (always on its boundary).
+
+    Args:
+        mask: an H x W bool mask with at least one pixel.
+    """
     mask = _check_mask(mask)
     flat = int(np.argmax(mask.reshape(-1)))
     y, x = divmod(flat, mask.shape[1])
@@ -65,7 +78,12 @@ def edge_point(mask: np.ndarray) -> np.ndarray:
 
 
 def grid_points(mask: np.ndarray, n: int = 4) -> np.ndarray:
-    """n x 2 points (n a square number) on a grid at the inner fractions of the box, snapped inside."""
+    """n x 2 points (n a square number) on a grid at the inner fractions of the box, snapped inside.
+
+    Args:
+        mask: an H x W bool mask with at least one pixel.
+        n: the number of points, a square number.
+    """
     mask = _check_mask(mask)
     side = round(np.sqrt(n))
     if side * side != n:
@@ -78,7 +96,11 @@ def grid_points(mask: np.ndarray, n: int = 4) -> np.ndarray:
 
 
 def tight_box(mask: np.ndarray) -> np.ndarray:
-    """The xyxy box (4,) of the mask, right / bottom edges exclusive."""
+    """The xyxy box (4,) of the mask, right / bottom edges exclusive.
+
+    Args:
+        mask: an H x W bool mask with at least one pixel.
+    """
     return masks_to_boxes(_check_mask(mask)[None])[0]
 
 
@@ -90,7 +112,12 @@ _POINT_FNS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def make_prompts(masks: Sequence[np.ndarray] | np.ndarray, strategy: str) -> Prompts:
-    """K prompts, one per mask of ``masks`` (K x H x W), made with ``strategy`` (see ``STRATEGIES``)."""
+    """K prompts, one per mask of ``masks`` (K x H x W), made with ``strategy`` (see ``STRATEGIES``).
+
+    Args:
+        masks: K x H x W masks (or one H x W mask).
+        strategy: one of ``STRATEGIES``.
+    """
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim == 2:
         masks = masks[None]

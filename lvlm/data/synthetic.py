@@ -63,7 +63,11 @@ class Scene:
     seed: int = 0
 
     def find(self, text: str) -> SceneObject | None:
-        """The object a caption names (by colour and shape words), or None."""
+        """The object a caption names (by colour and shape words), or None.
+
+        Args:
+            text: a caption naming a colour and a shape.
+        """
         words = text.lower().split()
         for o in self.objects:
             if o.colour in words and o.shape in words:
@@ -153,7 +157,15 @@ def _paint(img: np.ndarray, mask: np.ndarray, colour: str, texture: str, rng: np
 
 def make_scene(seed: int, size: int = 224, n_objects: int | tuple[int, int] = (2, 4), black_background: bool = False,
                radius: tuple[float, float] = (0.09, 0.17)) -> Scene:
-    """One scene of ``n_objects`` non-overlapping objects with unique (colour, shape) pairs."""
+    """One scene of ``n_objects`` non-overlapping objects with unique (colour, shape) pairs.
+
+    Args:
+        seed: the scene's random seed.
+        size: the image side in pixels.
+        n_objects: the number of objects, or a ``(min, max)`` range drawn from.
+        black_background: a black background instead of a textured one.
+        radius: the objects' radius range as fractions of ``size``.
+    """
     rng = np.random.default_rng(seed)
     n = n_objects if isinstance(n_objects, int) else int(rng.integers(n_objects[0], n_objects[1] + 1))
     img = np.zeros((size, size, 3), np.float32) if black_background else _background(rng, size)
@@ -198,6 +210,13 @@ def training_pairs(seeds, size: int = 224, rng_seed: int = 0, black_prob: float 
     Each image holds 1-3 objects and is captioned by one of them; with probability ``black_prob``
     everything but that object is blacked out (the ``mask_black`` view the CLIP selector uses).
     The class index is the position of ``a {colour} {shape}`` in :func:`all_captions`.
+
+    Args:
+        seeds: the scene seeds, one pair each.
+        size: the image side in pixels.
+        rng_seed: the seed of the caption and blackout draws.
+        black_prob: the chance that all but the captioned object is blacked out.
+        n_objects: the number of objects per scene, or a ``(min, max)`` range.
     """
     labels = {c: i for i, c in enumerate(all_captions())}
     for s in seeds:
@@ -218,6 +237,13 @@ class ScenesDataset:
 
     Seeds ``start .. start + n - 1``; the embedded CLIP was trained on seeds below 1,000,000, so the
     default ``start=10_000_000`` is held out.
+
+    Args:
+        n: the number of scenes.
+        start: the first scene seed.
+        size: the image side in pixels.
+        objects_per_scene: objects in each scene.
+        one_per_scene: one sample per scene (a random object) instead of one per object.
     """
 
     def __init__(self, n: int = 200, start: int = 10_000_000, size: int = 224, objects_per_scene: int = 3,
