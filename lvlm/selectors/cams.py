@@ -32,7 +32,12 @@ class SaliencyMethod:
 
 def clip_logit_scale(clip: ClipModel, logit_scale: float | None = None) -> float:
     """The factor turning cosine similarity into CLIP's logit: ``logit_scale`` if given, else the model's
-    learned ``exp(logit_scale)`` (open_clip), else 100."""
+    learned ``exp(logit_scale)`` (open_clip), else 100.
+
+    Args:
+        clip: the CLIP model.
+        logit_scale: an explicit scale, or None for the model's own.
+    """
     if logit_scale is not None:
         return float(logit_scale)
     for owner in (clip, getattr(clip, "model", None)):
@@ -45,7 +50,12 @@ def clip_logit_scale(clip: ClipModel, logit_scale: float | None = None) -> float
 
 
 def as_text_features(text_features: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """A ``1 x D`` float tensor on ``device`` from a ``D`` or ``1 x D`` embedding."""
+    """A ``1 x D`` float tensor on ``device`` from a ``D`` or ``1 x D`` embedding.
+
+    Args:
+        text_features: one text embedding, ``D`` or ``1 x D``.
+        device: the target device.
+    """
     t = torch.as_tensor(text_features)
     if t.ndim == 1:
         t = t[None]
@@ -55,7 +65,14 @@ def as_text_features(text_features: torch.Tensor, device: torch.device | str) ->
 
 
 def clip_score(clip: ClipModel, pixels: torch.Tensor, text_features: torch.Tensor, scale: float) -> torch.Tensor:
-    """B CLIP logits ``scale * cos(image_b, text)`` (differentiable; computed in float32)."""
+    """B CLIP logits ``scale * cos(image_b, text)`` (differentiable; computed in float32).
+
+    Args:
+        clip: the CLIP model.
+        pixels: B x 3 x S x S preprocessed images.
+        text_features: the ``1 x D`` normalised text embedding.
+        scale: the logit scale.
+    """
     img = clip.encode_image(pixels, normalize=True).float()
     img = img / img.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # in case a model skips normalising
     return scale * (img @ text_features.float().T)[:, 0]
@@ -63,7 +80,13 @@ def clip_score(clip: ClipModel, pixels: torch.Tensor, text_features: torch.Tenso
 
 def minmax(x: torch.Tensor, dims: tuple[int, ...] = (-2, -1), eps: float = 1e-7) -> torch.Tensor:
     """``(x - min) / (max - min + eps)`` over ``dims`` (pytorch-grad-cam's ``scale_cam_image`` divides
-    ``x - min`` by ``eps + max(x - min)``: the same thing)."""
+    ``x - min`` by ``eps + max(x - min)``: the same thing).
+
+    Args:
+        x: the tensor to normalise.
+        dims: the dimensions the minimum and maximum are taken over.
+        eps: added to the range (no division by zero).
+    """
     mn = x.amin(dim=dims, keepdim=True)
     x = x - mn
     return x / (x.amax(dim=dims, keepdim=True) + eps)
@@ -71,7 +94,12 @@ def minmax(x: torch.Tensor, dims: tuple[int, ...] = (-2, -1), eps: float = 1e-7)
 
 def finish_cam(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Low-resolution ``h x w`` CAM -> ``size`` map in [0, 1], with pytorch-grad-cam's conventions:
-    ReLU, min-max normalise, bilinear resize (half-pixel centres, as ``cv2.resize``), normalise again."""
+    ReLU, min-max normalise, bilinear resize (half-pixel centres, as ``cv2.resize``), normalise again.
+
+    Args:
+        cam: the ``h x w`` map.
+        size: the output ``(height, width)``.
+    """
     cam = minmax(cam.float().clamp(min=0))
     cam = F.interpolate(cam[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     return minmax(cam)
@@ -79,7 +107,13 @@ def finish_cam(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 class ClipSimilarity(torch.nn.Module):
     """A CLIP model as a one-logit classifier: ``pixels -> B x 1`` logits ``scale * cos(image, text)``
-    (what pytorch-grad-cam needs to explain the image-text similarity)."""
+    (what pytorch-grad-cam needs to explain the image-text similarity).
+
+    Args:
+        clip: the CLIP model.
+        text_features: the text's embedding (``D`` or ``1 x D``, normalised).
+        scale: the logit scale.
+    """
 
     def __init__(self, clip: ClipModel, text_features: torch.Tensor, scale: float) -> None:
         super().__init__()
@@ -89,11 +123,20 @@ class ClipSimilarity(torch.nn.Module):
         self.scale = float(scale)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``B x 1`` logits of ``pixels``.
+
+        Args:
+            pixels: B x 3 x S x S preprocessed images.
+        """
         return clip_score(self.clip, pixels, self.text_features, self.scale)[:, None]
 
 
 def clip_device(clip: ClipModel) -> torch.device:
-    """The device of the CLIP model's parameters (falls back to ``clip.device``)."""
+    """The device of the CLIP model's parameters (falls back to ``clip.device``).
+
+    Args:
+        clip: the CLIP model.
+    """
     try:
         return next(clip.model.parameters()).device
     except (AttributeError, StopIteration):

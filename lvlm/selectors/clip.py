@@ -41,7 +41,11 @@ _PIXEL_BUDGET = 1 << 25  # composite pixels (x3 channels) built at once: bounds 
 
 
 def template_list(templates: str | Sequence[str]) -> list[str]:
-    """Resolve a ``templates`` setting to a list of strings with one ``{}`` each."""
+    """Resolve a ``templates`` setting to a list of strings with one ``{}`` each.
+
+    Args:
+        templates: ``default``, ``medical``, ``imagenet``, ``none``, one template, or a list of them.
+    """
     if isinstance(templates, str):
         if templates == "default":
             return [DEFAULT_TEMPLATE]
@@ -71,7 +75,12 @@ _TEMPLATE_ARTICLE = re.compile(r"\b(a|an|the) \{\}", re.IGNORECASE)
 
 def fill_template(template: str, prompt: str) -> str:
     """``template`` with the prompt in; a prompt that has its own article replaces the template's
-    (``"a photo of a {}"`` + ``"a red triangle"`` -> ``"a photo of a red triangle"``)."""
+    (``"a photo of a {}"`` + ``"a red triangle"`` -> ``"a photo of a red triangle"``).
+
+    Args:
+        template: a string with one ``{}``.
+        prompt: the text prompt.
+    """
     prompt = prompt.strip()
     if _ARTICLE.match(prompt) and _TEMPLATE_ARTICLE.search(template):
         template = _TEMPLATE_ARTICLE.sub("{}", template, count=1)
@@ -82,18 +91,23 @@ def fill_template(template: str, prompt: str) -> str:
 class ClipSelector(Selector):
     """Score every candidate mask by CLIP image-text cosine similarity and pick the best.
 
-    - ``model``: a CLIP preset name (``lvlm list clip``), ``{name: ..., **kwargs}`` or a ClipModel
-    - ``crop``: how a candidate becomes an image, one or a list (scores averaged): ``mask_black``
-      (the paper's: everything outside the mask black, full frame), ``mask_crop`` (that, cropped to
-      the mask's box plus ``margin``), ``bbox_crop`` (the image inside the box plus ``margin``),
-      ``blur_background`` / ``grey_background`` (full frame, background blurred / set to CLIP's mean grey)
-    - ``margin``: box margin on each side, as a fraction of the box's longer side
-    - ``templates``: ``"a photo of a {}"`` (default), ``"medical"``, ``"imagenet"`` (80-template
-      ensemble), ``"none"``, or a list of strings with ``{}``; template embeddings are averaged
-    - ``rule``: ``argmax`` (the best candidate; to unite near-best ones use ``combine: merge``)
-    - priors: ``min_area_frac`` (smaller candidates are not chosen), ``area_weight`` (adds
-      ``area_weight * log(area fraction)``), ``stability_weight`` (adds ``weight * stability``)
-    - ``batch_size``: crops per CLIP forward; ``device``: where crops are built and CLIP runs
+    Args:
+        model: a CLIP preset name (``lvlm list clip``), ``{name: ..., **kwargs}`` or a ClipModel.
+        crop: how a candidate becomes an image, one or a list (scores averaged): ``mask_black``
+            (the paper's: everything outside the mask black, full frame), ``mask_crop`` (that, cropped to
+            the mask's box plus ``margin``), ``bbox_crop`` (the image inside the box plus ``margin``),
+            ``blur_background`` / ``grey_background`` (full frame, background blurred / set to CLIP's mean
+            grey).
+        margin: box margin on each side, as a fraction of the box's longer side.
+        templates: ``"a photo of a {}"`` (default), ``"medical"``, ``"imagenet"`` (80-template
+            ensemble), ``"none"``, or a list of strings with ``{}``; template embeddings are averaged.
+        rule: ``argmax`` (the best candidate; to unite near-best ones use ``combine: merge``).
+        min_area_frac: candidates smaller than this fraction of the image are not chosen.
+        area_weight: adds ``area_weight * log(area fraction)`` to each score.
+        stability_weight: adds ``stability_weight * stability`` to each score.
+        blur_sigma: the background blur of ``blur_background``, as a fraction of the image's longer side.
+        batch_size: crops per CLIP forward pass.
+        device: where crops are built and CLIP runs (``auto``, ``cpu``, ``cuda``...).
     """
 
     def __init__(self, model: Any = "OA-RN50", crop: str | Sequence[str] = "mask_black", margin: float = 0.1,
@@ -136,7 +150,11 @@ class ClipSelector(Selector):
 
     # --- text -------------------------------------------------------------------------------
     def text_features(self, text: str) -> torch.Tensor:
-        """The prompt's normalised text embedding (mean over templates), cached per (prompt, templates)."""
+        """The prompt's normalised text embedding (mean over templates), cached per (prompt, templates).
+
+        Args:
+            text: the text prompt.
+        """
         key = (text, tuple(self.templates))
         if key not in self._text_features:
             with torch.no_grad():
@@ -146,7 +164,11 @@ class ClipSelector(Selector):
 
     # --- images -----------------------------------------------------------------------------
     def crop_boxes(self, masks: np.ndarray) -> np.ndarray:
-        """Square xyxy crop regions of N masks: the mask's box plus ``margin``, its shorter side grown to a square."""
+        """Square xyxy crop regions of N masks: the mask's box plus ``margin``, its shorter side grown to a square.
+
+        Args:
+            masks: N x H x W bool masks.
+        """
         boxes = masks_to_boxes(masks).astype(np.float64)
         w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         side = np.maximum(np.maximum(w, h) * (1 + 2 * self.margin), 1.0)
@@ -154,7 +176,13 @@ class ClipSelector(Selector):
         return np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], 1).astype(np.float32)
 
     def crop_images(self, image: np.ndarray, masks: np.ndarray, crop: str) -> torch.Tensor:
-        """N x 3 x S x S model inputs of one crop strategy (built on device, batched; for a chunk of masks)."""
+        """N x 3 x S x S model inputs of one crop strategy (built on device, batched; for a chunk of masks).
+
+        Args:
+            image: the H x W x 3 uint8 image.
+            masks: N x H x W bool masks (a chunk of the candidates).
+            crop: one crop strategy of ``CROPS``.
+        """
         img = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None]  # 1x3xHxW uint8
         m = torch.from_numpy(np.ascontiguousarray(masks)).to(self.device)[:, None]  # Nx1xHxW bool
         return self._crop_images(img, m, masks, crop, self._background(img, crop))
@@ -192,7 +220,13 @@ class ClipSelector(Selector):
                                                    int(self.clip.image_size)))
 
     def scores(self, image: np.ndarray, text: str, masks: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Cosine similarity of every candidate to the text, averaged over crops (and per crop)."""
+        """Cosine similarity of every candidate to the text, averaged over crops (and per crop).
+
+        Args:
+            image: the H x W x 3 uint8 image.
+            text: the text prompt.
+            masks: N x H x W bool candidate masks.
+        """
         n = len(masks)
         tf = self.text_features(text).to(self.device)
         h, w = masks.shape[1:]

@@ -39,7 +39,15 @@ UNARY_MODES = ("prob", "medclipsam")
 
 def unary_from_saliency(saliency: np.ndarray, unary: str = "prob", gt_prob: float = 0.7, tau: float = 1.05,
                         eps: float = 1e-8) -> np.ndarray:
-    """``2 x H x W`` float32 unary energies (background, foreground) from an ``H x W`` saliency in [0, 1]."""
+    """``2 x H x W`` float32 unary energies (background, foreground) from an ``H x W`` saliency in [0, 1].
+
+    Args:
+        saliency: an H x W saliency map in [0, 1].
+        unary: ``prob`` or ``medclipsam`` (see the module docstring).
+        gt_prob: ``prob``: the confidence of a saliency of 1, in (0.5, 1).
+        tau: ``medclipsam``: the temperature.
+        eps: ``medclipsam``: added inside the logarithms.
+    """
     s = np.clip(np.asarray(saliency, dtype=np.float64), 0.0, 1.0)
     if unary == "prob":
         if not 0.5 < gt_prob < 1.0:
@@ -58,7 +66,20 @@ def unary_from_saliency(saliency: np.ndarray, unary: str = "prob", gt_prob: floa
 
 class DenseCRF:
     """Dense CRF parameters shared by the backends; ``crf(image, saliency) -> H x W`` foreground
-    probability (the mean-field marginal; ``> 0.5`` is the CRF's labelling)."""
+    probability (the mean-field marginal; ``> 0.5`` is the CRF's labelling).
+
+    Args:
+        gaussian_sxy: spatial width of the Gaussian (smoothness) kernel, in pixels.
+        gaussian_compat: weight of the Gaussian kernel.
+        bilateral_sxy: spatial width of the bilateral (appearance) kernel, in pixels.
+        bilateral_srgb: colour width of the bilateral kernel (RGB, 0-255).
+        bilateral_compat: weight of the bilateral kernel.
+        iterations: mean-field iterations.
+        unary: ``prob`` or ``medclipsam``.
+        gt_prob: ``prob``: the confidence of a saliency of 1.
+        tau: ``medclipsam``: the temperature.
+        eps: ``medclipsam``: added inside the logarithms.
+    """
 
     def __init__(self, gaussian_sxy: float = 3.0, gaussian_compat: float = 3.0, bilateral_sxy: float = 60.0,
                  bilateral_srgb: float = 5.0, bilateral_compat: float = 5.0, iterations: int = 5,
@@ -82,6 +103,11 @@ class DenseCRF:
         unary_from_saliency(np.zeros((1, 1)), unary, self.gt_prob, self.tau, self.eps)  # validate
 
     def unary_energy(self, saliency: np.ndarray) -> np.ndarray:
+        """``2 x H x W`` unary energies of ``saliency`` with this CRF's unary settings.
+
+        Args:
+            saliency: an H x W saliency map in [0, 1].
+        """
         return unary_from_saliency(saliency, self.unary, self.gt_prob, self.tau, self.eps)
 
     @staticmethod
@@ -143,7 +169,24 @@ class _DenseKernel:
           "blocked bilateral), large images downsampled", source="ours")
 class TorchDenseCRF(DenseCRF):
     """Dense CRF, mean-field in plain torch on ``device``; images above ``max_pixels`` are downsampled
-    (``None``: 16384 on a GPU, 4096 on the CPU)."""
+    (``None``: 16384 on a GPU, 4096 on the CPU).
+
+    Args:
+        gaussian_sxy: as :class:`DenseCRF`.
+        gaussian_compat: as :class:`DenseCRF`.
+        bilateral_sxy: as :class:`DenseCRF`.
+        bilateral_srgb: as :class:`DenseCRF`.
+        bilateral_compat: as :class:`DenseCRF`.
+        iterations: as :class:`DenseCRF`.
+        unary: as :class:`DenseCRF`.
+        gt_prob: as :class:`DenseCRF`.
+        tau: as :class:`DenseCRF`.
+        eps: as :class:`DenseCRF`.
+        max_pixels: images above this many pixels are downsampled first (None: 16384 on a GPU, 4096 on the
+            CPU).
+        block: rows per block of the dense bilateral product.
+        device: ``auto``, ``cpu``, ``cuda``...
+    """
 
     def __init__(self, gaussian_sxy: float = 3.0, gaussian_compat: float = 3.0, bilateral_sxy: float = 60.0,
                  bilateral_srgb: float = 5.0, bilateral_compat: float = 5.0, iterations: int = 5,

@@ -29,7 +29,12 @@ from .cams import SaliencyMethod, as_text_features, clip_device, clip_logit_scal
 
 def resolve_topk(topk: float | str | None, channels: int) -> int:
     """Number of channels to keep: an int (clamped to ``channels``), a fraction in (0, 1], or
-    ``None`` / ``"all"`` for every channel."""
+    ``None`` / ``"all"`` for every channel.
+
+    Args:
+        topk: a count, a fraction in (0, 1], ``None`` or ``"all"``.
+        channels: the number of channels of the target layer.
+    """
     if topk is None or topk == "all":
         return channels
     if isinstance(topk, bool) or not isinstance(topk, (int, float)):
@@ -43,7 +48,14 @@ def resolve_topk(topk: float | str | None, channels: int) -> int:
 
 def target_activations(clip: ClipModel, pixels: torch.Tensor, text_features: torch.Tensor, scale: float):
     """``(A, importance, logit)``: target-layer activations ``1 x C x h x w`` (detached), one gradient
-    importance per channel (``C``) and the logit, from one forward + backward pass."""
+    importance per channel (``C``) and the logit, from one forward + backward pass.
+
+    Args:
+        clip: the CLIP model (its ``cam_target_layer()`` is hooked).
+        pixels: the ``1 x 3 x S x S`` preprocessed image.
+        text_features: the ``1 x D`` normalised text embedding.
+        scale: the logit scale.
+    """
     store: list[torch.Tensor] = []
     handle = clip.cam_target_layer().register_forward_hook(lambda m, i, o: store.append(o))
     try:
@@ -71,7 +83,18 @@ def target_activations(clip: ClipModel, pixels: torch.Tensor, text_features: tor
 def masked_logits(clip: ClipModel, pixels: torch.Tensor, text_features: torch.Tensor, acts: torch.Tensor,
                   scale: float, batch_size: int, eps: float = 1e-8, progress: bool = False) -> torch.Tensor:
     """Logit of the image masked by each channel of ``acts`` (``1 x K x h x w``), upsampled to the input
-    size (bilinear, corners aligned) and min-max normalised: ``K`` logits on the device."""
+    size (bilinear, corners aligned) and min-max normalised: ``K`` logits on the device.
+
+    Args:
+        clip: the CLIP model.
+        pixels: the ``1 x 3 x S x S`` preprocessed image.
+        text_features: the ``1 x D`` normalised text embedding.
+        acts: the ``1 x K x h x w`` activations of the kept channels.
+        scale: the logit scale.
+        batch_size: masked images per forward pass.
+        eps: added to the range of the min-max normalisation.
+        progress: show a progress bar.
+    """
     size = pixels.shape[-2:]
     k = acts.shape[1]
     scores = torch.empty(k, device=pixels.device, dtype=torch.float32)
@@ -96,9 +119,12 @@ def masked_logits(clip: ClipModel, pixels: torch.Tensor, text_features: torch.Te
 class GScoreCAM(SaliencyMethod):
     """gScoreCAM on a CLIP model.
 
-    ``topk``: channels kept (count, fraction such as 0.1, or ``None``/``"all"`` = Score-CAM);
-    ``batch_size``: masked images per forward pass; ``logit_scale``: temperature of the softmax over the
-    masked logits (None: the model's own, 100 for trained CLIPs); ``progress``: a progress bar.
+    Args:
+        topk: channels kept (a count, a fraction such as 0.1, or ``None`` / ``"all"``: Score-CAM).
+        batch_size: masked images per forward pass.
+        logit_scale: temperature of the softmax over the masked logits (None: the model's own, 100 for
+            trained CLIPs).
+        progress: show a progress bar.
     """
 
     name = "gscorecam"

@@ -72,7 +72,11 @@ def _explicit_mha(mha: torch.nn.MultiheadAttention, store: list[torch.Tensor]):
 
 
 def attention_blocks(clip: ClipModel) -> tuple[str, list[torch.nn.Module]]:
-    """``("open_clip", [nn.MultiheadAttention...])`` or ``("timm", [Attention...])`` of the image tower."""
+    """``("open_clip", [nn.MultiheadAttention...])`` or ``("timm", [Attention...])`` of the image tower.
+
+    Args:
+        clip: a ViT CLIP model (open_clip or timm image tower).
+    """
     visual = getattr(clip.model, "visual", clip.model)
     resblocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
     if resblocks is not None:
@@ -91,7 +95,11 @@ def attention_blocks(clip: ClipModel) -> tuple[str, list[torch.nn.Module]]:
 @contextmanager
 def recorded_attention(clip: ClipModel) -> Iterator[list[torch.Tensor]]:
     """Within the context, every forward of the image tower appends each block's attention
-    probabilities (``B x H x N x N``, differentiable) to the yielded list, in block order."""
+    probabilities (``B x H x N x N``, differentiable) to the yielded list, in block order.
+
+    Args:
+        clip: a ViT CLIP model.
+    """
     kind, attns = attention_blocks(clip)
     store: list[torch.Tensor] = []
     undo = []
@@ -112,7 +120,12 @@ def recorded_attention(clip: ClipModel) -> Iterator[list[torch.Tensor]]:
 
 
 def relevance(probs: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
-    """Chefer et al.'s rule: ``R = I + sum_b mean_heads(relu(grad_b * P_b)) @ R`` (N x N, first image)."""
+    """Chefer et al.'s rule: ``R = I + sum_b mean_heads(relu(grad_b * P_b)) @ R`` (N x N, first image).
+
+    Args:
+        probs: each block's attention probabilities, ``B x H x N x N``.
+        grads: their gradients, same shapes.
+    """
     n = probs[0].shape[-1]
     r = torch.eye(n, device=probs[0].device, dtype=torch.float32)
     for p, g in zip(probs, grads):
@@ -126,8 +139,9 @@ def relevance(probs: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Ten
 class HilaCAM(SaliencyMethod):
     """HilaCAM on a ViT CLIP model (one forward + backward pass).
 
-    ``logit_scale``: scale of the explained logit (only scales the map before normalisation; kept for
-    symmetry with the other methods).
+    Args:
+        logit_scale: scale of the explained logit (only scales the map before normalisation; kept for
+            symmetry with the other methods).
     """
 
     name = "hilacam"

@@ -24,14 +24,24 @@ BOX_MODES = ("largest", "peak", "all", "merged", "none")
 
 
 def sigma_pixels(sigma: float, shape: tuple[int, int]) -> float:
-    """``sigma`` in pixels: a fraction (< 1) of the shorter side of ``shape``, or pixels when >= 1."""
+    """``sigma`` in pixels: a fraction (< 1) of the shorter side of ``shape``, or pixels when >= 1.
+
+    Args:
+        sigma: a fraction (< 1) of the shorter side, or pixels (>= 1).
+        shape: the map's ``(height, width)``.
+    """
     if sigma < 0:
         raise ValueError(f"sigma={sigma!r} must be >= 0")
     return float(sigma) * min(shape) if sigma < 1 else float(sigma)
 
 
 def smooth(saliency: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian-smoothed map, renormalised to [0, 1] (``sigma=0``: only the renormalisation)."""
+    """Gaussian-smoothed map, renormalised to [0, 1] (``sigma=0``: only the renormalisation).
+
+    Args:
+        saliency: an H x W saliency map.
+        sigma: the Gaussian's sigma (see :func:`sigma_pixels`).
+    """
     s = np.asarray(saliency, dtype=np.float32)
     px = sigma_pixels(sigma, s.shape)
     if px > 0:
@@ -41,7 +51,12 @@ def smooth(saliency: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of values in [0, 1] (maximises the between-class variance of a histogram)."""
+    """Otsu's threshold of values in [0, 1] (maximises the between-class variance of a histogram).
+
+    Args:
+        values: values in [0, 1] (any shape).
+        bins: histogram bins.
+    """
     v = np.asarray(values, dtype=np.float64).ravel()
     lo, hi = float(v.min()), float(v.max())
     if hi <= lo:
@@ -59,7 +74,12 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 
 def kmeans_threshold(values: np.ndarray, iterations: int = 50) -> float:
-    """Two-cluster k-means on the values (centres start at min and max): the midpoint of the centres."""
+    """Two-cluster k-means on the values (centres start at min and max): the midpoint of the centres.
+
+    Args:
+        values: values in [0, 1] (any shape).
+        iterations: the most k-means iterations.
+    """
     v = np.asarray(values, dtype=np.float64).ravel()
     c0, c1 = float(v.min()), float(v.max())
     if c1 <= c0:
@@ -76,7 +96,12 @@ def kmeans_threshold(values: np.ndarray, iterations: int = 50) -> float:
 
 
 def threshold_value(saliency: np.ndarray, threshold: float | str) -> float:
-    """The threshold for ``saliency``: a number in [0, 1] as is, or ``"otsu"`` / ``"kmeans"``."""
+    """The threshold for ``saliency``: a number in [0, 1] as is, or ``"otsu"`` / ``"kmeans"``.
+
+    Args:
+        saliency: an H x W saliency map in [0, 1].
+        threshold: a number in [0, 1], ``"otsu"`` or ``"kmeans"``.
+    """
     if isinstance(threshold, str):
         if threshold == "otsu":
             return otsu_threshold(saliency)
@@ -90,14 +115,24 @@ def threshold_value(saliency: np.ndarray, threshold: float | str) -> float:
 
 
 def binarize(saliency: np.ndarray, threshold: float | str = "otsu") -> tuple[np.ndarray, float]:
-    """``(mask, t)``: pixels with saliency above the threshold ``t``."""
+    """``(mask, t)``: pixels with saliency above the threshold ``t``.
+
+    Args:
+        saliency: an H x W saliency map in [0, 1].
+        threshold: a number in [0, 1], ``"otsu"`` or ``"kmeans"``.
+    """
     t = threshold_value(saliency, threshold)
     return np.asarray(saliency) > t, t
 
 
 def components(mask: np.ndarray, min_area: float = 0.0) -> list[np.ndarray]:
     """8-connected regions of ``mask`` (bool masks), largest first; regions smaller than ``min_area``
-    (a fraction of the image area) are dropped."""
+    (a fraction of the image area) are dropped.
+
+    Args:
+        mask: an H x W bool mask.
+        min_area: the smallest region, as a fraction of the image area.
+    """
     labels, n = ndimage.label(np.asarray(mask, bool), structure=np.ones((3, 3), bool))
     if n == 0:
         return []
@@ -113,7 +148,15 @@ def boxes_from_mask(mask: np.ndarray, box_mode: str = "largest", min_area: float
     """``(boxes K x 4, regions)``: xyxy boxes (exclusive right/bottom) of the mask's regions per
     ``box_mode`` and the region masks they come from (``"merged"``: one box around all kept regions;
     ``"peak"``: the region whose mean ``saliency`` is highest, for maps that light up a second, weaker
-    object as well)."""
+    object as well).
+
+    Args:
+        mask: an H x W bool mask.
+        box_mode: one of ``BOX_MODES`` (``largest``, ``peak``, ``all``, ``merged``, ``none``).
+        min_area: the smallest region kept, as a fraction of the image area.
+        max_boxes: the most boxes, or None.
+        saliency: the H x W saliency map (needed by ``peak``).
+    """
     if box_mode not in BOX_MODES:
         raise ValueError(f"box_mode={box_mode!r}; valid: {', '.join(BOX_MODES)}")
     if box_mode == "peak" and (saliency is None or np.shape(saliency) != np.shape(mask)):
@@ -138,7 +181,16 @@ def points_for_regions(saliency: np.ndarray, regions: list[np.ndarray], boxes: n
     """``(points K x P x 2, labels K x P)``: per region, the ``positive`` highest local maxima of the
     saliency inside it (at least ``min_distance`` apart, a fraction of the shorter side) labelled 1, and
     the ``negative`` lowest-saliency points in its box (outside the region; the whole image when there
-    is no box) labelled 0."""
+    is no box) labelled 0.
+
+    Args:
+        saliency: an H x W saliency map.
+        regions: the region masks.
+        boxes: one xyxy box per region, or None.
+        positive: foreground points per region.
+        negative: background points per region.
+        min_distance: the smallest distance between positive points, as a fraction of the shorter side.
+    """
     s = np.asarray(saliency, dtype=np.float32)
     h, w = s.shape
     dist = max(1, round(min_distance * min(h, w)))
