@@ -30,28 +30,49 @@ def _is_number(val: Any) -> bool:
 
 
 def check_positive_int(name: str, val: Any) -> int:
-    """``val`` as an int >= 1 (a bool is not an integer here), else ConfigError naming ``name``."""
+    """``val`` as an int >= 1 (a bool is not an integer here), else ConfigError naming ``name``.
+
+    Args:
+        name: the setting's name, for the error.
+        val: the value to check.
+    """
     if not _is_int(val) or val < 1:
         raise ConfigError(f"{name}={val!r}: expected a positive integer")
     return int(val)
 
 
 def check_nonnegative_int(name: str, val: Any) -> int:
-    """``val`` as an int >= 0, else ConfigError naming ``name``."""
+    """``val`` as an int >= 0, else ConfigError naming ``name``.
+
+    Args:
+        name: the setting's name, for the error.
+        val: the value to check.
+    """
     if not _is_int(val) or val < 0:
         raise ConfigError(f"{name}={val!r}: expected an integer >= 0")
     return int(val)
 
 
 def check_fraction(name: str, val: Any) -> float:
-    """``val`` as a float in [0, 1], else ConfigError naming ``name``."""
+    """``val`` as a float in [0, 1], else ConfigError naming ``name``.
+
+    Args:
+        name: the setting's name, for the error.
+        val: the value to check.
+    """
     if not _is_number(val) or not 0.0 <= float(val) <= 1.0:
         raise ConfigError(f"{name}={val!r}: expected a number in [0, 1]")
     return float(val)
 
 
 def check_number(name: str, val: Any, minimum: float | None = None) -> float:
-    """``val`` as a float (>= ``minimum`` when given), else ConfigError naming ``name``."""
+    """``val`` as a float (>= ``minimum`` when given), else ConfigError naming ``name``.
+
+    Args:
+        name: the setting's name, for the error.
+        val: the value to check.
+        minimum: the smallest allowed value, or None.
+    """
     if not _is_number(val) or (minimum is not None and float(val) < minimum):
         bound = f" >= {minimum:g}" if minimum is not None else ""
         raise ConfigError(f"{name}={val!r}: expected a number{bound}")
@@ -134,6 +155,10 @@ class AmgSettings:
 
     def kwargs(self, *extra: str) -> dict[str, Any]:
         """The knobs segment_anything's ``SamAutomaticMaskGenerator`` takes, plus ``extra`` ones (e.g.
-        ``"mask_threshold"`` for SAM 2's), as keyword arguments."""
+        ``"mask_threshold"`` for SAM 2's), as keyword arguments.
+
+        Args:
+            *extra: further setting names to include.
+        """
         d = asdict(self)
         return {k: d[k] for k in (*SAM_KNOBS, *extra)}

@@ -22,7 +22,14 @@ def sam_postprocess_masks(masks: torch.Tensor, img_size: int, input_size: Sequen
                           original_size: Sequence[int]) -> torch.Tensor:
     """``segment_anything.modeling.Sam.postprocess_masks`` that skips the rows and columns of the first upsampling
     which the crop to ``input_size`` drops: bit-identical output (the first resize keeps its exact 1:4 scale and
-    every kept pixel its two source rows / columns), less work on non-square images."""
+    every kept pixel its two source rows / columns), less work on non-square images.
+
+    Args:
+        masks: B x C x h x w low-resolution mask logits.
+        img_size: the model's square input size (1024 for SAM).
+        input_size: ``(h, w)`` of the resized image inside the padded input.
+        original_size: ``(H, W)`` of the original image.
+    """
     import torch.nn.functional as F
 
     lh, lw = masks.shape[-2:]
@@ -39,7 +46,12 @@ def sam_postprocess_masks(masks: torch.Tensor, img_size: int, input_size: Sequen
 
 def boxes_from_projections(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """``segment_anything.utils.amg.batched_mask_to_box`` from a mask's row and column occupancy (N x H and
-    N x W bool): XYXY int64 boxes with inclusive right / bottom edges, [0, 0, 0, 0] for an empty mask."""
+    N x W bool): XYXY int64 boxes with inclusive right / bottom edges, [0, 0, 0, 0] for an empty mask.
+
+    Args:
+        rows: N x H bool row occupancy.
+        cols: N x W bool column occupancy.
+    """
     def edges(occ: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.arange(occ.shape[-1], device=occ.device)
         last = torch.where(occ, idx, 0).amax(-1)
@@ -72,6 +84,9 @@ def label_components(fg: torch.Tensor) -> torch.Tensor:
     raster order; background pixels keep their own index. Label propagation (3x3 minimum) with hooking of
     the roots (union by smaller label) and pointer jumping: a few tens of whole-tensor passes for mask-like
     shapes, whatever their size, and no per-mask or per-component loop.
+
+    Args:
+        fg: N x H x W bool masks.
     """
     n, h, w = fg.shape
     numel = n * h * w
@@ -100,6 +115,12 @@ def remove_small_regions_batched(masks: torch.Tensor, area_thresh: int, chunk_pi
     Components come from :func:`components` (``backend``: ``"auto"`` = one ``scipy.ndimage.label`` call over
     the whole stack on the CPU, :func:`label_components` on a GPU; ``"torch"`` or ``"scipy"``): no loop over
     masks either way.
+
+    Args:
+        masks: N x H x W bool masks.
+        area_thresh: holes and islands smaller than this many pixels are removed.
+        chunk_pixels: mask pixels processed at once.
+        backend: ``auto``, ``torch`` or ``scipy`` (see :func:`components`).
     """
     n, h, w = masks.shape
     if n == 0:
@@ -142,6 +163,10 @@ def components(fg: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, t
     ``labels`` are equal exactly within a component (int64; arbitrary outside ``fg``), ``size`` is 0 outside
     ``fg``. ``backend``: ``"scipy"`` (one ``scipy.ndimage.label`` call on the stack, on the CPU), ``"torch"``
     (:func:`label_components`, on the masks' device) or ``"auto"`` (scipy for CPU tensors, else torch).
+
+    Args:
+        fg: N x H x W bool masks.
+        backend: ``auto``, ``torch`` or ``scipy``.
     """
     if backend not in ("auto", "torch", "scipy"):
         raise ValueError(f"backend={backend!r}; valid: auto, torch, scipy")

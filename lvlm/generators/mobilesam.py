@@ -9,7 +9,13 @@ from .sam import SamGenerator
 @register("generator", "mobilesam", description="MobileSAM automatic mask generator (everything mode)",
           source="MobileSAM weights mobile_sam.pt from github.com/ChaoningZhang/MobileSAM (Apache-2.0)")
 class MobileSamGenerator(SamGenerator):
-    """:class:`~lvlm.generators.sam.SamGenerator` with ``model_type="mobilesam"``; same keys and defaults otherwise."""
+    """:class:`~lvlm.generators.sam.SamGenerator` with ``model_type="mobilesam"``; same keys and defaults otherwise.
+
+    Args:
+        checkpoint: ``default`` (the official MobileSAM weights), a path, or None / ``random``.
+        device: ``auto``, ``cpu``, ``cuda``...
+        **knobs: the other :class:`~lvlm.generators.sam.SamGenerator` arguments.
+    """
 
     def __init__(self, checkpoint="default", device="auto", **knobs) -> None:
         super().__init__(model_type="mobilesam", checkpoint=checkpoint, device=device, **knobs)

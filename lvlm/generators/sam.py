@@ -20,7 +20,14 @@ from .amg_settings import AmgSettings
 
 
 def candidates_from_records(records: list[dict], height: int, width: int, source: str) -> Candidates:
-    """SamAutomaticMaskGenerator's ``binary_mask`` records -> Candidates (boxes xyxy, exclusive right/bottom)."""
+    """SamAutomaticMaskGenerator's ``binary_mask`` records -> Candidates (boxes xyxy, exclusive right/bottom).
+
+    Args:
+        records: the generator's records (``segmentation``, ``predicted_iou``, ``stability_score``...).
+        height: image height in pixels.
+        width: image width in pixels.
+        source: the producing component's name.
+    """
     if not records:
         return Candidates.empty(height, width, source=source)
     masks = np.stack([r["segmentation"] for r in records]).astype(bool)
@@ -38,7 +45,11 @@ def candidates_from_records(records: list[dict], height: int, width: int, source
 
 
 def require_cv2(min_mask_region_area: int) -> None:
-    """segment_anything removes small regions with OpenCV: a clear error when it is missing and needed."""
+    """segment_anything removes small regions with OpenCV: a clear error when it is missing and needed.
+
+    Args:
+        min_mask_region_area: the generator's setting (OpenCV is needed when it is > 0).
+    """
     if min_mask_region_area > 0 and not has("cv2"):
         raise MissingDependencyError("min_mask_region_area > 0 needs OpenCV (segment_anything removes small "
                                      "regions with it); install it with: pip install opencv-python-headless")
@@ -65,9 +76,27 @@ def automatic_mask_generator_class():
 class SamGenerator(MaskGenerator):
     """Everything-mode candidates from SAM: a grid of point prompts, filtered by predicted IoU and stability, NMS.
 
-    ``model_type``: vit_h / vit_l / vit_b / mobilesam / medsam / vit_tiny (random, for tests); the other
-    keys are SamAutomaticMaskGenerator's, with its defaults. The last ``cache_size`` images' candidates
+    The keys besides ``model_type`` / ``checkpoint`` / ``device`` are SamAutomaticMaskGenerator's, with its
+    defaults. The last ``cache_size`` images' candidates
     are kept, so several text prompts on one image run the generator once.
+
+    Args:
+        model_type: the SAM variant: ``vit_h``, ``vit_l``, ``vit_b``, ``mobilesam``, ``medsam`` or
+            ``vit_tiny`` (random, for tests).
+        checkpoint: ``default`` (the official weights), a path, or None / ``random`` for random weights.
+        device: ``auto``, ``cpu``, ``cuda``...
+        points_per_side: points along each side of the prompt grid (``points_per_side``² points per crop).
+        points_per_batch: point prompts per mask-decoder call.
+        pred_iou_thresh: masks with a lower predicted IoU are dropped.
+        stability_score_thresh: masks with a lower stability score are dropped.
+        stability_score_offset: the shift of the mask threshold used for the stability score.
+        box_nms_thresh: box IoU above which non-maximum suppression drops the lower-scored mask.
+        crop_n_layers: layers of image crops run besides the whole image (layer i has (2**i)**2 crops).
+        crop_nms_thresh: box IoU of the non-maximum suppression between masks of different crops.
+        crop_overlap_ratio: overlap of neighbouring crops, as a fraction of the image side.
+        crop_n_points_downscale_factor: the grid of crop layer i has ``points_per_side / factor**i`` points
+            per side.
+        min_mask_region_area: holes and islands smaller than this many pixels are removed (0: off).
     """
 
     def __init__(self, model_type: str = "vit_h", checkpoint: Any = "default", device: str = "auto",

@@ -32,6 +32,28 @@ class Sam2Generator(MaskGenerator):
     ``model``: an already built SAM2Base to share (then variant / checkpoint are ignored). The other
     keys are SAM2AutomaticMaskGenerator's, with its defaults (chosen by SAM 2 for Hiera-L). The last
     ``cache_size`` images' candidates are kept, so several text prompts on one image run it once.
+
+    Args:
+        variant: the SAM 2.1 variant: ``tiny``, ``small``, ``base_plus``, ``large`` (``tiny_random``: a small
+            random model for tests).
+        checkpoint: ``default`` (the official weights), a path, or None / ``random`` for random weights.
+        device: ``auto``, ``cpu``, ``cuda``...
+        points_per_side: points along each side of the prompt grid (``points_per_side``² points per crop).
+        points_per_batch: point prompts per mask-decoder call.
+        pred_iou_thresh: masks with a lower predicted IoU are dropped.
+        stability_score_thresh: masks with a lower stability score are dropped.
+        stability_score_offset: the shift of the mask threshold used for the stability score.
+        mask_threshold: the logit threshold of the masks.
+        box_nms_thresh: box IoU above which non-maximum suppression drops the lower-scored mask.
+        crop_n_layers: layers of image crops run besides the whole image (layer i has (2**i)**2 crops).
+        crop_nms_thresh: box IoU of the non-maximum suppression between masks of different crops.
+        crop_overlap_ratio: overlap of neighbouring crops, as a fraction of the image side.
+        crop_n_points_downscale_factor: the grid of crop layer i has ``points_per_side / factor**i`` points
+            per side.
+        min_mask_region_area: holes and islands smaller than this many pixels are removed (0: off).
+        use_m2m: refine each mask with one more decoder pass prompted by its own logits.
+        multimask_output: three masks per point prompt (else one).
+        model: an already built ``SAM2Base`` to share (``variant`` / ``checkpoint`` are then ignored).
     """
 
     def __init__(

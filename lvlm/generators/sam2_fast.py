@@ -48,6 +48,37 @@ class Sam2FastGenerator(FastAutomaticMaskGenerator):
     are the official ones with the official defaults except ``points_per_batch`` (256 on a GPU, 64 on the
     CPU). Extra knobs as for ``sam_fast``: ``bf16``, ``encoder_batch_size``, ``chunk_pixels``, ``model``
     (an already-built ``SAM2Base``) and ``progress``.
+
+    Args:
+        variant: the SAM 2.1 variant: ``tiny``, ``small``, ``base_plus``, ``large`` (``tiny_random``: a small
+            random model for tests).
+        checkpoint: ``default`` (the official weights), a path, or None / ``random`` for random weights.
+        device: ``auto``, ``cpu``, ``cuda``...
+        points_per_side: points along each side of the prompt grid (``points_per_side``² points per crop).
+        points_per_batch: point prompts per mask-decoder call (None: 256 on a GPU, 64 on the CPU).
+        pred_iou_thresh: masks with a lower predicted IoU are dropped.
+        stability_score_thresh: masks with a lower stability score are dropped.
+        stability_score_offset: the shift of the mask threshold used for the stability score.
+        mask_threshold: the logit threshold of the masks.
+        box_nms_thresh: box IoU above which non-maximum suppression drops the lower-scored mask.
+        crop_n_layers: layers of image crops run besides the whole image (layer i has (2**i)**2 crops).
+        crop_nms_thresh: box IoU of the non-maximum suppression between masks of different crops.
+        crop_overlap_ratio: overlap of neighbouring crops, as a fraction of the image side.
+        crop_n_points_downscale_factor: the grid of crop layer i has ``points_per_side / factor**i`` points
+            per side.
+        point_grids: explicit point grids (coordinates in [0, 1]), one per crop layer, instead of
+            ``points_per_side``.
+        min_mask_region_area: holes and islands smaller than this many pixels are removed (0: off).
+        output_mode: ``binary_mask``, ``uncompressed_rle`` or ``coco_rle`` (the ``segmentation`` of
+            :meth:`generate_records`).
+        use_m2m: refine each mask with one more decoder pass prompted by its own logits.
+        multimask_output: three masks per point prompt (else one).
+        bf16: run the image encoder under bf16 autocast.
+        encoder_batch_size: crops / images per image-encoder call.
+        chunk_pixels: full-resolution mask pixels processed at once (default 2**27 on a GPU, 2**24 on the
+            CPU).
+        model: an already built ``SAM2Base`` (``variant`` / ``checkpoint`` are then ignored).
+        progress: show a progress bar over crops.
     """
 
     name = "sam2_fast"
@@ -179,7 +210,13 @@ def fill_holes_and_sprinkles(logits: torch.Tensor, max_area: int, threshold: flo
     """SAM 2's low-res post-processing of N x 1 x h x w mask logits: background components (``<= threshold``,
     8-connected) of at most ``max_area`` pixels become ``threshold + 10``, and foreground ones of at most
     ``max_area`` become ``threshold - 10`` (both found on the input logits, as SAM 2 does). Batched on the
-    logits' device (no ``_C`` extension needed)."""
+    logits' device (no ``_C`` extension needed).
+
+    Args:
+        logits: N x 1 x h x w mask logits.
+        max_area: the largest hole / sprinkle removed, in pixels.
+        threshold: the mask logit threshold.
+    """
     _, hole_size = components((logits <= threshold)[:, 0])
     _, spr_size = components((logits > threshold)[:, 0])
     out = torch.where(((hole_size > 0) & (hole_size <= max_area))[:, None], threshold + 10.0, logits)

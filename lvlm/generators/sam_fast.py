@@ -113,7 +113,11 @@ class FastAutomaticMaskGenerator(MaskGenerator):
 
     def generate_records(self, image: Any) -> list[dict[str, Any]]:
         """The official generator's output: a list of dicts with ``segmentation`` (per ``output_mode``), ``area``,
-        ``bbox`` (XYWH), ``predicted_iou``, ``point_coords``, ``stability_score`` and ``crop_box`` (XYWH)."""
+        ``bbox`` (XYWH), ``predicted_iou``, ``point_coords``, ``stability_score`` and ``crop_box`` (XYWH).
+
+        Args:
+            image: an H x W x 3 uint8 image (or anything :func:`~lvlm.io.load_image` reads).
+        """
         d = self._run([load_image(image)])[0]
         masks = d["masks"]
         n = len(masks)
@@ -341,6 +345,36 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
     official generator: docs/performance.md; the given ``model`` itself
     is not changed, and weights loaded into it later do not reach the exported copies: build the generator
     again).
+
+    Args:
+        model_type: the SAM variant: ``vit_h``, ``vit_l``, ``vit_b``, ``mobilesam``, ``medsam`` or
+            ``vit_tiny`` (random, for tests).
+        checkpoint: ``default`` (the official weights), a path, or None / ``random`` for random weights.
+        device: ``auto``, ``cpu``, ``cuda``...
+        points_per_side: points along each side of the prompt grid (``points_per_side``² points per crop).
+        points_per_batch: point prompts per mask-decoder call (None: 256 on a GPU, 64 on the CPU).
+        pred_iou_thresh: masks with a lower predicted IoU are dropped.
+        stability_score_thresh: masks with a lower stability score are dropped.
+        stability_score_offset: the shift of the mask threshold used for the stability score.
+        box_nms_thresh: box IoU above which non-maximum suppression drops the lower-scored mask.
+        crop_n_layers: layers of image crops run besides the whole image (layer i has (2**i)**2 crops).
+        crop_nms_thresh: box IoU of the non-maximum suppression between masks of different crops.
+        crop_overlap_ratio: overlap of neighbouring crops, as a fraction of the image side.
+        crop_n_points_downscale_factor: the grid of crop layer i has ``points_per_side / factor**i`` points
+            per side.
+        point_grids: explicit point grids (coordinates in [0, 1]), one per crop layer, instead of
+            ``points_per_side``.
+        min_mask_region_area: holes and islands smaller than this many pixels are removed (0: off).
+        output_mode: ``binary_mask``, ``uncompressed_rle`` or ``coco_rle`` (the ``segmentation`` of
+            :meth:`generate_records`).
+        bf16: run the image encoder under bf16 autocast.
+        encoder_batch_size: crops / images per image-encoder call.
+        chunk_pixels: full-resolution mask pixels processed at once (default 2**27 on a GPU, 2**24 on the
+            CPU).
+        model: an already built ``segment_anything`` ``Sam`` (``model_type`` / ``checkpoint`` then do not
+            describe it).
+        progress: show a progress bar over crops.
+        backend: ``torch`` or ``onnxruntime`` (see above).
     """
 
     name = "sam_fast"
