@@ -147,7 +147,12 @@ _ARCHITECTURES: dict[str, Callable[[], Any]] = {
 
 
 def checkpoint_path(model_type: str, checkpoint: Any = "default") -> str | None:
-    """The weight file ``build_sam`` would load (None for random init); raises WeightsNotFoundError fast."""
+    """The weight file ``build_sam`` would load (None for random init); raises WeightsNotFoundError fast.
+
+    Args:
+        model_type: one of ``MODEL_TYPES``.
+        checkpoint: ``default``, a path, or None / ``random``.
+    """
     check_model_type(model_type)
     if is_random(checkpoint):
         return None
@@ -160,6 +165,11 @@ def checkpoint_path(model_type: str, checkpoint: Any = "default") -> str | None:
 
 
 def check_model_type(model_type: str) -> None:
+    """Raise ConfigError naming the valid model types when ``model_type`` is not one.
+
+    Args:
+        model_type: the SAM model type to check.
+    """
     if model_type not in MODEL_TYPES:
         raise ConfigError(f"unknown SAM model_type {model_type!r}; valid model types: {', '.join(MODEL_TYPES)}")
 
@@ -185,6 +195,13 @@ def build_sam(model_type: str = "vit_h", checkpoint: Any = "default", device: st
     ``None`` / ``"random"`` for random weights; ``decoder_checkpoint``: a mask decoder specialised with
     ``lvlm train sam-decoder``; ``encoder_backend``: as :func:`encoder_backend_for` (``torch`` by default
     here, ``auto`` in the segmenters).
+
+    Args:
+        model_type: one of ``MODEL_TYPES``.
+        checkpoint: ``default``, a path, or None / ``random`` (see above).
+        device: the device to load on.
+        decoder_checkpoint: a specialised mask decoder, or None.
+        encoder_backend: ``torch``, ``onnxruntime`` or ``auto``.
     """
     check_model_type(model_type)
     backend = encoder_backend_for(model_type, encoder_backend, device)  # a bad value fails before any weights
@@ -213,6 +230,13 @@ def build_litemedsam(checkpoint: Any = "default", device: str = "cpu", decoder_c
     :mod:`lvlm.models.onnx`) or ``auto`` (ONNX Runtime on the CPU when ``lvlm[onnx]`` is installed; if the
     export fails, a warning and torch). When ONNX Runtime is chosen the encoder is folded before the export
     (as ``fuse=True``), and stays folded if ``auto`` falls back to torch.
+
+    Args:
+        checkpoint: ``default``, a path, or None / ``random``.
+        device: the device to load on.
+        decoder_checkpoint: a specialised mask decoder, or None.
+        fuse: fold the encoder's BatchNorms into its convolutions.
+        encoder_backend: ``torch``, ``onnxruntime`` or ``auto`` (see above).
     """
     backend = encoder_backend_for("litemedsam", encoder_backend, device)  # first: fail fast
     mlt, _ = _import_medsam_lite()
@@ -251,6 +275,11 @@ def encoder_backend_for(model_type: str, encoder_backend: str, device: str) -> s
 
     Call it before building the model: a bad value, a missing ``lvlm[onnx]`` or an encoder too large for
     ONNX fails at once, with the fix in the message.
+
+    Args:
+        model_type: the model type (``litemedsam`` or one of ``MODEL_TYPES``).
+        encoder_backend: ``torch``, ``onnxruntime`` or ``auto``.
+        device: the device the model will run on.
     """
     from .onnx import check_backend, resolve_backend
 
@@ -268,7 +297,14 @@ def encoder_backend_for(model_type: str, encoder_backend: str, device: str) -> s
 
 def put_encoder_on(model, model_type: str, backend: str, strict: bool = True):
     """Run ``model.image_encoder`` in ONNX Runtime when ``backend`` is ``onnxruntime`` (BatchNorms folded first);
-    call it after all weights are loaded. With ``strict=False`` a failed export warns and keeps torch."""
+    call it after all weights are loaded. With ``strict=False`` a failed export warns and keeps torch.
+
+    Args:
+        model: a built SAM-family model with its weights loaded.
+        model_type: its type (names the cached export).
+        backend: ``torch`` or ``onnxruntime`` (from :func:`encoder_backend_for`).
+        strict: raise when the export fails, instead of warning and keeping torch.
+    """
     if backend != "onnxruntime":
         return model
     try:
@@ -282,7 +318,12 @@ def put_encoder_on(model, model_type: str, backend: str, strict: bool = True):
 
 def onnx_encoder(encoder, label: str):
     """An image encoder (eval mode, BatchNorms already folded) exported to ONNX Runtime at its own input size
-    (:func:`lvlm.models.onnx.onnx_module`; cached as ``{label}-encoder-<digest>.onnx``)."""
+    (:func:`lvlm.models.onnx.onnx_module`; cached as ``{label}-encoder-<digest>.onnx``).
+
+    Args:
+        encoder: the image encoder (eval mode, BatchNorms folded; its ``img_size`` is the input size).
+        label: the name of the cached export.
+    """
     import torch
 
     from .onnx import onnx_module
@@ -299,6 +340,9 @@ def fuse_conv_bn(module):
     Inference only (the folded BatchNorm no longer updates running statistics). The outputs equal the unfused
     ones up to float rounding (tests/test_litemedsam.py pins them to 1e-4); on a CPU, where LiteMedSAM's first
     stage works on 256 x 256 x 256 activations, it saves one full read and write of each of them.
+
+    Args:
+        module: an eval-mode module holding TinyViT ``Conv2d_BN`` blocks.
     """
     import torch
 
@@ -319,7 +363,12 @@ def fuse_conv_bn(module):
 
 
 def signature_without(func: Callable, *names: str) -> inspect.Signature:
-    """``func``'s signature less some parameters (for subclasses that fix e.g. ``model_type``)."""
+    """``func``'s signature less some parameters (for subclasses that fix e.g. ``model_type``).
+
+    Args:
+        func: the callable.
+        *names: the parameter names to leave out.
+    """
     sig = inspect.signature(func)
     return sig.replace(parameters=[p for p in sig.parameters.values() if p.name not in names])
 
@@ -332,6 +381,18 @@ def decode_prompts(prompt_encoder, mask_decoder, embedding, boxes=None, points=N
     input frame. With ``multimask`` the decoder's best of 3 masks by predicted IoU is kept, at low
     resolution, before ``postprocess`` (low-res logits K x 1 x h x w -> K x 1 x H x W bool) runs on the
     chunk. Returns (K x 1 x ... masks, K predicted IoU) as tensors on the embedding's device.
+
+    Args:
+        prompt_encoder: the model's prompt encoder.
+        mask_decoder: the model's mask decoder.
+        embedding: the 1 x C x h x w image embedding.
+        boxes: K x 4 boxes in the model frame, or None.
+        points: K x P x 2 points in the model frame, or None.
+        labels: K x P point labels (1 foreground, 0 background), with ``points``.
+        multimask: decode 3 masks per prompt and keep the best by predicted IoU.
+        batch_size: prompts per decoder call.
+        postprocess: low-res logits -> full-resolution bool masks, run per chunk; None keeps the low-res
+            logits.
     """
     import torch
 
@@ -357,7 +418,13 @@ def decode_prompts(prompt_encoder, mask_decoder, embedding, boxes=None, points=N
 
 
 def prompt_tensors(prompts, device, scale_xy: tuple[float, float] = (1.0, 1.0)):
-    """Box / point / label tensors of a :class:`~lvlm.types.Prompts`, coordinates multiplied by (sx, sy)."""
+    """Box / point / label tensors of a :class:`~lvlm.types.Prompts`, coordinates multiplied by (sx, sy).
+
+    Args:
+        prompts: the prompts.
+        device: the device of the tensors.
+        scale_xy: ``(sx, sy)`` from image pixels to the model frame.
+    """
     import torch
 
     sx, sy = scale_xy
@@ -430,11 +497,20 @@ class SamFamilyAdapter:
 
     # -- image side
     def preprocess(self, image: np.ndarray):
-        """1 x 3 x S x S encoder input of an H x W x 3 uint8 RGB image."""
+        """1 x 3 x S x S encoder input of an H x W x 3 uint8 RGB image.
+
+        Args:
+            image: an H x W x 3 uint8 RGB image.
+        """
         raise NotImplementedError
 
     def input_size(self, h: int, w: int) -> tuple[int, int]:
-        """(h, w) of an H x W image once resized into the model input (before padding)."""
+        """(h, w) of an H x W image once resized into the model input (before padding).
+
+        Args:
+            h: image height in pixels.
+            w: image width in pixels.
+        """
         raise NotImplementedError
 
     def encode(self, images) -> Any:
@@ -450,14 +526,24 @@ class SamFamilyAdapter:
             return self.model.image_encoder(x)
 
     def embed(self, image: np.ndarray, features: Any = None) -> ImageEmbedding:
-        """The :class:`ImageEmbedding` of one image (``features`` given: an embedding computed elsewhere)."""
+        """The :class:`ImageEmbedding` of one image (``features`` given: an embedding computed elsewhere).
+
+        Args:
+            image: an H x W x 3 uint8 RGB image.
+            features: its encoder features, when computed elsewhere (e.g. a cache); None encodes the image.
+        """
         h, w = image.shape[:2]
         feats = self.encode([image]) if features is None else features
         return ImageEmbedding(feats, (h, w), tuple(self.input_size(h, w)))
 
     # -- prompt side
     def scale(self, h: int, w: int) -> tuple[float, float]:
-        """(sx, sy) from image pixels to model-input pixels."""
+        """(sx, sy) from image pixels to model-input pixels.
+
+        Args:
+            h: image height in pixels.
+            w: image width in pixels.
+        """
         raise NotImplementedError
 
     def prompt_tensors(self, prompts, h: int, w: int):
@@ -477,6 +563,13 @@ class SamFamilyAdapter:
         (B x C x h x w). Per-prompt embeddings go through the unchanged decoder by adding them to the
         dense prompt embedding over a zero image embedding: the decoder computes ``image + dense`` first,
         so the result equals one decoder call per image, in one batched pass.
+
+        Args:
+            embeddings: 1 x C x h x w, or B x C x h x w (one per prompt).
+            points: B x P x 2 points in the model frame, or None.
+            labels: B x P point labels, with ``points``.
+            boxes: B x 4 boxes in the model frame, or None.
+            multimask: return the decoder's 3 masks per prompt.
         """
         pe = self.model.prompt_encoder
         pts = None if points is None else (points, labels)
@@ -493,7 +586,13 @@ class SamFamilyAdapter:
 
     # -- mask side
     def postprocess(self, low, h: int, w: int):
-        """Low-res logits -> logits at the H x W input resolution (to the input size, un-pad, resize)."""
+        """Low-res logits -> logits at the H x W input resolution (to the input size, un-pad, resize).
+
+        Args:
+            low: B x 1 x L x L low-res logits.
+            h: image height in pixels.
+            w: image width in pixels.
+        """
         import torch.nn.functional as F
 
         nh, nw = self.input_size(h, w)
@@ -503,7 +602,14 @@ class SamFamilyAdapter:
         return F.interpolate(x[..., :nh, :nw], (h, w), mode="bilinear", align_corners=False)
 
     def masks(self, low, h: int, w: int, threshold: float | None = None):
-        """Bool masks at H x W from low-res logits, thresholded as the family's reference does."""
+        """Bool masks at H x W from low-res logits, thresholded as the family's reference does.
+
+        Args:
+            low: B x 1 x L x L low-res logits.
+            h: image height in pixels.
+            w: image width in pixels.
+            threshold: the logit threshold (None: the family's own).
+        """
         thr = self.threshold if threshold is None else threshold
         return self.postprocess(low, h, w) > thr
 
@@ -526,7 +632,11 @@ class SamFamilyAdapter:
         return masks[:, 0], iou
 
     def lowres_target(self, mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-        """The mask on the decoder's L x L low-res grid (bool, zero-padded) and the un-padded (h, w) there."""
+        """The mask on the decoder's L x L low-res grid (bool, zero-padded) and the un-padded (h, w) there.
+
+        Args:
+            mask: an H x W bool mask.
+        """
         import torch
         import torch.nn.functional as F
 
@@ -544,7 +654,12 @@ class SamFamilyAdapter:
 class SamAdapter(SamFamilyAdapter):
     """segment_anything's ``SamPredictor`` recipe (SAM ViT-H/L/B, vit_tiny, MobileSAM): longest side resized
     with ``ResizeLongestSide``, ``Sam.preprocess`` (mean / std, pad), prompts through the same transform,
-    ``Sam.postprocess_masks`` then ``> mask_threshold``."""
+    ``Sam.postprocess_masks`` then ``> mask_threshold``.
+
+    Args:
+        model: a segment_anything ``Sam``.
+        device: ``auto``, ``cpu``, ``cuda``...
+    """
 
     preprocess_mode = "sam"
 
