@@ -33,31 +33,58 @@ class ClipModel:
     def preprocess(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor) -> torch.Tensor:
         """H x W x 3 uint8 images (a list, or a B x H x W x 3 array / tensor) -> B x 3 x S x S normalised
         float tensor on ``device``, the same transform as the model's own (open_clip: resize the shortest
-        side to S with bicubic interpolation, centre crop, normalise)."""
+        side to S with bicubic interpolation, centre crop, normalise).
+
+        Args:
+            images: H x W x 3 uint8 images: a list, or a B x H x W x 3 array / tensor.
+        """
         raise NotImplementedError
 
     def preprocess_chw(self, x: torch.Tensor) -> torch.Tensor:
-        """B x 3 x H x W uint8 (or 0-255 float) tensor on device -> B x 3 x S x S normalised pixels."""
+        """B x 3 x H x W uint8 (or 0-255 float) tensor on device -> B x 3 x S x S normalised pixels.
+
+        Args:
+            x: B x 3 x H x W uint8 (or 0-255 float) tensor on the model's device.
+        """
         arr = x.permute(0, 2, 3, 1).to("cpu", torch.uint8).numpy()
         return self.preprocess(list(arr))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """B x 3 x S x S pixels on the 0-255 scale -> the model's normalised input."""
+        """B x 3 x S x S pixels on the 0-255 scale -> the model's normalised input.
+
+        Args:
+            x: B x 3 x S x S pixels on the 0-255 scale.
+        """
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) * 255
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) * 255
         return (x - mean) / std
 
     # --- encoders -----------------------------------------------------------------------------
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """B x 3 x S x S preprocessed pixels -> B x D embeddings (L2-normalised when ``normalize``)."""
+        """B x 3 x S x S preprocessed pixels -> B x D embeddings (L2-normalised when ``normalize``).
+
+        Args:
+            pixels: B x 3 x S x S preprocessed pixels.
+            normalize: L2-normalise the embeddings.
+        """
         raise NotImplementedError
 
     def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
-        """T texts -> T x D embeddings (L2-normalised when ``normalize``); cached per text."""
+        """T texts -> T x D embeddings (L2-normalised when ``normalize``); cached per text.
+
+        Args:
+            texts: the texts.
+            normalize: L2-normalise the embeddings.
+        """
         raise NotImplementedError
 
     def similarity(self, pixels: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        """B x T cosine similarities of preprocessed images to normalised text embeddings (differentiable)."""
+        """B x T cosine similarities of preprocessed images to normalised text embeddings (differentiable).
+
+        Args:
+            pixels: B x 3 x S x S preprocessed pixels.
+            text_features: T x D normalised text embeddings.
+        """
         img = self.encode_image(pixels, normalize=True)
         return img @ text_features.T
 
@@ -67,7 +94,11 @@ class ClipModel:
         raise NotImplementedError
 
     def reshape_transform(self, activations: torch.Tensor) -> torch.Tensor:
-        """Target-layer output -> B x C x h x w (identity for CNNs; tokens to a grid for ViTs)."""
+        """Target-layer output -> B x C x h x w (identity for CNNs; tokens to a grid for ViTs).
+
+        Args:
+            activations: the CAM target layer's output.
+        """
         return activations
 
 

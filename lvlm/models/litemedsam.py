@@ -23,7 +23,13 @@ IMAGE_SIZE = 256
 
 
 def longest_side_shape(h: int, w: int, target: int = IMAGE_SIZE) -> tuple[int, int]:
-    """(new_h, new_w) with the longest side ``target`` (rounded half up, as the reference script)."""
+    """(new_h, new_w) with the longest side ``target`` (rounded half up, as the reference script).
+
+    Args:
+        h: image height in pixels.
+        w: image width in pixels.
+        target: the longest side after resizing.
+    """
     scale = target / max(h, w)
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
@@ -63,7 +69,13 @@ def _area_grow_axis(x, dim: int, n_out: int):
 
 
 def resize_longest_side(image: np.ndarray, target: int = IMAGE_SIZE, device: str = "cpu"):
-    """H x W x C uint8 -> new_h x new_w x C uint8 float64 tensor (values rounded), longest side ``target``."""
+    """H x W x C uint8 -> new_h x new_w x C uint8 float64 tensor (values rounded), longest side ``target``.
+
+    Args:
+        image: an H x W x C uint8 image.
+        target: the longest side after resizing.
+        device: the device of the result.
+    """
     import torch
 
     h, w = image.shape[:2]
@@ -79,7 +91,13 @@ def resize_longest_side(image: np.ndarray, target: int = IMAGE_SIZE, device: str
 
 
 def preprocess(image: np.ndarray, device: str = "cpu", target: int = IMAGE_SIZE):
-    """LiteMedSAM's input: (1 x 3 x 256 x 256 float32 tensor, (new_h, new_w)) of an H x W x 3 uint8 image."""
+    """LiteMedSAM's input: (1 x 3 x 256 x 256 float32 tensor, (new_h, new_w)) of an H x W x 3 uint8 image.
+
+    Args:
+        image: an H x W x 3 uint8 image.
+        device: the device of the tensor.
+        target: the model's input side.
+    """
     import torch
 
     img = resize_longest_side(image, target, device)

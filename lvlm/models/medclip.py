@@ -73,7 +73,15 @@ def _weights_file(variant: str, checkpoint: str | os.PathLike | None) -> Path:
 
 
 class MedClipModel(ClipModel):
-    """A MedCLIP model: greyscale, square-padded 224 px input; Bio_ClinicalBERT text tower."""
+    """A MedCLIP model: greyscale, square-padded 224 px input; Bio_ClinicalBERT text tower.
+
+    Args:
+        variant: ``resnet`` or ``swin``.
+        checkpoint: ``default`` (the cached or downloaded MedCLIP weights), a ``pytorch_model.bin`` file or
+            its folder; None is the same as ``default``.
+        device: ``auto``, ``cpu``, ``cuda``...
+        name: the model's display name (default ``medclip-<variant>``).
+    """
 
     def __init__(self, variant: str = "resnet", checkpoint: str | os.PathLike | None = "default",
                  device: str = "auto", name: str = "") -> None:
@@ -128,7 +136,11 @@ class MedClipModel(ClipModel):
                                               .to(self.device)) for im in images])
 
     def preprocess_chw(self, x: torch.Tensor) -> torch.Tensor:
-        """MedCLIP's transform on device: greyscale (PIL 'L'), pad to a centred square >= 224, resize to 224."""
+        """MedCLIP's transform on device: greyscale (PIL 'L'), pad to a centred square >= 224, resize to 224.
+
+        Args:
+            x: B x 3 x H x W uint8 (or 0-255 float) tensor on the model's device.
+        """
         h, w = x.shape[-2:]
         size = max(self.image_size, h, w)
         left, top = int((size - w) / 2), int((size - h) / 2)
@@ -139,7 +151,11 @@ class MedClipModel(ClipModel):
         return self.normalize(xf)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """B x 3 x 224 x 224 pixels (0-255) -> greyscale, normalised, repeated to 3 channels."""
+        """B x 3 x 224 x 224 pixels (0-255) -> greyscale, normalised, repeated to 3 channels.
+
+        Args:
+            x: B x 3 x 224 x 224 pixels on the 0-255 scale.
+        """
         x = x.round().clamp(0, 255)
         grey = (x[:, 0] * 299 + x[:, 1] * 587 + x[:, 2] * 114) / 1000.0
         grey = (grey.round() / 255.0 - MEDCLIP_MEAN) / MEDCLIP_STD

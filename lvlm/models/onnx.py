@@ -36,6 +36,11 @@ def available() -> bool:
 
 
 def check_backend(backend: Any) -> str:
+    """``backend`` when it is one of ``BACKENDS``, else ConfigError.
+
+    Args:
+        backend: the encoder backend setting.
+    """
     if backend not in BACKENDS:
         raise ConfigError(f"encoder_backend={backend!r}; valid: {', '.join(BACKENDS)}")
     return backend
@@ -45,6 +50,11 @@ def resolve_backend(backend: str, device: str, option: str = "encoder_backend") 
     """``auto`` -> ``onnxruntime`` on the CPU when it is installed, else ``torch``.
 
     ``onnxruntime`` on a GPU device is refused (this wrapper runs ONNX Runtime's CPU provider only).
+
+    Args:
+        backend: ``auto``, ``torch`` or ``onnxruntime``.
+        device: the device the model runs on.
+        option: the setting's name, for error messages.
     """
     check_backend(backend)
     on_cpu = str(device).startswith("cpu")
@@ -105,7 +115,14 @@ def export_bytes(module, example, opset: int = OPSET, dynamic_axes: dict | None 
     Inputs are named ``input0``, ``input1``, ... (outputs are read in order); shapes are fixed to the
     example's (TinyViT's reshapes trace the batch size as a constant: :class:`OnnxModule` runs larger
     batches of a one-input module one example at a time) except the ``dynamic_axes`` given, as
-    ``{"input2": {0: "n"}}``."""
+    ``{"input2": {0: "n"}}``.
+
+    Args:
+        module: the torch module (eval mode, CPU).
+        example: an example input tensor, or a tuple of them.
+        opset: the ONNX opset version.
+        dynamic_axes: ``{input name: {axis: name}}`` for inputs whose sizes may vary, or None.
+    """
     import inspect
 
     require("onnx", "exporting to ONNX")
@@ -150,6 +167,12 @@ class OnnxModule(torch.nn.Module):
     cached ONNX file or None. ``threads``: ONNX Runtime's intra-op threads (default: ``torch.get_num_threads()``
     at creation time). Threads do not spin between calls, so the torch stages that run in between keep the
     cores. Always in eval mode (inference only); copies and pickles rebuild the session.
+
+    Args:
+        torch_module: the exported torch module (kept for its weights).
+        model_bytes: the ONNX model.
+        threads: ONNX Runtime's intra-op threads (None: ``torch.get_num_threads()``).
+        path: the cached ONNX file, or None.
     """
 
     def __init__(self, torch_module, model_bytes: bytes, threads: int | None = None, path: Path | None = None):
@@ -193,6 +216,11 @@ class OnnxModule(torch.nn.Module):
             return getattr(tm, name)
 
     def train(self, mode: bool = True):
+        """Stays in eval mode whatever ``mode`` is (the exported graph is the eval-mode one).
+
+        Args:
+            mode: ignored.
+        """
         super().train(False)  # the exported graph is the eval-mode one
         return self
 
@@ -206,6 +234,11 @@ class OnnxModule(torch.nn.Module):
                         "it: build the model again with the new checkpoint (or use encoder_backend: torch)")
 
     def forward(self, *xs):
+        """Run the ONNX Runtime session on CPU tensors; returns float32 tensor(s).
+
+        Args:
+            *xs: the inputs, in the exported order.
+        """
         for x in xs:
             if x.device.type != "cpu":
                 raise LvlmError(f"this ONNX Runtime module runs on the CPU; got a tensor on {x.device}")
@@ -232,6 +265,14 @@ def onnx_module(module, example, name: str, threads: int | None = None, opset: i
 
     The export is cached in ``$LVLM_HOME/onnx/{name}-{digest}.onnx``; a cached file that ONNX Runtime cannot
     load (an interrupted copy) is exported again, with a warning. Errors are :class:`~lvlm.errors.LvlmError`.
+
+    Args:
+        module: the torch module (eval mode, CPU).
+        example: an example input tensor, or a tuple of them.
+        name: the cached file's name prefix.
+        threads: ONNX Runtime's intra-op threads (None: ``torch.get_num_threads()``).
+        opset: the ONNX opset version.
+        dynamic_axes: see :func:`export_bytes`.
     """
     if isinstance(module, OnnxModule):
         raise LvlmError(f"{name} already runs in ONNX Runtime; use it as it is")

@@ -68,7 +68,11 @@ _NO_CUDA_WARMUP = [
 
 
 def weight_spec(variant: str) -> WeightSpec:
-    """Where the official checkpoint of a SAM 2.1 variant comes from."""
+    """Where the official checkpoint of a SAM 2.1 variant comes from.
+
+    Args:
+        variant: the SAM 2.1 variant.
+    """
     _, filename = _variant(variant)
     if filename is None:
         return WeightSpec(f"sam2.1_{variant}.pt", page="(random initialisation; no official weights)")
@@ -81,6 +85,12 @@ def build_sam2_model(variant: str = "large", checkpoint: Any = "default", device
     ``checkpoint``: ``"default"`` = the official weights (``tiny_random``: random init), a file path,
     or None / ``"random"`` for a random initialisation (seeded with ``seed``, global RNG untouched).
     Building never needs a GPU (``device="cpu"``) and never downloads unless ``resolve`` may.
+
+    Args:
+        variant: ``tiny``, ``small``, ``base_plus``, ``large`` or ``tiny_random``.
+        checkpoint: ``default``, a file path, or None / ``random``.
+        device: the device to load on.
+        seed: the seed of a random initialisation.
     """
     config, filename = _variant(variant)
     random_init = is_random(checkpoint) or (checkpoint == "default" and filename is None)
@@ -124,6 +134,10 @@ def image_predictor(model, **kwargs):
 
     The predictor assumes a 1024 px model (feature maps 256/128/64); this sets them from
     ``model.image_size`` so smaller models (``tiny_random``) work; a no-op at 1024.
+
+    Args:
+        model: a ``SAM2Base``.
+        **kwargs: ``SAM2ImagePredictor`` arguments.
     """
     _require_sam2()
     from sam2.sam2_image_predictor import SAM2ImagePredictor
@@ -151,7 +165,11 @@ class Sam2Adapter:
         self.predictor = image_predictor(model, mask_threshold=self.mask_threshold)
 
     def embed(self, image) -> dict[str, Any]:
-        """SAM 2's multi-scale features of one H x W x 3 uint8 RGB image, with its size."""
+        """SAM 2's multi-scale features of one H x W x 3 uint8 RGB image, with its size.
+
+        Args:
+            image: an H x W x 3 uint8 RGB image.
+        """
         import numpy as np
 
         self.predictor.set_image(np.ascontiguousarray(image))
@@ -188,7 +206,11 @@ class Sam2Adapter:
 
 
 def fit_feature_sizes(predictor) -> None:
-    """Set a SAM2 predictor's backbone feature sizes (strides 4, 8, 16) from its model's input size."""
+    """Set a SAM2 predictor's backbone feature sizes (strides 4, 8, 16) from its model's input size.
+
+    Args:
+        predictor: a ``SAM2ImagePredictor``.
+    """
     s = int(predictor.model.image_size)
     predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
 
