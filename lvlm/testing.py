@@ -29,6 +29,14 @@ def point_local_sam(model: Any, seed: int = 0, sharpness: float = 3.0, frequency
     between pixel and point; its output moves the image tokens along one direction in proportion to the
     attention on the point token; the upscaling is made nearest-neighbour and the hypernetwork outputs
     constant vectors that threshold that direction at three levels.
+
+    Args:
+        model: a ``segment_anything`` ``Sam`` (changed in place and returned).
+        seed: the seed of the re-initialised weights.
+        sharpness: how sharply the attention falls off with the distance to the point (smaller blobs when
+            larger).
+        frequency: the scale of the kept positional-encoding frequencies.
+        image_weight: how much the image embedding shapes the blobs.
     """
     from torch import nn
 

@@ -248,6 +248,13 @@ class ClipSelector(Selector):
 
     # --- selection --------------------------------------------------------------------------
     def select(self, image: np.ndarray, text: str, candidates: Candidates) -> Selection:
+        """The candidate with the best score (similarity plus priors); none when every candidate is excluded.
+
+        Args:
+            image: the H x W x 3 uint8 image.
+            text: the text prompt.
+            candidates: the candidate masks of the image.
+        """
         h, w = image.shape[:2]
         n = len(candidates)
         if n == 0:
