@@ -33,8 +33,7 @@ def point_local_sam(model: Any, seed: int = 0, sharpness: float = 3.0, frequency
     Args:
         model: a ``segment_anything`` ``Sam`` (changed in place and returned).
         seed: the seed of the re-initialised weights.
-        sharpness: how sharply the attention falls off with the distance to the point (smaller blobs when
-            larger).
+        sharpness: how sharply the attention falls off with the distance to the point.
         frequency: the scale of the kept positional-encoding frequencies.
         image_weight: how much the image embedding shapes the blobs.
     """
