@@ -2,7 +2,7 @@
 
     python scripts/make_coco_selection.py --root data/coco --out data/coco/selection.csv
 
-Seed 001 hand-picked its 100 images (25 per human-judged difficulty level); that list is not public.
+Villarreal et al. hand-picked their 100 images (25 per human-judged difficulty level); that list is not public.
 This script picks one object per image (the largest instance of a category that occurs once in the
 image, so the category name names it unambiguously), scores each image by the mean percentile rank of
 three cues (more instances, a smaller object, more background clutter measured as edge density) and
