@@ -120,22 +120,86 @@ class PromptedSegmenter:
         """
         return _cached(self, "_embed_cache", image, self._embed)
 
+    def embed_many(self, images: Sequence[np.ndarray]) -> list[Any]:
+        """The embeddings of several images through the same LRU as :meth:`embed`; the images not cached go
+        through the subclass's ``_embed_many`` together (one batched encoder pass) when it has one, else
+        through ``_embed`` one by one. The cache keeps at least the images of this call.
+
+        Args:
+            images: H x W x 3 uint8 RGB arrays.
+        """
+        keys = [image_key(im) for im in images]
+        cache = _lru(self, "_embed_cache")
+        size = max(self.cache_size, len(set(keys)))
+        todo = list(dict.fromkeys(k for k in keys if k not in cache))
+        if todo:
+            first = {k: images[keys.index(k)] for k in todo}
+            many = getattr(self, "_embed_many", None)
+            todo_images = [first[k] for k in todo]
+            got = many(todo_images) if many is not None else [self._embed(im) for im in todo_images]
+            if len(got) != len(todo):
+                raise RuntimeError(f"{type(self).__name__}._embed_many returned {len(got)} embeddings "
+                                   f"for {len(todo)} images")
+            for k, emb in zip(todo, got):
+                _remember(cache, k, emb, size)
+        out = []
+        for k in keys:
+            cache.move_to_end(k)
+            out.append(cache[k])
+        while len(cache) > size:
+            cache.popitem(last=False)
+        return out
+
     def clear_cache(self) -> None:
         """Forget the kept embeddings."""
         self.__dict__.pop("_embed_cache", None)
 
     def segment(self, image: np.ndarray, prompts: Prompts) -> Candidates:
-        h, w = image.shape[:2]
-        if not self.text_conditioned:
-            if prompts.boxes is None and prompts.points is None:
-                from .errors import PromptError
+        """One candidate per prompt (box / point set, or the text) on one image.
 
-                raise PromptError(f"{type(self).__name__} needs a box or point prompt (--box x0,y0,x1,y1 or --point x,y)")
-            prompts.validate(h, w)
-            prompts = prompts.clipped(h, w)
-        if getattr(self, "zoom", None) is not None and prompts.has_geometry:
+        Args:
+            image: an H x W x 3 uint8 RGB array.
+            prompts: the prompts in image pixels (checked against the image, clipped to it).
+        """
+        prompts = self._checked(image, prompts)
+        if self._zoomed(prompts):
             return self._segment_zoomed(image, prompts)  # zoomed prompts: lvlm.segmenters.zoom
         return self._decode(self.embed(image), prompts, image)
+
+    def segment_many(self, images: Sequence[np.ndarray], prompts_list: Sequence[Prompts]) -> list[Candidates]:
+        """:meth:`segment` of each image with its prompts; the embeddings come from :meth:`embed_many` (one
+        batched encoder pass for the images not cached, when the subclass has ``_embed_many``), then each
+        image's prompts are decoded together. Same results as :meth:`segment` image by image.
+
+        Args:
+            images: H x W x 3 uint8 RGB arrays.
+            prompts_list: one :class:`~lvlm.types.Prompts` per image.
+        """
+        images, prompts_list = list(images), list(prompts_list)
+        if len(images) != len(prompts_list):
+            raise ValueError(f"{len(images)} images but {len(prompts_list)} prompt sets")
+        if type(self).segment is not PromptedSegmenter.segment:  # a subclass with its own segment
+            return [self.segment(im, pr) for im, pr in zip(images, prompts_list)]
+        checked = [self._checked(im, pr) for im, pr in zip(images, prompts_list)]
+        whole = [i for i, pr in enumerate(checked) if not self._zoomed(pr)]
+        embeddings = dict(zip(whole, self.embed_many([images[i] for i in whole])))
+        return [self._decode(embeddings[i], pr, im) if i in embeddings else self._segment_zoomed(im, pr)
+                for i, (im, pr) in enumerate(zip(images, checked))]
+
+    def _checked(self, image: np.ndarray, prompts: Prompts) -> Prompts:
+        """The prompts validated against the image and clipped to it (text-conditioned segmenters: as given)."""
+        if self.text_conditioned:
+            return prompts
+        h, w = image.shape[:2]
+        if prompts.boxes is None and prompts.points is None:
+            from .errors import PromptError
+
+            raise PromptError(f"{type(self).__name__} needs a box or point prompt (--box x0,y0,x1,y1 or --point x,y)")
+        prompts.validate(h, w)
+        return prompts.clipped(h, w)
+
+    def _zoomed(self, prompts: Prompts) -> bool:
+        return getattr(self, "zoom", None) is not None and prompts.has_geometry
 
     def _segment_zoomed(self, image: np.ndarray, prompts: Prompts) -> Candidates:
         """Each prompt on a zoomed crop of the image (segmenters with a ``zoom`` setting implement it)."""

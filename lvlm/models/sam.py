@@ -536,6 +536,19 @@ class SamFamilyAdapter:
         feats = self.encode([image]) if features is None else features
         return ImageEmbedding(feats, (h, w), tuple(self.input_size(h, w)))
 
+    def embed_many(self, images) -> list[ImageEmbedding]:
+        """The :class:`ImageEmbedding` of each image, all of them in one :meth:`encode` pass (every family pads
+        or resizes to the S x S encoder input, so images of different sizes share the batch).
+
+        Args:
+            images: a sequence of H x W x 3 uint8 RGB arrays (sizes may differ).
+        """
+        if len(images) == 0:
+            return []
+        feats = self.encode(images)
+        return [ImageEmbedding(feats[i:i + 1], im.shape[:2], tuple(self.input_size(*im.shape[:2])))
+                for i, im in enumerate(images)]
+
     # -- prompt side
     def scale(self, h: int, w: int) -> tuple[float, float]:
         """(sx, sy) from image pixels to model-input pixels.

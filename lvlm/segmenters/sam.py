@@ -84,6 +84,13 @@ class SamFamilySegmenter(PromptedSegmenter):
         features = self.embeddings.get(img) if self.embeddings is not None else None
         return self.adapter.embed(img, features)
 
+    def _embed_many(self, images: list[np.ndarray]) -> list[ImageEmbedding]:
+        """The image encoder pass of several images at once (the adapter's batched ``encode``); with an
+        ``embeddings`` source, one lookup per image."""
+        if self.embeddings is not None:
+            return [self._embed(im) for im in images]
+        return self.adapter.embed_many([load_image(im) for im in images])
+
     def _decode(self, embedding: ImageEmbedding, prompts: Prompts, image: np.ndarray) -> Candidates:
         masks, iou = self.adapter.predict(embedding, prompts, multimask=use_multimask(self.multimask, prompts),
                                           batch_size=self.batch_size, threshold=self.threshold)
