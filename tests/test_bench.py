@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -397,3 +398,57 @@ def test_report_shows_oracle_selection_and_instance_columns_when_present():
     assert comp[0]["oracle_iou_mean"] == pytest.approx(0.7) and comp[0]["selection_efficiency_mean"] == 0.75
     assert comp[0]["instance_f1_std"] == pytest.approx(0.1)
     assert summary_rows(rows)[0]["oracle_iou_mean"] == pytest.approx(0.7)
+
+
+@register("prompter", "test_bench_bright_many", description="test stub: BrightPrompter with a counted prompts_many")
+class BrightManyPrompter(BrightPrompter):
+    batches: ClassVar[list] = []
+    fail = False
+
+    def prompts_many(self, images, texts):
+        type(self).batches.append(len(images))
+        if type(self).fail:
+            from lvlm.errors import PromptError
+
+            raise PromptError("this batch fails")
+        return [BrightPrompter.prompts(self, im, t) for im, t in zip(images, texts)]
+
+
+@register("segmenter", "test_bench_fill_many", description="test stub: FillSegmenter with a counted _embed_many")
+class FillManySegmenter(FillSegmenter):
+    batches: ClassVar[list] = []
+
+    def _embed_many(self, images):
+        type(self).batches.append(len(images))
+        return [im.shape[:2] for im in images]
+
+
+def test_bench_batches_prompts_many_and_embed_many_with_the_per_image_rows(tmp_path):
+    n, batch = 5, 2
+    root = write_folder(tmp_path / "data", n=n)
+    cfg = {"datasets": {"toy": {"name": "folder", "root": str(root), "prompt": "bright square"}},
+           "matrix": {"prompter": {"P": {"name": "test_bench_bright_many"}, "Q": {"name": "test_bench_bright_many",
+                                                                              "level": 250}},
+                      "segmenter": {"F": {"name": "test_bench_fill_many"}}},
+           "strategies": {"text": "text", "box": "sample_box"}}
+    BrightManyPrompter.batches, BrightManyPrompter.calls = [], 0
+    one = read_rows(Path(run_benchmark(cfg, tmp_path / "one", progress=False, batch_size=1)["run_dir"]))
+    assert BrightManyPrompter.batches == [] and BrightManyPrompter.calls == 2 * n
+    BrightManyPrompter.batches, FillManySegmenter.batches = [], []
+    out = run_benchmark(cfg, tmp_path / "many", progress=False, batch_size=batch)
+    many = read_rows(Path(out["run_dir"]))
+    assert len(BrightManyPrompter.batches) == 2 * -(-n // batch)  # ceil(N / batch) calls per prompter
+    assert FillManySegmenter.batches and max(FillManySegmenter.batches) == batch
+    assert sorted(map(json.dumps, _strip(many))) == sorted(map(json.dumps, _strip(one)))
+    assert any(r["error"] is None for r in many)
+    # resumed: the prompts come from the disk cache; nothing left to batch
+    BrightManyPrompter.batches = []
+    assert run_benchmark(cfg, tmp_path / "many", progress=False, batch_size=batch)["written"] == 0
+    assert BrightManyPrompter.batches == []
+    # a batch that fails leaves each image to the per-image path: the same rows
+    BrightManyPrompter.fail = True
+    try:
+        failed = read_rows(Path(run_benchmark(cfg, tmp_path / "failed", progress=False, batch_size=batch)["run_dir"]))
+    finally:
+        BrightManyPrompter.fail = False
+    assert sorted(map(json.dumps, _strip(failed))) == sorted(map(json.dumps, _strip(one)))

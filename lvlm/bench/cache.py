@@ -150,7 +150,48 @@ class CachedPrompter(Prompter):
         self.directory = Path(directory) if directory is not None else None
         self.context = context or ImageContext()
         self._memo: dict[tuple[str, str], tuple[Prompts, dict[str, Any]]] = {}
+        self._batch: dict[tuple[str, str], tuple[Prompts, dict[str, Any]]] = {}
         self.passes = 0
+
+    def prefetch(self, images: list[np.ndarray], texts: list[str]) -> None:
+        """Compute the prompts of several (image, text) pairs in one ``prompts_many`` call of the wrapped
+        prompter (when it has one), skipping those cached on disk; :meth:`prompts` then returns them (and
+        writes them to disk) exactly as if computed one by one.
+
+        Args:
+            images: H x W x 3 uint8 images.
+            texts: one text prompt per image.
+        """
+        many = getattr(self.prompter, "prompts_many", None)
+        self._batch.clear()
+        if many is None:
+            return
+        todo: dict[tuple[str, str], np.ndarray] = {}
+        for image, text in zip(images, texts):
+            key = image_key(image)
+            path = self._path(key, text)
+            if (key, text) not in self._memo and not (path is not None and path.is_file()):
+                todo.setdefault((key, text), image)
+        if not todo:
+            return
+        got = many(list(todo.values()), [t for _, t in todo])
+        for (key, text), out in zip(todo, got):
+            self._store(key, text, out)
+            self._batch[(key, text)] = out
+
+    def _path(self, key: str, text: str) -> Path | None:
+        from .config import spec_hash
+
+        return self.directory / f"{key}_{spec_hash(text, 10)}.json" if self.directory is not None else None
+
+    def _store(self, key: str, text: str, out: tuple[Prompts, dict[str, Any]]) -> None:
+        self.passes += 1
+        path = self._path(key, text)
+        if path is not None:
+            p = out[0]
+            entry = {"boxes": _arr(p.boxes), "points": _arr(p.points), "point_labels": _arr(p.point_labels),
+                     "text": p.text}
+            atomic_write_json(path, entry, indent=None, fsync=False)
 
     def prompts(self, image: np.ndarray, text: str) -> tuple[Prompts, dict[str, Any]]:
         """The wrapped prompter's ``(prompts, extras)`` for ``(image, text)``, computed once.
@@ -164,9 +205,10 @@ class CachedPrompter(Prompter):
             return self._memo[(key, text)]
         if self._memo and next(iter(self._memo))[0] != key:
             self._memo.clear()  # a new image
-        from .config import spec_hash
-
-        path = self.directory / f"{key}_{spec_hash(text, 10)}.json" if self.directory is not None else None
+        if (key, text) in self._batch:  # computed by prefetch, with the other images of its chunk
+            self._memo[(key, text)] = out = self._batch.pop((key, text))
+            return out
+        path = self._path(key, text)
         out = None
         if path is not None and path.is_file():
             try:
@@ -177,12 +219,7 @@ class CachedPrompter(Prompter):
                 out = None
         if out is None:
             out = self.prompter.prompts(image, text)
-            self.passes += 1
-            if path is not None:
-                p = out[0]
-                entry = {"boxes": _arr(p.boxes), "points": _arr(p.points), "point_labels": _arr(p.point_labels),
-                         "text": p.text}
-                atomic_write_json(path, entry, indent=None, fsync=False)
+            self._store(key, text, out)
         self._memo[(key, text)] = out
         return out
 

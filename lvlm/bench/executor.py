@@ -18,6 +18,7 @@ import torch
 
 from .. import __version__, rle
 from .. import metrics as M
+from ..components import image_key
 from ..errors import ConfigError, LvlmError
 from ..io import load_image, load_mask
 from ..pipeline import STAGES, EmptyMaskWarning, Pipeline
@@ -102,10 +103,16 @@ class Executor:
         cache_dir: where generator candidates and prompts are cached between runs, or None for memory only.
         device: the device of every model stage (``cpu``, ``cuda``...), or None for each spec's own.
         config_dir: the config's folder, against which relative plugin paths (``imports``) are resolved.
+        batch_size: samples whose prompter / segmenter work :meth:`prefetch` batches (a prompter's
+            ``prompts_many``, a segmenter's ``embed_many``); 1 runs every stage image by image.
     """
 
     def __init__(self, config: dict[str, Any], combos: list[Combination], cache_dir: str | Path | None = None,
-                 device: str | None = None, config_dir: str | Path | None = None):
+                 device: str | None = None, config_dir: str | Path | None = None, batch_size: int = 8):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size!r}: expected a positive integer (samples per batched call)")
+        self.batch_size = batch_size
+        self._loaded: dict[tuple[str, int], tuple[Sample, np.ndarray, np.ndarray]] = {}
         self.config = config
         self.combos = combos
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -203,6 +210,17 @@ class Executor:
         combos = [c for c in self.by_dataset.get(dataset, []) if c.id not in skip]
         if not combos:
             return
+        loaded = self._loaded.pop((dataset, index), None)
+        sample, image, gt = loaded if loaded is not None else self._load(dataset, index, expect_id)
+        self.context.set(image)
+        gt_t = torch.from_numpy(np.ascontiguousarray(gt)).to(self.metric_device)
+        try:
+            for combo in combos:
+                yield self._run_one(combo, dataset, index, sample, image, gt, gt_t)
+        finally:
+            self.context.image = None
+
+    def _load(self, dataset: str, index: int, expect_id: str | None) -> tuple[Sample, np.ndarray, np.ndarray]:
         sample = self.dataset(dataset)[index]
         if expect_id is not None and sample.id != expect_id:
             raise LvlmError(f"dataset {dataset!r}: sample {index} is {sample.id!r} here but {expect_id!r} in the "
@@ -211,13 +229,60 @@ class Executor:
         gt = load_mask(sample.mask) if not isinstance(sample.mask, np.ndarray) else np.asarray(sample.mask, bool)
         if gt.shape != image.shape[:2]:
             raise LvlmError(f"{dataset} sample {sample.id}: mask {gt.shape} and image {image.shape[:2]} differ in size")
-        self.context.set(image)
-        gt_t = torch.from_numpy(np.ascontiguousarray(gt)).to(self.metric_device)
-        try:
-            for combo in combos:
-                yield self._run_one(combo, dataset, index, sample, image, gt, gt_t)
-        finally:
-            self.context.image = None
+        return sample, image, gt
+
+    def prefetch(self, items: list[tuple[str, int, Any, str | None]]) -> None:
+        """Batch the prompter and segmenter work of several samples before :meth:`run_sample` runs them one by
+        one: the text prompts of each prompter go through its ``prompts_many`` together (stored in its cache),
+        then the images each segmenter will decode go through its ``embed_many`` (one batched encoder pass,
+        kept in its embedding cache). The rows are those of the per-sample run; whatever fails here is left
+        to :meth:`run_sample`, which reports it in its row as before.
+
+        Args:
+            items: ``(dataset, index, skip, expect_id)`` of the samples about to run, as :meth:`run_sample`
+                takes them.
+        """
+        self._loaded.clear()
+        if self.batch_size < 2 or not items:
+            return
+        work = []  # (combo, pipeline, sample, image, gt) of each cell to run
+        for dataset, index, skip, expect_id in items:
+            try:
+                sample, image, gt = self._loaded[(dataset, index)] = self._load(dataset, index, expect_id)
+                work.extend((c, self.pipeline(c), sample, image, gt)
+                            for c in self.by_dataset.get(dataset, []) if c.id not in skip)
+            except (LvlmError, ValueError, OSError):
+                continue
+        prompters: dict[int, tuple[Any, list, list]] = {}
+        for c, pipe, sample, image, _ in work:
+            if (isinstance(pipe.prompter, CachedPrompter) and c.strategy == "text"
+                    and isinstance(sample.prompt, str) and sample.prompt.strip()):
+                entry = prompters.setdefault(id(pipe.prompter), (pipe.prompter, [], []))
+                entry[1].append(image)
+                entry[2].append(sample.prompt)
+        for prompter, images, texts in prompters.values():
+            try:
+                prompter.prefetch(images, texts)
+            except (LvlmError, ValueError):
+                prompter._batch.clear()
+        segmenters: dict[int, tuple[Any, list]] = {}
+        for c, pipe, sample, image, gt in work:
+            seg = pipe.segmenter
+            if (seg is None or pipe.generator is not None or not hasattr(seg, "embed_many")
+                    or getattr(seg, "text_conditioned", False) or getattr(seg, "zoom", None) is not None):
+                continue
+            if c.strategy == "text":
+                batch = getattr(pipe.prompter, "_batch", {})
+                got = batch.get((image_key(image), sample.prompt)) if pipe.prompter is not None else None
+                if got is None or not got[0].has_geometry:
+                    continue  # not segmented, or its prompts come later (disk cache, no batched prompter)
+            segmenters.setdefault(id(seg), (seg, []))[1].append(image)
+        for seg, images in segmenters.values():
+            if len(images) > 1:
+                try:
+                    seg.embed_many(images)
+                except (LvlmError, ValueError):
+                    pass
 
     def _prompt_args(self, combo: Combination, sample: Sample, gt: np.ndarray) -> dict[str, Any]:
         strat = self.strategy(combo.strategy)

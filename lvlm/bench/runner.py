@@ -42,6 +42,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument("--limit", type=int, help="only the first N samples of each dataset (a quick check)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="samples per batched prompter / segmenter call (prompts_many, embed_many); 1: one by one")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
@@ -53,7 +55,8 @@ def run(args) -> int:
     """
     out = run_benchmark(args.config, args.out, overrides=args.overrides, cache_dir=args.cache, device=args.device, backend=args.backend,
                         workers=args.workers, ray_address=args.ray_address, cpus_per_worker=args.cpus_per_worker,
-                        gpus_per_worker=args.gpus_per_worker, limit=args.limit, progress=not args.quiet)
+                        gpus_per_worker=args.gpus_per_worker, limit=args.limit, progress=not args.quiet,
+                        batch_size=args.batch_size)
     print(f"{out['run_dir']}: {out['written']} new rows ({out['total']} in all, {out['errors']} with errors) in "
           f"{out['seconds']:.1f} s; generator passes {out['generator_passes']}, cache hits {out['cache_hits']}")
     print(f"tables and plots: lvlm report {out['run_dir']}")
@@ -135,7 +138,7 @@ def run_benchmark(config: Any, run_dir: str | os.PathLike | None = None, overrid
                   cache_dir: str | os.PathLike | None = None,
                   device: str | None = None, backend: str = "local", workers: int | None = None,
                   ray_address: str | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
-                  limit: int | None = None, progress: bool = True) -> dict[str, Any]:
+                  limit: int | None = None, progress: bool = True, batch_size: int = 8) -> dict[str, Any]:
     """Run (or resume) a benchmark; returns counts: rows ``written`` now, ``total``, generator passes, ...
 
     Args:
@@ -151,6 +154,8 @@ def run_benchmark(config: Any, run_dir: str | os.PathLike | None = None, overrid
         gpus_per_worker: GPUs (or fractions) reserved per Ray worker.
         limit: only the first ``limit`` samples of each dataset, or None for all.
         progress: show a progress bar.
+        batch_size: samples whose prompter and segmenter work is batched (:meth:`Executor.prefetch`: the
+            prompter's ``prompts_many``, the segmenter's ``embed_many``), local backend; 1: one by one.
     """
     from .executor import Executor
     from .results import RESULTS, ResultsLog
@@ -158,7 +163,7 @@ def run_benchmark(config: Any, run_dir: str | os.PathLike | None = None, overrid
     t0 = time.perf_counter()
     cfg, combos, run_dir, config_dir = prepare(config, run_dir, overrides)
     cache = Path(cache_dir) if cache_dir is not None else run_dir / "cache"
-    executor = Executor(cfg, combos, cache, device=device, config_dir=config_dir)
+    executor = Executor(cfg, combos, cache, device=device, config_dir=config_dir, batch_size=batch_size)
     _record(run_dir, cfg, combos, config_dir, {"backend": backend, "device": device, "limit": limit})
     log = ResultsLog(run_dir / RESULTS)
     stats = {"written": 0, "errors": 0, "generator_passes": 0, "cache_hits": 0}
@@ -176,9 +181,12 @@ def run_benchmark(config: Any, run_dir: str | os.PathLike | None = None, overrid
             bar.update(1)
 
         if backend == "local":
-            for ds_label, index, sid, skip in todo:
-                for row in executor.run_sample(ds_label, index, skip, expect_id=sid):
-                    commit(row)
+            for s in range(0, len(todo), executor.batch_size):
+                chunk = todo[s:s + executor.batch_size]
+                executor.prefetch([(ds_label, index, skip, sid) for ds_label, index, sid, skip in chunk])
+                for ds_label, index, sid, skip in chunk:
+                    for row in executor.run_sample(ds_label, index, skip, expect_id=sid):
+                        commit(row)
             stats["generator_passes"] = sum(g.passes for g in executor.generators)
             stats["cache_hits"] = sum(g.disk_hits for g in executor.generators)
         elif backend == "ray":
