@@ -120,3 +120,23 @@ def test_zoomed_and_text_conditioned_segmenters_fall_back_to_segment():
     many = seg.segment_many(images, prompts)
     for a, b in zip(one, many):
         assert np.array_equal(a.masks, b.masks)
+
+
+def test_sam2_segment_many_equals_segment_per_image():
+    pytest.importorskip("sam2")
+    from lvlm.models.sam2 import build_sam2_model
+
+    seg = build("segmenter", "sam2", model=build_sam2_model("tiny_random", device="cpu"), device="cpu")
+    images, prompts = _images(), _prompts(_images())
+    one = []
+    for im, pr in zip(images, prompts):
+        seg.clear_cache()
+        one.append(seg.segment(im, pr))
+    seg.clear_cache()
+    calls = []
+    seg.model.image_encoder.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    many = seg.segment_many(images, prompts)
+    assert calls == [len(images)]
+    for a, b in zip(one, many):
+        assert np.array_equal(a.masks, b.masks)
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-5)

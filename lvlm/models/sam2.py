@@ -177,6 +177,26 @@ class Sam2Adapter:
         self.predictor.reset_predictor()
         return emb
 
+    def embed_many(self, images) -> list[dict[str, Any]]:
+        """:meth:`embed` of several images in one image-encoder forward (``SAM2ImagePredictor.set_image_batch``;
+        every image is resized to the model's square input, so sizes may differ).
+
+        Args:
+            images: H x W x 3 uint8 RGB images.
+        """
+        import numpy as np
+
+        if len(images) == 0:
+            return []
+        pred = self.predictor
+        pred.set_image_batch([np.ascontiguousarray(im) for im in images])
+        feats, hws = pred._features, pred._orig_hw
+        out = [{"features": {"image_embed": feats["image_embed"][i:i + 1],
+                             "high_res_feats": [f[i:i + 1] for f in feats["high_res_feats"]]},
+                "orig_hw": tuple(hws[i])} for i in range(len(images))]
+        pred.reset_predictor()
+        return out
+
     def predict(self, embedding: dict[str, Any], prompts, multimask: bool = True):
         """Logits (K x H x W at the input resolution) and predicted IoU (K) of K prompts, the best of the
         decoder's masks by predicted IoU (``multimask``: of 3, else of 1), and the index of the one kept.

@@ -68,6 +68,10 @@ class Sam2Segmenter(PromptedSegmenter):
         """The image encoder pass: SAM 2's multi-scale features of one image."""
         return self.adapter.embed(image)
 
+    def _embed_many(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
+        """The image encoder pass of several images at once (``SAM2ImagePredictor.set_image_batch``)."""
+        return self.adapter.embed_many(images)
+
     def _decode(self, embedding: dict[str, Any], prompts: Prompts, image: np.ndarray) -> Candidates:
         from sam2.utils.amg import calculate_stability_score
 
