@@ -55,7 +55,8 @@ def run(data: Path, config: str = "everything/litemedsam", device: str = "cpu") 
     cands = pipe.generator.generate(image)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     m = match_instances(cands.masks, gt, iou=0.5)
-    ap = coco_mask_ap([(cands.masks, cands.scores)], [gt])
+    # COCOeval scores 100 detections per image by default: cover every prediction
+    ap = coco_mask_ap([(cands.masks, cands.scores)], [gt], max_dets=len(cands.masks))
     r = {
         "config": config,
         "data": str(data),

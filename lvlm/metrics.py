@@ -327,12 +327,16 @@ def match_instances(pred_masks: Any, gt_masks: Any, iou: float = 0.5) -> dict[st
     }
 
 
-def coco_mask_ap(predictions: Sequence[tuple[Any, Any]], ground_truths: Sequence[Any]) -> dict[str, float]:
+def coco_mask_ap(predictions: Sequence[tuple[Any, Any]], ground_truths: Sequence[Any],
+                 max_dets: int | None = None) -> dict[str, float]:
     """COCO mask AP (mean over IoU 0.50:0.95), AP50 and AP75 with pycocotools' ``COCOeval`` (``lvlm[bench]``).
 
     Args:
         predictions: per image, ``(masks P x H x W, scores P)``.
         ground_truths: per image, G x H x W ground-truth instance masks (one category, no crowd regions).
+        max_dets: detections scored per image (COCOeval's ``maxDets``, 100 by default; the best-scored
+            ``max_dets`` count, the rest are ignored): give at least the most predictions of an image to score
+            them all.
 
     Returns:
         ``{"ap": .., "ap50": .., "ap75": ..}`` in [0, 1] (-1 where COCOeval has nothing to score).
@@ -370,6 +374,8 @@ def coco_mask_ap(predictions: Sequence[tuple[Any, Any]], ground_truths: Sequence
             dt.dataset = {"images": images, "annotations": [], "categories": gt.dataset["categories"]}
             dt.createIndex()
         ev = COCOeval(gt, dt, iouType="segm")
+        if max_dets is not None:
+            ev.params.maxDets = [1, 10, max(100, int(max_dets))]
         ev.evaluate()
         ev.accumulate()
         ev.summarize()

@@ -6,7 +6,14 @@ import pytest
 from scipy import ndimage
 
 from lvlm.errors import ConfigError
-from lvlm.generators.proposals import ProposalGenerator, blob_boxes, mask_nms, otsu_threshold
+from lvlm.generators.proposals import (
+    ProposalGenerator,
+    blob_boxes,
+    mask_nms,
+    otsu_threshold,
+    region_boxes,
+    split_touching,
+)
 from lvlm.types import Candidates
 
 BLOBS = [(30, 30, 6), (90, 40, 9), (50, 100, 12), (130, 120, 7), (140, 30, 5)]  # (x, y, radius)
@@ -105,3 +112,23 @@ def test_packaged_configs_build():
     seg = Pipeline.from_config("sam/litemedsam_box_zoom").segmenter
     assert seg.zoom is not None and seg.zoom.context == 4.0
     assert Pipeline.from_config("sam/litemedsam_box").segmenter.zoom is None  # off by default
+
+
+def test_touching_discs_split_into_one_box_each():
+    h, w = 80, 120
+    yy, xx = np.mgrid[:h, :w]
+    discs = [(40, 40, 12), (62, 40, 12), (95, 40, 8)]  # the first two touch (overlap), the third stands apart
+    masks = np.stack([(xx - x) ** 2 + (yy - y) ** 2 <= r * r for x, y, r in discs])
+    fg = masks.any(0)
+    assert ndimage.label(fg)[1] == 2
+    lab, n = split_touching(fg, min_distance=6)
+    assert n == 3
+    for (x, y, _), m in zip(discs, masks):  # each disc's centre in its own segment, which covers most of it
+        seg = lab == lab[y, x]
+        assert (seg & m).sum() / (seg | m).sum() > 0.8
+    grey = fg.astype(np.float64)
+    whole = region_boxes(grey, [0.0], min_area=10, max_area=1.0)
+    split = region_boxes(grey, [0.0], min_area=10, max_area=1.0, split_distance=6)
+    assert len(whole) == 2 and len(split) == 3
+    truth = np.array([[x - r, y - r, x + r + 1, y + r + 1] for x, y, r in discs], np.float32)
+    np.testing.assert_allclose(split[np.argsort(split[:, 0])], truth, atol=2)

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from lvlm.errors import ConfigError
-from lvlm.segmenters.zoom import ZoomSettings, assign_windows, crop_window, segment_zoomed, zoom_settings
+from lvlm.segmenters.zoom import (
+    ZoomSettings,
+    assign_windows,
+    crop_window,
+    grid_windows,
+    segment_zoomed,
+    zoom_settings,
+)
 from lvlm.types import Candidates, Prompts
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nuclei"
@@ -88,6 +95,27 @@ def test_shared_windows():
     assert len(seg.crops) == 2
 
 
+def test_grid_windows_cover_the_image_and_boxes_take_the_most_central_one():
+    h, w = 200, 230
+    wins = grid_windows(h, w, 80)
+    # stride 40, last row / column flush with the far border
+    assert sorted({x0 for x0, _, _, _ in wins}) == [0, 40, 80, 120, 150]
+    assert sorted({y0 for _, y0, _, _ in wins}) == [0, 40, 80, 120]
+    assert all(x1 - x0 == 80 and y1 - y0 == 80 for x0, y0, x1, y1 in wins)
+    # a 10 px box centred at (80, 80): the window 40..120 holds it with 35 px on every side; a 100 px box
+    # (own window 400 > grid) keeps its own window
+    boxes = np.array([[75, 75, 85, 85], [0, 0, 100, 100]], np.float64)
+    z = ZoomSettings(context=4.0, min_crop=8, grid=80, grid_ratio=4.0, share_margin=1.0)
+    wins, assign = assign_windows(boxes, h, w, z)
+    assert len(wins) == 2 and wins[assign[0]] == (40, 40, 120, 120)
+    assert wins[assign[1]] == crop_window(boxes[1], h, w, z)
+    seg = CropBoxSegmenter(full=False)
+    img = np.zeros((h, w, 3), np.uint8)
+    out = segment_zoomed(seg, img, Prompts(boxes=boxes.astype(np.float32)), z)
+    for k, b in enumerate(boxes.astype(int)):
+        np.testing.assert_array_equal(out.masks[k], rect(h, w, *b))
+
+
 def test_zoom_settings_checks():
     assert zoom_settings(None) is None and zoom_settings(False) is None
     assert zoom_settings(True) == ZoomSettings()
@@ -119,3 +147,5 @@ def test_real_litemedsam_zoom_beats_whole_image():
     iou_whole = float(np.mean(iou(whole, gt)))
     iou_zoom = float(np.mean(iou(zoomed, gt)))
     assert iou_zoom > iou_whole + 0.05, (iou_zoom, iou_whole)
+    with pytest.raises(ConfigError, match="grid"):
+        zoom_settings({"grid": -1})

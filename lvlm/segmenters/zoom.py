@@ -45,6 +45,11 @@ class ZoomSettings:
         share: let boxes share a window where each has enough context in it (fewer encoder passes).
         share_ratio: largest ratio between a box's own window side and the shared window's side.
         share_margin: context a box needs on every side of a shared window, in multiples of its longer side.
+        grid: side in input pixels of a fixed grid of half-overlapping windows over the image (0: none). A
+            box whose own window is at most ``grid`` and at least ``grid / grid_ratio`` is decoded in the grid
+            window where it has the most context (at least ``share_margin`` x its side on every side, or the
+            image border): a few encoder passes cover a field of small objects at one zoom.
+        grid_ratio: largest ratio between ``grid`` and the own window side of a box decoded on the grid.
     """
 
     context: float = 4.0
@@ -53,6 +58,8 @@ class ZoomSettings:
     share: bool = True
     share_ratio: float = 1.25
     share_margin: float = 1.0
+    grid: int = 0
+    grid_ratio: float = 2.0
 
 
 def zoom_settings(value: Any) -> ZoomSettings | None:
@@ -75,7 +82,7 @@ def zoom_settings(value: Any) -> ZoomSettings | None:
     if unknown:
         raise ConfigError(f"zoom: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
     z = ZoomSettings(**value)
-    for name in ("context", "share_ratio"):
+    for name in ("context", "share_ratio", "grid_ratio"):
         v = getattr(z, name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 1.0:
             raise ConfigError(f"zoom.{name}={v!r}: expected a number >= 1")
@@ -85,6 +92,8 @@ def zoom_settings(value: Any) -> ZoomSettings | None:
             raise ConfigError(f"zoom.{name}={v!r}: expected an integer >= 1")
     if isinstance(z.share_margin, bool) or not isinstance(z.share_margin, (int, float)) or z.share_margin < 0:
         raise ConfigError(f"zoom.share_margin={z.share_margin!r}: expected a number >= 0")
+    if isinstance(z.grid, bool) or not isinstance(z.grid, int) or z.grid < 0:
+        raise ConfigError(f"zoom.grid={z.grid!r}: expected an integer >= 0 (0: no grid)")
     if not isinstance(z.share, bool):
         raise ConfigError(f"zoom.share={z.share!r}: expected true or false")
     return z
@@ -158,6 +167,8 @@ def assign_windows(extents: np.ndarray, height: int, width: int,
     sides = np.array([_side(w) for w in own], np.float64)
     order = np.argsort(-sides, kind="stable")
     windows: list[tuple[int, int, int, int]] = []
+    if settings.grid > 0:
+        _assign_grid(extents, sides, height, width, settings, windows, assign)
     for i in order:
         if assign[i] >= 0:
             continue
@@ -179,6 +190,53 @@ def assign_windows(extents: np.ndarray, height: int, width: int,
             if ok:
                 assign[j] = wi
     return windows, assign
+
+
+def grid_windows(height: int, width: int, side: int) -> list[tuple[int, int, int, int]]:
+    """Square windows (x0, y0, x1, y1) of ``side`` px over an image, stride ``side / 2``, the last row and
+    column flush with the far border (clipped to the image where it is smaller than ``side``).
+
+    Args:
+        height, width: the image's size.
+        side: window side, pixels.
+    """
+    def starts(size: int) -> list[int]:
+        if side >= size:
+            return [0]
+        step = max(1, side // 2)
+        out = list(range(0, size - side, step))
+        return out + [size - side]
+
+    return [(x, y, min(x + side, width), min(y + side, height))
+            for y in starts(height) for x in starts(width)]
+
+
+def _assign_grid(extents: np.ndarray, sides: np.ndarray, height: int, width: int, settings: ZoomSettings,
+                 windows: list, assign: np.ndarray) -> None:
+    """Place the boxes that fit the grid (see :class:`ZoomSettings`) in the grid window where their smallest
+    margin is largest; only the grid windows that receive a box are appended to ``windows``."""
+    grid = grid_windows(height, width, settings.grid)
+    g = np.asarray(grid, np.float64)
+    used: dict[int, int] = {}
+    for j in range(len(extents)):
+        if not settings.grid / settings.grid_ratio <= sides[j] <= settings.grid:
+            continue
+        x0, y0, x1, y1 = extents[j]
+        # margin on each side; a window edge on the image border counts as unlimited margin
+        big = 1e9
+        ml = np.where(g[:, 0] == 0, big, x0 - g[:, 0])
+        mt = np.where(g[:, 1] == 0, big, y0 - g[:, 1])
+        mr = np.where(g[:, 2] == width, big, g[:, 2] - x1)
+        mb = np.where(g[:, 3] == height, big, g[:, 3] - y1)
+        inside = (x0 >= g[:, 0]) & (y0 >= g[:, 1]) & (x1 <= g[:, 2]) & (y1 <= g[:, 3])
+        margin = np.where(inside, np.minimum.reduce([ml, mt, mr, mb]), -big)
+        best = int(np.argmax(margin))
+        if margin[best] < settings.share_margin * max(x1 - x0, y1 - y0, 1.0):
+            continue
+        if best not in used:
+            used[best] = len(windows)
+            windows.append(grid[best])
+        assign[j] = used[best]
 
 
 def _embed_windows(segmenter, crops: list[np.ndarray], batch: int) -> list[Any]:
