@@ -378,8 +378,17 @@ def coco_mask_ap(predictions: Sequence[tuple[Any, Any]], ground_truths: Sequence
             ev.params.maxDets = [1, 10, max(100, int(max_dets))]
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
-    return {"ap": float(ev.stats[0]), "ap50": float(ev.stats[1]), "ap75": float(ev.stats[2])}
+    # COCOeval.summarize's AP is for exactly 100 detections; read the accumulated precision at the last
+    # maxDets (the same figure when it is 100), area range "all"
+    prec = ev.eval["precision"][:, :, :, 0, -1]  # IoU thresholds x recall x categories
+
+    def _mean(x):
+        x = x[x > -1]
+        return float(x.mean()) if x.size else -1.0
+
+    thr = np.asarray(ev.params.iouThrs)
+    return {"ap": _mean(prec), "ap50": _mean(prec[np.isclose(thr, 0.5)]),
+            "ap75": _mean(prec[np.isclose(thr, 0.75)])}
 
 
 # --- losses ------------------------------------------------------------------------------------------

@@ -182,3 +182,15 @@ def test_bce_dice_loss_against_its_formula():
     valid[:, :4] = True  # only the top half counts
     half = M.bce_dice_loss(logits[:, :4], target[:, :4], bce_weight=0.5, dice_weight=0.5)
     assert float(M.bce_dice_loss(logits, target, valid, 0.5, 0.5)) == pytest.approx(float(half), rel=1e-5)
+
+
+def test_coco_mask_ap_max_dets_scores_every_prediction():
+    # 150 exact predictions: COCOeval's default 100 detections per image reach recall 100/150 only
+    h = w = 64
+    gts = np.zeros((150, h, w), bool)
+    for i in range(150):
+        gts[i, (i // 12) * 5:(i // 12) * 5 + 4, (i % 12) * 5:(i % 12) * 5 + 4] = True
+    scores = np.random.default_rng(0).random(150)
+    capped = M.coco_mask_ap([(gts, scores)], [gts])
+    assert capped["ap"] < 0.7
+    assert M.coco_mask_ap([(gts, scores)], [gts], max_dets=150) == {"ap": 1.0, "ap50": 1.0, "ap75": 1.0}
