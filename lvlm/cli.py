@@ -18,9 +18,9 @@ DEFAULT_CONFIG = "embedded"
 
 # command words -> (module, one-line help)
 PLUGINS: dict[tuple[str, ...], tuple[str, str]] = {
-    ("train", "clip"): ("lvlm.train.clip", "train a domain CLIP (seed 001 III-B)"),
-    ("train", "clipseg"): ("lvlm.train.clipseg", "fine-tune the CLIPSeg decoder (seed 000)"),
-    ("train", "sam-decoder"): ("lvlm.train.sam_decoder_cli", "specialise a SAM-architecture mask decoder (seed 002)"),
+    ("train", "clip"): ("lvlm.train.clip", "train a domain CLIP (Villarreal et al. III-B)"),
+    ("train", "clipseg"): ("lvlm.train.clipseg", "fine-tune the CLIPSeg decoder (the CLIPSeg drywall report)"),
+    ("train", "sam-decoder"): ("lvlm.train.sam_decoder_cli", "specialise a SAM-architecture mask decoder (Dhungana and Bista)"),
     ("bench",): ("lvlm.bench.runner", "run a cached, resumable benchmark matrix"),
     ("report",): ("lvlm.bench.report", "tables, plots and galleries of a benchmark run"),
     ("serve",): ("lvlm.serve.cli", "HTTP API and browser page on localhost (lvlm[serve]); see docs/serve.md"),
@@ -46,6 +46,11 @@ def _point(text: str) -> list[float]:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``lvlm`` argument parser with every subcommand.
+
+    Args:
+        argv: the command line, or None.
+    """
     parser = argparse.ArgumentParser(prog="lvlm", description="Zero-shot, text-prompted image segmentation "
                                      "by composing foundation models (SAM, SAM 2, MedSAM, CLIP, gScoreCAM).")
     parser.add_argument("--version", action="version", version=f"lvlm {__version__}")
@@ -195,6 +200,11 @@ def _cmd_segment(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``lvlm`` command line; returns the exit status (errors: one line on stderr, non-zero).
+
+    Args:
+        argv: the arguments (without the program name), or None for ``sys.argv[1:]``.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)

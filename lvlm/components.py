@@ -20,7 +20,11 @@ __all__ = ["MaskGenerator", "PromptedSegmenter", "Prompter", "Selector", "image_
 
 
 def image_key(image: np.ndarray) -> str:
-    """A content hash of an image array (cache key for embeddings and candidate masks)."""
+    """A content hash of an image array (cache key for embeddings and candidate masks).
+
+    Args:
+        image: the image array.
+    """
     h = hashlib.blake2b(digest_size=16)
     h.update(str(image.shape).encode())
     h.update(np.ascontiguousarray(image).data)
@@ -216,7 +220,12 @@ class Prompter:
     """Text to box / point prompts for a segmenter (e.g. saliency -> CRF -> boxes)."""
 
     def prompts(self, image: np.ndarray, text: str) -> tuple[Prompts, dict[str, Any]]:
-        """The prompts, and extras worth keeping (saliency map, CRF map, ...)."""
+        """The prompts, and extras worth keeping (saliency map, CRF map, ...).
+
+        Args:
+            image: the H x W x 3 uint8 image.
+            text: the text prompt.
+        """
         raise NotImplementedError
 
 
@@ -224,4 +233,11 @@ class Selector:
     """Choose (or merge) the candidate(s) that match the text."""
 
     def select(self, image: np.ndarray, text: str, candidates: Candidates) -> Selection:
+        """The chosen candidate: ``mask``, ``score``, ``index`` and one score per candidate.
+
+        Args:
+            image: the H x W x 3 uint8 image.
+            text: the text prompt.
+            candidates: the candidate masks of the image.
+        """
         raise NotImplementedError

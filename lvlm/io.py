@@ -10,14 +10,14 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
 #: Largest image (pixels) accepted; override with the LVLM_MAX_PIXELS environment variable.
 DEFAULT_MAX_PIXELS = 16384 * 16384
@@ -141,7 +141,7 @@ _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 def _pil_to_rgb_plain(img: Image.Image, what: str, norm: tuple[str, tuple[float, float]] | None) -> np.ndarray:
     try:
         img = ImageOps.exif_transpose(img)
-    except Exception:  # broken EXIF: keep the pixels as stored
+    except Exception:  # noqa: BLE001, S110  broken EXIF (any error inside PIL): keep the pixels as stored
         pass
     w, h = img.size
     if w == 0 or h == 0:
@@ -226,8 +226,8 @@ def _read_tiff(path: Path) -> np.ndarray | None:
         return None
     try:
         arr = tifffile.imread(str(path), key=0)
-    except Exception:
-        return None  # let PIL try and report
+    except Exception:  # noqa: BLE001  any tifffile failure: let PIL try and report
+        return None
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
         arr = np.moveaxis(arr, 0, 2)  # planar RGB
@@ -235,7 +235,12 @@ def _read_tiff(path: Path) -> np.ndarray | None:
 
 
 def load_mask(path: str | os.PathLike, instance: bool = False) -> np.ndarray:
-    """Read a mask file: bool H x W (any non-zero), or the integer label image with ``instance=True``."""
+    """Read a mask file: bool H x W (any non-zero), or the integer label image with ``instance=True``.
+
+    Args:
+        path: the mask file (PNG, TIFF, ...).
+        instance: return the integer label image instead of a bool mask.
+    """
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         arr = _read_tiff(path)
@@ -254,7 +259,12 @@ def load_mask(path: str | os.PathLike, instance: bool = False) -> np.ndarray:
 
 
 def image_id(image: Any, index: int = 0) -> str:
-    """A file-name-safe id: the file stem for paths, ``image{index}`` otherwise."""
+    """A file-name-safe id: the file stem for paths, ``image{index}`` otherwise.
+
+    Args:
+        image: a path, or an image array.
+        index: the image's position, used when it has no file name.
+    """
     if isinstance(image, (str, os.PathLike)):
         return slug(Path(image).stem, sep="_", keep_case=True) or f"image{index}"
     return f"image{index}"
@@ -347,7 +357,12 @@ def mask_filename(image_ident: str, prompt: str | None, prompt_slug: str | None 
 
 
 def save_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
-    """Write an H x W mask as a single-channel PNG with values 0/255."""
+    """Write an H x W mask as a single-channel PNG with values 0/255.
+
+    Args:
+        path: the PNG file to write (its folder is created).
+        mask: an H x W mask (any non-zero value is foreground).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, mode="L").save(path)
@@ -356,7 +371,16 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
 
 def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 64, 32), alpha: float = 0.5,
             boxes: np.ndarray | None = None, points: np.ndarray | None = None) -> np.ndarray:
-    """RGB overlay of a mask (and optional boxes / points) on an image, with the mask's outline drawn."""
+    """RGB overlay of a mask (and optional boxes / points) on an image, with the mask's outline drawn.
+
+    Args:
+        image: the image (anything :func:`load_image` reads).
+        mask: an H x W bool mask.
+        color: the RGB colour of the mask.
+        alpha: the mask's opacity.
+        boxes: K x 4 xyxy boxes to draw, or None.
+        points: K x 2 (or K x P x 2) points to draw, or None.
+    """
     from scipy import ndimage
 
     img = load_image(image).astype(np.float32)
@@ -380,6 +404,14 @@ def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 64, 32), alpha: flo
 
 
 def save_overlay(path: str | os.PathLike, image: np.ndarray, mask: np.ndarray, **kwargs: Any) -> Path:
+    """Write :func:`overlay` of ``mask`` on ``image`` to ``path`` (its folder is created).
+
+    Args:
+        path: the image file to write.
+        image: the image.
+        mask: an H x W bool mask.
+        **kwargs: :func:`overlay` arguments (``color``, ``alpha``, ``boxes``, ``points``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay(image, mask, **kwargs)).save(path)

@@ -346,13 +346,21 @@ def _hf_host() -> str:
 
 
 def hf_page(repo_id: str) -> str:
-    """The web page of a Hugging Face repository (``$HF_ENDPOINT`` honoured)."""
+    """The web page of a Hugging Face repository (``$HF_ENDPOINT`` honoured).
+
+    Args:
+        repo_id: the repository id (``owner/name``).
+    """
     endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or f"https://{HF_HOST}"
     return f"{endpoint}/{repo_id}"
 
 
 def is_hf_repo_id(name: str) -> bool:
-    """``owner/name`` (or ``name``) as the hub spells repository ids; paths and files are not."""
+    """``owner/name`` (or ``name``) as the hub spells repository ids; paths and files are not.
+
+    Args:
+        name: the string to test.
+    """
     return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not name.startswith(".") \
         and Path(name).suffix not in (".pt", ".pth", ".bin", ".safetensors")
 

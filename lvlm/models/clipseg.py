@@ -35,7 +35,11 @@ HF_FILES = ["*.json", "*.txt", "*.safetensors", "*.bin"]  # config, processor / 
 
 
 def hub_url(model_id: str) -> str:
-    """The Hugging Face page of a model id."""
+    """The Hugging Face page of a model id.
+
+    Args:
+        model_id: the Hugging Face model id.
+    """
     from ..weights import hf_page
 
     return hf_page(model_id)
@@ -99,6 +103,10 @@ def tiny_clipseg(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
     The tokenizer is :func:`~lvlm.models.clip_base.byte_level_clip_tokenizer` (text split into
     characters, no download). ~80k parameters; the decoder has the same layout as the real one (3 FiLM-conditioned
     layers fed by 3 vision layers, complex transposed convolution), logits at half the input size.
+
+    Args:
+        seed: the seed of the random weights.
+        image_size: the model's input side.
     """
     import torch
     from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
@@ -128,7 +136,13 @@ def tiny_clipseg(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
 
 
 def save_tiny_clipseg(directory: str | os.PathLike, seed: int = 0, image_size: int = 64) -> Path:
-    """Write :func:`tiny_clipseg` to ``directory`` (``save_pretrained``), loadable as ``model: DIR``."""
+    """Write :func:`tiny_clipseg` to ``directory`` (``save_pretrained``), loadable as ``model: DIR``.
+
+    Args:
+        directory: the output folder (created).
+        seed: the seed of the random weights.
+        image_size: the model's input side.
+    """
     net, proc = tiny_clipseg(seed, image_size)
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -138,12 +152,22 @@ def save_tiny_clipseg(directory: str | os.PathLike, seed: int = 0, image_size: i
 
 
 def decoder_state(net) -> dict[str, Any]:
-    """The trainable part of a CLIPSeg model: ``net.decoder``'s state dict (keys without ``decoder.``)."""
+    """The trainable part of a CLIPSeg model: ``net.decoder``'s state dict (keys without ``decoder.``).
+
+    Args:
+        net: a transformers ``CLIPSegForImageSegmentation``.
+    """
     return {k: v.detach().cpu().contiguous() for k, v in net.decoder.state_dict().items()}
 
 
 def save_decoder(net, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-    """Write the decoder weights as safetensors, with ``metadata`` (strings) in the header."""
+    """Write the decoder weights as safetensors, with ``metadata`` (strings) in the header.
+
+    Args:
+        net: a transformers ``CLIPSegForImageSegmentation``.
+        path: the ``.safetensors`` file to write.
+        metadata: header entries (values stored as strings), or None.
+    """
     from safetensors.torch import save
 
     meta = {"format": DECODER_FORMAT}
@@ -152,7 +176,11 @@ def save_decoder(net, path: str | os.PathLike, metadata: dict[str, Any] | None =
 
 
 def decoder_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The header metadata of a decoder checkpoint written by :func:`save_decoder` (empty for other files)."""
+    """The header metadata of a decoder checkpoint written by :func:`save_decoder` (empty for other files).
+
+    Args:
+        path: the decoder checkpoint.
+    """
     p = Path(path)
     if p.suffix != ".safetensors":
         return {}
@@ -215,13 +243,21 @@ class ClipSegModel:
         return f"ClipSegModel({self.name!r}, image_size={self.image_size}, device={self.device!r})"
 
     def pixels(self, images: Sequence[np.ndarray]):
-        """B x 3 x S x S normalised model input of H x W x 3 uint8 images (the model's own image processor)."""
+        """B x 3 x S x S normalised model input of H x W x 3 uint8 images (the model's own image processor).
+
+        Args:
+            images: H x W x 3 uint8 images.
+        """
         kw = {} if self.image_size is None else {"size": {"height": self.image_size, "width": self.image_size}}
         out = self.processor.image_processor(images=list(images), return_tensors="pt", **kw)
         return out["pixel_values"].to(self.device)
 
     def text_embeddings(self, texts: Sequence[str]):
-        """K x projection_dim CLIP text embeddings (the decoder's condition), cached per text."""
+        """K x projection_dim CLIP text embeddings (the decoder's condition), cached per text.
+
+        Args:
+            texts: the text conditions.
+        """
         import torch
 
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
@@ -240,7 +276,11 @@ class ClipSegModel:
         return torch.stack([self._text_cache[t] for t in texts])
 
     def activations(self, image: np.ndarray) -> list:
-        """The frozen CLIP vision pass of one image: activations of the decoder's input layers."""
+        """The frozen CLIP vision pass of one image: activations of the decoder's input layers.
+
+        Args:
+            image: an H x W x 3 uint8 image.
+        """
         import torch
 
         with torch.inference_mode():
@@ -248,7 +288,12 @@ class ClipSegModel:
         return [out.hidden_states[i + 1] for i in self.extract_layers]
 
     def decode(self, acts: list, cond):
-        """K x s x s decoder logits for K text conditions on one image's activations."""
+        """K x s x s decoder logits for K text conditions on one image's activations.
+
+        Args:
+            acts: the activations of :meth:`activations`.
+            cond: K x projection_dim text embeddings.
+        """
         import torch
 
         k = int(cond.shape[0])
@@ -258,7 +303,12 @@ class ClipSegModel:
 
     @staticmethod
     def upsample(logits, size: tuple[int, int]) -> np.ndarray:
-        """K x s x s logits -> K x H x W float32 probabilities (bilinear, as the CLIPSeg paper's evaluation)."""
+        """K x s x s logits -> K x H x W float32 probabilities (bilinear, as the CLIPSeg paper's evaluation).
+
+        Args:
+            logits: K x s x s decoder logits.
+            size: the output ``(H, W)``.
+        """
         import torch
         import torch.nn.functional as F
 

@@ -119,11 +119,21 @@ class Detections:
         return [self.classes[i] if 0 <= i < len(self.classes) else "" for i in self.labels]
 
     def subset(self, index) -> Detections:
+        """The detections at ``index``.
+
+        Args:
+            index: indices or a boolean mask.
+        """
         index = np.asarray(index)
         return Detections(self.boxes[index], self.scores[index], self.labels[index], list(self.classes))
 
     @classmethod
     def empty(cls, classes: Sequence[str] = ()) -> Detections:
+        """No detections.
+
+        Args:
+            classes: the class phrases of the query.
+        """
         return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(0), list(classes))
 
 

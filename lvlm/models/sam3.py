@@ -137,7 +137,11 @@ class Sam3Runner:
         self._text_cache: dict[str, tuple[Any, Any]] = {}
 
     def vision(self, images: Sequence[np.ndarray]) -> Any:
-        """The vision encoder's output for a batch of H x W x 3 uint8 images (resized by the processor)."""
+        """The vision encoder's output for a batch of H x W x 3 uint8 images (resized by the processor).
+
+        Args:
+            images: H x W x 3 uint8 images.
+        """
         import torch
 
         pix = self.processor.image_processor(images=[np.ascontiguousarray(i) for i in images],
@@ -146,7 +150,11 @@ class Sam3Runner:
             return self.model.get_vision_features(pixel_values=pix)
 
     def text(self, texts: Sequence[str]) -> tuple[Any, Any]:
-        """``(B x L x D text embeddings, B x L attention mask)``, cached per phrase."""
+        """``(B x L x D text embeddings, B x L attention mask)``, cached per phrase.
+
+        Args:
+            texts: the text phrases.
+        """
         import torch
 
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
@@ -163,14 +171,27 @@ class Sam3Runner:
                 torch.stack([self._text_cache[t][1] for t in texts]))
 
     def boxes(self, boxes: np.ndarray, labels: np.ndarray, size: tuple[int, int]) -> tuple[Any, Any]:
-        """Box exemplars in input pixels (xyxy) -> the model's normalised cxcywh boxes and labels (processor)."""
+        """Box exemplars in input pixels (xyxy) -> the model's normalised cxcywh boxes and labels (processor).
+
+        Args:
+            boxes: K x 4 xyxy boxes in input pixels.
+            labels: K exemplar labels (1 positive, 0 negative).
+            size: the image's ``(H, W)``.
+        """
         enc = self.processor(original_sizes=[list(size)], input_boxes=[[list(map(float, b)) for b in boxes]],
                              input_boxes_labels=[[int(v) for v in labels]], return_tensors="pt")
         return enc["input_boxes"].to(self.device), enc["input_boxes_labels"].to(self.device)
 
     def forward(self, vision: Any, texts: Sequence[str], input_boxes: Any = None,
                 input_boxes_labels: Any = None) -> Any:
-        """``Sam3Model.forward`` on cached vision and text embeddings (one text per image of ``vision``)."""
+        """``Sam3Model.forward`` on cached vision and text embeddings (one text per image of ``vision``).
+
+        Args:
+            vision: the output of :meth:`vision`.
+            texts: one text per image.
+            input_boxes: box exemplars from :meth:`boxes`, or None.
+            input_boxes_labels: their labels, or None.
+        """
         import torch
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -182,7 +203,14 @@ class Sam3Runner:
     def postprocess(self, outputs: Any, sizes: Sequence[tuple[int, int]], threshold: float = DEFAULT_THRESHOLD,
                     mask_threshold: float = DEFAULT_MASK_THRESHOLD) -> list[dict[str, np.ndarray]]:
         """transformers' ``post_process_instance_segmentation``: per image ``masks`` (N x H x W bool), ``boxes``
-        (N x 4 xyxy pixels), ``scores`` (N)."""
+        (N x 4 xyxy pixels), ``scores`` (N).
+
+        Args:
+            outputs: the output of :meth:`forward`.
+            sizes: each image's ``(H, W)``.
+            threshold: the instance score threshold.
+            mask_threshold: the mask probability threshold.
+        """
         res = self.processor.post_process_instance_segmentation(outputs, threshold=threshold,
                                                                 mask_threshold=mask_threshold,
                                                                 target_sizes=[tuple(s) for s in sizes])

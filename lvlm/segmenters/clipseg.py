@@ -67,6 +67,17 @@ class ClipSegSegmenter(PromptedSegmenter):
       ``union``, ``weighted`` (``refine_weight * p + (1 - w) * base > threshold``), ``overlap`` (keep the
       connected parts of the base mask of which at least ``min_overlap`` lies inside the CLIPSeg mask: the
       base's boundaries, CLIPSeg's decision); in a pipeline, the ``clipseg_refine`` combiner calls it
+
+    Args:
+        model: a Hugging Face id, a ``save_pretrained`` folder, or ``tiny-random``.
+        decoder_checkpoint: decoder weights from ``lvlm train clipseg``, or None.
+        threshold: the threshold on ``sigmoid(logits)``, in (0, 1).
+        image_size: the model input side (None: the checkpoint's training size, else the processor's).
+        device: ``auto``, ``cpu``, ``cuda``...
+        refine_mode: ``intersect``, ``union``, ``weighted`` or ``overlap`` (see above).
+        refine_weight: ``weighted``: the weight of the CLIPSeg probability.
+        min_overlap: ``overlap``: the fraction of a base component that must lie in the CLIPSeg mask.
+        revision: the Hugging Face revision of a hub ``model``, or None.
     """
 
     text_conditioned = True
@@ -97,11 +108,19 @@ class ClipSegSegmenter(PromptedSegmenter):
 
     # -- tensors (the adapter's) ------------------------------------------------------------
     def pixels(self, images: Sequence[np.ndarray]):
-        """B x 3 x S x S normalised model input of HxWx3 uint8 images (the model's own image processor)."""
+        """B x 3 x S x S normalised model input of HxWx3 uint8 images (the model's own image processor).
+
+        Args:
+            images: H x W x 3 uint8 images.
+        """
         return self.clipseg.pixels(images)
 
     def text_embeddings(self, texts: Sequence[str]):
-        """K x projection_dim CLIP text embeddings (the decoder's condition), cached per text."""
+        """K x projection_dim CLIP text embeddings (the decoder's condition), cached per text.
+
+        Args:
+            texts: the text conditions.
+        """
         return self.clipseg.text_embeddings(texts)
 
     def _embed(self, image: np.ndarray):
@@ -109,11 +128,21 @@ class ClipSegSegmenter(PromptedSegmenter):
         return self.clipseg.activations(image)
 
     def logits(self, image: np.ndarray, texts: Sequence[str]):
-        """K x s x s decoder logits of one image for K texts (one vision pass, cached per image)."""
+        """K x s x s decoder logits of one image for K texts (one vision pass, cached per image).
+
+        Args:
+            image: an H x W x 3 uint8 image.
+            texts: the text conditions.
+        """
         return self.clipseg.decode(self.embed(image), self.text_embeddings(texts))
 
     def probabilities(self, image: Any, texts: str | Sequence[str]) -> np.ndarray:
-        """K x H x W float32 CLIPSeg probabilities at the source resolution (H x W for one text)."""
+        """K x H x W float32 CLIPSeg probabilities at the source resolution (H x W for one text).
+
+        Args:
+            image: the image (anything :func:`~lvlm.io.load_image` reads).
+            texts: one text or several.
+        """
         from ..io import load_image
 
         single = isinstance(texts, str)
@@ -126,7 +155,12 @@ class ClipSegSegmenter(PromptedSegmenter):
 
     # -- segmentation -----------------------------------------------------------------------
     def segment(self, image: np.ndarray, prompts: Prompts) -> Candidates:
-        """One mask per box / point prompt (the CLIPSeg mask restricted to it), or one mask for text only."""
+        """One mask per box / point prompt (the CLIPSeg mask restricted to it), or one mask for text only.
+
+        Args:
+            image: an H x W x 3 uint8 image.
+            prompts: the text prompt, with optional boxes / points.
+        """
         if not prompts.text:
             raise PromptError("clipseg is text-conditioned: give a text prompt (e.g. 'segment crack')")
         h, w = image.shape[:2]
@@ -141,7 +175,14 @@ class ClipSegSegmenter(PromptedSegmenter):
         return Candidates(masks, scores=scores, source="clipseg", extra=extra)
 
     def refine_mask(self, image: Any, text: str, base: np.ndarray, mode: str | None = None) -> np.ndarray:
-        """Refine another method's H x W mask (bool, or a [0, 1] probability map) with CLIPSeg for ``text``."""
+        """Refine another method's H x W mask (bool, or a [0, 1] probability map) with CLIPSeg for ``text``.
+
+        Args:
+            image: the image.
+            text: the text prompt.
+            base: the H x W mask to refine (bool, or a [0, 1] probability map).
+            mode: the refine mode (None: the segmenter's ``refine_mode``).
+        """
         from ..io import load_image
 
         img = load_image(image)
@@ -179,7 +220,12 @@ class ClipSegSegmenter(PromptedSegmenter):
 
 
 def restrict_to_prompts(mask: np.ndarray, prompts: Prompts) -> np.ndarray:
-    """K x H x W: ``mask`` inside each box, and/or its connected parts holding each prompt's foreground points."""
+    """K x H x W: ``mask`` inside each box, and/or its connected parts holding each prompt's foreground points.
+
+    Args:
+        mask: the H x W CLIPSeg mask.
+        prompts: the box / point prompts.
+    """
     k = len(prompts) if (prompts.boxes is not None or prompts.points is not None) else 1
     if prompts.boxes is None and prompts.points is None:
         return mask[None]

@@ -22,6 +22,11 @@ MULTIMASK = ("auto", True, False)
 
 
 def check_multimask(multimask: Any) -> Any:
+    """``multimask`` when it is ``auto`` (any case), True or False, else ConfigError.
+
+    Args:
+        multimask: the setting.
+    """
     if isinstance(multimask, str):
         multimask = multimask.lower()
     if multimask not in MULTIMASK:
@@ -30,13 +35,23 @@ def check_multimask(multimask: Any) -> Any:
 
 
 def check_batch_size(batch_size: Any) -> int:
+    """``batch_size`` when it is a positive int, else ConfigError.
+
+    Args:
+        batch_size: the setting.
+    """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r}: expected a positive integer (prompts per decoder call)")
     return batch_size
 
 
 def use_multimask(multimask: Any, prompts: Prompts) -> bool:
-    """``auto`` follows SAM's advice: 3 masks (keep the best) for an ambiguous single point, one otherwise."""
+    """``auto`` follows SAM's advice: 3 masks (keep the best) for an ambiguous single point, one otherwise.
+
+    Args:
+        multimask: ``auto``, True or False.
+        prompts: the prompts of the call.
+    """
     if multimask == "auto":
         return prompts.boxes is None and prompts.points is not None and prompts.points.shape[1] == 1
     return bool(multimask)
@@ -98,7 +113,11 @@ class SamFamilySegmenter(PromptedSegmenter):
 
 
 def check_threshold(threshold: Any) -> float:
-    """A probability threshold in (0, 1), else ConfigError."""
+    """A probability threshold in (0, 1), else ConfigError.
+
+    Args:
+        threshold: the setting.
+    """
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) < 1.0:
         raise ConfigError(f"threshold={threshold!r}: expected a probability in (0, 1)")
     return float(threshold)

@@ -94,7 +94,12 @@ class Sam3Segmenter(PromptedSegmenter):
         return Candidates(res["masks"][order], res["boxes"][order], res["scores"][order], source="sam3")
 
     def segment(self, image: np.ndarray, prompts: Prompts) -> Candidates:
-        """Every instance of ``prompts.text`` (box prompts are exemplars), masks at the input resolution."""
+        """Every instance of ``prompts.text`` (box prompts are exemplars), masks at the input resolution.
+
+        Args:
+            image: an H x W x 3 uint8 image.
+            prompts: the text prompt, with optional box exemplars.
+        """
         prompts = self._check(image, prompts)
         h, w = image.shape[:2]
         boxes = labels = None
@@ -106,7 +111,12 @@ class Sam3Segmenter(PromptedSegmenter):
         return self._candidates(res, (h, w))
 
     def segment_many(self, images: Sequence[np.ndarray], prompts_list: Sequence[Prompts]) -> list[Candidates]:
-        """:meth:`segment` for a batch: one vision and one detector forward for the images without box exemplars."""
+        """:meth:`segment` for a batch: one vision and one detector forward for the images without box exemplars.
+
+        Args:
+            images: H x W x 3 uint8 images.
+            prompts_list: one :class:`~lvlm.types.Prompts` per image.
+        """
         import torch
 
         checked = [self._check(im, p) for im, p in zip(images, prompts_list)]

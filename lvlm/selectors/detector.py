@@ -101,13 +101,22 @@ class DetectorPrompter(Prompter):
         self.model_name = str(model)
 
     def classes(self, text: str) -> list[str]:
-        """The class phrases of a prompt (``"cat. dog"`` -> ``["cat", "dog"]``)."""
+        """The class phrases of a prompt (``"cat. dog"`` -> ``["cat", "dog"]``).
+
+        Args:
+            text: the text prompt.
+        """
         if not isinstance(text, str) or not text.strip():
             raise PromptError("the detector prompter needs a non-empty text prompt (e.g. 'a cat. a dog')")
         return split_classes(text, self.separators)
 
     def detect_many(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> list[Detections]:
-        """The filtered :class:`Detections` of each image (clipped to the image, NMS, ``max_boxes``)."""
+        """The filtered :class:`Detections` of each image (clipped to the image, NMS, ``max_boxes``).
+
+        Args:
+            images: H x W x 3 uint8 images.
+            texts: one text prompt per image.
+        """
         classes = [self.classes(t) for t in texts]
         out: list[Detections] = []
         for s in range(0, len(images), self.batch_size):
@@ -139,11 +148,21 @@ class DetectorPrompter(Prompter):
         return Prompts(boxes=det.boxes, text=text, labels=labels), extra
 
     def prompts(self, image: np.ndarray, text: str) -> tuple[Prompts, dict[str, Any]]:
-        """Box prompts (K x 4, input pixels) for one image; extras ``detector_scores`` / ``detector_labels``."""
+        """Box prompts (K x 4, input pixels) for one image; extras ``detector_scores`` / ``detector_labels``.
+
+        Args:
+            image: an H x W x 3 uint8 image.
+            text: the text prompt.
+        """
         return self._as_prompts(self.detect_many([image], [text])[0], text)
 
     def prompts_many(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> list[tuple[Prompts, dict[str, Any]]]:
-        """:meth:`prompts` for a batch of images, ``batch_size`` images per detector forward."""
+        """:meth:`prompts` for a batch of images, ``batch_size`` images per detector forward.
+
+        Args:
+            images: H x W x 3 uint8 images.
+            texts: one text prompt per image.
+        """
         if len(images) != len(texts):
             raise ConfigError(f"{len(images)} images but {len(texts)} prompts")
         return [self._as_prompts(d, t) for d, t in zip(self.detect_many(images, texts), texts)]

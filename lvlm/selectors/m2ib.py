@@ -28,7 +28,11 @@ from .cams import SaliencyMethod, as_text_features, clip_device, minmax
 
 
 def vit_blocks(clip: ClipModel) -> list[torch.nn.Module]:
-    """The transformer blocks of a ViT CLIP image tower (open_clip ``resblocks`` or a timm trunk's ``blocks``)."""
+    """The transformer blocks of a ViT CLIP image tower (open_clip ``resblocks`` or a timm trunk's ``blocks``).
+
+    Args:
+        clip: a ViT CLIP model.
+    """
     visual = getattr(clip.model, "visual", clip.model)
     resblocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
     if resblocks is not None:

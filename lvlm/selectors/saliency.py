@@ -77,6 +77,24 @@ class SaliencyPrompter(Prompter):
       ``min_area``: smallest region kept (fraction of the image); ``max_boxes``: at most this many boxes;
     - ``points`` / ``negative_points``: saliency peaks (positive) and low-saliency points (negative) per prompt;
     - ``device``: where CLIP and the CRF run (``auto``: GPU when visible).
+
+    Args:
+        clip: a CLIP preset name, ``{name: ..., **kwargs}`` or a built :class:`ClipModel`.
+        method: the saliency method (see above).
+        topk: gScoreCAM's channel count or fraction (passed when the method takes it).
+        batch_size: masked images per forward pass (passed when the method takes it).
+        logit_scale: the logit scale (passed when the method takes it).
+        templates: text templates (``{}`` is the prompt).
+        resize: ``stretch`` or ``pad``.
+        crf: None, or a CRF backend spec.
+        sigma: Gaussian smoothing of the map.
+        threshold: a number in [0, 1], ``otsu``, ``kmeans`` or ``auto``.
+        box_mode: ``largest``, ``peak``, ``all``, ``merged`` or ``none``.
+        min_area: the smallest region kept, as a fraction of the image.
+        max_boxes: at most this many boxes, or None.
+        points: positive points (saliency peaks) per prompt.
+        negative_points: negative (low-saliency) points per prompt.
+        device: where CLIP and the CRF run.
     """
 
     def __init__(self, clip: str | dict | ClipModel = "OA-RN50", method: str | dict | Callable = "gscorecam",
@@ -128,7 +146,11 @@ class SaliencyPrompter(Prompter):
 
     # --- pieces -------------------------------------------------------------------------------
     def text_features(self, text: str) -> torch.Tensor:
-        """``1 x D``: the normalised mean of the templates' normalised text embeddings."""
+        """``1 x D``: the normalised mean of the templates' normalised text embeddings.
+
+        Args:
+            text: the text prompt.
+        """
         with torch.no_grad():
             emb = self.clip.encode_text([t.format(text) for t in self.templates], normalize=True).float()
             emb = emb.mean(dim=0, keepdim=True)
@@ -156,7 +178,12 @@ class SaliencyPrompter(Prompter):
         return self.clip.normalize(x), place
 
     def saliency(self, image: np.ndarray, text: str) -> np.ndarray:
-        """``H x W`` float32 saliency in [0, 1] of ``text`` in ``image`` (H x W x 3 uint8)."""
+        """``H x W`` float32 saliency in [0, 1] of ``text`` in ``image`` (H x W x 3 uint8).
+
+        Args:
+            image: an H x W x 3 uint8 image.
+            text: the text prompt.
+        """
         image = self._check_image(image)
         pixels, (top, left, ph, pw) = self._pixels(image)
         sal = self.method(self.clip, pixels, self.text_features(text).to(pixels.device))

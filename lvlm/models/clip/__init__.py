@@ -137,6 +137,11 @@ def load_clip(spec: Any, device: str = "auto", cache: bool = True) -> ClipModel:
 
     Built models are kept (the last few), so a selector and a saliency method naming the same
     preset share one model.
+
+    Args:
+        spec: a preset name, ``{"name": ..., **kwargs}`` or a :class:`ClipModel`.
+        device: ``auto``, ``cpu``, ``cuda``...
+        cache: keep the built model for later calls with the same spec.
     """
     from ...registry import build_spec
 

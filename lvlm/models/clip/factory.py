@@ -150,7 +150,15 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, what: str = "C
 
 def save_open_clip(model: torch.nn.Module, path: str | os.PathLike, model_name: str | None = None,
                    model_cfg: dict | None = None, preprocess_cfg: dict | None = None) -> Path:
-    """Save an open_clip model's weights and ``<stem>.json`` (``model_name`` or ``model_cfg`` + preprocessing)."""
+    """Save an open_clip model's weights and ``<stem>.json`` (``model_name`` or ``model_cfg`` + preprocessing).
+
+    Args:
+        model: the open_clip model.
+        path: the weights file (``.safetensors`` or ``.pt``).
+        model_name: the open_clip architecture name, or None with ``model_cfg``.
+        model_cfg: the open_clip model config dict, or None with ``model_name``.
+        preprocess_cfg: the preprocessing config saved with it, or None.
+    """
     if model_name is None and model_cfg is None:
         raise ValueError("save_open_clip needs the open_clip model_name or the model_cfg to reload the weights")
     path = Path(path)

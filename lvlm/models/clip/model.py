@@ -28,7 +28,19 @@ def open_clip_module():
 
 
 class OpenClipModel(ClipModel):
-    """An open_clip model (``CLIP`` / ``CustomTextCLIP``) with its tokenizer and batched on-device preprocessing."""
+    """An open_clip model (``CLIP`` / ``CustomTextCLIP``) with its tokenizer and batched on-device preprocessing.
+
+    Args:
+        model: the open_clip model.
+        tokenizer: its tokenizer.
+        name: the display name (preset name).
+        device: the device the model runs on.
+        preprocess_cfg: open_clip's preprocessing config (size, mean, std, interpolation, resize mode), or
+            None for the model's own.
+        model_name: the open_clip architecture name when built from one (for :meth:`save`).
+        model_cfg: the architecture config dict when built from one (for :meth:`save`).
+        source: where the weights came from (a path, ``random``...).
+    """
 
     text_cache_size = 4096
 
@@ -75,7 +87,11 @@ class OpenClipModel(ClipModel):
 
     # --- preprocessing ------------------------------------------------------------------------
     def preprocess(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor) -> torch.Tensor:
-        """H x W x 3 uint8 images -> B x 3 x S x S normalised tensor on ``device`` (open_clip's transform)."""
+        """H x W x 3 uint8 images -> B x 3 x S x S normalised tensor on ``device`` (open_clip's transform).
+
+        Args:
+            images: H x W x 3 uint8 images: a list, or a B x H x W x 3 array / tensor.
+        """
         if isinstance(images, torch.Tensor) or (isinstance(images, np.ndarray) and images.ndim == 4):
             x = torch.as_tensor(images)
             if x.ndim == 3:
@@ -98,6 +114,9 @@ class OpenClipModel(ClipModel):
 
         Resize (shortest side to S, bicubic with antialiasing, rounded to 8 bits as PIL does), centre
         crop and normalise: the same transform as open_clip's PIL preprocessing, batched on device.
+
+        Args:
+            x: B x 3 x H x W uint8 (or 0-255 float) tensor on the model's device.
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected B x 3 x H x W images, got shape {tuple(x.shape)}")
@@ -124,7 +143,11 @@ class OpenClipModel(ClipModel):
         return self.normalize(xf)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """B x 3 x S x S pixels on the 0-255 scale -> model input (rounded to 8 bits, scaled, normalised)."""
+        """B x 3 x S x S pixels on the 0-255 scale -> model input (rounded to 8 bits, scaled, normalised).
+
+        Args:
+            x: B x 3 x S x S pixels on the 0-255 scale.
+        """
         x = x.round().clamp_(0, 255) / 255.0
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
@@ -174,7 +197,11 @@ class OpenClipModel(ClipModel):
         raise LvlmError(f"{self.name}: no CAM target layer known for image tower {type(visual).__name__}")
 
     def reshape_transform(self, activations: torch.Tensor) -> torch.Tensor:
-        """ViT block output (B x L x C tokens; open_clip 3.x runs batch-first) -> B x C x h x w, class token dropped."""
+        """ViT block output (B x L x C tokens; open_clip 3.x runs batch-first) -> B x C x h x w, class token dropped.
+
+        Args:
+            activations: the CAM target layer's output.
+        """
         if not self.is_vit or activations.ndim != 3:
             return activations
         visual = self.model.visual
@@ -197,6 +224,9 @@ class OpenClipModel(ClipModel):
         """Write the weights (``.safetensors`` or ``.pt``) and a model-config JSON beside them.
 
         The pair loads back with ``build("clip", "open_clip", checkpoint=path)``.
+
+        Args:
+            path: the weights file (``.safetensors`` or ``.pt``).
         """
         from .factory import save_open_clip
 

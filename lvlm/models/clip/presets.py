@@ -49,7 +49,11 @@ TINY_CONFIGS: dict[str, dict] = {
 
 
 def source_line(preset: dict[str, str]) -> str:
-    """``open_clip RN50 / openai; data: ...; licence: ...`` (the ``source`` column of ``lvlm list clip``)."""
+    """``open_clip RN50 / openai; data: ...; licence: ...`` (the ``source`` column of ``lvlm list clip``).
+
+    Args:
+        preset: a preset dict (``model_name``, ``pretrained``, ``data``, ``licence``).
+    """
     oc_name = preset["model_name"] + (f" / {preset['pretrained']}" if preset["pretrained"] else "")
     return f"open_clip {oc_name}; data: {preset['data']}; licence: {preset['licence']}"
 
