@@ -26,6 +26,7 @@ keeps every mask for the comparison.
 ``--thresholds zero`` sets pred_iou_thresh = stability_score_thresh = 0 (the setting of the reference figure:
 the official generator then run-length encodes every mask of every batch); ``default`` keeps SAM's defaults.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,9 @@ def scene(h: int, w: int, n: int = 24, seed: int = 0) -> np.ndarray:
     for k in range(n):
         cy, cx = rng.integers(0, h), rng.integers(0, w)
         r = rng.integers(min(h, w) // 30 + 2, min(h, w) // 8 + 3)
-        inside = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) if k % 2 else ((abs(yy - cy) < r) & (abs(xx - cx) < r))
+        inside = (
+            ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) if k % 2 else ((abs(yy - cy) < r) & (abs(xx - cx) < r))
+        )
         img[inside] = rng.integers(0, 256, 3)
     return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
 
@@ -78,7 +81,7 @@ def best_match_iou(a: torch.Tensor, b: torch.Tensor, chunk: int = 64) -> float:
     area_b = fb.sum(1)
     best = []
     for s in range(0, len(a), chunk):
-        fa = a[s:s + chunk].flatten(1).float()
+        fa = a[s : s + chunk].flatten(1).float()
         inter = fa @ fb.T  # exact: counts < 2**24
         union = fa.sum(1)[:, None] + area_b[None] - inter
         iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
@@ -123,13 +126,16 @@ def build_pair(args, device: str, knobs: dict):
         from lvlm.generators.sam2_fast import Sam2FastGenerator
         from lvlm.models.sam2 import build_sam2_model, fit_feature_sizes
 
-        model = build_sam2_model(args.model[len("sam2_"):], None, device=device)
+        model = build_sam2_model(args.model[len("sam2_") :], None, device=device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            official = SAM2AutomaticMaskGenerator(model, points_per_batch=args.official_points_per_batch, **knobs)
+            official = SAM2AutomaticMaskGenerator(
+                model, points_per_batch=args.official_points_per_batch, **knobs
+            )
         fit_feature_sizes(official.predictor)
-        ours = Sam2FastGenerator(model=model, device=device, points_per_batch=args.points_per_batch, bf16=args.bf16,
-                                 **knobs)
+        ours = Sam2FastGenerator(
+            model=model, device=device, points_per_batch=args.points_per_batch, bf16=args.bf16, **knobs
+        )
         return model, official, ours, model.image_encoder, model.sam_mask_decoder
     from segment_anything import SamAutomaticMaskGenerator
 
@@ -141,15 +147,25 @@ def build_pair(args, device: str, knobs: dict):
     if not args.plain_random:
         point_local_sam(model, seed=args.seed)
     official = SamAutomaticMaskGenerator(model, points_per_batch=args.official_points_per_batch, **knobs)
-    ours = SamFastGenerator(model=model, device=device, points_per_batch=args.points_per_batch, bf16=args.bf16,
-                            backend=args.backend, **knobs)
+    ours = SamFastGenerator(
+        model=model,
+        device=device,
+        points_per_batch=args.points_per_batch,
+        bf16=args.bf16,
+        backend=args.backend,
+        **knobs,
+    )
     return model, official, ours, model.image_encoder, model.mask_decoder
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="vit_tiny", choices=SAM_MODELS + [f"sam2_{v}" for v in SAM2_VARIANTS],
-                    help="a SAM model_type, or sam2_<variant> for SAM 2.1 (sam2_fast vs SAM2AutomaticMaskGenerator)")
+    ap.add_argument(
+        "--model",
+        default="vit_tiny",
+        choices=SAM_MODELS + [f"sam2_{v}" for v in SAM2_VARIANTS],
+        help="a SAM model_type, or sam2_<variant> for SAM 2.1 (sam2_fast vs SAM2AutomaticMaskGenerator)",
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--image", default="scene", help="'scene' (synthetic), 'quokka' (../shared) or a path")
     ap.add_argument("--size", default=None, help="HxW of the image (default 480x640 for the scene)")
@@ -157,15 +173,27 @@ def main(argv=None) -> int:
     ap.add_argument("--thresholds", choices=["default", "zero"], default="default")
     ap.add_argument("--crop-n-layers", type=int, default=0)
     ap.add_argument("--min-mask-region-area", type=int, default=0)
-    ap.add_argument("--box-nms-thresh", type=float, default=0.7, help="1.0 turns box NMS off (keeps every mask)")
-    ap.add_argument("--points-per-batch", type=int, default=None,
-                    help="ours (default: 256 on GPU, 64 on CPU; the official one keeps 64)")
+    ap.add_argument(
+        "--box-nms-thresh", type=float, default=0.7, help="1.0 turns box NMS off (keeps every mask)"
+    )
+    ap.add_argument(
+        "--points-per-batch",
+        type=int,
+        default=None,
+        help="ours (default: 256 on GPU, 64 on CPU; the official one keeps 64)",
+    )
     ap.add_argument("--official-points-per-batch", type=int, default=64)
     ap.add_argument("--bf16", action="store_true", help="our encoder under bf16 autocast")
-    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
-                    help="sam_fast's backend (onnxruntime: CPU, encoder and decoder in ONNX Runtime)")
+    ap.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnxruntime"],
+        help="sam_fast's backend (onnxruntime: CPU, encoder and decoder in ONNX Runtime)",
+    )
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--warmup", type=int, default=1, help="untimed runs of each generator on a small crop first")
+    ap.add_argument(
+        "--warmup", type=int, default=1, help="untimed runs of each generator on a small crop first"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: as set)")
     ap.add_argument("--plain-random", action="store_true", help="keep the plain random decoder weights")
     ap.add_argument("--seed", type=int, default=0)
@@ -179,8 +207,12 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     size = tuple(int(v) for v in args.size.lower().split("x")) if args.size else None
     image = load_input(args.image, size)
-    knobs = {"points_per_side": args.points_per_side, "crop_n_layers": args.crop_n_layers,
-             "min_mask_region_area": args.min_mask_region_area, "box_nms_thresh": args.box_nms_thresh}
+    knobs = {
+        "points_per_side": args.points_per_side,
+        "crop_n_layers": args.crop_n_layers,
+        "min_mask_region_area": args.min_mask_region_area,
+        "box_nms_thresh": args.box_nms_thresh,
+    }
     if args.thresholds == "zero":
         knobs.update(pred_iou_thresh=0.0, stability_score_thresh=0.0)
     _, official, ours, encoder, decoder = build_pair(args, device, knobs)
@@ -204,7 +236,10 @@ def main(argv=None) -> int:
 
     hooks(encoder, "encoder")
     hooks(decoder, "decoder")
-    for key in ("encoder", "decoder"):  # backend onnxruntime: ours runs its own modules; time them the same way
+    for key in (
+        "encoder",
+        "decoder",
+    ):  # backend onnxruntime: ours runs its own modules; time them the same way
         if getattr(ours, f"_ort_{key}", None) is not None:
             hooks(getattr(ours, f"_ort_{key}"), key)
     warm = image[: max(32, image.shape[0] // 4), : max(32, image.shape[1] // 4)]
@@ -231,8 +266,11 @@ def main(argv=None) -> int:
     off_s, off_enc, off_dec = (statistics.median(r[k] for r in runs_off) for k in range(3))
     ours_s, ours_enc, ours_dec = (statistics.median(r[k] for r in runs_ours) for k in range(3))
 
-    ref = torch.as_tensor(np.stack([r["segmentation"] for r in records])) if records else \
-        torch.zeros(0, *image.shape[:2], dtype=torch.bool)
+    ref = (
+        torch.as_tensor(np.stack([r["segmentation"] for r in records]))
+        if records
+        else torch.zeros(0, *image.shape[:2], dtype=torch.bool)
+    )
     mine = torch.as_tensor(cands.masks)
     dev_iou = device if torch.device(device).type == "cuda" else "cpu"
     matched = best_match_iou(mine.to(dev_iou), ref.to(dev_iou))
@@ -254,27 +292,40 @@ def main(argv=None) -> int:
         "ours_decoder_s": ours_dec,
         "ours_stages_s": {k: v for k, v in ours.last_timings.items() if k != "images"},
         "model": args.model,
-        "decoder_weights": ("random" if args.plain_random or args.model.startswith("sam2_")
-                            else "random + point_local_sam"),
+        "decoder_weights": (
+            "random" if args.plain_random or args.model.startswith("sam2_") else "random + point_local_sam"
+        ),
         "image": args.image,
         "image_hw": list(image.shape[:2]),
-        "settings": {**knobs, "thresholds": args.thresholds, "points_per_batch_ours": ours.points_per_batch,
-                     "points_per_batch_official": args.official_points_per_batch, "bf16": args.bf16,
-                     "backend": args.backend,
-                     "onnxruntime_encoder": getattr(ours, "_ort_encoder", None) is not None,
-                     "repeats": args.repeats, "warmup": args.warmup},
+        "settings": {
+            **knobs,
+            "thresholds": args.thresholds,
+            "points_per_batch_ours": ours.points_per_batch,
+            "points_per_batch_official": args.official_points_per_batch,
+            "bf16": args.bf16,
+            "backend": args.backend,
+            "onnxruntime_encoder": getattr(ours, "_ort_encoder", None) is not None,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+        },
         "device": device_name(device),
         "torch": torch.__version__,
     }
     if args.json:
         print(json.dumps(out, indent=1))
     else:
-        print(f"{args.model} on {out['device']}, image {image.shape[1]}x{image.shape[0]}, "
-              f"{args.points_per_side}x{args.points_per_side} points, thresholds {args.thresholds}")
-        print(f"official {off_s:.2f} s ({len(records)} masks)   {ours.name} {ours_s:.2f} s ({len(cands)} masks)")
-        print(f"speedup {out['speedup']:.2f}x (after the encoder {out['speedup_after_encoder']:.2f}x, "
-              f"post-processing alone {out['speedup_postprocessing']:.2f}x), "
-              f"matched IoU {matched:.4f} / {matched_rev:.4f}, count ratio {out['count_ratio']:.3f}")
+        print(
+            f"{args.model} on {out['device']}, image {image.shape[1]}x{image.shape[0]}, "
+            f"{args.points_per_side}x{args.points_per_side} points, thresholds {args.thresholds}"
+        )
+        print(
+            f"official {off_s:.2f} s ({len(records)} masks)   {ours.name} {ours_s:.2f} s ({len(cands)} masks)"
+        )
+        print(
+            f"speedup {out['speedup']:.2f}x (after the encoder {out['speedup_after_encoder']:.2f}x, "
+            f"post-processing alone {out['speedup_postprocessing']:.2f}x), "
+            f"matched IoU {matched:.4f} / {matched_rev:.4f}, count ratio {out['count_ratio']:.3f}"
+        )
     return 0
 
 

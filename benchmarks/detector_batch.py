@@ -19,6 +19,7 @@ counts differ).
     python benchmarks/detector_batch.py --json
     python benchmarks/detector_batch.py --n 8 --threads 2 --json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ def make_images(n: int, h: int, w: int) -> list[np.ndarray]:
     for k in range(n):
         img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
         y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
-        img[y:y + h // 3, x:x + w // 3] = rng.integers(0, 255, 3)
+        img[y : y + h // 3, x : x + w // 3] = rng.integers(0, 255, 3)
         out.append(img)
     return out
 
@@ -67,8 +68,9 @@ def loop_lang_sam(prompter, segmenter, images, prompts):
         inputs = proc(images=img, text=text.lower().strip().rstrip(".") + ".", return_tensors="pt")
         with torch.inference_mode():
             out = net(**inputs)
-        res = proc.post_process_grounded_object_detection(out, inputs.input_ids, threshold=0.3, text_threshold=0.25,
-                                                          target_sizes=[img.shape[:2]])[0]
+        res = proc.post_process_grounded_object_detection(
+            out, inputs.input_ids, threshold=0.3, text_threshold=0.25, target_sizes=[img.shape[:2]]
+        )[0]
         boxes = res["boxes"].numpy()
         h, w = img.shape[:2]
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
@@ -76,7 +78,9 @@ def loop_lang_sam(prompter, segmenter, images, prompts):
         boxes = boxes[np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= 1.0]
         boxes_out.append(boxes)
         t_det += time.perf_counter() - t0
-        masks_out.append(segmenter.segment(img, Prompts(boxes=boxes)).union() if len(boxes) else np.zeros((h, w), bool))
+        masks_out.append(
+            segmenter.segment(img, Prompts(boxes=boxes)).union() if len(boxes) else np.zeros((h, w), bool)
+        )
     return boxes_out, masks_out, t_det
 
 
@@ -99,16 +103,20 @@ def main(argv=None) -> int:
     images = make_images(args.n, h, w)
     prompts = ["a cat. a dog", "red car", "a cat", "bus"] * (args.n // 4 + 1)
     prompts = prompts[: args.n]
-    pipe = Pipeline.from_config({"prompter": {"name": "detector", "model": args.detector, "device": "cpu",
-                                              "batch_size": args.n},
-                                 "segmenter": segmenter_spec(args.segmenter), "combine": "union"})
+    pipe = Pipeline.from_config(
+        {
+            "prompter": {"name": "detector", "model": args.detector, "device": "cpu", "batch_size": args.n},
+            "segmenter": segmenter_spec(args.segmenter),
+            "combine": "union",
+        }
+    )
     warnings.simplefilter("ignore", EmptyMaskWarning)
     # warm-up both paths once (lazy initialisation), then alternate
     pipe.run_many(images[:2], prompts[:2], progress=False, batch_size=2)
     loop_lang_sam(pipe.prompter, pipe.segmenter, images[:2], prompts[:2])
     t_loop, t_batch, det_loop, det_batch = [], [], [], []
     for r in range(args.repeats):
-        for side in (("loop", "batch") if r % 2 == 0 else ("batch", "loop")):
+        for side in ("loop", "batch") if r % 2 == 0 else ("batch", "loop"):
             pipe.segmenter.__dict__.pop("_embed_cache", None)  # no embedding reuse across runs
             t0 = time.perf_counter()
             if side == "loop":
@@ -129,13 +137,20 @@ def main(argv=None) -> int:
             oa, ob = np.lexsort(np.round(a, 2).T[::-1]), np.lexsort(np.round(b, 2).T[::-1])
             diffs.append(float(np.abs(a[oa] - b[ob]).max()))
     out = {
-        "n_images": args.n, "size": [h, w], "detector": args.detector, "segmenter": args.segmenter,
-        "threads": args.threads, "repeats": args.repeats,
-        "loop_s": round(min(t_loop), 4), "batched_s": round(min(t_batch), 4),
+        "n_images": args.n,
+        "size": [h, w],
+        "detector": args.detector,
+        "segmenter": args.segmenter,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "loop_s": round(min(t_loop), 4),
+        "batched_s": round(min(t_batch), 4),
         "speedup": round(min(t_loop) / min(t_batch), 3),
-        "detector_loop_s": round(min(det_loop), 4), "detector_batched_s": round(min(det_batch), 4),
+        "detector_loop_s": round(min(det_loop), 4),
+        "detector_batched_s": round(min(det_batch), 4),
         "detector_speedup": round(min(det_loop) / min(det_batch), 3),
-        "max_box_diff": max(diffs) if diffs else 0.0, "box_count_mismatch": mismatch,
+        "max_box_diff": max(diffs) if diffs else 0.0,
+        "box_count_mismatch": mismatch,
         "boxes_per_image": float(np.mean([len(b) for b in batch_boxes])),
     }
     print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))

@@ -22,6 +22,7 @@ separately). ::
     python benchmarks/embedded_quality.py --retrieval-only --n 1000 --checkpoint runs/shapes/best  # seconds
     python benchmarks/embedded_quality.py --n 200 --workers 2 --json   # scenes split over 2 one-thread processes
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,9 +92,15 @@ def build_pipelines(args):
     emb = Pipeline.from_config(with_checkpoint(load_config(args.config), args.checkpoint, args.device))
     base = None
     if not args.no_base:
-        base = Pipeline.from_config(with_checkpoint(load_config(args.base_config), args.checkpoint, args.device))
+        base = Pipeline.from_config(
+            with_checkpoint(load_config(args.base_config), args.checkpoint, args.device)
+        )
         seg, gen = emb.segmenter, base.generator
-        if hasattr(seg, "embed") and hasattr(gen, "predictor") and type(seg).__name__ == "LiteMedSamSegmenter":
+        if (
+            hasattr(seg, "embed")
+            and hasattr(gen, "predictor")
+            and type(seg).__name__ == "LiteMedSamSegmenter"
+        ):
             # same network, weights and preprocessing: one encoder pass per scene for both pipelines
             def shared_embed(image, seg=seg):
                 e = seg.embed(image)
@@ -113,10 +120,16 @@ def score_scenes(args, start: int, n: int, progress: bool) -> list[dict]:
     emb, base = build_pipelines(args)
     rows = []
     samples = ScenesDataset(n=n, start=start)
-    for i, s in enumerate(tqdm(samples, total=len(samples), desc="scenes", unit="scene", disable=not progress)):
+    for i, s in enumerate(
+        tqdm(samples, total=len(samples), desc="scenes", unit="scene", disable=not progress)
+    ):
         # does another object of the scene have the named object's colour? (then only the shape word tells)
         others = make_scene(start + i, size=samples.size, n_objects=samples.objects_per_scene).objects
-        row = {"id": s.id, "prompt": s.prompt, "colour_shared": sum(o.colour == s.tags["colour"] for o in others) > 1}
+        row = {
+            "id": s.id,
+            "prompt": s.prompt,
+            "colour_shared": sum(o.colour == s.tags["colour"] for o in others) > 1,
+        }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", EmptyMaskWarning)
             t0 = time.perf_counter()
@@ -138,9 +151,19 @@ def score_scenes_in_workers(args, argv: list[str]) -> list[dict]:
         procs = []
         for i in range(k):
             out = Path(tmp) / f"rows{i}.jsonl"
-            cmd = [sys.executable, __file__, *strip_options(argv, ("--workers", "--start", "--n", "--per-sample")),
-                   "--workers", "1", "--start", str(bounds[i]), "--n", str(bounds[i + 1] - bounds[i]),
-                   "--rows-only", str(out)]
+            cmd = [
+                sys.executable,
+                __file__,
+                *strip_options(argv, ("--workers", "--start", "--n", "--per-sample")),
+                "--workers",
+                "1",
+                "--start",
+                str(bounds[i]),
+                "--n",
+                str(bounds[i + 1] - bounds[i]),
+                "--rows-only",
+                str(out),
+            ]
             env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
             procs.append((subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL), out))
         rows = []
@@ -182,7 +205,9 @@ def summarise(rows: list[dict]) -> dict:
         "miou_colour_unique": part(ious, ~shared, np.mean),
         "miou_colour_shared": part(ious, shared, np.mean),
         "seconds_per_image_embedded": float(np.mean([r["seconds"] for r in rows])),
-        "seconds_per_image_base": float(np.mean([r["base_seconds"] for r in rows])) if base is not None else None,
+        "seconds_per_image_base": float(np.mean([r["base_seconds"] for r in rows]))
+        if base is not None
+        else None,
     }
     if base is not None:
         out["selection_accuracy_colour_unique"] = part(base > 0.5, ~shared, np.mean)
@@ -197,13 +222,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", type=int, default=10_000_000, help="first seed (default 10,000,000: held out)")
     ap.add_argument("--checkpoint", help="lvlm-shapes weights to evaluate (default: the packaged ones)")
     ap.add_argument("--config", default="embedded", help="embedded pipeline config (default: embedded)")
-    ap.add_argument("--base-config", default="embedded_base", help="base pipeline config (default: embedded_base)")
+    ap.add_argument(
+        "--base-config", default="embedded_base", help="base pipeline config (default: embedded_base)"
+    )
     ap.add_argument("--no-base", action="store_true", help="skip the base pipeline")
-    ap.add_argument("--retrieval-only", action="store_true", help="only the CLIP's caption retrieval (seconds)")
-    ap.add_argument("--workers", type=int, default=1, help="split the scenes over this many one-thread processes")
+    ap.add_argument(
+        "--retrieval-only", action="store_true", help="only the CLIP's caption retrieval (seconds)"
+    )
+    ap.add_argument(
+        "--workers", type=int, default=1, help="split the scenes over this many one-thread processes"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--per-sample", metavar="PATH", help="also write one JSON line per scene (id, prompt, IoUs)")
+    ap.add_argument(
+        "--per-sample", metavar="PATH", help="also write one JSON line per scene (id, prompt, IoUs)"
+    )
     ap.add_argument("--rows-only", metavar="PATH", help=argparse.SUPPRESS)  # a worker of --workers
     args = ap.parse_args(argv)
     if args.workers < 1 or args.n < 1:
@@ -221,16 +254,25 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     retrieval = retrieval_top1(clip, args.n, args.start)
     t_retrieval = time.perf_counter() - t0
-    out = {"retrieval_top1": retrieval["top1"], "retrieval_colour_correct": retrieval["colour"],
-           "retrieval_shape_correct": retrieval["shape"], "n": args.n, "checkpoint": args.checkpoint or "packaged",
-           "seconds_retrieval": t_retrieval}
+    out = {
+        "retrieval_top1": retrieval["top1"],
+        "retrieval_colour_correct": retrieval["colour"],
+        "retrieval_shape_correct": retrieval["shape"],
+        "n": args.n,
+        "checkpoint": args.checkpoint or "packaged",
+        "seconds_retrieval": t_retrieval,
+    }
     if not args.retrieval_only:
         if args.workers > 1:
             rows = score_scenes_in_workers(args, argv)
         else:
             rows = score_scenes(args, args.start, args.n, progress=not args.json)
-        out = {**summarise(rows), **out, "workers": args.workers,
-               "seconds_per_image": (time.perf_counter() - t_start) / args.n}
+        out = {
+            **summarise(rows),
+            **out,
+            "workers": args.workers,
+            "seconds_per_image": (time.perf_counter() - t_start) / args.n,
+        }
         if args.per_sample:
             Path(args.per_sample).write_text("".join(json.dumps(r) + "\n" for r in rows))
     if args.json:

@@ -22,6 +22,7 @@ CPUs: cores x clock x FMA width from /proc/cpuinfo) and of the rate a large matm
     python benchmarks/encoder_speed.py --model vit_b --device cuda --batch 8 --json
     python benchmarks/encoder_speed.py --model litemedsam --threads 2 --settings fp32,onnxruntime --repeats 10 --json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,17 @@ sys.path.insert(0, str(ROOT))
 
 # nominal dense peaks, TFLOP/s: (fp32 without tensor cores, bf16 tensor cores)
 GPU_PEAKS = {
-    "H100 SXM": (67.0, 989.0), "H100 NVL": (60.0, 835.0), "H100 PCIe": (51.0, 756.0), "H100": (67.0, 989.0),
-    "H200": (67.0, 989.0), "A100": (19.5, 312.0), "L4": (30.3, 121.0), "A10": (31.2, 125.0),
-    "RTX 4090": (82.6, 165.2), "V100": (15.7, 125.0), "T4": (8.1, 65.0),
+    "H100 SXM": (67.0, 989.0),
+    "H100 NVL": (60.0, 835.0),
+    "H100 PCIe": (51.0, 756.0),
+    "H100": (67.0, 989.0),
+    "H200": (67.0, 989.0),
+    "A100": (19.5, 312.0),
+    "L4": (30.3, 121.0),
+    "A10": (31.2, 125.0),
+    "RTX 4090": (82.6, 165.2),
+    "V100": (15.7, 125.0),
+    "T4": (8.1, 65.0),
 }
 
 
@@ -78,8 +87,10 @@ def nominal_peak(device: str) -> tuple[float | None, float | None, str]:
         return None, None, "CPU clock unknown"
     fp32 = threads * info["mhz"] * 1e6 * lanes * 2 * fma / 1e12  # 2 FMA units x lanes x (mul + add)
     bf16 = fp32 * 2 if {"avx512_bf16", "amx_bf16"} & info["flags"] else None
-    how = (f"{info['model']}: {threads} cores x {info['mhz']:.0f} MHz x {lanes} fp32 lanes x 2 FMA units x 2; "
-           f"bf16 peak {'2x fp32' if bf16 else 'n/a (no native bf16: autocast converts)'}")
+    how = (
+        f"{info['model']}: {threads} cores x {info['mhz']:.0f} MHz x {lanes} fp32 lanes x 2 FMA units x 2; "
+        f"bf16 peak {'2x fp32' if bf16 else 'n/a (no native bf16: autocast converts)'}"
+    )
     return fp32, bf16, how
 
 
@@ -111,14 +122,19 @@ def gemm_rate(device: str, dtype: torch.dtype, n: int) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="vit_b", choices=["vit_tiny", "vit_b", "vit_l", "vit_h", "mobilesam", "litemedsam"])
+    ap.add_argument(
+        "--model", default="vit_b", choices=["vit_tiny", "vit_b", "vit_l", "vit_h", "mobilesam", "litemedsam"]
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--settings", default="fp32,bf16,fp32_batched,bf16_batched",
-                    help="which of fp32, bf16, fp32_batched, bf16_batched, onnxruntime (CPU) to time")
+    ap.add_argument(
+        "--settings",
+        default="fp32,bf16,fp32_batched,bf16_batched",
+        help="which of fp32, bf16, fp32_batched, bf16_batched, onnxruntime (CPU) to time",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     wanted = [s.strip() for s in args.settings.split(",") if s.strip()]
@@ -154,11 +170,16 @@ def main(argv=None) -> int:
             def f():
                 with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
                     return enc(x)
+
             return f
 
         res, extra = {}, {}
-        for name, x, bf16 in (("fp32", x1, False), ("bf16", x1, True), ("fp32_batched", xb, False),
-                              ("bf16_batched", xb, True)):
+        for name, x, bf16 in (
+            ("fp32", x1, False),
+            ("bf16", x1, True),
+            ("fp32_batched", xb, False),
+            ("bf16_batched", xb, True),
+        ):
             if name in wanted:
                 res[name] = time_call(run(x, bf16), device, args.repeats, args.warmup) / len(x)
         if "onnxruntime" in wanted:
@@ -190,31 +211,46 @@ def main(argv=None) -> int:
         "gflops_per_image": flops / 1e9,
         "tflops": {k: rate(v) for k, v in res.items()},
         "fraction_of_nominal_peak": {
-            k: (rate(v) / (peak_bf16 if k.startswith("bf16") and peak_bf16 else peak_fp32) if peak_fp32 else None)
-            for k, v in res.items()},
+            k: (
+                rate(v) / (peak_bf16 if k.startswith("bf16") and peak_bf16 else peak_fp32)
+                if peak_fp32
+                else None
+            )
+            for k, v in res.items()
+        },
         "nominal_peak_tflops": {"fp32": peak_fp32, "bf16": peak_bf16, "how": how},
         "gemm_tflops": {"fp32": gemm_fp32, "bf16": gemm_bf16, "n": n},
-        "fraction_of_gemm_rate": {k: rate(v) / (gemm_bf16 if k.startswith("bf16") else gemm_fp32)
-                                  for k, v in res.items()},
+        "fraction_of_gemm_rate": {
+            k: rate(v) / (gemm_bf16 if k.startswith("bf16") else gemm_fp32) for k, v in res.items()
+        },
         "model": args.model,
         "input": f"{size}x{size}",
         "batch": args.batch,
         "repeats": args.repeats,
-        "device": (torch.cuda.get_device_name(torch.device(device)) if dev_type == "cuda"
-                   else f"{cpu_info()['model']}, {torch.get_num_threads()} threads"),
+        "device": (
+            torch.cuda.get_device_name(torch.device(device))
+            if dev_type == "cuda"
+            else f"{cpu_info()['model']}, {torch.get_num_threads()} threads"
+        ),
         "torch": torch.__version__,
     }
     if args.json:
         print(json.dumps(out, indent=1))
     else:
-        print(f"{args.model} encoder, {size}x{size}, {out['gflops_per_image']:.1f} GFLOP/image, on {out['device']}")
+        print(
+            f"{args.model} encoder, {size}x{size}, {out['gflops_per_image']:.1f} GFLOP/image, on {out['device']}"
+        )
         for k, sec in res.items():
             frac = out["fraction_of_nominal_peak"][k]
-            print(f"  {k:13s} {sec * 1e3:9.1f} ms/image  {out['tflops'][k]:7.3f} TFLOP/s  "
-                  f"{'' if frac is None else f'{100 * frac:5.1f}% of peak  '}"
-                  f"{100 * out['fraction_of_gemm_rate'][k]:5.1f}% of the matmul rate")
-        print("  speedups vs fp32: " + ", ".join(f"{k} {v:.2f}x" for k, v in out.items()
-                                                 if k.startswith("speedup") and v is not None))
+            print(
+                f"  {k:13s} {sec * 1e3:9.1f} ms/image  {out['tflops'][k]:7.3f} TFLOP/s  "
+                f"{'' if frac is None else f'{100 * frac:5.1f}% of peak  '}"
+                f"{100 * out['fraction_of_gemm_rate'][k]:5.1f}% of the matmul rate"
+            )
+        print(
+            "  speedups vs fp32: "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in out.items() if k.startswith("speedup") and v is not None)
+        )
     return 0
 
 

@@ -9,6 +9,7 @@ the script runs offline.
     python benchmarks/figures_crops.py                       # writes docs/img/crops.png
     python benchmarks/figures_crops.py --out /tmp/crops.png --margin 0.2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,12 @@ def synthetic_scene(h: int = 300, w: int = 400, seed: int = 0) -> tuple[np.ndarr
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "img" / "crops.png"))
-    ap.add_argument("--margin", type=float, default=0.1, help="box margin (fraction of the box's longer side)")
-    ap.add_argument("--blur-sigma", type=float, default=0.02, help="background blur (fraction of the longer side)")
+    ap.add_argument(
+        "--margin", type=float, default=0.1, help="box margin (fraction of the box's longer side)"
+    )
+    ap.add_argument(
+        "--blur-sigma", type=float, default=0.02, help="background blur (fraction of the longer side)"
+    )
     args = ap.parse_args(argv)
 
     import matplotlib
@@ -75,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         ax.imshow(im)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    fig.suptitle(f"What CLIP sees for one candidate (OA-RN50 preprocessing, {sel.clip.image_size} px; "
-                 f"margin {args.margin:g}, blur sigma {args.blur_sigma:g})", fontsize=9)
+    fig.suptitle(
+        f"What CLIP sees for one candidate (OA-RN50 preprocessing, {sel.clip.image_size} px; "
+        f"margin {args.margin:g}, blur sigma {args.blur_sigma:g})",
+        fontsize=9,
+    )
     fig.tight_layout()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """docs/img/quickstart.png: the README's first command on the bundled example, as image | mask | overlay.
 
-    python benchmarks/figures_quickstart.py            # runs `lvlm segment ... --prompt "a red star" --overlay`
+python benchmarks/figures_quickstart.py            # runs `lvlm segment ... --prompt "a red star" --overlay`
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,7 +22,10 @@ def main() -> int:
 
     example = ROOT / "lvlm" / "assets" / "examples" / "shapes.png"
     with tempfile.TemporaryDirectory() as out:
-        if lvlm(["segment", str(example), "--prompt", "a red star", "--overlay", "--out", out, "--quiet"]) != 0:
+        if (
+            lvlm(["segment", str(example), "--prompt", "a red star", "--overlay", "--out", out, "--quiet"])
+            != 0
+        ):
             return 1
         mask = np.asarray(Image.open(Path(out) / "shapes_a_red_star.png").convert("RGB"))
         overlay = np.asarray(Image.open(Path(out) / "shapes_a_red_star_overlay.png").convert("RGB"))

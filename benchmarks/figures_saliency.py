@@ -9,6 +9,7 @@ trained on such scenes, bundled with the package) when its weights are present, 
     python benchmarks/figures_saliency.py                       # writes docs/img/saliency_pipeline.png
     python benchmarks/figures_saliency.py --seed 3 --clip lvlm-shapes --sigma 0.05 --out /tmp/fig.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ def pick_clip(name: str | None) -> str:
     from lvlm.errors import LvlmError
     from lvlm.models.clip import load_clip
 
-    for cand in ([name] if name else ["lvlm-shapes", "tiny-rn"]):
+    for cand in [name] if name else ["lvlm-shapes", "tiny-rn"]:
         try:
             load_clip(cand, device="cpu")
             return cand
@@ -61,8 +62,9 @@ def main(argv=None) -> int:
     text = obj.caption
     clip = pick_clip(args.clip)
     topk = float(args.topk) if "." in str(args.topk) else int(args.topk)
-    prompter = SaliencyPrompter(clip=clip, method=args.method, topk=topk, sigma=args.sigma,
-                                crf={"name": "torch"}, device="cpu")
+    prompter = SaliencyPrompter(
+        clip=clip, method=args.method, topk=topk, sigma=args.sigma, crf={"name": "torch"}, device="cpu"
+    )
     pipe = Pipeline.from_config({"prompter": prompter, "segmenter": {"name": "litemedsam", "device": "cpu"}})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -87,7 +89,9 @@ def main(argv=None) -> int:
             ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
     axes[0].text(4, 14, f'"{text}"', color="white", fontsize=11, bbox={"facecolor": "black", "alpha": 0.6})
     tb = obj.box
-    axes[3].add_patch(Rectangle((tb[0], tb[1]), tb[2] - tb[0], tb[3] - tb[1], fill=False, ec="white", lw=1.5, ls="--"))
+    axes[3].add_patch(
+        Rectangle((tb[0], tb[1]), tb[2] - tb[0], tb[3] - tb[1], fill=False, ec="white", lw=1.5, ls="--")
+    )
     if res.prompts is not None and res.prompts.boxes is not None:
         for b in res.prompts.boxes:
             axes[3].add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec="lime", lw=2))

@@ -15,6 +15,7 @@ Same model, same image, same text; one timed run each after one warm-up forward 
     python benchmarks/gscorecam_speed.py --clip OA-RN50 --checkpoint random  # RN50-size, random weights
     python benchmarks/gscorecam_speed.py --json                            # keys speedup, max_abs_diff, ...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ def scene(h: int = 256, w: int = 320, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     img = (rng.random((h, w, 3)) * 60 + 60).astype(np.float32)
     yy, xx = np.mgrid[0:h, 0:w]
-    img[(yy - 90) ** 2 + (xx - 100) ** 2 < 45 ** 2] = (220, 40, 40)
+    img[(yy - 90) ** 2 + (xx - 100) ** 2 < 45**2] = (220, 40, 40)
     img[150:230, 180:290] = (40, 70, 220)
     return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
 
@@ -62,8 +63,9 @@ def reference_style(clip, pixels: torch.Tensor, text: torch.Tensor, topk: int, b
         raise SystemExit("the reference-style loop here covers CNN towers (use a ResNet CLIP)")
     with torch.no_grad():
         img = pixels.cpu().float()
-        upsampled = F.interpolate(torch.from_numpy(activations).float(), size=img.shape[-2:], mode="bilinear",
-                                  align_corners=True)  # every channel, on the CPU
+        upsampled = F.interpolate(
+            torch.from_numpy(activations).float(), size=img.shape[-2:], mode="bilinear", align_corners=True
+        )  # every channel, on the CPU
         flat = upsampled.view(upsampled.size(0), upsampled.size(1), -1)
         mins, maxs = flat.min(dim=-1)[0][:, :, None, None], flat.max(dim=-1)[0][:, :, None, None]
         upsampled = (upsampled - mins) / (maxs - mins + 1e-8)
@@ -73,8 +75,10 @@ def reference_style(clip, pixels: torch.Tensor, text: torch.Tensor, topk: int, b
         chosen = masked[0, indices]
         scores = []
         for i in range(0, chosen.size(0), batch_size):
-            batch = chosen[i:i + batch_size].to(device)
-            out = scale * (clip.encode_image(batch.to(pixels.dtype)).float() @ text.float().T.to(device))[:, 0]
+            batch = chosen[i : i + batch_size].to(device)
+            out = (
+                scale * (clip.encode_image(batch.to(pixels.dtype)).float() @ text.float().T.to(device))[:, 0]
+            )
             scores.extend(out.float().cpu().numpy())
         scores = torch.tensor(np.asarray(scores, dtype=np.float32)).nan_to_num(nan=0.0)
         weights = torch.softmax(scores, dim=0).numpy()
@@ -88,14 +92,21 @@ def reference_style(clip, pixels: torch.Tensor, text: torch.Tensor, topk: int, b
 
             cam = cv2.resize(np.float32(cam), size[::-1])
         except ImportError:
-            cam = F.interpolate(torch.from_numpy(cam)[None, None], size=size, mode="bilinear",
-                                align_corners=False)[0, 0].numpy()
+            cam = F.interpolate(
+                torch.from_numpy(cam)[None, None], size=size, mode="bilinear", align_corners=False
+            )[0, 0].numpy()
         cam = cam - cam.min()
         return cam / (1e-7 + cam.max())
 
 
-def run(clip_name: str = "tiny-rn", checkpoint: str | None = None, device: str = "auto", topk: int = 300,
-        batch_size: int = 128, text: str = "a red circle") -> dict:
+def run(
+    clip_name: str = "tiny-rn",
+    checkpoint: str | None = None,
+    device: str = "auto",
+    topk: int = 300,
+    batch_size: int = 128,
+    text: str = "a red circle",
+) -> dict:
     from lvlm.components import resolve_device
     from lvlm.models.clip import load_clip
     from lvlm.selectors.cams import clip_logit_scale
@@ -107,7 +118,9 @@ def run(clip_name: str = "tiny-rn", checkpoint: str | None = None, device: str =
     if checkpoint is not None:
         spec["checkpoint"] = checkpoint
     clip = load_clip(spec, device=device)
-    prompter = SaliencyPrompter(clip=clip, method="gscorecam", topk=topk, batch_size=batch_size, device=device)
+    prompter = SaliencyPrompter(
+        clip=clip, method="gscorecam", topk=topk, batch_size=batch_size, device=device
+    )
     pixels, _ = prompter._pixels(scene())
     t = prompter.text_features(text).to(pixels.device)
     scale = clip_logit_scale(clip)
@@ -129,11 +142,18 @@ def run(clip_name: str = "tiny-rn", checkpoint: str | None = None, device: str =
     ours, t_ours = timed(lambda: GScoreCAM(topk=topk, batch_size=batch_size)(clip, pixels, t))
     channels = clip.reshape_transform(_probe(clip, pixels)).shape[1]
     return {
-        "clip": clip_name, "checkpoint": checkpoint or "preset default", "device": device,
-        "input": int(pixels.shape[-1]), "channels": int(channels), "topk": int(min(topk, channels)),
-        "batch_size": batch_size, "threads": torch.get_num_threads(),
-        "seconds_reference_style": round(t_ref, 4), "seconds_ours": round(t_ours, 4),
-        "speedup": round(t_ref / t_ours, 3), "max_abs_diff": float(np.abs(ours - ref).max()),
+        "clip": clip_name,
+        "checkpoint": checkpoint or "preset default",
+        "device": device,
+        "input": int(pixels.shape[-1]),
+        "channels": int(channels),
+        "topk": int(min(topk, channels)),
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+        "seconds_reference_style": round(t_ref, 4),
+        "seconds_ours": round(t_ours, 4),
+        "speedup": round(t_ref / t_ours, 3),
+        "max_abs_diff": float(np.abs(ours - ref).max()),
     }
 
 
@@ -159,8 +179,10 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{res['clip']} ({res['checkpoint']}) on {res['device']}, {res['threads']} thread(s): "
-              f"{res['input']} px, {res['channels']} channels, top-{res['topk']}, batch {res['batch_size']}")
+        print(
+            f"{res['clip']} ({res['checkpoint']}) on {res['device']}, {res['threads']} thread(s): "
+            f"{res['input']} px, {res['channels']} channels, top-{res['topk']}, batch {res['batch_size']}"
+        )
         print(f"  reference-style loop: {res['seconds_reference_style']:.3f} s")
         print(f"  ours:                 {res['seconds_ours']:.3f} s")
         print(f"  speedup {res['speedup']:.2f}x, max abs difference {res['max_abs_diff']:.2e}")

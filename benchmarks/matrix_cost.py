@@ -17,6 +17,7 @@ same in process CPU time, steadier on a shared machine. ``--repeats R`` alternat
 keeps the fastest of each. Without the runner's
 generator cache the matrix would cost C x S generator passes instead of S.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,18 +56,29 @@ def make_images(root: Path, n: int, size: int, seed: int = 0) -> Path:
 
 
 def specs(clips: int, sams: int, points: int) -> tuple[dict, dict]:
-    clip_opts = [("tiny-rn", {"name": "clip", "model": "tiny-rn"}),
-                 ("tiny-vit", {"name": "clip", "model": "tiny-vit"}),
-                 ("tiny-rn crop", {"name": "clip", "model": "tiny-rn", "crop": "mask_crop"}),
-                 ("tiny-vit crop", {"name": "clip", "model": "tiny-vit", "crop": "mask_crop"})]
-    gen = {"name": "sam", "model_type": "vit_tiny", "checkpoint": None, "device": "cpu",
-           "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    clip_opts = [
+        ("tiny-rn", {"name": "clip", "model": "tiny-rn"}),
+        ("tiny-vit", {"name": "clip", "model": "tiny-vit"}),
+        ("tiny-rn crop", {"name": "clip", "model": "tiny-rn", "crop": "mask_crop"}),
+        ("tiny-vit crop", {"name": "clip", "model": "tiny-vit", "crop": "mask_crop"}),
+    ]
+    gen = {
+        "name": "sam",
+        "model_type": "vit_tiny",
+        "checkpoint": None,
+        "device": "cpu",
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+    }
     gens = {f"SAM-tiny pps{points + 2 * j}": {**gen, "points_per_side": points + 2 * j} for j in range(sams)}
     sels = {}
     for i in range(clips):
         label, spec = clip_opts[i % len(clip_opts)]
-        sels[label if i < len(clip_opts) else f"{label} #{i}"] = {**spec, "device": "cpu",
-                                                                  **({"margin": 0.1 + 0.01 * i} if i >= 4 else {})}
+        sels[label if i < len(clip_opts) else f"{label} #{i}"] = {
+            **spec,
+            "device": "cpu",
+            **({"margin": 0.1 + 0.01 * i} if i >= 4 else {}),
+        }
     return sels, gens
 
 
@@ -83,13 +95,21 @@ def part_matrix(args) -> dict:
 
     _preload()
     sels, gens = specs(args.clips, args.sams, args.points)
-    cfg = {"datasets": {"scenes": {"name": "folder", "root": args.data, "prompt": "a rectangle"}},
-           "matrix": {"selector": sels, "generator": gens}, "save_masks": True}
+    cfg = {
+        "datasets": {"scenes": {"name": "folder", "root": args.data, "prompt": "a rectangle"}},
+        "matrix": {"selector": sels, "generator": gens},
+        "save_masks": True,
+    }
     t1, c1 = time.perf_counter(), time.process_time()
     out = run_benchmark(cfg, Path(args.work) / f"run{os.getpid()}", progress=False)
     t2, c2 = time.perf_counter(), time.process_time()
-    return {"seconds": t2 - t1, "cpu_s": c2 - c1, "setup_s": t1 - t0, "rows": out["written"],
-            "generator_passes": out["generator_passes"]}
+    return {
+        "seconds": t2 - t1,
+        "cpu_s": c2 - c1,
+        "setup_s": t1 - t0,
+        "rows": out["written"],
+        "generator_passes": out["generator_passes"],
+    }
 
 
 def part_baseline(args) -> dict:
@@ -117,8 +137,14 @@ def part_baseline(args) -> dict:
                     n_sel += 1
             t_sel += time.perf_counter() - b
     t2, c2 = time.perf_counter(), time.process_time()
-    return {"seconds": t2 - t1, "cpu_s": c2 - c1, "generator_s": t_gen, "selector_s": t_sel, "generator_passes": len(paths) * len(g_objs),
-            "selector_passes": n_sel}
+    return {
+        "seconds": t2 - t1,
+        "cpu_s": c2 - c1,
+        "generator_s": t_gen,
+        "selector_s": t_sel,
+        "generator_passes": len(paths) * len(g_objs),
+        "selector_passes": n_sel,
+    }
 
 
 def main() -> int:
@@ -128,8 +154,12 @@ def main() -> int:
     ap.add_argument("--images", "-N", type=int, default=4)
     ap.add_argument("--size", type=int, default=256, help="image side in pixels")
     ap.add_argument("--points", type=int, default=8, help="SAM points_per_side of the first generator config")
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="alternate baseline / matrix this many times and keep each one's fastest (shared machines)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="alternate baseline / matrix this many times and keep each one's fastest (shared machines)",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--part", choices=("matrix", "baseline"), help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -143,8 +173,24 @@ def main() -> int:
         data = make_images(Path(tmp) / "scenes", args.images, args.size)
         parts: dict[str, dict] = {}
         for part in ("baseline", "matrix") * max(1, args.repeats):
-            cmd = [sys.executable, __file__, "--part", part, "--data", str(data), "--work", tmp,
-                   "-C", str(args.clips), "-S", str(args.sams), "-N", str(args.images), "--points", str(args.points)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--part",
+                part,
+                "--data",
+                str(data),
+                "--work",
+                tmp,
+                "-C",
+                str(args.clips),
+                "-S",
+                str(args.sams),
+                "-N",
+                str(args.images),
+                "--points",
+                str(args.points),
+            ]
             env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
             out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
             if out.returncode != 0:
@@ -154,23 +200,39 @@ def main() -> int:
             if part not in parts or res["seconds"] < parts[part]["seconds"]:
                 parts[part] = res
     m, b = parts["matrix"], parts["baseline"]
-    res = {"C": args.clips, "S": args.sams, "N": args.images, "size": args.size,
-           "matrix_s": round(m["seconds"], 3), "baseline_s": round(b["seconds"], 3),
-           "overhead_ratio": round(m["seconds"] / b["seconds"], 3),
-           "cpu_overhead_ratio": round(m["cpu_s"] / b["cpu_s"], 3),
-           "baseline_generator_s": round(b["generator_s"], 3), "baseline_selector_s": round(b["selector_s"], 3),
-           "generator_passes_matrix": m["generator_passes"], "generator_passes_baseline": b["generator_passes"],
-           "rows": m["rows"], "repeats": args.repeats, "threads": os.environ.get("OMP_NUM_THREADS", "")}
+    res = {
+        "C": args.clips,
+        "S": args.sams,
+        "N": args.images,
+        "size": args.size,
+        "matrix_s": round(m["seconds"], 3),
+        "baseline_s": round(b["seconds"], 3),
+        "overhead_ratio": round(m["seconds"] / b["seconds"], 3),
+        "cpu_overhead_ratio": round(m["cpu_s"] / b["cpu_s"], 3),
+        "baseline_generator_s": round(b["generator_s"], 3),
+        "baseline_selector_s": round(b["selector_s"], 3),
+        "generator_passes_matrix": m["generator_passes"],
+        "generator_passes_baseline": b["generator_passes"],
+        "rows": m["rows"],
+        "repeats": args.repeats,
+        "threads": os.environ.get("OMP_NUM_THREADS", ""),
+    }
     if args.json:
         print(json.dumps(res))
     else:
         print(f"{args.clips} CLIPs x {args.sams} SAM configs x {args.images} images ({args.size} px):")
-        print(f"  matrix (lvlm bench)       {res['matrix_s']:.2f} s, {m['generator_passes']} generator passes, "
-              f"{m['rows']} rows")
-        print(f"  bare component passes     {res['baseline_s']:.2f} s (generators {res['baseline_generator_s']:.2f} s, "
-              f"selectors {res['baseline_selector_s']:.2f} s)")
-        print(f"  overhead ratio            {res['overhead_ratio']:.3f}  (target <= 1.2; CPU time ratio "
-              f"{res['cpu_overhead_ratio']:.3f})")
+        print(
+            f"  matrix (lvlm bench)       {res['matrix_s']:.2f} s, {m['generator_passes']} generator passes, "
+            f"{m['rows']} rows"
+        )
+        print(
+            f"  bare component passes     {res['baseline_s']:.2f} s (generators {res['baseline_generator_s']:.2f} s, "
+            f"selectors {res['baseline_selector_s']:.2f} s)"
+        )
+        print(
+            f"  overhead ratio            {res['overhead_ratio']:.3f}  (target <= 1.2; CPU time ratio "
+            f"{res['cpu_overhead_ratio']:.3f})"
+        )
     return 0
 
 

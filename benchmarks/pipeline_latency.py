@@ -20,6 +20,7 @@ where their masks differ).
     python benchmarks/pipeline_latency.py --config embedded --n 8 --threads 2 --json
     python benchmarks/pipeline_latency.py --encoder-backend compare --n 8 --json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,10 @@ def build_pipeline(config: str, backend: str | None):
     seg = dict(cfg.get("segmenter") or {})
     if not seg or "encoder_backend" not in inspect.signature(get("segmenter", seg["name"]).obj).parameters:
         with_key = "litemedsam, sam, mobilesam, medsam"
-        raise SystemExit(f"--encoder-backend needs a segmenter with an encoder_backend key ({with_key}); "
-                         f"{config} has {seg.get('name')!r}")
+        raise SystemExit(
+            f"--encoder-backend needs a segmenter with an encoder_backend key ({with_key}); "
+            f"{config} has {seg.get('name')!r}"
+        )
     seg["encoder_backend"] = backend
     return Pipeline.from_config(cfg, segmenter=seg)
 
@@ -98,10 +101,12 @@ def encoder_backend(pipe) -> str:
 def summary(rows: list[dict]) -> dict:
     warm = rows[1:]
     stages = [k for k in rows[0] if k not in ("image", "hw")]
-    return {"seconds_per_image": statistics.mean(r["total"] for r in warm),
-            "median_seconds_per_image": statistics.median(r["total"] for r in warm),
-            "by_stage_mean_s": {k: statistics.mean(r.get(k, 0.0) for r in warm) for k in stages},
-            "first_image_s": rows[0]["total"]}
+    return {
+        "seconds_per_image": statistics.mean(r["total"] for r in warm),
+        "median_seconds_per_image": statistics.median(r["total"] for r in warm),
+        "by_stage_mean_s": {k: statistics.mean(r.get(k, 0.0) for r in warm) for k in stages},
+        "first_image_s": rows[0]["total"],
+    }
 
 
 def main(argv=None) -> int:
@@ -111,8 +116,12 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="480x640", help="HxW of the synthetic images")
     ap.add_argument("--prompt", default="a red triangle", help="text prompt for text-prompted pipelines")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--encoder-backend", default=None, choices=["auto", "torch", "onnxruntime", "compare"],
-                    help="the segmenter's encoder_backend (default: the config's)")
+    ap.add_argument(
+        "--encoder-backend",
+        default=None,
+        choices=["auto", "torch", "onnxruntime", "compare"],
+        help="the segmenter's encoder_backend (default: the config's)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -139,7 +148,9 @@ def main(argv=None) -> int:
         else:
             kwargs["box"] = [w / 4, h / 4, 3 * w / 4, 3 * h / 4]
         masks = []
-        order = list(pipes) if len(rows[backends[0]]) % 2 == 0 else list(pipes)[::-1]  # alternate who goes first
+        order = (
+            list(pipes) if len(rows[backends[0]]) % 2 == 0 else list(pipes)[::-1]
+        )  # alternate who goes first
         for b in order:
             res = pipes[b](img, **kwargs)
             masks.append(res.mask)
@@ -165,8 +176,9 @@ def main(argv=None) -> int:
     if len(backends) == 2:
         out["by_backend"] = {b: {**per[b], "build_s": build_s[b], "images": rows[b]} for b in backends}
         out["speedup"] = per["torch"]["seconds_per_image"] / per["onnxruntime"]["seconds_per_image"]
-        out["segmenter_speedup"] = (per["torch"]["by_stage_mean_s"]["segmenter"]
-                                    / per["onnxruntime"]["by_stage_mean_s"]["segmenter"])
+        out["segmenter_speedup"] = (
+            per["torch"]["by_stage_mean_s"]["segmenter"] / per["onnxruntime"]["by_stage_mean_s"]["segmenter"]
+        )
         out["max_mask_diff_px"] = max(diffs)
     from amg_speed import cpu_model
 
@@ -174,15 +186,22 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(out, indent=1))
     else:
-        print(f"{args.config}: {out['pipeline']} ({out['encoder_backend']} encoder) on {out.get('cpu', 'CPU')}, "
-              f"{out['threads']} threads; built in {out['build_s']:.2f} s")
+        print(
+            f"{args.config}: {out['pipeline']} ({out['encoder_backend']} encoder) on {out.get('cpu', 'CPU')}, "
+            f"{out['threads']} threads; built in {out['build_s']:.2f} s"
+        )
         if "speedup" in out:
             t = out["by_backend"]["torch"]["seconds_per_image"]
-            print(f"torch encoder {t:.3f} s/image; onnxruntime {out['seconds_per_image']:.3f}: speedup "
-                  f"{out['speedup']:.2f}x (segmenter {out['segmenter_speedup']:.2f}x), masks differ in at most "
-                  f"{out['max_mask_diff_px']} px")
-        print(f"first image {out['first_image_s']:.3f} s; then {out['seconds_per_image']:.3f} s/image (mean of "
-              f"{len(out['images']) - 1}): " + ", ".join(f"{k} {v:.3f}" for k, v in out["by_stage_mean_s"].items()))
+            print(
+                f"torch encoder {t:.3f} s/image; onnxruntime {out['seconds_per_image']:.3f}: speedup "
+                f"{out['speedup']:.2f}x (segmenter {out['segmenter_speedup']:.2f}x), masks differ in at most "
+                f"{out['max_mask_diff_px']} px"
+            )
+        print(
+            f"first image {out['first_image_s']:.3f} s; then {out['seconds_per_image']:.3f} s/image (mean of "
+            f"{len(out['images']) - 1}): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in out["by_stage_mean_s"].items())
+        )
     return 0
 
 

@@ -20,6 +20,7 @@ sampled every 0.5 s and ``rss_mb_trace`` at each quarter of the run.
     python benchmarks/serve_load.py --json
     python benchmarks/serve_load.py --config embedded --requests 60 --clients 4 --json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -124,11 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--bad-fraction", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the server (default 2)")
-    ap.add_argument("--max-seconds", type=float, default=900.0, help="stop sending after this long (default 900)")
+    ap.add_argument(
+        "--max-seconds", type=float, default=900.0, help="stop sending after this long (default 900)"
+    )
     ap.add_argument("--request-timeout", type=float, default=120.0)
-    ap.add_argument("--variants", type=int, default=12, choices=range(1, 13), metavar="1..12",
-                    help="distinct images the good requests cycle through (default 12; 4 or fewer stay in the "
-                         "segmenter's embedding cache)")
+    ap.add_argument(
+        "--variants",
+        type=int,
+        default=12,
+        choices=range(1, 13),
+        metavar="1..12",
+        help="distinct images the good requests cycle through (default 12; 4 or fewer stay in the "
+        "segmenter's embedding cache)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.requests < 1 or args.clients < 1 or not 0 <= args.bad_fraction < 1:
@@ -152,16 +161,38 @@ def main(argv: list[str] | None = None) -> int:
         ref_seconds = time.perf_counter() - t0
         uploads = [p.read_bytes() for p in paths]
         big = _png(np.zeros((5000, 6000), np.uint8))  # 30 MP in a small file: over the default pixel limit
-        bad_bodies = {"corrupt": b"\x89PNG\r\n\x1a\n" + os.urandom(2000), "truncated": uploads[0][: len(uploads[0]) // 2],
-                      "too_many_pixels": big}
+        bad_bodies = {
+            "corrupt": b"\x89PNG\r\n\x1a\n" + os.urandom(2000),
+            "truncated": uploads[0][: len(uploads[0]) // 2],
+            "too_many_pixels": big,
+        }
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         with open(work / "serve.log", "w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "lvlm.cli", "serve", "--config", args.config, "--host",
-                                     "127.0.0.1", "--port", str(port), "--max-queue", str(max(16, 2 * args.clients)),
-                                     "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "lvlm.cli",
+                    "serve",
+                    "--config",
+                    args.config,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--max-queue",
+                    str(max(16, 2 * args.clients)),
+                    "--log-level",
+                    "warning",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=work,
+            )
         t_start = time.time()
         while True:
             if proc.poll() is not None:
@@ -175,8 +206,12 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
         rss_idle = rss_mb(proc.pid)
         t0 = time.perf_counter()
-        r = httpx.post(f"{url}/api/segment", data=plan["data"], files={"image": ("v00.png", uploads[0], "image/png")},
-                       timeout=args.request_timeout)
+        r = httpx.post(
+            f"{url}/api/segment",
+            data=plan["data"],
+            files={"image": ("v00.png", uploads[0], "image/png")},
+            timeout=args.request_timeout,
+        )
         warmup_s = time.perf_counter() - t0
         if r.status_code != 200:
             raise SystemExit(f"warm-up request failed: {r.status_code} {r.text[:300]}")
@@ -220,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                     data["config"] = "sam/no_such_config"
             t = time.perf_counter()
             try:
-                resp = client.post(f"{url}/api/segment", data=data, files={"image": (name, body, "image/png")})
+                resp = client.post(
+                    f"{url}/api/segment", data=data, files={"image": (name, body, "image/png")}
+                )
             except httpx.HTTPError as exc:
                 results[i] = {"kind": kind, "outcome": "lost", "why": type(exc).__name__}
                 return
@@ -265,20 +302,32 @@ def main(argv: list[str] | None = None) -> int:
             if "status" in r:
                 statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
         out = {
-            "config": args.config, "requests": args.requests, "clients": args.clients,
+            "config": args.config,
+            "requests": args.requests,
+            "clients": args.clients,
             "ok": sum(r["outcome"] == "ok" for r in res),
             "errors": sum(r["outcome"] == "error" for r in res),
             "bad_rejected": sum(r["outcome"] == "bad_rejected" for r in res),
-            "bad_sent": len(bad_at), "lost": sum(r["outcome"] == "lost" for r in res),
+            "bad_sent": len(bad_at),
+            "lost": sum(r["outcome"] == "lost" for r in res),
             "p50_s": round(statistics.median(lat), 3) if lat else None,
             "p95_s": round(lat[min(len(lat) - 1, int(np.ceil(0.95 * len(lat))) - 1)], 3) if lat else None,
-            "throughput_rps": round(answered / wall, 2), "wall_s": round(wall, 1),
-            "rss_mb_idle": round(rss_idle, 1), "rss_mb_start": round(rss_start, 1), "rss_mb_end": round(rss_end, 1),
-            "rss_mb_peak": round(max(peak[0], rss_end), 1), "rss_mb_trace": trace,
-            "status_counts": statuses, "server_pending_after": health["pending"],
-            "warmup_s": round(warmup_s, 2), "cli_reference_s": round(ref_seconds, 1),
-            "variants": len(uploads), "server_threads": args.threads, "cpus": os.cpu_count(),
-            "loadavg_1m_start": round(load0, 2), "loadavg_1m_end": round(os.getloadavg()[0], 2),
+            "throughput_rps": round(answered / wall, 2),
+            "wall_s": round(wall, 1),
+            "rss_mb_idle": round(rss_idle, 1),
+            "rss_mb_start": round(rss_start, 1),
+            "rss_mb_end": round(rss_end, 1),
+            "rss_mb_peak": round(max(peak[0], rss_end), 1),
+            "rss_mb_trace": trace,
+            "status_counts": statuses,
+            "server_pending_after": health["pending"],
+            "warmup_s": round(warmup_s, 2),
+            "cli_reference_s": round(ref_seconds, 1),
+            "variants": len(uploads),
+            "server_threads": args.threads,
+            "cpus": os.cpu_count(),
+            "loadavg_1m_start": round(load0, 2),
+            "loadavg_1m_end": round(os.getloadavg()[0], 2),
             "failures": [r for r in res if r["outcome"] in ("error", "lost")][:5],
         }
         print(json.dumps(out, indent=None if args.json else 2))

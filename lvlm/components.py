@@ -3,6 +3,7 @@
 image + prompt -> MaskGenerator -> Candidates -> Selector -> Selection (mask)
 image + prompt -> Prompter -> Prompts -> PromptedSegmenter -> Candidates (-> union or Selector)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -142,8 +143,9 @@ class PromptedSegmenter:
             todo_images = [first[k] for k in todo]
             got = many(todo_images) if many is not None else [self._embed(im) for im in todo_images]
             if len(got) != len(todo):
-                raise RuntimeError(f"{type(self).__name__}._embed_many returned {len(got)} embeddings "
-                                   f"for {len(todo)} images")
+                raise RuntimeError(
+                    f"{type(self).__name__}._embed_many returned {len(got)} embeddings for {len(todo)} images"
+                )
             for k, emb in zip(todo, got):
                 _remember(cache, k, emb, size)
         out = []
@@ -187,8 +189,10 @@ class PromptedSegmenter:
         checked = [self._checked(im, pr) for im, pr in zip(images, prompts_list)]
         whole = [i for i, pr in enumerate(checked) if not self._zoomed(pr)]
         embeddings = dict(zip(whole, self.embed_many([images[i] for i in whole])))
-        return [self._decode(embeddings[i], pr, im) if i in embeddings else self._segment_zoomed(im, pr)
-                for i, (im, pr) in enumerate(zip(images, checked))]
+        return [
+            self._decode(embeddings[i], pr, im) if i in embeddings else self._segment_zoomed(im, pr)
+            for i, (im, pr) in enumerate(zip(images, checked))
+        ]
 
     def _checked(self, image: np.ndarray, prompts: Prompts) -> Prompts:
         """The prompts validated against the image and clipped to it (text-conditioned segmenters: as given)."""
@@ -198,7 +202,9 @@ class PromptedSegmenter:
         if prompts.boxes is None and prompts.points is None:
             from .errors import PromptError
 
-            raise PromptError(f"{type(self).__name__} needs a box or point prompt (--box x0,y0,x1,y1 or --point x,y)")
+            raise PromptError(
+                f"{type(self).__name__} needs a box or point prompt (--box x0,y0,x1,y1 or --point x,y)"
+            )
         prompts.validate(h, w)
         return prompts.clipped(h, w)
 

@@ -1,4 +1,5 @@
 """Exceptions a user sees: each one says what went wrong and what to do about it."""
+
 from __future__ import annotations
 
 

@@ -7,6 +7,7 @@ path each write their own temporary file and the last rename wins; a killed writ
 destination (only, at worst, a hidden ``.<name>.*.tmp`` file). The file gets the permissions a plain
 ``open(path, "w")`` would give it (``mkstemp`` alone makes it private).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,9 @@ _UMASK = _umask()
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb", fsync: bool = True,
-                encoding: str | None = None) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "wb", fsync: bool = True, encoding: str | None = None
+) -> Iterator[IO[Any]]:
     """Open a temporary file that replaces ``path`` when the ``with`` block ends without an error.
 
     On an error the temporary file is removed and ``path`` is left as it was.
@@ -69,8 +71,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", fsync: bool = True,
         raise
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[Any]], Any],
-                 mode: str | None = None, fsync: bool = True) -> Path:
+def atomic_write(
+    path: str | os.PathLike,
+    data: bytes | str | Callable[[IO[Any]], Any],
+    mode: str | None = None,
+    fsync: bool = True,
+) -> Path:
     """Write ``data`` to ``path`` atomically (see the module docstring) and return the path.
 
     Args:
@@ -90,8 +96,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[Any]]
     return Path(path)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1, fsync: bool = True,
-                      **kwargs: Any) -> Path:
+def atomic_write_json(
+    path: str | os.PathLike, obj: Any, indent: int | None = 1, fsync: bool = True, **kwargs: Any
+) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically.
 
     Args:

@@ -4,6 +4,7 @@ Every image entering lvlm goes through :func:`load_image`, which returns an H x 
 array whatever came in (path, PIL image, array; greyscale, RGBA, palette, 16-bit, CMYK,
 EXIF-rotated), or raises :class:`~lvlm.errors.ImageError` with the reason.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,7 +53,9 @@ NORMALIZE_MODES = ("none", "percentile", "minmax")
 DEFAULT_PERCENTILES = (0.5, 99.5)
 
 
-def check_normalize(normalize: Any, percentiles: Any = DEFAULT_PERCENTILES) -> tuple[str, tuple[float, float]]:
+def check_normalize(
+    normalize: Any, percentiles: Any = DEFAULT_PERCENTILES
+) -> tuple[str, tuple[float, float]]:
     """``(mode, (low, high))`` of a ``normalize`` option, or ImageError naming the valid values.
 
     Args:
@@ -71,8 +74,9 @@ def check_normalize(normalize: Any, percentiles: Any = DEFAULT_PERCENTILES) -> t
     return mode, (lo, hi)
 
 
-def normalize_intensity(arr: np.ndarray, normalize: str = "percentile",
-                        percentiles: Any = DEFAULT_PERCENTILES) -> np.ndarray:
+def normalize_intensity(
+    arr: np.ndarray, normalize: str = "percentile", percentiles: Any = DEFAULT_PERCENTILES
+) -> np.ndarray:
     """Intensities of ``arr`` (any dtype, full precision) mapped to float64 [0, 1], one range for all channels.
 
     ``percentile``: ``(x - p_low) / (p_high - p_low)`` clipped to [0, 1], with the ``percentiles`` of the
@@ -92,8 +96,11 @@ def normalize_intensity(arr: np.ndarray, normalize: str = "percentile",
     if not finite.any():
         return np.zeros(a.shape)
     vals = a[finite]
-    lo, hi = (float(vals.min()), float(vals.max())) if mode == "minmax" else \
-        (float(v) for v in np.percentile(vals, [plo, phi]))
+    lo, hi = (
+        (float(vals.min()), float(vals.max()))
+        if mode == "minmax"
+        else (float(v) for v in np.percentile(vals, [plo, phi]))
+    )
     if hi <= lo:
         return np.zeros(a.shape)
     return np.clip((np.where(finite, a, lo) - lo) / (hi - lo), 0.0, 1.0)
@@ -108,7 +115,9 @@ def _normalized_uint8(arr: np.ndarray, norm: tuple[str, tuple[float, float]] | N
     return np.round(normalize_intensity(arr, *norm) * 255.0).astype(np.uint8)
 
 
-def _array_to_rgb(arr: np.ndarray, what: str, norm: tuple[str, tuple[float, float]] | None = None) -> np.ndarray:
+def _array_to_rgb(
+    arr: np.ndarray, what: str, norm: tuple[str, tuple[float, float]] | None = None
+) -> np.ndarray:
     if arr.size == 0 or 0 in arr.shape[:2]:
         raise ImageError(f"{what}: image is empty (shape {arr.shape})")
     if norm is not None and norm[0] != "none":
@@ -128,7 +137,9 @@ def _array_to_rgb(arr: np.ndarray, what: str, norm: tuple[str, tuple[float, floa
     raise ImageError(f"{what}: expected an H x W or H x W x 3 (RGB) array, got shape {arr.shape}")
 
 
-def _pil_to_rgb(img: Image.Image, what: str, norm: tuple[str, tuple[float, float]] | None = None) -> np.ndarray:
+def _pil_to_rgb(
+    img: Image.Image, what: str, norm: tuple[str, tuple[float, float]] | None = None
+) -> np.ndarray:
     rgb = _pil_to_rgb_plain(img, what, norm)
     if norm is not None and norm[0] != "none" and img.mode not in _HIGH_DEPTH_MODES:
         rgb = _normalized_uint8(rgb, norm)
@@ -138,7 +149,9 @@ def _pil_to_rgb(img: Image.Image, what: str, norm: tuple[str, tuple[float, float
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
-def _pil_to_rgb_plain(img: Image.Image, what: str, norm: tuple[str, tuple[float, float]] | None) -> np.ndarray:
+def _pil_to_rgb_plain(
+    img: Image.Image, what: str, norm: tuple[str, tuple[float, float]] | None
+) -> np.ndarray:
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # noqa: BLE001, S110  broken EXIF (any error inside PIL): keep the pixels as stored
@@ -162,8 +175,9 @@ def _pil_to_rgb_plain(img: Image.Image, what: str, norm: tuple[str, tuple[float,
     return np.asarray(img).copy()
 
 
-def load_image(image: ImageLike, normalize: str | None = "none",
-               percentiles: Any = DEFAULT_PERCENTILES) -> np.ndarray:
+def load_image(
+    image: ImageLike, normalize: str | None = "none", percentiles: Any = DEFAULT_PERCENTILES
+) -> np.ndarray:
     """Any supported image -> H x W x 3 uint8 RGB array (raises ImageError with the reason).
 
     Args:
@@ -192,7 +206,9 @@ def load_image(image: ImageLike, normalize: str | None = "none",
             arr = _read_tiff(path)
             if arr is not None:
                 if arr.size > max_pixels() * (arr.shape[2] if arr.ndim == 3 else 1):
-                    raise ImageError(f"{what}: image of shape {arr.shape} is over the limit of {max_pixels():,} pixels")
+                    raise ImageError(
+                        f"{what}: image of shape {arr.shape} is over the limit of {max_pixels():,} pixels"
+                    )
                 return _array_to_rgb(arr, what, norm)
         Image.MAX_IMAGE_PIXELS = max(max_pixels(), Image.MAX_IMAGE_PIXELS or 0)
         try:
@@ -210,12 +226,16 @@ def load_image(image: ImageLike, normalize: str | None = "none",
         except ImageError:
             raise
         except UnidentifiedImageError:
-            raise ImageError(f"{what}: not an image file PIL can read (corrupt or unsupported format)") from None
+            raise ImageError(
+                f"{what}: not an image file PIL can read (corrupt or unsupported format)"
+            ) from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"{what}: cannot decode image (truncated or corrupt): {exc}") from None
         except Image.DecompressionBombError as exc:
             raise ImageError(f"{what}: {exc}") from None
-    raise ImageError(f"cannot read an image from {type(image).__name__}; give a path, PIL image or H x W x 3 array")
+    raise ImageError(
+        f"cannot read an image from {type(image).__name__}; give a path, PIL image or H x W x 3 array"
+    )
 
 
 def _read_tiff(path: Path) -> np.ndarray | None:
@@ -319,7 +339,7 @@ def slug(text: str, sep: str = "_", keep_case: bool = False) -> str:
     t = ascii_text if keep_case else ascii_text.lower()
     t = re.sub(r"[^0-9A-Za-z]+", sep, t).strip(sep)
     if len(t) > _SLUG_MAX:
-        t, lossy = t[:_SLUG_MAX - 7].rstrip(sep), True
+        t, lossy = t[: _SLUG_MAX - 7].rstrip(sep), True
     if lossy:
         t = f"{t}{sep}{text_hash(text)}" if t else f"h{sep}{text_hash(text)}"
     return t
@@ -369,8 +389,14 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
     return path
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 64, 32), alpha: float = 0.5,
-            boxes: np.ndarray | None = None, points: np.ndarray | None = None) -> np.ndarray:
+def overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    color=(255, 64, 32),
+    alpha: float = 0.5,
+    boxes: np.ndarray | None = None,
+    points: np.ndarray | None = None,
+) -> np.ndarray:
     """RGB overlay of a mask (and optional boxes / points) on an image, with the mask's outline drawn.
 
     Args:
@@ -416,4 +442,3 @@ def save_overlay(path: str | os.PathLike, image: np.ndarray, mask: np.ndarray, *
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay(image, mask, **kwargs)).save(path)
     return path
-

@@ -15,6 +15,7 @@ precision is the fraction of predicted boundary pixels within ``tolerance`` pixe
 ground-truth boundary pixel; boundary recall the converse; boundary F1 their harmonic mean (0 when both
 are 0). A mask with no boundary (empty, or the full image) follows the empty-mask convention above.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -204,7 +205,10 @@ def boundary_scores(pred: Any, gt: Any, tolerance: float = DEFAULT_TOLERANCE) ->
         tolerance: boundary distance (pixels, Euclidean) within which a boundary pixel counts as matched.
     """
     p, g, is_np, single = _pair(pred, gt)
-    return {k.replace("boundary_", ""): _out(v, is_np, single) for k, v in _boundary_scores(p, g, tolerance).items()}
+    return {
+        k.replace("boundary_", ""): _out(v, is_np, single)
+        for k, v in _boundary_scores(p, g, tolerance).items()
+    }
 
 
 def _boundary_scores(p: torch.Tensor, g: torch.Tensor, tolerance: float) -> dict[str, torch.Tensor]:
@@ -243,6 +247,7 @@ def segmentation_metrics(pred: Any, gt: Any, tolerance: float = DEFAULT_TOLERANC
 
 
 # --- candidates: the best a selector could do ------------------------------------------------------
+
 
 def pairwise_iou(a: Any, b: Any) -> np.ndarray:
     """N x M IoU matrix of masks ``a`` (N x H x W) against masks ``b`` (M x H x W); 1 for two empty masks.
@@ -289,6 +294,7 @@ def selection_efficiency(selected_iou: float, oracle: float) -> float:
 
 # --- instances ---------------------------------------------------------------------------------------
 
+
 def match_instances(pred_masks: Any, gt_masks: Any, iou: float = 0.5) -> dict[str, float]:
     """One-to-one matching of predicted to ground-truth instances (Hungarian on IoU, pairs with IoU >= ``iou``).
 
@@ -321,14 +327,17 @@ def match_instances(pred_masks: Any, gt_masks: Any, iou: float = 0.5) -> dict[st
         "f1": 2 * tp / total if total else 1.0,
         "precision": tp / n_pred if n_pred else float(n_gt == 0),
         "recall": tp / n_gt if n_gt else float(n_pred == 0),
-        "tp": tp, "n_pred": n_pred, "n_gt": n_gt,
+        "tp": tp,
+        "n_pred": n_pred,
+        "n_gt": n_gt,
         "matched_iou": float(matched.mean()) if tp else float("nan"),
         "best_iou": best,
     }
 
 
-def coco_mask_ap(predictions: Sequence[tuple[Any, Any]], ground_truths: Sequence[Any],
-                 max_dets: int | None = None) -> dict[str, float]:
+def coco_mask_ap(
+    predictions: Sequence[tuple[Any, Any]], ground_truths: Sequence[Any], max_dets: int | None = None
+) -> dict[str, float]:
     """COCO mask AP (mean over IoU 0.50:0.95), AP50 and AP75 with pycocotools' ``COCOeval`` (``lvlm[bench]``).
 
     Args:
@@ -360,8 +369,17 @@ def coco_mask_ap(predictions: Sequence[tuple[Any, Any]], ground_truths: Sequence
         images.append({"id": i, "height": int(h), "width": int(w)})
         for m in gm:
             r = rle.encode(m)
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 1, "segmentation": r,
-                         "area": rle.area(r), "bbox": rle.to_bbox(r), "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": 1,
+                    "segmentation": r,
+                    "area": rle.area(r),
+                    "bbox": rle.to_bbox(r),
+                    "iscrowd": 0,
+                }
+            )
         pm = np.asarray(pm, bool).reshape(-1, h, w)
         for m, s in zip(pm, np.asarray(ps, np.float64).reshape(-1)):
             dets.append({"image_id": i, "category_id": 1, "segmentation": rle.encode(m), "score": float(s)})
@@ -387,14 +405,24 @@ def coco_mask_ap(predictions: Sequence[tuple[Any, Any]], ground_truths: Sequence
         return float(x.mean()) if x.size else -1.0
 
     thr = np.asarray(ev.params.iouThrs)
-    return {"ap": _mean(prec), "ap50": _mean(prec[np.isclose(thr, 0.5)]),
-            "ap75": _mean(prec[np.isclose(thr, 0.75)])}
+    return {
+        "ap": _mean(prec),
+        "ap50": _mean(prec[np.isclose(thr, 0.5)]),
+        "ap75": _mean(prec[np.isclose(thr, 0.75)]),
+    }
 
 
 # --- losses ------------------------------------------------------------------------------------------
 
-def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
-                  bce_weight: float = 1.0, dice_weight: float = 1.0, eps: float = 1.0) -> torch.Tensor:
+
+def bce_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    bce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    eps: float = 1.0,
+) -> torch.Tensor:
     """``bce_weight * BCE + dice_weight * (1 - soft Dice)``, each per sample over its valid pixels, then averaged.
 
     The soft Dice is ``(2 sum p t + eps) / (sum p + sum t + eps)`` with ``p = sigmoid(logits)``.

@@ -1,4 +1,5 @@
 """Lazy imports of optional dependencies with one clear message naming the extra to install."""
+
 from __future__ import annotations
 
 import importlib
@@ -45,7 +46,9 @@ def require(module: str, feature: str = "") -> ModuleType:
         extra, pkg = EXTRAS.get(module, (None, module.split(".")[0]))
         what = f" (needed for {feature})" if feature else ""
         hint = f'pip install "lvlm[{extra}]"' if extra else f"pip install {pkg}"
-        raise MissingDependencyError(f"{pkg} is not installed{what}; install it with: {hint}  [{exc}]") from exc
+        raise MissingDependencyError(
+            f"{pkg} is not installed{what}; install it with: {hint}  [{exc}]"
+        ) from exc
 
 
 def has(module: str) -> bool:

@@ -13,6 +13,7 @@ A config is a dict (or a YAML file) whose top-level keys name the stages and who
 
     combine: instances                             # how the candidates become the result (lvlm list combine)
 """
+
 from __future__ import annotations
 
 import os
@@ -54,7 +55,9 @@ def find_config(name: str | os.PathLike) -> Path:
         if cand.is_file():
             return cand
     shipped = sorted(str(c.relative_to(CONFIG_DIR).with_suffix("")) for c in CONFIG_DIR.rglob("*.yaml"))
-    raise ConfigError(f"config {str(name)!r} not found (as a file or a packaged config); packaged configs: {', '.join(shipped)}")
+    raise ConfigError(
+        f"config {str(name)!r} not found (as a file or a packaged config); packaged configs: {', '.join(shipped)}"
+    )
 
 
 def load_config(config: str | os.PathLike | dict) -> dict:
@@ -73,7 +76,9 @@ def load_config(config: str | os.PathLike | dict) -> dict:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of stage -> settings, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: a config must be a mapping of stage -> settings, got {type(data).__name__}"
+        )
     return data
 
 
@@ -91,20 +96,31 @@ class Pipeline:
         description: free text.
     """
 
-    def __init__(self, generator=None, prompter=None, segmenter=None, selector=None,
-                 combine: Any = None, description: str = "") -> None:
+    def __init__(
+        self,
+        generator=None,
+        prompter=None,
+        segmenter=None,
+        selector=None,
+        combine: Any = None,
+        description: str = "",
+    ) -> None:
         if generator is None and segmenter is None:
             raise ConfigError("a pipeline needs a 'generator' (everything mode) or a 'segmenter' (prompted)")
         if generator is not None and segmenter is not None:
             raise ConfigError("give either a 'generator' or a 'segmenter', not both")
         if prompter is not None and segmenter is None:
             raise ConfigError("a 'prompter' needs a 'segmenter' to turn its prompts into masks")
-        combiner = build_spec("combine", default_combine(selector is not None) if combine is None else combine)
+        combiner = build_spec(
+            "combine", default_combine(selector is not None) if combine is None else combine
+        )
         if not hasattr(combiner, "combine"):
             raise ConfigError(f"combine: {type(combiner).__name__} is not a combiner (no 'combine' method)")
         if generator is not None and selector is None and not getattr(combiner, "standalone", False):
-            raise ConfigError("an everything-mode 'generator' needs a 'selector' to pick the mask for the text "
-                              "(or 'combine: instances' to keep every mask)")
+            raise ConfigError(
+                "an everything-mode 'generator' needs a 'selector' to pick the mask for the text "
+                "(or 'combine: instances' to keep every mask)"
+            )
         self.generator = generator
         self.prompter = prompter
         self.segmenter = segmenter
@@ -125,7 +141,9 @@ class Pipeline:
         cfg.update(overrides)
         bad = [k for k in cfg if k not in TOP_LEVEL_KEYS]
         if bad:
-            raise ConfigError(f"unknown top-level config key(s) {', '.join(map(repr, bad))}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+            raise ConfigError(
+                f"unknown top-level config key(s) {', '.join(map(repr, bad))}; valid keys: {', '.join(TOP_LEVEL_KEYS)}"
+            )
         stages = {k: build_spec(k, cfg.get(k)) for k in STAGES}
         pipe = cls(**stages, combine=cfg.get("combine"), description=cfg.get("description", ""))
         pipe.config = cfg
@@ -134,16 +152,26 @@ class Pipeline:
     @property
     def needs_text(self) -> bool:
         """Whether every call needs a text prompt (a selector, a prompter, CLIPSeg or a text-reading combiner)."""
-        return self.selector is not None or self.prompter is not None or bool(
-            getattr(self.segmenter, "text_conditioned", False)) or bool(getattr(self.combiner, "needs_text", False))
+        return (
+            self.selector is not None
+            or self.prompter is not None
+            or bool(getattr(self.segmenter, "text_conditioned", False))
+            or bool(getattr(self.combiner, "needs_text", False))
+        )
 
     @property
     def takes_no_prompt(self) -> bool:
         """An everything-mode pipeline that runs without any prompt (``combine: instances``, no selector)."""
         return self.generator is not None and not self.needs_text
 
-    def __call__(self, image: ImageLike, prompt: str | None = None, box: Sequence[float] | np.ndarray | None = None,
-                 point: Sequence[float] | np.ndarray | None = None, point_label: Sequence[int] | None = None) -> Result:
+    def __call__(
+        self,
+        image: ImageLike,
+        prompt: str | None = None,
+        box: Sequence[float] | np.ndarray | None = None,
+        point: Sequence[float] | np.ndarray | None = None,
+        point_label: Sequence[int] | None = None,
+    ) -> Result:
         """Segment ``image`` for the text ``prompt`` (and/or user ``box`` / ``point`` prompts).
 
         Args:
@@ -168,13 +196,16 @@ class Pipeline:
         if box is not None or point is not None:
             user = Prompts(boxes=box, points=point, point_labels=point_label, text=prompt)
         if prompt is None and user is None and not self.takes_no_prompt:
-            raise LvlmError("give a text prompt" + (" or a box / point prompt" if self.segmenter is not None else ""))
+            raise LvlmError(
+                "give a text prompt" + (" or a box / point prompt" if self.segmenter is not None else "")
+            )
         if prompt is None and self.needs_text and user is None:
             raise LvlmError("this pipeline is text-prompted: give a text prompt")
         return img, user
 
-    def _prompts(self, img: np.ndarray, prompt: str | None, user: Prompts | None,
-                 timings: dict[str, float]) -> tuple[Prompts, dict[str, Any]]:
+    def _prompts(
+        self, img: np.ndarray, prompt: str | None, user: Prompts | None, timings: dict[str, float]
+    ) -> tuple[Prompts, dict[str, Any]]:
         """The prompts for the segmenter: the user's, the prompter's, or the text (text-conditioned)."""
         if user is not None:
             return user, {}
@@ -186,15 +217,24 @@ class Pipeline:
             return prompts, dict(extra)
         if getattr(self.segmenter, "text_conditioned", False):
             return Prompts(text=prompt), {}
-        raise LvlmError(f"{type(self.segmenter).__name__} is a prompted segmenter: give a box or point prompt "
-                        "(or configure a 'prompter' that turns text into boxes)")
+        raise LvlmError(
+            f"{type(self.segmenter).__name__} is a prompted segmenter: give a box or point prompt "
+            "(or configure a 'prompter' that turns text into boxes)"
+        )
 
     def _can_segment(self, prompts: Prompts) -> bool:
-        return prompts.has_geometry or bool(prompts.text and getattr(self.segmenter, "text_conditioned", False))
+        return prompts.has_geometry or bool(
+            prompts.text and getattr(self.segmenter, "text_conditioned", False)
+        )
 
-    def _candidates(self, img: np.ndarray, prompt: str | None, user: Prompts | None, timings: dict[str, float],
-                    given: tuple[Prompts, dict[str, Any]] | None = None,
-                    ) -> tuple[Candidates, Prompts | None, dict[str, Any]]:
+    def _candidates(
+        self,
+        img: np.ndarray,
+        prompt: str | None,
+        user: Prompts | None,
+        timings: dict[str, float],
+        given: tuple[Prompts, dict[str, Any]] | None = None,
+    ) -> tuple[Candidates, Prompts | None, dict[str, Any]]:
         """Candidates of the image (everything mode, or the prompts through the segmenter)."""
         h, w = img.shape[:2]
         if self.generator is not None:
@@ -207,8 +247,15 @@ class Pipeline:
                 return Candidates.empty(h, w, source="prompter"), prompts, extra
             return _labelled(self.segmenter.segment(img, prompts), prompts), prompts, extra
 
-    def _finish(self, img: np.ndarray, prompt: str | None, candidates: Candidates, prompts: Prompts | None,
-                extra: dict[str, Any], timings: dict[str, float]) -> Result:
+    def _finish(
+        self,
+        img: np.ndarray,
+        prompt: str | None,
+        candidates: Candidates,
+        prompts: Prompts | None,
+        extra: dict[str, Any],
+        timings: dict[str, float],
+    ) -> Result:
         """Selector (when there is one and a text) and combiner -> the Result."""
         h, w = img.shape[:2]
         selection = None
@@ -225,13 +272,28 @@ class Pipeline:
             what = f"prompt {prompt!r}" if prompt is not None else "everything mode"
             warnings.warn(f"{what} matched nothing: the mask is empty", EmptyMaskWarning, stacklevel=3)
         timings["total"] = sum(timings.values())
-        return Result(mask=mask, score=float(out.score), prompt=prompt, candidates=candidates,
-                      scores=None if selection is None else selection.scores, index=out.index, prompts=prompts,
-                      timings=timings, extra=extra, instances=out.instances)
+        return Result(
+            mask=mask,
+            score=float(out.score),
+            prompt=prompt,
+            candidates=candidates,
+            scores=None if selection is None else selection.scores,
+            index=out.index,
+            prompts=prompts,
+            timings=timings,
+            extra=extra,
+            instances=out.instances,
+        )
 
-    def run_many(self, images: Iterable[ImageLike], prompts: str | Sequence[str | None] | None = None,
-                 progress: bool = True, on_error: str = "raise", batch_size: int = 8,
-                 **kwargs: Any) -> list[Result | Exception]:
+    def run_many(
+        self,
+        images: Iterable[ImageLike],
+        prompts: str | Sequence[str | None] | None = None,
+        progress: bool = True,
+        on_error: str = "raise",
+        batch_size: int = 8,
+        **kwargs: Any,
+    ) -> list[Result | Exception]:
         """Run over many images; ``prompts`` is one prompt for all or one per image.
 
         A prompter with ``prompts_many(images, texts)`` (a detector that batches images) and a segmenter with
@@ -262,7 +324,7 @@ class Pipeline:
         out: list[Result | Exception] = []
         with tqdm(total=len(images), desc="segmenting", unit="img", disable=not progress) as bar:
             for s in range(0, len(images), int(batch_size)):
-                chunk = list(zip(images[s:s + int(batch_size)], prompts[s:s + int(batch_size)]))
+                chunk = list(zip(images[s : s + int(batch_size)], prompts[s : s + int(batch_size)]))
                 out.extend(self._run_chunk(chunk, on_error, kwargs))
                 bar.update(len(chunk))
         return out
@@ -276,21 +338,36 @@ class Pipeline:
         states: list[Any] = []  # per image: [img, prompt, user, timings] or the exception
         for image, p in chunk:
             timings: dict[str, float] = {}
-            states.append(self._guard(on_error, lambda image=image, p=p, t=timings: [
-                *self._start(image, p, kwargs.get("box"), kwargs.get("point"), kwargs.get("point_label"), t),
-                p, t]))
+            states.append(
+                self._guard(
+                    on_error,
+                    lambda image=image, p=p, t=timings: [
+                        *self._start(
+                            image, p, kwargs.get("box"), kwargs.get("point"), kwargs.get("point_label"), t
+                        ),
+                        p,
+                        t,
+                    ],
+                )
+            )
         live = [i for i, st in enumerate(states) if not isinstance(st, Exception)]
         given: dict[int, tuple[Prompts, dict[str, Any]]] = {}
         if batch_prompter:
             todo = [i for i in live if states[i][1] is None]  # no user box / point prompts
             if todo:
                 t0 = time.perf_counter()
-                got = self._guard(on_error, lambda: self.prompter.prompts_many(
-                    [states[i][0] for i in todo], [states[i][2] for i in todo]))
+                got = self._guard(
+                    on_error,
+                    lambda: self.prompter.prompts_many(
+                        [states[i][0] for i in todo], [states[i][2] for i in todo]
+                    ),
+                )
                 if not isinstance(got, Exception):
                     if len(got) != len(todo):
-                        raise LvlmError(f"{type(self.prompter).__name__}.prompts_many returned {len(got)} "
-                                        f"answers for {len(todo)} images")
+                        raise LvlmError(
+                            f"{type(self.prompter).__name__}.prompts_many returned {len(got)} "
+                            f"answers for {len(todo)} images"
+                        )
                     share = (time.perf_counter() - t0) / len(todo)
                     for i, (pr, ex) in zip(todo, got):
                         if pr.text is None:
@@ -300,7 +377,9 @@ class Pipeline:
         for i in live:  # the prompts of the images the batch did not cover
             if i not in given:
                 img, user, p, t = states[i]
-                res = self._guard(on_error, lambda img=img, user=user, p=p, t=t: self._prompts(img, p, user, t))
+                res = self._guard(
+                    on_error, lambda img=img, user=user, p=p, t=t: self._prompts(img, p, user, t)
+                )
                 given[i] = res
         results: dict[int, Any] = {}
         cands: dict[int, Candidates] = {}
@@ -312,12 +391,18 @@ class Pipeline:
             todo = [i for i in ready if self._can_segment(given[i][0])]
             if todo:
                 t0 = time.perf_counter()
-                got = self._guard(on_error, lambda: self.segmenter.segment_many(
-                    [states[i][0] for i in todo], [given[i][0] for i in todo]))
+                got = self._guard(
+                    on_error,
+                    lambda: self.segmenter.segment_many(
+                        [states[i][0] for i in todo], [given[i][0] for i in todo]
+                    ),
+                )
                 if not isinstance(got, Exception):
                     if len(got) != len(todo):
-                        raise LvlmError(f"{type(self.segmenter).__name__}.segment_many returned {len(got)} "
-                                        f"answers for {len(todo)} images")
+                        raise LvlmError(
+                            f"{type(self.segmenter).__name__}.segment_many returned {len(got)} "
+                            f"answers for {len(todo)} images"
+                        )
                     share = (time.perf_counter() - t0) / len(todo)
                     for i, c in zip(todo, got):
                         cands[i] = _labelled(c, given[i][0])

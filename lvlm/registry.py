@@ -13,6 +13,7 @@ and is created by name, with keyword arguments that are exactly its constructor 
 Component modules live in the sub-packages listed in ``_COMPONENT_PACKAGES``; they are imported
 on the first lookup, so adding a component is writing one file in one of those folders.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -175,7 +176,9 @@ def build_spec(kind: str, spec: Any) -> Any:
         spec = dict(spec)
         name = spec.pop("name", None)
         if name is None:
-            raise ConfigError(f"{kind} config {spec!r} has no 'name' key; valid names: {', '.join(available(kind))}")
+            raise ConfigError(
+                f"{kind} config {spec!r} has no 'name' key; valid names: {', '.join(available(kind))}"
+            )
         return build(kind, name, **spec)
     return spec  # an object built by the caller
 

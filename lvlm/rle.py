@@ -14,6 +14,7 @@ An RLE is a dict ``{"size": [h, w], "counts": ...}`` whose counts are a ``str`` 
 :func:`encode` writes), ``bytes`` (compressed, as pycocotools returns it) or a list of ints (uncompressed,
 as segment_anything's ``mask_to_rle_pytorch`` and COCO's ``iscrowd`` annotations write it).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -295,8 +296,13 @@ def decode_many(rles: list[RLE], height: int | None = None, width: int | None = 
     if coco is not None and len(sizes) == 1 and all(isinstance(r["counts"], (str, bytes)) for r in rles):
         h, w = sizes.pop()
         if h * w:
-            enc = [{"size": [h, w], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
-                    else r["counts"]} for r in rles]
+            enc = [
+                {
+                    "size": [h, w],
+                    "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"],
+                }
+                for r in rles
+            ]
             return coco.decode(enc).transpose(2, 0, 1).astype(bool)
     return np.stack([decode(r) for r in rles])
 

@@ -3,6 +3,7 @@
 :func:`point_local_sam` turns a randomly initialised segment_anything SAM into one whose point prompts give
 realistic nested masks, so everything mode can be tested and timed offline.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,8 +13,9 @@ import torch
 
 
 @torch.no_grad()
-def point_local_sam(model: Any, seed: int = 0, sharpness: float = 3.0, frequency: float = 0.6,
-                    image_weight: float = 0.15) -> Any:
+def point_local_sam(
+    model: Any, seed: int = 0, sharpness: float = 3.0, frequency: float = 0.6, image_weight: float = 0.15
+) -> Any:
     """Re-initialise a ``segment_anything`` SAM's prompt encoder and mask decoder (in place) so that a point
     prompt gives three nested blobs around the point, shaped by the image embedding.
 
@@ -60,7 +62,7 @@ def point_local_sam(model: Any, seed: int = 0, sharpness: float = 3.0, frequency
     act = list(range(k_freq)) + [f + i for i in range(k_freq)]  # sin and cos dims of the kept frequencies
     res = [k_freq + i for i in range(n_tok)]  # sin dims of zero frequencies: always 0 in the encoding
     other = [i for i in range(c) if i not in act and i not in res]
-    r_iou, r_mask, r_pad, r_point = res[0], res[1:1 + dec.num_mask_tokens], res[-2], res[-1]
+    r_iou, r_mask, r_pad, r_point = res[0], res[1 : 1 + dec.num_mask_tokens], res[-2], res[-1]
 
     # positional encoding: K frequencies on evenly spread directions, the rest zero
     ang = torch.arange(k_freq, dtype=torch.float32) * (np.pi * 0.618034 * 2)  # golden-angle directions

@@ -4,6 +4,7 @@ Coordinates are always in the pixel frame of the input image (x right, y down, x
 with exclusive right/bottom edges as in segment_anything), masks are ``bool`` arrays at the
 input image's resolution.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -71,7 +72,9 @@ class Prompts:
             else:
                 self.point_labels = np.asarray(self.point_labels, dtype=np.int64).reshape(pts.shape[:2])
         if self.boxes is not None and self.points is not None and len(self.boxes) != len(self.points):
-            raise ValueError(f"{len(self.boxes)} boxes but {len(self.points)} point sets; give one per prompt")
+            raise ValueError(
+                f"{len(self.boxes)} boxes but {len(self.points)} point sets; give one per prompt"
+            )
 
     def __len__(self) -> int:
         if self.boxes is not None:
@@ -83,7 +86,9 @@ class Prompts:
     @property
     def has_geometry(self) -> bool:
         """At least one box or point prompt (what a prompted segmenter needs)."""
-        return bool((self.boxes is not None and len(self.boxes)) or (self.points is not None and len(self.points)))
+        return bool(
+            (self.boxes is not None and len(self.boxes)) or (self.points is not None and len(self.points))
+        )
 
     @property
     def empty(self) -> bool:
@@ -159,7 +164,9 @@ class Candidates:
         if self.boxes is None:
             self.boxes = masks_to_boxes(self.masks)
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(n, 4)
-        self.scores = np.ones(n, np.float32) if self.scores is None else np.asarray(self.scores, np.float32).reshape(n)
+        self.scores = (
+            np.ones(n, np.float32) if self.scores is None else np.asarray(self.scores, np.float32).reshape(n)
+        )
         if self.stability is not None:
             self.stability = np.asarray(self.stability, np.float32).reshape(n)
         if self.labels is not None:
@@ -232,9 +239,14 @@ class Instances:
         if self.masks.ndim != 3:
             raise ValueError(f"instance masks must be N x H x W, got shape {self.masks.shape}")
         n = len(self.masks)
-        self.boxes = (masks_to_boxes(self.masks) if self.boxes is None
-                      else np.asarray(self.boxes, np.float32).reshape(n, 4))
-        self.scores = np.ones(n, np.float32) if self.scores is None else np.asarray(self.scores, np.float32).reshape(n)
+        self.boxes = (
+            masks_to_boxes(self.masks)
+            if self.boxes is None
+            else np.asarray(self.boxes, np.float32).reshape(n, 4)
+        )
+        self.scores = (
+            np.ones(n, np.float32) if self.scores is None else np.asarray(self.scores, np.float32).reshape(n)
+        )
         self.labels = [""] * n if self.labels is None else [str(v) for v in self.labels]
         if len(self.labels) != n:
             raise ValueError(f"{n} instance masks but {len(self.labels)} labels")
@@ -253,8 +265,13 @@ class Instances:
         return cls(np.zeros((0, height, width), bool))
 
     @classmethod
-    def from_candidates(cls, candidates: Candidates, index: Any = None, scores: np.ndarray | None = None,
-                        label: str | None = None) -> Instances:
+    def from_candidates(
+        cls,
+        candidates: Candidates,
+        index: Any = None,
+        scores: np.ndarray | None = None,
+        label: str | None = None,
+    ) -> Instances:
         """The candidates at ``index`` (all when None) as instances.
 
         Args:
@@ -287,8 +304,16 @@ class Instances:
 
         out = []
         for r, score in zip(rle.encode_many(self.masks), self.scores):
-            out.append({"image_id": image_id, "category_id": int(category_id), "segmentation": r,
-                        "score": float(score), "bbox": [float(v) for v in rle.to_bbox(r)], "area": rle.area(r)})
+            out.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(category_id),
+                    "segmentation": r,
+                    "score": float(score),
+                    "bbox": [float(v) for v in rle.to_bbox(r)],
+                    "area": rle.area(r),
+                }
+            )
         return out
 
 
@@ -320,7 +345,9 @@ class Result:
     prompts: Prompts | None = None  # box/point prompts given or derived (saliency)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. saliency map
-    instances: Instances | None = None  # the objects the mask is made of (all of them with combine: instances)
+    instances: Instances | None = (
+        None  # the objects the mask is made of (all of them with combine: instances)
+    )
 
     def __post_init__(self) -> None:
         if self.instances is None:

@@ -12,6 +12,7 @@ was meant for and what is wrong; a file that is not on disk and cannot be fetche
 where to get it. Nothing hangs: the network is probed with a short timeout first (``LVLM_OFFLINE=1`` or
 ``HF_HUB_OFFLINE=1`` skip the probe) and hub requests have timeouts.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,7 +58,9 @@ class WeightSpec:
         if self.url:
             return self.url
         if self.hf_repo:
-            return f"https://huggingface.co/{self.hf_repo}" + (f" (file {self.hf_file})" if self.hf_file else "")
+            return f"https://huggingface.co/{self.hf_repo}" + (
+                f" (file {self.hf_file})" if self.hf_file else ""
+            )
         return self.page or "(no public URL known)"
 
 
@@ -68,7 +71,9 @@ def cache_dir() -> Path:
 
 def offline() -> bool:
     """True when ``LVLM_OFFLINE`` or ``HF_HUB_OFFLINE`` is set (to anything but ``0``): no download is tried."""
-    return os.environ.get("LVLM_OFFLINE", "") not in ("", "0") or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    return os.environ.get("LVLM_OFFLINE", "") not in ("", "0") or os.environ.get(
+        "HF_HUB_OFFLINE", ""
+    ) not in ("", "0")
 
 
 def online(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -88,8 +93,9 @@ def online(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> bool
         return False
 
 
-def resolve(spec: WeightSpec, path: str | os.PathLike | None = None, download: bool = True,
-            what: str | None = None) -> Path:
+def resolve(
+    spec: WeightSpec, path: str | os.PathLike | None = None, download: bool = True, what: str | None = None
+) -> Path:
     """The local path of a weight file: ``path`` if given, else ``$LVLM_HOME``, else a download.
 
     Files on the Hugging Face hub (``spec.hf_repo`` without a direct ``url``) come through
@@ -115,7 +121,8 @@ def resolve(spec: WeightSpec, path: str | os.PathLike | None = None, download: b
         if p.is_dir() and (p / spec.filename).is_file():
             return p / spec.filename
         raise WeightsNotFoundError(
-            f"{label} file {str(p)!r} not found; expected {spec.filename} (get it from {spec.where})")
+            f"{label} file {str(p)!r} not found; expected {spec.filename} (get it from {spec.where})"
+        )
     cached = cache_dir() / spec.filename
     if cached.is_file():
         return cached
@@ -135,7 +142,8 @@ def resolve(spec: WeightSpec, path: str | os.PathLike | None = None, download: b
         reason = "there is no direct download for it"
     raise WeightsNotFoundError(
         f"{label} {spec.filename} not found in {cached.parent} and {reason}. "
-        f"Get it from {spec.where} and put it at {cached} (or set LVLM_HOME, or pass checkpoint=PATH).")
+        f"Get it from {spec.where} and put it at {cached} (or set LVLM_HOME, or pass checkpoint=PATH)."
+    )
 
 
 def _download(spec: WeightSpec, dest: Path) -> Path:
@@ -227,10 +235,16 @@ def load_state_dict(path: str | os.PathLike, what: str | None = None) -> dict[st
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only load failed" in str(exc).lower():
-            raise _fail(p, what, f"refused by torch.load(weights_only=True): the file holds a "
-                                 f"{_refused_global(exc)} that is not plain tensor data; nothing in it was "
-                                 "executed (use a checkpoint that holds only a state dict)") from None
-        raise _fail(p, what, f"not a torch checkpoint (truncated or corrupt: {str(exc).splitlines()[0]})") from None
+            raise _fail(
+                p,
+                what,
+                f"refused by torch.load(weights_only=True): the file holds a "
+                f"{_refused_global(exc)} that is not plain tensor data; nothing in it was "
+                "executed (use a checkpoint that holds only a state dict)",
+            ) from None
+        raise _fail(
+            p, what, f"not a torch checkpoint (truncated or corrupt: {str(exc).splitlines()[0]})"
+        ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError, IndexError) as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "zip archive" in text or "central directory" in text or isinstance(exc, EOFError):
@@ -251,8 +265,14 @@ def load_state_dict(path: str | os.PathLike, what: str | None = None) -> dict[st
 
 def read_errors() -> tuple[type[BaseException], ...]:
     """The exceptions a library raises on a file it cannot read as weights (for ``except`` clauses)."""
-    errors: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, KeyError, EOFError,
-                                               pickle.UnpicklingError)
+    errors: tuple[type[BaseException], ...] = (
+        OSError,
+        ValueError,
+        RuntimeError,
+        KeyError,
+        EOFError,
+        pickle.UnpicklingError,
+    )
     try:
         from safetensors import SafetensorError
 
@@ -267,8 +287,15 @@ def _keys(keys: list[str], n: int = 3) -> str:
     return shown + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
-def load_into(module: Any, state_dict: dict[str, Any], what: str, path: str | os.PathLike | None = None,
-              strict: bool = True, prefix_hint: str | None = None, hint: str | None = None) -> Any:
+def load_into(
+    module: Any,
+    state_dict: dict[str, Any],
+    what: str,
+    path: str | os.PathLike | None = None,
+    strict: bool = True,
+    prefix_hint: str | None = None,
+    hint: str | None = None,
+) -> Any:
     """``module.load_state_dict(state_dict)`` with key and shape problems as one WeightsError line.
 
     Shapes are checked first (every mismatch is an error, strict or not); with ``strict`` missing and
@@ -294,18 +321,23 @@ def load_into(module: Any, state_dict: dict[str, Any], what: str, path: str | os
     for prefix in [x for x in (prefix_hint, "module.") if x]:
         if any(k.startswith(prefix) for k in own):
             continue
-        stripped = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        stripped = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
         if stripped and len(set(stripped) & set(own)) > len(set(sd) & set(own)):
             sd = stripped
     where = f" {str(path)!r}" if path is not None else ""
     tail = f"; {hint}" if hint else ""
-    bad = [(k, tuple(own[k].shape), tuple(v.shape)) for k, v in sd.items()
-           if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    bad = [
+        (k, tuple(own[k].shape), tuple(v.shape))
+        for k, v in sd.items()
+        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+    ]
     if bad:
         shown = "; ".join(f"{k!r} expects {list(e)}, file has {list(g)}" for k, e, g in bad[:3])
         more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise WeightsError(f"{what}{where}: {len(bad)} tensor(s) have the wrong shape: {shown}{more}"
-                           f" - weights of another model variant?{tail}")
+        raise WeightsError(
+            f"{what}{where}: {len(bad)} tensor(s) have the wrong shape: {shown}{more}"
+            f" - weights of another model variant?{tail}"
+        )
     if strict:
         missing = [k for k in own if k not in sd]
         unexpected = [k for k in sd if k not in own]
@@ -316,12 +348,16 @@ def load_into(module: Any, state_dict: dict[str, Any], what: str, path: str | os
             if unexpected:
                 parts.append(f"{len(unexpected)} unexpected key(s): {_keys(unexpected)}")
             overlap = len(set(sd) & set(own))
-            raise WeightsError(f"{what}{where}: the weights do not fit this model ({'; '.join(parts)}; "
-                               f"{overlap} of {len(own)} keys match){tail}")
+            raise WeightsError(
+                f"{what}{where}: the weights do not fit this model ({'; '.join(parts)}; "
+                f"{overlap} of {len(own)} keys match){tail}"
+            )
     try:
         return module.load_state_dict(sd, strict=strict)
     except RuntimeError as exc:  # anything the checks above did not foresee
-        raise WeightsError(f"{what}{where}: cannot load the weights ({str(exc).splitlines()[0]}){tail}") from None
+        raise WeightsError(
+            f"{what}{where}: cannot load the weights ({str(exc).splitlines()[0]}){tail}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- Hugging Face Hub
@@ -336,7 +372,10 @@ def hf_cache_dir() -> Path:
     """The Hugging Face hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface"
+    home = (
+        os.environ.get("HF_HOME")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface"
+    )
     return Path(home).expanduser() / "hub"
 
 
@@ -361,8 +400,11 @@ def is_hf_repo_id(name: str) -> bool:
     Args:
         name: the string to test.
     """
-    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not name.startswith(".") \
+    return (
+        bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name))
+        and not name.startswith(".")
         and Path(name).suffix not in (".pt", ".pth", ".bin", ".safetensors")
+    )
 
 
 def _hub():
@@ -372,20 +414,33 @@ def _hub():
     except ImportError:
         from .errors import MissingDependencyError
 
-        raise MissingDependencyError("Hugging Face models need huggingface_hub (pip install huggingface_hub)") from None
+        raise MissingDependencyError(
+            "Hugging Face models need huggingface_hub (pip install huggingface_hub)"
+        ) from None
     return hub, hub_errors
 
 
-def _hf_fetch(fetch: Callable[[bool], str], repo: str, what: str | None, revision: str | None,
-              item: str, looked_in: list[Path]) -> Path:
+def _hf_fetch(
+    fetch: Callable[[bool], str],
+    repo: str,
+    what: str | None,
+    revision: str | None,
+    item: str,
+    looked_in: list[Path],
+) -> Path:
     """``fetch(local_files_only)`` from the cache, else (online) from the hub, every failure as one line."""
     _, hub_errors = _hub()
     label = _what(what)
     rev = f" at revision {revision!r}" if revision else ""
     try:
         return Path(fetch(True))
-    except (hub_errors.LocalEntryNotFoundError, hub_errors.EntryNotFoundError, FileNotFoundError, OSError,
-            ValueError):
+    except (
+        hub_errors.LocalEntryNotFoundError,
+        hub_errors.EntryNotFoundError,
+        FileNotFoundError,
+        OSError,
+        ValueError,
+    ):
         pass
     host = _hf_host()
     reason = ""
@@ -394,36 +449,56 @@ def _hf_fetch(fetch: Callable[[bool], str], repo: str, what: str | None, revisio
     elif not online(host):
         reason = f"{host} is unreachable (offline)"
     places = ", ".join(f"{p}/" for p in looked_in)
-    where = f"{places} or the Hugging Face cache {hf_cache_dir()}" if places else f"the Hugging Face cache {hf_cache_dir()}"
+    where = (
+        f"{places} or the Hugging Face cache {hf_cache_dir()}"
+        if places
+        else f"the Hugging Face cache {hf_cache_dir()}"
+    )
     if reason:
         raise WeightsNotFoundError(
             f"{label} {item}{rev} not found in {where} and {reason}. Get it from {hf_page(repo)} "
             f"(`hf download {repo}` on a connected machine, then copy the cache or set HF_HOME), "
-            "or pass a local folder.")
-    token = ("HF_TOKEN is set, but that account has no access yet" if os.environ.get("HF_TOKEN")
-             else "then set HF_TOKEN (or run `hf auth login`)")
+            "or pass a local folder."
+        )
+    token = (
+        "HF_TOKEN is set, but that account has no access yet"
+        if os.environ.get("HF_TOKEN")
+        else "then set HF_TOKEN (or run `hf auth login`)"
+    )
     try:
         return Path(fetch(False))
     except hub_errors.GatedRepoError:
         raise WeightsError(
             f"{label} {repo!r} is a gated Hugging Face repository: request access at {hf_page(repo)} with your "
-            f"account, {token}.") from None
+            f"account, {token}."
+        ) from None
     except hub_errors.RevisionNotFoundError:
-        raise WeightsNotFoundError(f"{label} {repo!r}: revision {revision!r} not found (see {hf_page(repo)})") from None
+        raise WeightsNotFoundError(
+            f"{label} {repo!r}: revision {revision!r} not found (see {hf_page(repo)})"
+        ) from None
     except hub_errors.RepositoryNotFoundError:
-        raise WeightsNotFoundError(f"{label} {repo!r}: no such Hugging Face repository, or a private one "
-                                   f"({token}); see {hf_page(repo)}") from None
+        raise WeightsNotFoundError(
+            f"{label} {repo!r}: no such Hugging Face repository, or a private one "
+            f"({token}); see {hf_page(repo)}"
+        ) from None
     except hub_errors.EntryNotFoundError:
         raise WeightsNotFoundError(f"{label} {item}{rev}: no such file in {hf_page(repo)}") from None
     except (hub_errors.HfHubHTTPError, OSError, ValueError) as exc:
         text = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise WeightsNotFoundError(f"{label} {item}{rev}: download into {hf_cache_dir()} failed ({text}). "
-                                   f"Get it from {hf_page(repo)}.") from None
+        raise WeightsNotFoundError(
+            f"{label} {item}{rev}: download into {hf_cache_dir()} failed ({text}). "
+            f"Get it from {hf_page(repo)}."
+        ) from None
 
 
-def hf_snapshot(repo_id: str | os.PathLike, what: str | None = None, revision: str | None = None,
-                allow_patterns: list[str] | None = None, ignore_patterns: list[str] | None = None,
-                looked_in: list[Path] | None = None) -> Path:
+def hf_snapshot(
+    repo_id: str | os.PathLike,
+    what: str | None = None,
+    revision: str | None = None,
+    allow_patterns: list[str] | None = None,
+    ignore_patterns: list[str] | None = None,
+    looked_in: list[Path] | None = None,
+) -> Path:
     """A local folder holding a Hugging Face model repository, through ``huggingface_hub``'s cache.
 
     A local folder is returned as is. Otherwise the hub cache (``HF_HOME`` / ``HF_HUB_CACHE``) is used
@@ -458,15 +533,26 @@ def hf_snapshot(repo_id: str | os.PathLike, what: str | None = None, revision: s
             files = hub.list_repo_files(repo, revision=revision)
             if any(f.endswith(".safetensors") for f in files):  # the same weights twice: take the safe format
                 patterns = [x for x in patterns if x != "*.bin"]
-        return hub.snapshot_download(repo_id=repo, revision=revision, cache_dir=str(hf_cache_dir()),
-                                     allow_patterns=patterns, ignore_patterns=ignore_patterns,
-                                     local_files_only=local_only, etag_timeout=HF_ETAG_TIMEOUT_S)
+        return hub.snapshot_download(
+            repo_id=repo,
+            revision=revision,
+            cache_dir=str(hf_cache_dir()),
+            allow_patterns=patterns,
+            ignore_patterns=ignore_patterns,
+            local_files_only=local_only,
+            etag_timeout=HF_ETAG_TIMEOUT_S,
+        )
 
     return _hf_fetch(fetch, repo, what, revision, repr(repo), list(looked_in or []))
 
 
-def hf_file(repo_id: str, filename: str | Sequence[str], what: str | None = None, revision: str | None = None,
-            looked_in: list[Path] | None = None) -> Path:
+def hf_file(
+    repo_id: str,
+    filename: str | Sequence[str],
+    what: str | None = None,
+    revision: str | None = None,
+    looked_in: list[Path] | None = None,
+) -> Path:
     """One file of a Hugging Face repository, through ``huggingface_hub``'s cache (``hf_hub_download``).
 
     Cache, offline, gated and token handling as :func:`hf_snapshot`.
@@ -488,9 +574,14 @@ def hf_file(repo_id: str, filename: str | Sequence[str], what: str | None = None
     def fetch(local_only: bool) -> str:
         for i, name in enumerate(names):
             try:
-                return hub.hf_hub_download(repo_id=repo_id, filename=name, revision=revision,
-                                           cache_dir=str(hf_cache_dir()), local_files_only=local_only,
-                                           etag_timeout=HF_ETAG_TIMEOUT_S)
+                return hub.hf_hub_download(
+                    repo_id=repo_id,
+                    filename=name,
+                    revision=revision,
+                    cache_dir=str(hf_cache_dir()),
+                    local_files_only=local_only,
+                    etag_timeout=HF_ETAG_TIMEOUT_S,
+                )
             except (hub_errors.LocalEntryNotFoundError, hub_errors.EntryNotFoundError):
                 if i == len(names) - 1:
                     raise
@@ -500,9 +591,15 @@ def hf_file(repo_id: str, filename: str | Sequence[str], what: str | None = None
     return _hf_fetch(fetch, repo_id, what, revision, item, list(looked_in or []))
 
 
-def hf_pretrained(factory: Callable[..., Any], repo_id: str | os.PathLike, what: str,
-                  revision: str | None = None, allow_patterns: list[str] | None = None,
-                  looked_in: list[Path] | None = None, **kwargs: Any) -> Any:
+def hf_pretrained(
+    factory: Callable[..., Any],
+    repo_id: str | os.PathLike,
+    what: str,
+    revision: str | None = None,
+    allow_patterns: list[str] | None = None,
+    looked_in: list[Path] | None = None,
+    **kwargs: Any,
+) -> Any:
     """``factory(folder, **kwargs)`` on the folder :func:`hf_snapshot` gives for ``repo_id``.
 
     ``factory`` is typically a transformers ``from_pretrained`` (e.g.
@@ -523,9 +620,14 @@ def hf_pretrained(factory: Callable[..., Any], repo_id: str | os.PathLike, what:
         What ``factory`` returns.
     """
     default = allow_patterns is None
-    folder = hf_snapshot(repo_id, what, revision=revision,
-                         allow_patterns=list(HF_MODEL_FILES) if default else allow_patterns,
-                         ignore_patterns=list(HF_SKIP_FILES) if default else None, looked_in=looked_in)
+    folder = hf_snapshot(
+        repo_id,
+        what,
+        revision=revision,
+        allow_patterns=list(HF_MODEL_FILES) if default else allow_patterns,
+        ignore_patterns=list(HF_SKIP_FILES) if default else None,
+        looked_in=looked_in,
+    )
     try:
         return factory(str(folder), **kwargs)
     except LvlmError:  # the factory's own one-line errors

@@ -1,4 +1,5 @@
 """Shared fixtures: small images, the shared real data (skipped cleanly when ../shared is absent)."""
+
 from __future__ import annotations
 
 import os

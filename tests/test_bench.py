@@ -1,4 +1,5 @@
 """The benchmark runner: exact generator-pass counts, kill-and-resume safety, sweeps, Ray = local, reports."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,7 @@ class BandsGenerator(MaskGenerator):
         masks = np.zeros((self.bands + 1, h, w), bool)
         edges = np.linspace(0, h, self.bands + 1).astype(int)
         for i in range(self.bands):
-            masks[i, edges[i]:edges[i + 1]] = True
+            masks[i, edges[i] : edges[i + 1]] = True
         masks[-1] = image.mean(2) > 127
         return Candidates(masks, scores=np.linspace(1, 0.5, self.bands + 1))
 
@@ -86,10 +87,10 @@ class FillSegmenter(PromptedSegmenter):
             m = np.zeros((h, w), bool)
             if prompts.boxes is not None:
                 x0, y0, x1, y1 = prompts.boxes[k].astype(int)
-                m[max(0, y0 - self.grow):y1 + self.grow, max(0, x0 - self.grow):x1 + self.grow] = True
+                m[max(0, y0 - self.grow) : y1 + self.grow, max(0, x0 - self.grow) : x1 + self.grow] = True
             else:
                 x, y = prompts.points[k][0].astype(int)
-                m[max(0, y - 2):y + 3, max(0, x - 2):x + 3] = True
+                m[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = True
             masks.append(m)
         return Candidates(np.stack(masks))
 
@@ -102,7 +103,7 @@ class IterableOnly:
     def __iter__(self):
         for i in range(self.n):
             img = np.zeros((16, 16, 3), np.uint8)
-            img[2 + i:8 + i, 3:9] = 255
+            img[2 + i : 8 + i, 3:9] = 255
             yield Sample(id=f"it{i}", image=img, prompt="square", mask=img[..., 0] > 0)
 
 
@@ -115,7 +116,7 @@ def write_folder(root: Path, n: int = 4, size=(24, 32)) -> Path:
         img = rng.integers(0, 100, (*size, 3), dtype=np.uint8)
         m = np.zeros(size, bool)
         y, x = 2 + i, 3 + 2 * i
-        m[y:y + 10, x:x + 12] = True
+        m[y : y + 10, x : x + 12] = True
         img[m] = 230
         Image.fromarray(img).save(root / "images" / f"im{i}.png")
         Image.fromarray(m.astype(np.uint8) * 255).save(root / "masks" / f"im{i}.png")
@@ -190,6 +191,7 @@ def test_killed_five_times_and_resumed_gives_the_uninterrupted_rows(toy, tmp_pat
         pass
 
     for k, cut in enumerate(cuts):
+
         def append(self, row, _cut=cut, _k=k):
             if self.count >= _cut:
                 if _k % 2 == 0:  # die in the middle of writing a row: half a line on disk
@@ -240,8 +242,10 @@ def test_sweep_labels_and_config_errors(toy):
 def test_dataset_missing_gives_one_clear_error(tmp_path):
     from lvlm.data.base import DatasetNotFoundError
 
-    cfg = {"datasets": {"CXR": {"name": "cxr", "root": str(tmp_path / "nope")}},
-           "matrix": {"generator": {"S": "test_bench_bands"}, "selector": {"C": "test_bench_pick"}}}
+    cfg = {
+        "datasets": {"CXR": {"name": "cxr", "root": str(tmp_path / "nope")}},
+        "matrix": {"generator": {"S": "test_bench_bands"}, "selector": {"C": "test_bench_pick"}},
+    }
     with pytest.raises(DatasetNotFoundError, match="kaggle.com"):
         run_benchmark(cfg, tmp_path / "run", progress=False)
 
@@ -266,7 +270,7 @@ def test_cli_bench_and_report(toy, tmp_path, capsys):
     assert "\\toprule" in tex and "\\textbf{" in tex
 
 
-RAY_PLUGIN = '''
+RAY_PLUGIN = """
 import numpy as np
 from lvlm.components import MaskGenerator, PromptedSegmenter, Prompter, Selector
 from lvlm.registry import register
@@ -297,17 +301,21 @@ class Pick(Selector):
         s = np.array([image[m].mean() for m in c.masks])
         i = (int(np.argmax(s)) + self.offset) % len(c)
         return Selection(c.masks[i], float(s[i]), i, s)
-'''
+"""
 
 
 def test_ray_backend_gives_the_local_results(toy, tmp_path):
     ray = pytest.importorskip("ray")
     plugin = tmp_path / "plugin.py"
     plugin.write_text(RAY_PLUGIN)
-    cfg = {"imports": [str(plugin)],
-           "datasets": {"toy": {"name": "folder", "root": str(toy), "prompt": "bright square"}},
-           "matrix": {"selector": {"C0": {"name": "ray_test_pick"}, "C1": {"name": "ray_test_pick", "offset": 1}},
-                      "generator": {"S0": {"name": "ray_test_bands"}, "S1": {"name": "ray_test_bands", "bands": 3}}}}
+    cfg = {
+        "imports": [str(plugin)],
+        "datasets": {"toy": {"name": "folder", "root": str(toy), "prompt": "bright square"}},
+        "matrix": {
+            "selector": {"C0": {"name": "ray_test_pick"}, "C1": {"name": "ray_test_pick", "offset": 1}},
+            "generator": {"S0": {"name": "ray_test_bands"}, "S1": {"name": "ray_test_bands", "bands": 3}},
+        },
+    }
     local = run_benchmark(cfg, tmp_path / "local", progress=False)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
@@ -321,10 +329,17 @@ def test_ray_backend_gives_the_local_results(toy, tmp_path):
 
 def test_prompted_matrix_runs_each_prompter_once_per_image_and_each_segmenter_embeds_once(toy, tmp_path):
     BrightPrompter.calls = FillSegmenter.embeds = 0
-    cfg = {"datasets": {"toy": {"name": "folder", "root": str(toy), "prompt": "bright square"}},
-           "matrix": {"prompter": {"P100": {"name": "test_bench_bright", "level": 100},
-                                   "P127": {"name": "test_bench_bright"}, "P200": {"name": "test_bench_bright", "level": 200}},
-                      "segmenter": {"F0": {"name": "test_bench_fill"}, "F1": {"name": "test_bench_fill", "grow": 1}}}}
+    cfg = {
+        "datasets": {"toy": {"name": "folder", "root": str(toy), "prompt": "bright square"}},
+        "matrix": {
+            "prompter": {
+                "P100": {"name": "test_bench_bright", "level": 100},
+                "P127": {"name": "test_bench_bright"},
+                "P200": {"name": "test_bench_bright", "level": 200},
+            },
+            "segmenter": {"F0": {"name": "test_bench_fill"}, "F1": {"name": "test_bench_fill", "grow": 1}},
+        },
+    }
     out = run_benchmark(cfg, tmp_path / "run", progress=False)
     assert out["written"] == 3 * 2 * 4
     assert BrightPrompter.calls == 3 * 4  # C prompters per image, not C x S
@@ -339,9 +354,11 @@ def test_prompted_matrix_runs_each_prompter_once_per_image_and_each_segmenter_em
 
 
 def test_prompt_strategies_from_the_ground_truth(toy, tmp_path):
-    cfg = {"datasets": {"toy": {"name": "folder", "root": str(toy), "prompt": "bright square"}},
-           "pipelines": [{"label": "fill", "segmenter": {"name": "test_bench_fill"}}],
-           "strategies": {"Box": "sample_box", "Center": "center", "Mine": "tests_not_a_module:fn"}}
+    cfg = {
+        "datasets": {"toy": {"name": "folder", "root": str(toy), "prompt": "bright square"}},
+        "pipelines": [{"label": "fill", "segmenter": {"name": "test_bench_fill"}}],
+        "strategies": {"Box": "sample_box", "Center": "center", "Mine": "tests_not_a_module:fn"},
+    }
     with pytest.raises(ConfigError, match="tests_not_a_module"):
         run_benchmark(cfg, tmp_path / "bad", progress=False)
     del cfg["strategies"]["Mine"]
@@ -350,7 +367,9 @@ def test_prompt_strategies_from_the_ground_truth(toy, tmp_path):
     box = [r for r in rows if r["labels"]["strategy"] == "Box"]
     centre = [r for r in rows if r["labels"]["strategy"] == "Center"]
     assert len(box) == len(centre) == 4 and all(r["iou"] == 1.0 for r in box)
-    assert all(r["pred_area"] == 25 and r["precision"] == 1.0 for r in centre)  # a 5 x 5 square inside the object
+    assert all(
+        r["pred_area"] == 25 and r["precision"] == 1.0 for r in centre
+    )  # a 5 x 5 square inside the object
     from lvlm.bench.report import comparison_rows
 
     comp = comparison_rows(rows)
@@ -361,8 +380,10 @@ def test_prompt_strategies_from_the_ground_truth(toy, tmp_path):
 def test_overrides_iterable_datasets_and_generator_strategy_mismatch(tmp_path):
     from lvlm.bench.config import apply_overrides
 
-    cfg = {"datasets": {"it": {"name": "test_bench_iterable", "n": 2}},
-           "matrix": {"generator": {"S": {"name": "test_bench_bands"}}, "selector": {"C": "test_bench_pick"}}}
+    cfg = {
+        "datasets": {"it": {"name": "test_bench_iterable", "n": 2}},
+        "matrix": {"generator": {"S": {"name": "test_bench_bands"}}, "selector": {"C": "test_bench_pick"}},
+    }
     over = apply_overrides(cfg, ["datasets.it.n=3", "sweep.generator.bands=[2, 3]"])
     assert over["datasets"]["it"]["n"] == 3 and over["sweep"] == {"generator.bands": [2, 3]}
     assert cfg["datasets"]["it"]["n"] == 2  # the original is untouched
@@ -378,15 +399,23 @@ def test_report_shows_oracle_selection_and_instance_columns_when_present():
     from lvlm.bench.report import comparison_rows, group_table, summary_rows, table_markdown
 
     def row(combo, sel, iou, **extra):
-        return {"combo": combo, "dataset": "toy", "labels": {"selector": sel, "generator": "S0"}, "tags": {},
-                "iou": iou, **extra}
+        return {
+            "combo": combo,
+            "dataset": "toy",
+            "labels": {"selector": sel, "generator": "S0"},
+            "tags": {},
+            "iou": iou,
+            **extra,
+        }
 
     plain = [row("a", "C0", 0.5), row("a", "C0", 0.7)]
     t = group_table(plain)
     assert t["header"] == ["Model", "SAM", "All"]  # nothing extra without the keys
-    rows = [row("a", "C0", 0.4, oracle_iou=0.8, selection_efficiency=0.5, instance_f1=0.6),
-            row("a", "C0", 0.6, oracle_iou=0.6, selection_efficiency=1.0, instance_f1=0.8),
-            row("b", "C1", 0.3, oracle_iou=0.9, selection_efficiency=1 / 3)]  # no instance metric here
+    rows = [
+        row("a", "C0", 0.4, oracle_iou=0.8, selection_efficiency=0.5, instance_f1=0.6),
+        row("a", "C0", 0.6, oracle_iou=0.6, selection_efficiency=1.0, instance_f1=0.8),
+        row("b", "C1", 0.3, oracle_iou=0.9, selection_efficiency=1 / 3),
+    ]  # no instance metric here
     t = group_table(rows)
     assert t["header"] == ["Model", "SAM", "All", "Oracle IoU", "Sel. eff.", "Inst. F1"]
     (_, a), (_, b) = t["lines"]
@@ -400,7 +429,9 @@ def test_report_shows_oracle_selection_and_instance_columns_when_present():
     assert summary_rows(rows)[0]["oracle_iou_mean"] == pytest.approx(0.7)
 
 
-@register("prompter", "test_bench_bright_many", description="test stub: BrightPrompter with a counted prompts_many")
+@register(
+    "prompter", "test_bench_bright_many", description="test stub: BrightPrompter with a counted prompts_many"
+)
 class BrightManyPrompter(BrightPrompter):
     batches: ClassVar[list] = []
     fail = False
@@ -414,7 +445,9 @@ class BrightManyPrompter(BrightPrompter):
         return [BrightPrompter.prompts(self, im, t) for im, t in zip(images, texts)]
 
 
-@register("segmenter", "test_bench_fill_many", description="test stub: FillSegmenter with a counted _embed_many")
+@register(
+    "segmenter", "test_bench_fill_many", description="test stub: FillSegmenter with a counted _embed_many"
+)
 class FillManySegmenter(FillSegmenter):
     batches: ClassVar[list] = []
 
@@ -426,11 +459,17 @@ class FillManySegmenter(FillSegmenter):
 def test_bench_batches_prompts_many_and_embed_many_with_the_per_image_rows(tmp_path):
     n, batch = 5, 2
     root = write_folder(tmp_path / "data", n=n)
-    cfg = {"datasets": {"toy": {"name": "folder", "root": str(root), "prompt": "bright square"}},
-           "matrix": {"prompter": {"P": {"name": "test_bench_bright_many"}, "Q": {"name": "test_bench_bright_many",
-                                                                              "level": 250}},
-                      "segmenter": {"F": {"name": "test_bench_fill_many"}}},
-           "strategies": {"text": "text", "box": "sample_box"}}
+    cfg = {
+        "datasets": {"toy": {"name": "folder", "root": str(root), "prompt": "bright square"}},
+        "matrix": {
+            "prompter": {
+                "P": {"name": "test_bench_bright_many"},
+                "Q": {"name": "test_bench_bright_many", "level": 250},
+            },
+            "segmenter": {"F": {"name": "test_bench_fill_many"}},
+        },
+        "strategies": {"text": "text", "box": "sample_box"},
+    }
     BrightManyPrompter.batches, BrightManyPrompter.calls = [], 0
     one = read_rows(Path(run_benchmark(cfg, tmp_path / "one", progress=False, batch_size=1)["run_dir"]))
     assert BrightManyPrompter.batches == [] and BrightManyPrompter.calls == 2 * n
@@ -448,7 +487,9 @@ def test_bench_batches_prompts_many_and_embed_many_with_the_per_image_rows(tmp_p
     # a batch that fails leaves each image to the per-image path: the same rows
     BrightManyPrompter.fail = True
     try:
-        failed = read_rows(Path(run_benchmark(cfg, tmp_path / "failed", progress=False, batch_size=batch)["run_dir"]))
+        failed = read_rows(
+            Path(run_benchmark(cfg, tmp_path / "failed", progress=False, batch_size=batch)["run_dir"])
+        )
     finally:
         BrightManyPrompter.fail = False
     assert sorted(map(json.dumps, _strip(failed))) == sorted(map(json.dumps, _strip(one)))

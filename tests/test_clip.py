@@ -1,4 +1,5 @@
 """The CLIP layer: open_clip presets, preprocessing, weight resolution, checkpoints, CAM hooks."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,17 @@ from lvlm.errors import ConfigError, MissingDependencyError, WeightsError, Weigh
 from lvlm.models.clip import PRESETS, TINY_CONFIGS, load_open_clip
 from lvlm.registry import available, build
 
-TABLE_III = ["OA-RN50", "OA-RN101", "OA-ViT-B", "OA-ViT-L", "CC-RN50", "LA-ViT-B", "BC-ViT-B", "MC-RN50", "MC-SwinT"]
+TABLE_III = [
+    "OA-RN50",
+    "OA-RN101",
+    "OA-ViT-B",
+    "OA-ViT-L",
+    "CC-RN50",
+    "LA-ViT-B",
+    "BC-ViT-B",
+    "MC-RN50",
+    "MC-SwinT",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +55,8 @@ def test_preprocess_matches_open_clip_pil_transform(tiny_rn, shape):
 
     img = _smooth_image(*shape, seed=shape[0])
     ref = open_clip.image_transform(tiny_rn.image_size, is_train=False, mean=tiny_rn.mean, std=tiny_rn.std)(
-        Image.fromarray(img))[None]
+        Image.fromarray(img)
+    )[None]
     ours = tiny_rn.preprocess([img])
     assert ours.shape == ref.shape == (1, 3, tiny_rn.image_size, tiny_rn.image_size)
     level = 1.0 / 255 / min(tiny_rn.std)  # one 8-bit level in normalised units
@@ -70,7 +82,7 @@ def test_selector_scores_equal_direct_open_clip(which, request):
     masks = np.zeros((6, 90, 120), bool)
     for i in range(6):
         y, x = rng.integers(0, 60), rng.integers(0, 90)
-        masks[i, y:y + rng.integers(8, 30), x:x + rng.integers(8, 30)] = True
+        masks[i, y : y + rng.integers(8, 30), x : x + rng.integers(8, 30)] = True
     templates = ["a photo of a {}.", "a picture of the {}."]
     sel = ClipSelector(model=clip, crop="mask_black", templates=templates, batch_size=4)
     res = sel.select(img, "cat", Candidates(masks))
@@ -130,17 +142,28 @@ def test_list_clip_shows_every_preset_with_source(capsys):
         line = next((ln for ln in out.splitlines() if ln.strip().startswith(name + " ")), None)
         assert line is not None, f"{name} missing from `lvlm list clip`"
         assert "[" in line and "licence" in line or name in ("open_clip", "tiny-rn", "tiny-vit")
-    for src in ("RN50 / openai", "RN101 / openai", "ViT-B-16 / openai", "ViT-L-14 / openai", "RN50 / cc12m",
-                "ViT-B-16 / laion400m_e32", "hf-hub:imageomics/bioclip", "MedCLIP package"):
+    for src in (
+        "RN50 / openai",
+        "RN101 / openai",
+        "ViT-B-16 / openai",
+        "ViT-L-14 / openai",
+        "RN50 / cc12m",
+        "ViT-B-16 / laion400m_e32",
+        "hf-hub:imageomics/bioclip",
+        "MedCLIP package",
+    ):
         assert src in out
     assert set(TABLE_III) <= set(available("clip"))
 
 
-@pytest.mark.parametrize("preset,file,url", [
-    ("OA-RN50", "RN50.pt", "huggingface.co/timm/resnet50_clip.openai"),
-    ("LA-ViT-B", "vit_b_16-laion400m_e32-55e67d44.pt", "github.com/mlfoundations/open_clip/releases"),
-    ("BC-ViT-B", "open_clip_config.json", "huggingface.co/imageomics/bioclip"),
-])
+@pytest.mark.parametrize(
+    "preset,file,url",
+    [
+        ("OA-RN50", "RN50.pt", "huggingface.co/timm/resnet50_clip.openai"),
+        ("LA-ViT-B", "vit_b_16-laion400m_e32-55e67d44.pt", "github.com/mlfoundations/open_clip/releases"),
+        ("BC-ViT-B", "open_clip_config.json", "huggingface.co/imageomics/bioclip"),
+    ],
+)
 def test_real_preset_offline_fails_fast_naming_file_and_url(preset, file, url, tmp_path, monkeypatch):
     from lvlm.weights import cache_dir
 
@@ -203,9 +226,12 @@ def test_checkpoint_folder_like_open_clip_local_dir(tmp_path):
     src = build("clip", "tiny-rn", device="cpu", seed=3)
     d = tmp_path / "fp-rn50"
     d.mkdir()
-    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIGS["tiny-rn"],
-                                                        "preprocess_cfg": {"size": 64}}))
-    save_file({k: v.contiguous() for k, v in src.model.state_dict().items()}, str(d / "open_clip_model.safetensors"))
+    (d / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": TINY_CONFIGS["tiny-rn"], "preprocess_cfg": {"size": 64}})
+    )
+    save_file(
+        {k: v.contiguous() for k, v in src.model.state_dict().items()}, str(d / "open_clip_model.safetensors")
+    )
     for spec in ({"checkpoint": str(d)}, {"model_name": f"local-dir:{d}"}):
         loaded = build("clip", "open_clip", device="cpu", **spec)
         assert torch.allclose(_embeddings(src)[0], _embeddings(loaded)[0], atol=1e-6)
@@ -218,7 +244,9 @@ def test_checkpoint_without_architecture_is_a_clear_error(tiny_rn, tmp_path):
     save_file({k: v.contiguous() for k, v in tiny_rn.model.state_dict().items()}, str(p))
     with pytest.raises(ConfigError, match="model-config JSON"):
         build("clip", "open_clip", checkpoint=str(p), device="cpu")
-    p.with_suffix(".json").write_text(json.dumps({"model_cfg": TINY_CONFIGS["tiny-vit"]}))  # the wrong architecture
+    p.with_suffix(".json").write_text(
+        json.dumps({"model_cfg": TINY_CONFIGS["tiny-vit"]})
+    )  # the wrong architecture
     with pytest.raises(WeightsError, match=r"lonely\.safetensors.*wrong shape.*expects \[32, 3, 16, 16\]"):
         build("clip", "open_clip", checkpoint=str(p), device="cpu")
 
@@ -232,7 +260,9 @@ def test_hf_hub_preset_found_in_lvlm_home(tmp_path, monkeypatch):
     d = tmp_path / "imageomics--bioclip"
     d.mkdir()
     (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIGS["tiny-vit"]}))
-    save_file({k: v.contiguous() for k, v in src.model.state_dict().items()}, str(d / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in src.model.state_dict().items()}, str(d / "open_clip_model.safetensors")
+    )
     clip = build("clip", "BC-ViT-B", device="cpu")
     assert clip.name == "BC-ViT-B" and clip.is_vit
     assert torch.allclose(_embeddings(src)[0], _embeddings(clip)[0], atol=1e-6)
@@ -248,9 +278,21 @@ def test_pretrained_tag_found_in_lvlm_home_including_torchscript(tmp_path, monke
     open_clip.add_model_config(cfg_dir)
     url = "https://example.org/weights/lvlm-test-tiny-rn-abc123.pt"
     real = open_clip.get_pretrained_cfg
-    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda m, t: (
-        {"url": url, "hf_hub": "", "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "quick_gelu": False}
-        if (m, t) == ("lvlm-test-tiny-rn", "testtag") else real(m, t)))
+    monkeypatch.setattr(
+        open_clip,
+        "get_pretrained_cfg",
+        lambda m, t: (
+            {
+                "url": url,
+                "hf_hub": "",
+                "mean": (0.5, 0.5, 0.5),
+                "std": (0.25, 0.25, 0.25),
+                "quick_gelu": False,
+            }
+            if (m, t) == ("lvlm-test-tiny-rn", "testtag")
+            else real(m, t)
+        ),
+    )
     with pytest.raises(WeightsNotFoundError) as err:
         load_open_clip("lvlm-test-tiny-rn", "testtag", device="cpu", name="T")
     assert "lvlm-test-tiny-rn-abc123.pt" in str(err.value) and url in str(err.value)
@@ -264,8 +306,9 @@ def test_pretrained_tag_found_in_lvlm_home_including_torchscript(tmp_path, monke
     assert clip.mean == (0.5, 0.5, 0.5) and clip.std == (0.25, 0.25, 0.25)  # the tag's preprocessing
     img = _smooth_image(64, 64)
     with torch.no_grad():
-        assert torch.allclose(clip.encode_image(clip.preprocess([img])), src.encode_image(clip.preprocess([img])),
-                              atol=1e-6)
+        assert torch.allclose(
+            clip.encode_image(clip.preprocess([img])), src.encode_image(clip.preprocess([img])), atol=1e-6
+        )
 
 
 def test_random_init_of_a_real_architecture_is_seeded():
@@ -273,15 +316,21 @@ def test_random_init_of_a_real_architecture_is_seeded():
     a = build("clip", "OA-RN50", checkpoint=None, device="cpu", seed=1)
     assert a.image_size == 224 and not a.is_vit and a.cam_target_layer() is a.model.visual.layer4
     assert a.model.visual.layer4[-1].conv3.weight.shape == (2048, 512, 1, 1)  # ResNet-50's last stage
-    weights = [build("clip", "tiny-rn", checkpoint="random", device="cpu", seed=s).model.visual.conv1.weight
-               for s in (1, 1, 2)]
+    weights = [
+        build("clip", "tiny-rn", checkpoint="random", device="cpu", seed=s).model.visual.conv1.weight
+        for s in (1, 1, 2)
+    ]
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
 
 
 def test_presets_table_matches_seed_table_iii():
     assert {k: (v["model_name"], v["pretrained"]) for k, v in PRESETS.items() if k in TABLE_III} == {
-        "OA-RN50": ("RN50", "openai"), "OA-RN101": ("RN101", "openai"), "OA-ViT-B": ("ViT-B-16", "openai"),
-        "OA-ViT-L": ("ViT-L-14", "openai"), "CC-RN50": ("RN50", "cc12m"), "LA-ViT-B": ("ViT-B-16", "laion400m_e32"),
+        "OA-RN50": ("RN50", "openai"),
+        "OA-RN101": ("RN101", "openai"),
+        "OA-ViT-B": ("ViT-B-16", "openai"),
+        "OA-ViT-L": ("ViT-L-14", "openai"),
+        "CC-RN50": ("RN50", "cc12m"),
+        "LA-ViT-B": ("ViT-B-16", "laion400m_e32"),
         "BC-ViT-B": ("hf-hub:imageomics/bioclip", ""),
     }
     for name, p in PRESETS.items():
@@ -317,9 +366,15 @@ def test_pretrained_tag_from_the_hugging_face_hub_through_lvlm_weights(tmp_path,
     (cfg_dir / "lvlm-test-hub-rn.json").write_text(json.dumps(TINY_CONFIGS["tiny-rn"]))
     open_clip.add_model_config(cfg_dir)
     real = open_clip.get_pretrained_cfg
-    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda m, t: (
-        {"hf_hub": "org/lvlm-test-hub-rn/", "url": "", "quick_gelu": False}
-        if (m, t) == ("lvlm-test-hub-rn", "hubtag") else real(m, t)))
+    monkeypatch.setattr(
+        open_clip,
+        "get_pretrained_cfg",
+        lambda m, t: (
+            {"hf_hub": "org/lvlm-test-hub-rn/", "url": "", "quick_gelu": False}
+            if (m, t) == ("lvlm-test-hub-rn", "hubtag")
+            else real(m, t)
+        ),
+    )
     src = build("clip", "tiny-rn", device="cpu", seed=9)
     weights = tmp_path / "downloaded" / "open_clip_model.safetensors"
     weights.parent.mkdir()
@@ -336,8 +391,10 @@ def test_pretrained_tag_from_the_hugging_face_hub_through_lvlm_weights(tmp_path,
     clip = load_open_clip("lvlm-test-hub-rn", "hubtag", device="cpu", name="T", revision="v1")
     # the cache is asked for both of open_clip's file names, then the hub for the preferred one
     assert [(c["local_files_only"], c["filename"]) for c in calls] == [
-        (True, "open_clip_model.safetensors"), (True, "open_clip_pytorch_model.bin"),
-        (False, "open_clip_model.safetensors")]
+        (True, "open_clip_model.safetensors"),
+        (True, "open_clip_pytorch_model.bin"),
+        (False, "open_clip_model.safetensors"),
+    ]
     assert all(c["repo_id"] == "org/lvlm-test-hub-rn" and c["revision"] == "v1" for c in calls)
     assert clip.source == str(weights)
     assert torch.allclose(_embeddings(src)[0], _embeddings(clip)[0], atol=1e-6)

@@ -1,4 +1,5 @@
 """The `clip` selector on scenes where the right candidate is known, the merge combiner, and the base pipeline end to end."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -86,8 +87,9 @@ def stub():
     return MeanColourClip()
 
 
-@pytest.mark.parametrize("crop", [c for c in CROPS if c != "blur_background"]
-                         + [["mask_black", "mask_crop", "bbox_crop"]])
+@pytest.mark.parametrize(
+    "crop", [c for c in CROPS if c != "blur_background"] + [["mask_black", "mask_crop", "bbox_crop"]]
+)
 def test_selector_picks_the_object_named(stub, crop):
     """(blur_background keeps the other objects' colour, blurred: a mean-colour stub cannot tell; see below.)"""
     sel = ClipSelector(model=stub, crop=crop, margin=0.05, templates="a photo of a {}")
@@ -104,7 +106,14 @@ def test_all_crops_go_through_clip_in_chunked_batches_and_text_is_cached(stub):
     img, masks, _ = scene(0)
     sel = ClipSelector(model=stub, crop=["mask_black", "bbox_crop"], batch_size=3)
     sel.select(img, "red", Candidates(masks))
-    assert stub.image_calls == [3, 3, 1, 3, 3, 1]  # 7 candidates, 2 crops, chunks of 3: no per-candidate forward
+    assert stub.image_calls == [
+        3,
+        3,
+        1,
+        3,
+        3,
+        1,
+    ]  # 7 candidates, 2 crops, chunks of 3: no per-candidate forward
     sel.select(img, "red", Candidates(masks))
     sel.select(img, "green", Candidates(masks))
     assert stub.text_calls == 2  # once per (prompt, templates)
@@ -172,18 +181,22 @@ def test_crop_geometry_on_a_real_clip_preprocessing():
 
     s = clip.image_size
     mc = pixels("mask_crop")
-    assert (mc.mean(0) / 255).mean().item() == pytest.approx((20 / 24) ** 2, abs=0.02)  # 20 px object, 24 px crop
+    assert (mc.mean(0) / 255).mean().item() == pytest.approx(
+        (20 / 24) ** 2, abs=0.02
+    )  # 20 px object, 24 px crop
     assert (mc[:, s // 2, s // 2] == 255).all() and mc[:, 1, 1].max() < 5
     bc = pixels("bbox_crop")
     assert (bc[:, 1:-1, 1:-1] > 80).all()  # the margin ring shows the grey image, not black
     mb = pixels("mask_black")
-    assert (mb > 250).all(0).float().mean().item() == pytest.approx(400 / 100 ** 2, abs=0.02)
+    assert (mb > 250).all(0).float().mean().item() == pytest.approx(400 / 100**2, abs=0.02)
     gb = pixels("grey_background")
     assert abs(gb[:, 2, 2] - torch.tensor(clip.mean) * 255).max() <= 1
     inside = (25, 26)  # the object's centre (40, 50) after resizing 100 -> 64 and cropping 6 px on the left
     assert (mb[:, inside[0], inside[1]] == 255).all()
     assert torch.equal(pixels("blur_background")[:, inside[0], inside[1]], mb[:, inside[0], inside[1]])
-    assert (pixels("blur_background")[:, 2, 2] - 90).abs().max() <= 1  # a flat grey background blurs to itself
+    assert (
+        pixels("blur_background")[:, 2, 2] - 90
+    ).abs().max() <= 1  # a flat grey background blurs to itself
 
 
 def test_blur_background_composite_matches_scipy():
@@ -204,8 +217,13 @@ def test_blur_background_composite_matches_scipy():
     bg = sel._background(t, "blur_background")
     comp = torch.where(m, t, bg)[0].permute(1, 2, 0).numpy().astype(float)
     assert np.array_equal(comp[10:20, 10:30], img.astype(np.uint8)[10:20, 10:30])
-    ref2 = np.stack([gaussian_filter(img.astype(np.uint8)[..., c].astype(float), 2.0, mode="mirror", truncate=3.0)
-                     for c in range(3)], -1)
+    ref2 = np.stack(
+        [
+            gaussian_filter(img.astype(np.uint8)[..., c].astype(float), 2.0, mode="mirror", truncate=3.0)
+            for c in range(3)
+        ],
+        -1,
+    )
     assert np.abs(comp[30:, :] - ref2[30:, :]).max() <= 1.0
 
 
@@ -239,7 +257,9 @@ class SceneGenerator(MaskGenerator):
 
 def test_pipeline_with_stub_generator_selects_the_named_object(stub):
     img, masks, names = scene(3)
-    pipe = Pipeline.from_config({"generator": SceneGenerator(masks), "selector": {"name": "clip", "model": stub}})
+    pipe = Pipeline.from_config(
+        {"generator": SceneGenerator(masks), "selector": {"name": "clip", "model": stub}}
+    )
     res = pipe(img, "the blue one")
     assert np.array_equal(res.mask, masks[names.index("blue")]) and res.index == names.index("blue")
     assert len(res.scores) == len(masks)
@@ -258,7 +278,17 @@ def test_base_configs_are_valid():
             entry = get(stage, spec.pop("name"))
             check_kwargs(entry.obj, spec, where=str(f))
         assert cfg["selector"]["model"] in presets, f
-    for clip in ("OA-RN50", "OA-RN101", "OA-ViT-B", "OA-ViT-L", "CC-RN50", "LA-ViT-B", "BC-ViT-B", "MC-RN50", "MC-SwinT"):
+    for clip in (
+        "OA-RN50",
+        "OA-RN101",
+        "OA-ViT-B",
+        "OA-ViT-L",
+        "CC-RN50",
+        "LA-ViT-B",
+        "BC-ViT-B",
+        "MC-RN50",
+        "MC-SwinT",
+    ):
         for sam in ("sam-vit-h", "sam2-large"):
             assert (CONFIG_DIR / "base" / f"{clip.lower()}_{sam}.yaml").is_file()
 
@@ -274,7 +304,9 @@ def test_tiny_config_end_to_end_and_cli(tmp_path, capsys):
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
-    pipe = Pipeline.from_config("configs/base/tiny.yaml" if Path("configs/base/tiny.yaml").is_file() else "base/tiny")
+    pipe = Pipeline.from_config(
+        "configs/base/tiny.yaml" if Path("configs/base/tiny.yaml").is_file() else "base/tiny"
+    )
     res = pipe(img, "cat")
     assert res.mask.shape == (64, 80) and res.timings["selector"] >= 0
     paths = []
@@ -283,8 +315,19 @@ def test_tiny_config_end_to_end_and_cli(tmp_path, capsys):
         Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(p)
         paths.append(str(p))
     out = tmp_path / "out"
-    code = main(["segment", *paths, "--prompt", "cat", "--config", str(CONFIG_DIR / "base" / "tiny.yaml"),
-                 "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "segment",
+            *paths,
+            "--prompt",
+            "cat",
+            "--config",
+            str(CONFIG_DIR / "base" / "tiny.yaml"),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["img0_cat.png", "img1_cat.png"]
     assert np.asarray(Image.open(out / "img0_cat.png")).shape == (48, 64)

@@ -1,4 +1,5 @@
 """CLIPSeg segmenter and decoder fine-tuning, on a tiny randomly initialised CLIPSeg (real HF classes)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -51,8 +52,15 @@ def shapes():
     return train, val
 
 
-SETTINGS = {"epochs": 3, "batch_size": 4, "lr": 1e-2, "image_size": 64, "prompt_map": PROMPT_MAP,
-            "device": "cpu", "progress": False}
+SETTINGS = {
+    "epochs": 3,
+    "batch_size": 4,
+    "lr": 1e-2,
+    "image_size": 64,
+    "prompt_map": PROMPT_MAP,
+    "device": "cpu",
+    "progress": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +68,9 @@ def trained(tiny_dir, shapes, tmp_path_factory):
     from lvlm.train.clipseg import train_clipseg
 
     out = tmp_path_factory.mktemp("clipseg_run")
-    summary = train_clipseg(shapes[0], shapes[1], out, seeds=[42], model=tiny_dir, **{**SETTINGS, "epochs": 12})
+    summary = train_clipseg(
+        shapes[0], shapes[1], out, seeds=[42], model=tiny_dir, **{**SETTINGS, "epochs": 12}
+    )
     return out, summary
 
 
@@ -77,13 +87,16 @@ def test_segmenter_masks_at_source_resolution_match_hf_forward(tiny_dir):
         inp = seg.processor(text=texts, images=[img, img], return_tensors="pt", padding=True)
         with torch.no_grad():
             logits = seg.model(**inp).logits
-        ref = torch.sigmoid(F.interpolate(logits[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0])
+        ref = torch.sigmoid(
+            F.interpolate(logits[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        )
         np.testing.assert_allclose(prob, ref.numpy(), atol=1e-5)
         cand = seg.segment(img, Prompts(text="segment crack"))
         assert cand.masks.shape == (1, h, w)
         np.testing.assert_array_equal(cand.masks[0], prob[0] > 0.5)
     res = Pipeline.from_config({"segmenter": {"name": "clipseg", "model": tiny_dir, "device": "cpu"}})(
-        rng.integers(0, 255, (33, 47, 3), dtype=np.uint8), "segment crack")
+        rng.integers(0, 255, (33, 47, 3), dtype=np.uint8), "segment crack"
+    )
     assert res.mask.shape == (33, 47) and res.mask.dtype == bool
     with pytest.raises(LvlmError, match="text"):
         seg.segment(img, Prompts(boxes=[[0, 0, 5, 5]]))
@@ -103,7 +116,9 @@ def test_offline_model_fails_fast_naming_id_and_url(monkeypatch, tmp_path):
     with pytest.raises(WeightsNotFoundError, match="not found"):
         build("segmenter", "clipseg", model=str(tmp_path / "missing" / "dir"))
     with pytest.raises(WeightsNotFoundError, match="decoder_checkpoint .*none.safetensors.*not found"):
-        build("segmenter", "clipseg", model="tiny-random", decoder_checkpoint=str(tmp_path / "none.safetensors"))
+        build(
+            "segmenter", "clipseg", model="tiny-random", decoder_checkpoint=str(tmp_path / "none.safetensors")
+        )
 
 
 def test_boxes_points_and_refine(tiny_dir, tmp_path):
@@ -135,8 +150,14 @@ def test_boxes_points_and_refine(tiny_dir, tmp_path):
     # as the last stage of a pipeline: the clipseg_refine combiner refines the pipeline's own mask
     other = str(save_tiny_clipseg(tmp_path / "tiny_seed1", seed=1))  # another model gives the base mask
     prob_other = build("segmenter", "clipseg", model=other, device="cpu").probabilities(img, "segment crack")
-    inner = {"segmenter": {"name": "clipseg", "model": other, "device": "cpu",
-                           "threshold": float(np.median(prob_other))}}
+    inner = {
+        "segmenter": {
+            "name": "clipseg",
+            "model": other,
+            "device": "cpu",
+            "threshold": float(np.median(prob_other)),
+        }
+    }
     base_mask = Pipeline.from_config(inner)(img, "segment crack").mask
     assert (base_mask & ~full).any() and (full & ~base_mask).any() and (full & base_mask).any()
     refine = {"name": "clipseg_refine", "model": tiny_dir, "device": "cpu", "threshold": thr}
@@ -206,8 +227,14 @@ def test_saved_decoder_reloads_through_config_and_reproduces_val_iou(trained, sh
     from lvlm.metrics import iou
 
     out, summary = trained
-    cfg = {"segmenter": {"name": "clipseg", "model": tiny_dir, "device": "cpu",
-                         "decoder_checkpoint": str(out / "seed_42" / "best_decoder.safetensors")}}
+    cfg = {
+        "segmenter": {
+            "name": "clipseg",
+            "model": tiny_dir,
+            "device": "cpu",
+            "decoder_checkpoint": str(out / "seed_42" / "best_decoder.safetensors"),
+        }
+    }
     pipe = Pipeline.from_config(cfg)
     ious = []
     with _nowarn():
@@ -262,9 +289,29 @@ def test_cli_trains_from_a_folder(tiny_dir, shapes, tmp_path):
         Image.fromarray(s.image).save(data / "images" / f"{s.id}.png")
         save_mask(data / "masks" / f"{s.id}.png", s.mask)
     out = tmp_path / "run"
-    args = ["train", "clipseg", "--data", str(data), "--prompt", "segment square", "--model", tiny_dir,
-            "--epochs", "1", "--batch-size", "4", "--image-size", "64", "--seeds", "3", "--num-workers", "0",
-            "--out", str(out), "-q"]
+    args = [
+        "train",
+        "clipseg",
+        "--data",
+        str(data),
+        "--prompt",
+        "segment square",
+        "--model",
+        tiny_dir,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "64",
+        "--seeds",
+        "3",
+        "--num-workers",
+        "0",
+        "--out",
+        str(out),
+        "-q",
+    ]
     assert main(args) == 0
     assert (out / "seed_3" / "best_decoder.safetensors").is_file()
     assert (out / "summary.md").read_text().count("| 3 |") == 1

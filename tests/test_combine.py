@@ -1,4 +1,5 @@
 """The combine stage: one registered mechanism (best, union, merge, instances) at the end of every pipeline."""
+
 from __future__ import annotations
 
 import warnings
@@ -115,13 +116,21 @@ def test_best_without_selector_is_the_highest_candidate_score():
 
 def test_merge_unites_near_ties_that_add_area_on_the_selectors_scores():
     m = _squares()
-    res = Pipeline(generator=_Three(), selector=_PrefersFirst(), combine={"name": "merge", "margin": 0.05})(_img(), "x")
-    assert res.index == [0, 1] and np.array_equal(res.mask, m[0] | m[1])  # 2 overlaps 0 by all of 0: not added
+    res = Pipeline(generator=_Three(), selector=_PrefersFirst(), combine={"name": "merge", "margin": 0.05})(
+        _img(), "x"
+    )
+    assert res.index == [0, 1] and np.array_equal(
+        res.mask, m[0] | m[1]
+    )  # 2 overlaps 0 by all of 0: not added
     assert res.instances.scores.tolist() == pytest.approx([3.0, 2.99])
-    res = Pipeline(generator=_Three(), selector=_PrefersFirst(), combine={"name": "merge", "margin": 0.001})(_img(), "x")
+    res = Pipeline(generator=_Three(), selector=_PrefersFirst(), combine={"name": "merge", "margin": 0.001})(
+        _img(), "x"
+    )
     assert res.index == [0]
     # without a selector: on the candidates' own scores (0.5, 0.9, 0.7) -> 1 first, then 2 (disjoint from 1)
-    res = Pipeline(prompter=_TwoBoxes(), segmenter=_BoxFill(), combine={"name": "merge", "margin": 0.5})(_img(), "x")
+    res = Pipeline(prompter=_TwoBoxes(), segmenter=_BoxFill(), combine={"name": "merge", "margin": 0.5})(
+        _img(), "x"
+    )
     assert res.index == [0, 1]
 
 
@@ -129,8 +138,9 @@ def test_a_custom_combiner_is_the_one_path():
     class _Nothing(Combiner):
         def combine(self, image, text, candidates, selection=None):
             h, w = candidates.shape
-            return Selection(np.zeros((h, w), bool), -1.0, None, None, {"saw": len(candidates)},
-                             Instances.empty(h, w))
+            return Selection(
+                np.zeros((h, w), bool), -1.0, None, None, {"saw": len(candidates)}, Instances.empty(h, w)
+            )
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -182,7 +192,9 @@ def test_run_many_calls_a_batching_prompter_once_per_chunk():
 
 def test_run_many_without_batched_stages_is_per_image_and_segment_many_is_used():
     prompter = _TwoBoxes()
-    out = Pipeline(prompter=prompter, segmenter=_BoxFill()).run_many([_img()] * 5, "x", progress=False, batch_size=2)
+    out = Pipeline(prompter=prompter, segmenter=_BoxFill()).run_many(
+        [_img()] * 5, "x", progress=False, batch_size=2
+    )
     assert prompter.calls == 5 and all(r.mask.sum() == 25 + 80 for r in out)
 
     class _Batched(_BoxFill):
@@ -194,7 +206,9 @@ def test_run_many_without_batched_stages_is_per_image_and_segment_many_is_used()
             return [self.segment(i, p) for i, p in zip(images, prompts_list)]
 
     seg = _Batched()
-    out = Pipeline(prompter=_TwoBoxes(), segmenter=seg).run_many([_img()] * 5, "x", progress=False, batch_size=2)
+    out = Pipeline(prompter=_TwoBoxes(), segmenter=seg).run_many(
+        [_img()] * 5, "x", progress=False, batch_size=2
+    )
     assert seg.batches == [2, 2, 1] and all(r.mask.sum() == 105 for r in out)
     out = Pipeline(segmenter=seg).run_many([_img()] * 3, None, progress=False, batch_size=8, box=[0, 0, 4, 4])
     assert seg.batches[-1] == 3 and all(r.mask.sum() == 16 for r in out)
@@ -220,11 +234,23 @@ def test_clipseg_prompter_boxes_are_the_regions_of_clipsegs_map(tmp_path):
 
     tiny = str(save_tiny_clipseg(tmp_path / "tiny"))
     img = np.random.default_rng(4).integers(0, 255, (40, 56, 3), dtype=np.uint8)
-    prob = registry.build("segmenter", "clipseg", model=tiny, device="cpu").probabilities(img, "segment crack")
+    prob = registry.build("segmenter", "clipseg", model=tiny, device="cpu").probabilities(
+        img, "segment crack"
+    )
     thr = float(np.quantile(prob, 0.8))
-    pipe = Pipeline.from_config({"prompter": {"name": "clipseg", "model": tiny, "device": "cpu", "threshold": thr,
-                                              "min_area": 0.0},
-                                 "segmenter": {"name": "_combine_boxfill"}, "combine": "instances"})
+    pipe = Pipeline.from_config(
+        {
+            "prompter": {
+                "name": "clipseg",
+                "model": tiny,
+                "device": "cpu",
+                "threshold": thr,
+                "min_area": 0.0,
+            },
+            "segmenter": {"name": "_combine_boxfill"},
+            "combine": "instances",
+        }
+    )
     res = pipe(img, "segment crack")
     labels, _ = ndimage.label(prob > thr, structure=np.ones((3, 3), bool))
     ref = {(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndimage.find_objects(labels)}

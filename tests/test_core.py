@@ -1,4 +1,5 @@
 """Registry, configs and the pipeline's data flow, with small stub components."""
+
 from __future__ import annotations
 
 import time
@@ -26,7 +27,7 @@ class _Halves(MaskGenerator):
         h, w = image.shape[:2]
         m = np.zeros((2, h, w), bool)
         m[0, :, : w // 2] = True
-        m[1, :, w // 2:] = True
+        m[1, :, w // 2 :] = True
         return Candidates(m, scores=[0.9, 0.8], source="halves")
 
 
@@ -73,7 +74,7 @@ registry.register("segmenter", "_test_boxfill")(_BoxFill)
 
 def _img(h=30, w=40):
     img = np.zeros((h, w, 3), np.uint8)
-    img[:, w // 2:, 0] = 200  # right half is red
+    img[:, w // 2 :, 0] = 200  # right half is red
     return img
 
 
@@ -169,7 +170,9 @@ def test_masks_to_boxes_and_prompts():
 def test_missing_weights_fail_fast_with_file_dir_and_url(tmp_path, monkeypatch):
     monkeypatch.setenv("LVLM_HOME", str(tmp_path))
     monkeypatch.delenv("LVLM_OFFLINE", raising=False)
-    spec = WeightSpec("sam_vit_b_01ec64.pth", url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth")
+    spec = WeightSpec(
+        "sam_vit_b_01ec64.pth", url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
+    )
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -209,6 +212,8 @@ def test_slugs_transliterate_and_never_collide():
     assert text_hash("星") == __import__("hashlib").sha1("星".encode()).hexdigest()[:6]
     names = unique_slugs(["Crack", "crack!", "dog", "Crack", "星", "月"])
     assert len(names) == 5 and len(set(names.values())) == 5 and names["dog"] == "dog"
-    assert names["Crack"].startswith("crack_") and names["Crack"] == unique_slugs(["Crack", "crack!"])["Crack"]
+    assert (
+        names["Crack"].startswith("crack_") and names["Crack"] == unique_slugs(["Crack", "crack!"])["Crack"]
+    )
     assert mask_filename("img", "étoile") == "img_etoile.png"
     assert mask_filename("img", "Crack", names["Crack"]) != mask_filename("img", "crack!", names["crack!"])

@@ -1,4 +1,5 @@
 """Dense CRF: the plain-torch backend against pydensecrf2 (Krähenbühl's C++ code) with the same parameters."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,12 +15,12 @@ def _scene(h, w, seed):
     rng = np.random.default_rng(seed)
     img = rng.normal(90, 20, (h, w, 3))
     y0, x0, hh, ww = h // 4, w // 3, h // 2, w // 3
-    img[y0:y0 + hh, x0:x0 + ww] = rng.normal((200, 60, 50), 20, (hh, ww, 3))
+    img[y0 : y0 + hh, x0 : x0 + ww] = rng.normal((200, 60, 50), 20, (hh, ww, 3))
     img = np.clip(img, 0, 255).astype(np.uint8)
     truth = np.zeros((h, w), bool)
-    truth[y0:y0 + hh, x0:x0 + ww] = True
+    truth[y0 : y0 + hh, x0 : x0 + ww] = True
     sal = np.zeros((h, w))
-    sal[y0 + 3:y0 + hh + 3, x0 - 4:x0 + ww - 4] = 1
+    sal[y0 + 3 : y0 + hh + 3, x0 - 4 : x0 + ww - 4] = 1
     sal = np.clip(gaussian_filter(sal, 4) + rng.normal(0, 0.15, (h, w)), 0, 1).astype(np.float32)
     return img, sal, truth
 
@@ -40,12 +41,16 @@ def test_torch_crf_agrees_with_pydensecrf(params):
     assert ours.shape == ref.shape == sal.shape
     agreement = ((ours > 0.5) == (ref > 0.5)).mean()
     assert agreement >= 0.98, agreement
-    assert ((ref > 0.5) != (sal > 0.5)).mean() > 0.02  # the CRF did change the labelling (the check has teeth)
+    assert (
+        (ref > 0.5) != (sal > 0.5)
+    ).mean() > 0.02  # the CRF did change the labelling (the check has teeth)
 
 
 def test_crf_refines_noisy_saliency_towards_the_object():
     img, sal, truth = _scene(48, 64, seed=3)
-    q = TorchDenseCRF(bilateral_sxy=20, bilateral_srgb=13, bilateral_compat=10, iterations=10, device="cpu")(img, sal)
+    q = TorchDenseCRF(bilateral_sxy=20, bilateral_srgb=13, bilateral_compat=10, iterations=10, device="cpu")(
+        img, sal
+    )
 
     def iou(m):
         return (m & truth).sum() / (m | truth).sum()

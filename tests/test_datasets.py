@@ -1,4 +1,5 @@
 """Dataset loaders on small fixtures written in each dataset's real published layout."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,11 @@ from lvlm.registry import build
 
 def _img(path, h=20, w=30, value=None, seed=0):
     path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8) if value is None else \
-        np.full((h, w, 3), value, np.uint8)
+    arr = (
+        np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+        if value is None
+        else np.full((h, w, 3), value, np.uint8)
+    )
     Image.fromarray(arr).save(path)
     return path
 
@@ -37,11 +41,18 @@ def test_every_loader_is_registered():
     assert {"coco", "cxr", "cod10k", "mvtec", "drywall", "nuclei", "folder"} <= set(available("dataset"))
 
 
-@pytest.mark.parametrize("name,kwargs,url", [
-    ("coco", {}, "cocodataset.org"), ("cxr", {}, "chest-xray-masks-and-labels"), ("cod10k", {}, "cod10k"),
-    ("mvtec", {}, "mvtec.com"), ("drywall", {}, "roboflow.com"), ("nuclei", {}, "stardist"),
-    ("folder", {"prompt": "x"}, "images"),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,url",
+    [
+        ("coco", {}, "cocodataset.org"),
+        ("cxr", {}, "chest-xray-masks-and-labels"),
+        ("cod10k", {}, "cod10k"),
+        ("mvtec", {}, "mvtec.com"),
+        ("drywall", {}, "roboflow.com"),
+        ("nuclei", {}, "stardist"),
+        ("folder", {"prompt": "x"}, "images"),
+    ],
+)
 def test_missing_data_is_one_error_naming_layout_and_source(tmp_path, name, kwargs, url):
     with pytest.raises(DatasetNotFoundError) as info:
         build("dataset", name, root=str(tmp_path / "absent"), **kwargs)
@@ -61,16 +72,42 @@ def _write_coco(root):
     _img(root / "val2017" / "000000000002.jpg", h, w, seed=1)
     poly = lambda x0, y0, x1, y1: [[x0, y0, x1, y0, x1, y1, x0, y1]]
     anns = [
-        {"id": 10, "image_id": 1, "category_id": 1, "segmentation": poly(5, 5, 25, 25), "area": 400.0,
-         "bbox": [5, 5, 20, 20], "iscrowd": 0},
-        {"id": 11, "image_id": 1, "category_id": 2, "segmentation": poly(30, 10, 50, 30), "area": 400.0,
-         "bbox": [30, 10, 20, 20], "iscrowd": 0},
-        {"id": 12, "image_id": 2, "category_id": 2, "segmentation": poly(0, 0, 10, 10), "area": 100.0,
-         "bbox": [0, 0, 10, 10], "iscrowd": 0},
+        {
+            "id": 10,
+            "image_id": 1,
+            "category_id": 1,
+            "segmentation": poly(5, 5, 25, 25),
+            "area": 400.0,
+            "bbox": [5, 5, 20, 20],
+            "iscrowd": 0,
+        },
+        {
+            "id": 11,
+            "image_id": 1,
+            "category_id": 2,
+            "segmentation": poly(30, 10, 50, 30),
+            "area": 400.0,
+            "bbox": [30, 10, 20, 20],
+            "iscrowd": 0,
+        },
+        {
+            "id": 12,
+            "image_id": 2,
+            "category_id": 2,
+            "segmentation": poly(0, 0, 10, 10),
+            "area": 100.0,
+            "bbox": [0, 0, 10, 10],
+            "iscrowd": 0,
+        },
     ]
-    data = {"images": [{"id": 1, "file_name": "000000000001.jpg", "height": h, "width": w},
-                       {"id": 2, "file_name": "000000000002.jpg", "height": h, "width": w}],
-            "annotations": anns, "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "dining table"}]}
+    data = {
+        "images": [
+            {"id": 1, "file_name": "000000000001.jpg", "height": h, "width": w},
+            {"id": 2, "file_name": "000000000002.jpg", "height": h, "width": w},
+        ],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "dining table"}],
+    }
     (root / "annotations").mkdir(parents=True)
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
     return root
@@ -85,7 +122,9 @@ def test_coco_selection_and_masks(tmp_path):
     assert len(ds) == 2 and ds.ids() == ["1_11", "2_12"]
     s = ds[0]
     assert s.prompt == "dining table" and s.tags == {"category": "dining table", "difficulty": "hard"}
-    assert s.mask.shape == (40, 60) and s.mask[10:30, 30:50].all() and s.mask.sum() == pytest.approx(400, abs=45)
+    assert (
+        s.mask.shape == (40, 60) and s.mask[10:30, 30:50].all() and s.mask.sum() == pytest.approx(400, abs=45)
+    )
     np.testing.assert_allclose(s.box, [30, 10, 50, 30])
     every = build("dataset", "coco", root=str(root))
     assert len(every) == 3
@@ -119,8 +158,17 @@ def test_coco_selection_builder_levels_by_objective_cues(tmp_path):
     assert edge_density(flat) == 0.0 < edge_density(busy)
     # many synthetic candidates: the easiest quartile has big lone objects, the hardest small crowded ones
     rng = np.random.default_rng(0)
-    many = [{"image_id": i, "annotation_id": i, "category": "x", "n_instances": int(rng.integers(1, 30)),
-             "area_fraction": float(rng.uniform(0.01, 0.6)), "clutter": float(rng.uniform(0, 0.5))} for i in range(400)]
+    many = [
+        {
+            "image_id": i,
+            "annotation_id": i,
+            "category": "x",
+            "n_instances": int(rng.integers(1, 30)),
+            "area_fraction": float(rng.uniform(0.01, 0.6)),
+            "clutter": float(rng.uniform(0, 0.5)),
+        }
+        for i in range(400)
+    ]
     rows = make_selection(many, per_level=25, seed=0)
     assert len(rows) == 100 and [r["difficulty"] for r in rows[::25]] == list(LEVELS)
     easy = [r for r in rows if r["difficulty"] == "easy"]
@@ -132,7 +180,9 @@ def test_coco_selection_builder_levels_by_objective_cues(tmp_path):
     from lvlm.data.coco import read_selection
 
     back = read_selection(path)
-    assert [(r["image_id"], r["difficulty"]) for r in back] == [(r["image_id"], r["difficulty"]) for r in rows]
+    assert [(r["image_id"], r["difficulty"]) for r in back] == [
+        (r["image_id"], r["difficulty"]) for r in rows
+    ]
 
 
 def test_cxr_kaggle_layout_splits_and_montgomery_left_right(tmp_path):
@@ -160,7 +210,11 @@ def test_cxr_kaggle_layout_splits_and_montgomery_left_right(tmp_path):
 
 def test_cod10k_layout_prompts_from_file_names(tmp_path):
     base = tmp_path / "COD10K-v3" / "Test"
-    names = ["COD10K-CAM-1-Aquatic-1-BatFish-1", "COD10K-CAM-3-Flying-53-Bird-3", "COD10K-NonCAM-5-Background-1-Sky-2"]
+    names = [
+        "COD10K-CAM-1-Aquatic-1-BatFish-1",
+        "COD10K-CAM-3-Flying-53-Bird-3",
+        "COD10K-NonCAM-5-Background-1-Sky-2",
+    ]
     for i, n in enumerate(names):
         _img(base / "Image" / f"{n}.jpg", seed=i)
         if "NonCAM" not in n:
@@ -197,27 +251,60 @@ def test_drywall_roboflow_coco_export_boxes_to_masks(tmp_path):
     for split in ("train", "valid"):
         _img(root / split / "a_jpg.rf.123.jpg", 20, 30)
         _img(root / split / "b_jpg.rf.456.jpg", 20, 30, seed=1)
-        data = {"images": [{"id": 0, "file_name": "a_jpg.rf.123.jpg", "height": 20, "width": 30},
-                           {"id": 1, "file_name": "b_jpg.rf.456.jpg", "height": 20, "width": 30}],
-                "categories": [{"id": 0, "name": "cracks-3ii36", "supercategory": "none"},
-                               {"id": 1, "name": "crack", "supercategory": "cracks-3ii36"},
-                               {"id": 2, "name": "drywall-join", "supercategory": "cracks-3ii36"}],
-                "annotations": [{"id": 0, "image_id": 0, "category_id": 1, "bbox": [2.5, 3, 5, 4], "area": 20,
-                                 "segmentation": [], "iscrowd": 0},
-                                {"id": 1, "image_id": 0, "category_id": 1, "bbox": [20, 10, 4, 4], "area": 16,
-                                 "segmentation": [], "iscrowd": 0},
-                                {"id": 2, "image_id": 1, "category_id": 2, "bbox": [0, 0, 30, 5], "area": 150,
-                                 "segmentation": [], "iscrowd": 0}]}
+        data = {
+            "images": [
+                {"id": 0, "file_name": "a_jpg.rf.123.jpg", "height": 20, "width": 30},
+                {"id": 1, "file_name": "b_jpg.rf.456.jpg", "height": 20, "width": 30},
+            ],
+            "categories": [
+                {"id": 0, "name": "cracks-3ii36", "supercategory": "none"},
+                {"id": 1, "name": "crack", "supercategory": "cracks-3ii36"},
+                {"id": 2, "name": "drywall-join", "supercategory": "cracks-3ii36"},
+            ],
+            "annotations": [
+                {
+                    "id": 0,
+                    "image_id": 0,
+                    "category_id": 1,
+                    "bbox": [2.5, 3, 5, 4],
+                    "area": 20,
+                    "segmentation": [],
+                    "iscrowd": 0,
+                },
+                {
+                    "id": 1,
+                    "image_id": 0,
+                    "category_id": 1,
+                    "bbox": [20, 10, 4, 4],
+                    "area": 16,
+                    "segmentation": [],
+                    "iscrowd": 0,
+                },
+                {
+                    "id": 2,
+                    "image_id": 1,
+                    "category_id": 2,
+                    "bbox": [0, 0, 30, 5],
+                    "area": 150,
+                    "segmentation": [],
+                    "iscrowd": 0,
+                },
+            ],
+        }
         (root / split / "_annotations.coco.json").write_text(json.dumps(data))
     ds = build("dataset", "drywall", root=str(root))
     assert ds.ids() == ["a_jpg.rf.123_crack", "b_jpg.rf.456_taping"]
     crack, tape = ds[0], ds[1]
     assert crack.prompt == "segment crack" and crack.prompts[-1] == "segment fracture"
-    assert crack.mask.sum() == 6 * 4 + 4 * 4 and crack.mask[3, 2] and crack.mask[6, 7] and not crack.mask[7, 2]
+    assert (
+        crack.mask.sum() == 6 * 4 + 4 * 4 and crack.mask[3, 2] and crack.mask[6, 7] and not crack.mask[7, 2]
+    )
     assert tape.prompt == "segment taping area" and tape.tags == {"class": "taping"} and tape.mask[:5].all()
     assert crack.box.shape == (2, 4)
-    rnd = [build("dataset", "drywall", root=str(root), split="train", prompt_mode="random", seed=s)[0].prompt
-           for s in range(12)]
+    rnd = [
+        build("dataset", "drywall", root=str(root), split="train", prompt_mode="random", seed=s)[0].prompt
+        for s in range(12)
+    ]
     assert set(rnd) <= set(crack.prompts) and len(set(rnd)) > 1
     import shutil
 
@@ -249,8 +336,9 @@ def test_folder_fixed_prompt_and_csv(tmp_path):
         _mask(root / "masks" / f"p{i}_mask.png", _rect(20, 30, 0, 5 + i, 0, 5))
     ds = build("dataset", "folder", root=str(root), prompt="a thing", mask_suffix="_mask")
     assert ds.ids() == ["p0", "p1", "p2"] and ds[2].mask.sum() == 7 * 5 and ds[0].prompt == "a thing"
-    (root / "prompts.csv").write_text("image,prompt,mask,class\np0.jpg,a cat,p0_mask.png,cat\n"
-                                      "p0.jpg,a dog,p1_mask.png,dog\np2,a cow,,cow\n")
+    (root / "prompts.csv").write_text(
+        "image,prompt,mask,class\np0.jpg,a cat,p0_mask.png,cat\np0.jpg,a dog,p1_mask.png,dog\np2,a cow,,cow\n"
+    )
     ds = build("dataset", "folder", root=str(root), prompts="prompts.csv", mask_suffix="_mask")
     assert ds.ids() == ["p0_a_cat", "p0_a_dog", "p2"]
     assert [s.tags["class"] for s in ds] == ["cat", "dog", "cow"] and ds[1].mask.sum() == 6 * 5
@@ -267,15 +355,34 @@ def test_make_coco_selection_script(tmp_path):
         images.append({"id": i, "file_name": f"{i:012d}.jpg", "height": 100, "width": 100})
         for k in range(int(rng.integers(1, 6))):
             side = int(rng.integers(8, 60))
-            anns.append({"id": 100 * i + k, "image_id": i, "category_id": k + 1, "area": float(side * side),
-                         "bbox": [0, 0, side, side], "iscrowd": 0,
-                         "segmentation": [[0, 0, side, 0, side, side, 0, side]]})
+            anns.append(
+                {
+                    "id": 100 * i + k,
+                    "image_id": i,
+                    "category_id": k + 1,
+                    "area": float(side * side),
+                    "bbox": [0, 0, side, side],
+                    "iscrowd": 0,
+                    "segmentation": [[0, 0, side, 0, side, side, 0, side]],
+                }
+            )
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)
-    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(
-        {"images": images, "annotations": anns, "categories": [{"id": k, "name": f"c{k}"} for k in range(1, 7)]}))
-    main = runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "scripts" / "make_coco_selection.py"))["main"]
-    assert main(["--root", str(root), "--out", str(tmp_path / "sel.csv"), "--per-level", "2", "--no-edges"]) == 0
+    (root / "annotations" / "instances_val2017.json").write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": k, "name": f"c{k}"} for k in range(1, 7)],
+            }
+        )
+    )
+    main = runpy.run_path(
+        str(__import__("pathlib").Path(__file__).parents[1] / "scripts" / "make_coco_selection.py")
+    )["main"]
+    assert (
+        main(["--root", str(root), "--out", str(tmp_path / "sel.csv"), "--per-level", "2", "--no-edges"]) == 0
+    )
     with (tmp_path / "sel.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["difficulty"] for r in rows] == ["easy"] * 2 + ["medium"] * 2 + ["hard"] * 2 + ["very hard"] * 2

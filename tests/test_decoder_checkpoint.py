@@ -1,4 +1,5 @@
 """A specialised mask decoder is one config line away: `decoder_checkpoint:` on the prompted segmenters."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,17 @@ def test_decoder_checkpoint_loads_through_a_config(tmp_path):
     sd = {f"mask_decoder.{k}": v.contiguous() for k, v in seg.model.mask_decoder.state_dict().items()}
     path = tmp_path / "decoder.safetensors"
     save_file(sd, str(path))
-    pipe = Pipeline.from_config({"segmenter": {"name": "sam", "model_type": "vit_tiny", "checkpoint": None,
-                                               "device": "cpu", "decoder_checkpoint": str(path)}})
+    pipe = Pipeline.from_config(
+        {
+            "segmenter": {
+                "name": "sam",
+                "model_type": "vit_tiny",
+                "checkpoint": None,
+                "device": "cpu",
+                "decoder_checkpoint": str(path),
+            }
+        }
+    )
     for k, v in pipe.segmenter.model.mask_decoder.state_dict().items():
         torch.testing.assert_close(v, seg.model.mask_decoder.state_dict()[k])
     img = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)

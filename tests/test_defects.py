@@ -1,4 +1,5 @@
 """Data recipes of Dhungana and Bista: synthetic defects, box -> mask, texture mosaics."""
+
 from __future__ import annotations
 
 import time
@@ -24,7 +25,9 @@ def carpet():
     """A colourful textured 'carpet' (every pixel saturated and away from 0 / 255)."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:240, :260]
-    base = np.stack([120 + 60 * np.sin(xx / 7.0), 110 + 50 * np.cos(yy / 5.0), 90 + 40 * np.sin((xx + yy) / 9.0)], -1)
+    base = np.stack(
+        [120 + 60 * np.sin(xx / 7.0), 110 + 50 * np.cos(yy / 5.0), 90 + 40 * np.sin((xx + yy) / 9.0)], -1
+    )
     return np.clip(base + rng.normal(0, 8, base.shape), 30, 225).astype(np.uint8)
 
 
@@ -65,8 +68,12 @@ def test_masks_cover_exactly_the_altered_pixels(carpet, seed):
             assert d.mask.sum() >= 0.99 * region.sum()  # a textured carpet changes under any patch
             if p["mode"] == "darken":
                 assert 0.4 <= p["amount"] <= 0.7
-                src = carpet[p["source"][1]:p["source"][1] + y1 - y0, p["source"][0]:p["source"][0] + x1 - x0]
-                np.testing.assert_array_equal(d.image[y0:y1, x0:x1], np.round(src * p["amount"]).astype(np.uint8))
+                src = carpet[
+                    p["source"][1] : p["source"][1] + y1 - y0, p["source"][0] : p["source"][0] + x1 - x0
+                ]
+                np.testing.assert_array_equal(
+                    d.image[y0:y1, x0:x1], np.round(src * p["amount"]).astype(np.uint8)
+                )
         elif kind == "scar":
             assert 2 <= p["width"] <= 5 and max(p["colour"]) <= 50
             dist = _segment_distance(*p["start"], *p["end"], w, h)
@@ -89,8 +96,9 @@ def test_defects_dataset(carpet, tmp_path):
     s3 = ds[3]
     samples = list(ds)
     np.testing.assert_array_equal(samples[3].mask, s3.mask)  # random access == iteration
-    np.testing.assert_array_equal(SyntheticDefects(images=[carpet, carpet[:, ::-1].copy()], n=7, seed=5)[3].image,
-                                  s3.image)
+    np.testing.assert_array_equal(
+        SyntheticDefects(images=[carpet, carpet[:, ::-1].copy()], n=7, seed=5)[3].image, s3.image
+    )
     assert [s.tags["defect"] for s in samples] == [KINDS[i % 3] for i in range(7)]
     # MVTec layout: ROOT/carpet/train/good
     good = tmp_path / "carpet" / "train" / "good"
@@ -133,16 +141,26 @@ def textures():
 
 @pytest.fixture(scope="module")
 def hard(textures):
-    return TextureMosaics(images=textures, n=3, mode="hard", k=4, tile=64, features="random", device="cpu",
-                          feature_size=64, seed=0)
+    return TextureMosaics(
+        images=textures,
+        n=3,
+        mode="hard",
+        k=4,
+        tile=64,
+        features="random",
+        device="cpu",
+        feature_size=64,
+        seed=0,
+    )
 
 
 def test_make_mosaic_quadrants(textures):
     img, masks, points = make_mosaic(textures[:4], tile=64)
     assert img.shape == (128, 128, 3) and masks.shape == (4, 128, 128)
     assert (masks.sum(0) == 1).all()  # the quadrants partition the image
-    np.testing.assert_array_equal(masks_to_boxes(masks), [[0, 0, 64, 64], [64, 0, 128, 64], [0, 64, 64, 128],
-                                                          [64, 64, 128, 128]])
+    np.testing.assert_array_equal(
+        masks_to_boxes(masks), [[0, 0, 64, 64], [64, 0, 128, 64], [0, 64, 64, 128], [64, 64, 128, 128]]
+    )
     assert points.tolist() == [[32, 32], [96, 32], [32, 96], [96, 96]]
     assert texture_name("wood/african-blackwood-60x60.jpg") == "african blackwood"
 
@@ -154,7 +172,7 @@ def test_kmeans_recovers_separated_clusters():
     labels = cluster_textures(feats, k=4, seed=0)
     assert len(set(labels.tolist())) == 4
     for f in range(4):
-        assert len(set(labels[6 * f:6 * f + 6].tolist())) == 1
+        assert len(set(labels[6 * f : 6 * f + 6].tolist())) == 1
     np.testing.assert_array_equal(labels, cluster_textures(feats, k=4, seed=0))
 
 
@@ -163,16 +181,34 @@ def test_mosaic_modes(textures, hard):
     samples = list(hard)
     assert len(samples) == 12 and samples[0].image.shape == (128, 128, 3)
     for i in range(3):
-        quad = samples[4 * i:4 * i + 4]
+        quad = samples[4 * i : 4 * i + 4]
         assert len({s.tags["cluster"] for s in quad}) == 1  # hard: one cluster
         assert len({s.tags["texture"] for s in quad}) == 4  # four different textures
         assert all(s.image is quad[0].image for s in quad)  # one image, four masks
-    std = TextureMosaics(images=textures, n=3, mode="standard", k=4, tile=64, features="random", device="cpu",
-                         feature_size=64, seed=0)
+    std = TextureMosaics(
+        images=textures,
+        n=3,
+        mode="standard",
+        k=4,
+        tile=64,
+        features="random",
+        device="cpu",
+        feature_size=64,
+        seed=0,
+    )
     for i in range(3):
-        assert len({s.tags["cluster"] for s in list(std)[4 * i:4 * i + 4]}) == 4  # standard: four clusters
-    again = TextureMosaics(images=textures, n=3, mode="standard", k=4, tile=64, features="random", device="cpu",
-                           feature_size=64, seed=0)
+        assert len({s.tags["cluster"] for s in list(std)[4 * i : 4 * i + 4]}) == 4  # standard: four clusters
+    again = TextureMosaics(
+        images=textures,
+        n=3,
+        mode="standard",
+        k=4,
+        tile=64,
+        features="random",
+        device="cpu",
+        feature_size=64,
+        seed=0,
+    )
     assert [std.choose(i) for i in range(3)] == [again.choose(i) for i in range(3)]
     np.testing.assert_array_equal(std[5].image, again[5].image)
 

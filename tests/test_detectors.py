@@ -1,5 +1,6 @@
 """Detector prompters (GroundingDINO, OWLv2, OmDet-Turbo) on tiny random models of the real transformers classes,
 pinned against transformers' own processors, forwards and post-processing on the same weights."""
+
 from __future__ import annotations
 
 import time
@@ -68,8 +69,9 @@ def test_grounding_dino_matches_transformers_postprocessing(gdino, images):
     outputs, inputs = det.outputs(images, classes)
     sizes = [im.shape[:2] for im in images]
     ours = det.postprocess(outputs, inputs, sizes, classes, threshold=0.3, text_threshold=0.0)
-    ref = det.processor.post_process_grounded_object_detection(outputs, inputs["input_ids"], threshold=0.3,
-                                                               text_threshold=0.25, target_sizes=sizes)
+    ref = det.processor.post_process_grounded_object_detection(
+        outputs, inputs["input_ids"], threshold=0.3, text_threshold=0.25, target_sizes=sizes
+    )
     for o, r, cls in zip(ours, ref, classes):
         assert len(o) == len(r["boxes"]) > 0
         np.testing.assert_allclose(o.boxes, r["boxes"].numpy(), atol=1e-5)
@@ -100,8 +102,9 @@ def test_grounding_dino_prompter_equals_transformers_by_hand(gdino, images):
     inputs = proc(images=img, text="a cat. a dog.", return_tensors="pt")
     with torch.inference_mode():
         out = net(**inputs)
-    ref = proc.post_process_grounded_object_detection(out, inputs.input_ids, threshold=0.3, text_threshold=0.25,
-                                                      target_sizes=[img.shape[:2]])[0]
+    ref = proc.post_process_grounded_object_detection(
+        out, inputs.input_ids, threshold=0.3, text_threshold=0.25, target_sizes=[img.shape[:2]]
+    )[0]
     prompts, extra = gdino.prompts(img, "A Cat. a dog")
     boxes = ref["boxes"].numpy().copy()
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, img.shape[1])
@@ -134,8 +137,9 @@ def test_owlv2_cached_text_forward_equals_model_forward(owl, images):
     ref.logits = ref_logits
     sizes = [im.shape[:2] for im in images]
     ours = det.postprocess(outputs, inputs, sizes, classes, threshold=0.1)
-    tf = det.processor.post_process_grounded_object_detection(ref, threshold=0.1, target_sizes=sizes,
-                                                              text_labels=classes)
+    tf = det.processor.post_process_grounded_object_detection(
+        ref, threshold=0.1, target_sizes=sizes, text_labels=classes
+    )
     for o, r in zip(ours, tf):
         np.testing.assert_allclose(o.boxes, r["boxes"].numpy(), atol=1e-4)
         np.testing.assert_allclose(o.scores, r["scores"].numpy(), atol=1e-5)
@@ -147,12 +151,15 @@ def test_omdet_turbo_equals_transformers_by_hand(omdet, images):
     det = omdet.detector
     classes = [["cat", "dog"], ["red car"], ["cat"]]
     ref = []
-    for im, cls in zip(images, classes):  # one image at a time (a batch pads the class lists: see Detector.detect)
+    for im, cls in zip(
+        images, classes
+    ):  # one image at a time (a batch pads the class lists: see Detector.detect)
         inputs = det.processor(images=im, text=cls, return_tensors="pt")
         with torch.inference_mode():
             out = det.model(**inputs)
         ref += det.processor.post_process_grounded_object_detection(
-            out, text_labels=[cls], threshold=0.3, nms_threshold=0.5, target_sizes=[im.shape[:2]])
+            out, text_labels=[cls], threshold=0.3, nms_threshold=0.5, target_sizes=[im.shape[:2]]
+        )
     got = det.detect(images, classes, threshold=0.3, nms=0.5)
     for g, r in zip(got, ref):
         assert len(g) == len(r["boxes"]) > 0
@@ -196,9 +203,17 @@ def test_nms_and_max_boxes():
 
 
 def test_detector_litemedsam_pipeline_masks_at_input_size(images):
-    pipe = Pipeline.from_config({
-        "prompter": {"name": "detector", "model": "tiny-random-grounding-dino", "max_boxes": 4, "device": "cpu"},
-        "segmenter": {"name": "litemedsam", "device": "cpu", "encoder_backend": "torch"}})
+    pipe = Pipeline.from_config(
+        {
+            "prompter": {
+                "name": "detector",
+                "model": "tiny-random-grounding-dino",
+                "max_boxes": 4,
+                "device": "cpu",
+            },
+            "segmenter": {"name": "litemedsam", "device": "cpu", "encoder_backend": "torch"},
+        }
+    )
     img = images[1]
     res = pipe(img, "a cat. a red car")
     assert res.mask.shape == img.shape[:2]
@@ -217,7 +232,9 @@ def test_detector_litemedsam_pipeline_masks_at_input_size(images):
     assert not any(r.mask.any() for r in many)
 
 
-@pytest.mark.parametrize("preset", ["grounding-dino-tiny", "grounding-dino-base", "owlv2-base", "omdet-turbo"])
+@pytest.mark.parametrize(
+    "preset", ["grounding-dino-tiny", "grounding-dino-base", "owlv2-base", "omdet-turbo"]
+)
 def test_offline_preset_fails_fast_naming_hub_id(preset, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -244,9 +261,17 @@ def test_families():
 
 
 def test_drop_unmatched(images):
-    keep = build("prompter", "detector", model="tiny-random-grounding-dino", text_threshold=0.99, device="cpu")
-    drop = build("prompter", "detector", model="tiny-random-grounding-dino", text_threshold=0.99,
-                 drop_unmatched=True, device="cpu")
+    keep = build(
+        "prompter", "detector", model="tiny-random-grounding-dino", text_threshold=0.99, device="cpu"
+    )
+    drop = build(
+        "prompter",
+        "detector",
+        model="tiny-random-grounding-dino",
+        text_threshold=0.99,
+        drop_unmatched=True,
+        device="cpu",
+    )
     _, ea = keep.prompts(images[0], "cat. dog")
     b, eb = drop.prompts(images[0], "cat. dog")
     assert "" in ea["detector_labels"] and "" not in eb["detector_labels"]
@@ -271,15 +296,27 @@ def test_packaged_detector_and_sam3_configs_have_valid_keys():
             check_kwargs(entry.obj, spec, where=f"{path.name} {stage}")
 
 
-@pytest.mark.parametrize("segmenter", [
-    {"name": "sam", "model_type": "vit_tiny", "checkpoint": None, "encoder_backend": "torch"},
-    {"name": "medsam", "model_type": "vit_tiny", "checkpoint": None, "encoder_backend": "torch"},
-    {"name": "sam3", "model": "tiny-random"},  # boxes become SAM 3's exemplars
-])
+@pytest.mark.parametrize(
+    "segmenter",
+    [
+        {"name": "sam", "model_type": "vit_tiny", "checkpoint": None, "encoder_backend": "torch"},
+        {"name": "medsam", "model_type": "vit_tiny", "checkpoint": None, "encoder_backend": "torch"},
+        {"name": "sam3", "model": "tiny-random"},  # boxes become SAM 3's exemplars
+    ],
+)
 def test_detector_boxes_feed_other_segmenters(segmenter, images):
-    pipe = Pipeline.from_config({"prompter": {"name": "detector", "model": "tiny-random-grounding-dino",
-                                              "max_boxes": 3, "device": "cpu"},
-                                 "segmenter": {**segmenter, "device": "cpu"}, "combine": "union"})
+    pipe = Pipeline.from_config(
+        {
+            "prompter": {
+                "name": "detector",
+                "model": "tiny-random-grounding-dino",
+                "max_boxes": 3,
+                "device": "cpu",
+            },
+            "segmenter": {**segmenter, "device": "cpu"},
+            "combine": "union",
+        }
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EmptyMaskWarning)
         res = pipe(images[2], "a cat. a bus")

@@ -4,6 +4,7 @@ The generator is checked against the ``litemedsam`` prompted segmenter (LiteMedS
 preprocessing and decoding): its masks must be exactly the segmenter's masks for the same boxes. The
 text-prompted tests need the bundled ``lvlm-shapes`` weights and skip, saying so, until they ship.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -22,7 +23,8 @@ EXAMPLE = REPO / "lvlm" / "assets" / "examples" / "shapes.png"
 needs_shapes = pytest.mark.skipif(
     not SHAPES_WEIGHTS.is_file(),
     reason=f"{SHAPES_WEIGHTS.relative_to(REPO)} is not in the package yet (train it with the command in "
-           "lvlm/assets/lvlm_shapes/MODEL_CARD.md)")
+    "lvlm/assets/lvlm_shapes/MODEL_CARD.md)",
+)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -31,8 +33,15 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def generator():
-    return build("generator", "litemedsam", device="cpu", pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                 box_nms_thresh=1.0, region_sigmas=[4.0])  # one scale: fewer boxes, a faster test
+    return build(
+        "generator",
+        "litemedsam",
+        device="cpu",
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        region_sigmas=[4.0],
+    )  # one scale: fewer boxes, a faster test
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +74,15 @@ def test_generator_matches_the_prompted_segmenter(generator, scene):
 
 
 def test_points_mode_runs_segment_anythings_generator(scene):
-    gen = build("generator", "litemedsam", device="cpu", prompts="points", points_per_side=2,
-                pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    gen = build(
+        "generator",
+        "litemedsam",
+        device="cpu",
+        prompts="points",
+        points_per_side=2,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+    )
     cands = gen.generate(scene.image)
     assert cands.masks.shape[1:] == scene.image.shape[:2]
     assert "point_coords" in cands.extra
@@ -99,8 +115,23 @@ def test_cli_segments_the_red_star(tmp_path):
     from lvlm.cli import main
     from lvlm.io import load_mask
 
-    assert main(["segment", str(EXAMPLE), "--prompt", "a red star", "--overlay", "--out", str(tmp_path), "--quiet",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(EXAMPLE),
+                "--prompt",
+                "a red star",
+                "--overlay",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     mask = load_mask(tmp_path / "shapes_a_red_star.png")
     assert (tmp_path / "shapes_a_red_star_overlay.png").is_file()
     star = make_scene(20_000_004, size=256, n_objects=3).find("a red star").mask
@@ -112,8 +143,11 @@ def test_embedded_default_tells_shapes_of_one_colour_apart():
     """Two objects of the same colour: only the shape word says which one is meant (the CLIP must know shapes)."""
     from lvlm.pipeline import Pipeline
 
-    seed = next(s for s in range(10_000_000, 10_001_000)
-                if len({o.colour for o in make_scene(s, size=192, n_objects=3).objects}) == 2)  # held-out seeds
+    seed = next(
+        s
+        for s in range(10_000_000, 10_001_000)
+        if len({o.colour for o in make_scene(s, size=192, n_objects=3).objects}) == 2
+    )  # held-out seeds
     scene = make_scene(seed, size=192, n_objects=3)
     colours = [o.colour for o in scene.objects]
     twins = [o for o in scene.objects if colours.count(o.colour) == 2]

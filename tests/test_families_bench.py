@@ -1,5 +1,6 @@
 """The five-family matrix: the packaged bench/families config expands, and its tiny-random variant runs every
 family through `lvlm bench` offline; the negatives dataset gives the false-positive rate as 1 - mean IoU."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,9 @@ def test_families_matrix_covers_the_five_families():
 
 
 def test_negatives_dataset_prompts_absent_classes():
-    ds = build("dataset", "negatives", of={"name": "scenes", "n": 3, "size": 48}, prompts=["a zebra", "a bus"])
+    ds = build(
+        "dataset", "negatives", of={"name": "scenes", "n": 3, "size": 48}, prompts=["a zebra", "a bus"]
+    )
     inner = build("dataset", "scenes", n=3, size=48)
     assert len(ds) == len(inner)
     for s, orig in zip(ds, inner):
@@ -45,8 +48,10 @@ def test_families_tiny_runs_every_family(tmp_path):
     from lvlm.cli import main
 
     out = tmp_path / "run"
-    assert main(["bench", "bench/families_tiny", "--out", str(out), "--quiet",
-                 "--set", "datasets.scenes.n=1"]) == 0
+    assert (
+        main(["bench", "bench/families_tiny", "--out", str(out), "--quiet", "--set", "datasets.scenes.n=1"])
+        == 0
+    )
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     assert {r["labels"]["family"] for r in rows} == FAMILIES
     errors = [(r["labels"], r["error"]) for r in rows if r.get("error")]

@@ -5,6 +5,7 @@ nested blobs around it and the official generator keeps tens of masks (a purely 
 after NMS); see docs/performance.md. The criterion asked of the generator is: same count within 2% and mean
 best-match IoU >= 0.99 both ways. With the official point batch size the masks are also bit-identical.
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,8 +36,15 @@ CASES = {  # name: (official generator settings, the fewest masks the official g
     "thresholds_0": ({"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}, 40),
     "crops": ({"crop_n_layers": 1}, 15),
     "small_regions": ({"min_mask_region_area": 150}, 10),
-    "many": ({"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.95,
-              "min_mask_region_area": 150}, 90),
+    "many": (
+        {
+            "pred_iou_thresh": 0.0,
+            "stability_score_thresh": 0.0,
+            "box_nms_thresh": 0.95,
+            "min_mask_region_area": 150,
+        },
+        90,
+    ),
 }
 
 
@@ -121,7 +129,9 @@ def test_small_regions_case_changes_masks():
     """The min_mask_region_area case exercises the post-processing: some masks change, some go."""
     with_pp, without = official("small_regions"), official("default")
     masks_pp, masks = stack(with_pp, scene().shape[:2]), stack(without, scene().shape[:2])
-    changed = sum(remove_small_regions(m, 150, "holes")[1] or remove_small_regions(m, 150, "islands")[1] for m in masks)
+    changed = sum(
+        remove_small_regions(m, 150, "holes")[1] or remove_small_regions(m, 150, "islands")[1] for m in masks
+    )
     assert changed >= 1
     assert not (len(masks_pp) == len(masks) and np.array_equal(masks_pp, masks))
 
@@ -130,8 +140,14 @@ def test_large_batches_same_masks():
     """Default (large) point batches and crop batches through the encoder: the required criterion holds."""
     img = scene()
     ref = stack(official("crops"), img.shape[:2])
-    gen = SamFastGenerator(model=tiny_model(), device="cpu", points_per_side=8, crop_n_layers=1,
-                           points_per_batch=256, encoder_batch_size=5)
+    gen = SamFastGenerator(
+        model=tiny_model(),
+        device="cpu",
+        points_per_side=8,
+        crop_n_layers=1,
+        points_per_batch=256,
+        encoder_batch_size=5,
+    )
     assert_same_set(gen.generate(img).masks, ref)
     assert set(gen.last_timings) >= {"encoder", "decoder", "masks", "small_regions", "total"}
 
@@ -153,8 +169,9 @@ def test_crops_without_masks():
 
 def test_records_like_official():
     ref = official("crops")
-    ours = SamFastGenerator(model=tiny_model(), device="cpu", points_per_side=8, points_per_batch=64,
-                            crop_n_layers=1).generate_records(scene())
+    ours = SamFastGenerator(
+        model=tiny_model(), device="cpu", points_per_side=8, points_per_batch=64, crop_n_layers=1
+    ).generate_records(scene())
     assert len(ours) == len(ref)
     for a, b in zip(ours, ref):
         assert a["area"] == b["area"] and a["bbox"] == b["bbox"] and a["crop_box"] == b["crop_box"]
@@ -164,22 +181,35 @@ def test_records_like_official():
 
 
 def test_rle_output_mode_like_official():
-    gen = SamFastGenerator(model=tiny_model(), device="cpu", points_per_side=4, pred_iou_thresh=0.0,
-                           stability_score_thresh=0.0, output_mode="uncompressed_rle")
+    gen = SamFastGenerator(
+        model=tiny_model(),
+        device="cpu",
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        output_mode="uncompressed_rle",
+    )
     recs = gen.generate_records(scene())
     assert recs
-    ref = SamAutomaticMaskGenerator(tiny_model(), points_per_side=4, pred_iou_thresh=0.0,
-                                    stability_score_thresh=0.0, output_mode="uncompressed_rle").generate(scene())
+    ref = SamAutomaticMaskGenerator(
+        tiny_model(),
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        output_mode="uncompressed_rle",
+    ).generate(scene())
     assert [r["segmentation"] for r in recs] == [r["segmentation"] for r in ref]
 
 
 def test_generate_batch_matches_single_images():
     imgs = [scene(seed=0), scene(80, 100, seed=3)]
-    gen = SamFastGenerator(model=tiny_model(), device="cpu", points_per_side=6, pred_iou_thresh=0.0,
-                           stability_score_thresh=0.0)
+    gen = SamFastGenerator(
+        model=tiny_model(), device="cpu", points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0
+    )
     both = gen.generate_batch(imgs)
-    single = SamFastGenerator(model=tiny_model(), device="cpu", points_per_side=6, pred_iou_thresh=0.0,
-                              stability_score_thresh=0.0)
+    single = SamFastGenerator(
+        model=tiny_model(), device="cpu", points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0
+    )
     for img, c in zip(imgs, both):
         assert c.shape == img.shape[:2]
         assert_same_set(c.masks, single.generate(img).masks)
@@ -188,8 +218,13 @@ def test_generate_batch_matches_single_images():
 
 def test_bf16_encoder_close_to_fp32():
     img = scene()
-    kw = {"model": tiny_model(), "device": "cpu", "points_per_side": 6, "pred_iou_thresh": 0.0,
-          "stability_score_thresh": 0.0}
+    kw = {
+        "model": tiny_model(),
+        "device": "cpu",
+        "points_per_side": 6,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+    }
     fp32 = SamFastGenerator(**kw).generate(img)
     bf16 = SamFastGenerator(bf16=True, **kw).generate(img)
     assert len(bf16) >= 0.8 * len(fp32)
@@ -228,7 +263,9 @@ def test_label_components_partition_like_scipy():
 
     masks = smooth_masks(6, 70, 50, 5, seed=2)
     masks[2, ::2] = False  # stripes: many components
-    masks[3] = torch.as_tensor(np.indices((70, 50)).sum(0) % 2 == 0)  # checkerboard: one 8-connected component
+    masks[3] = torch.as_tensor(
+        np.indices((70, 50)).sum(0) % 2 == 0
+    )  # checkerboard: one 8-connected component
     labels = label_components(masks)
     for m, lab in zip(masks.numpy(), labels.numpy()):
         ref, n = ndimage.label(m, structure=np.ones((3, 3)))
@@ -242,16 +279,28 @@ def test_postprocess_masks_bit_identical():
     model = tiny_model()
     g = torch.Generator().manual_seed(4)
     low = torch.randn(5, 1, 64, 64, generator=g) * 10
-    for input_size, orig in [((192, 256), (96, 128)), ((256, 171), (300, 200)), ((37, 256), (30, 207)),
-                             ((256, 256), (64, 64))]:
+    for input_size, orig in [
+        ((192, 256), (96, 128)),
+        ((256, 171), (300, 200)),
+        ((37, 256), (30, 207)),
+        ((256, 256), (64, 64)),
+    ]:
         ref = model.postprocess_masks(low, input_size, orig)
         assert torch.equal(sam_postprocess_masks(low, 256, input_size, orig), ref)
 
 
 def test_registered_and_config_errors():
     assert "sam_fast" in available("generator")
-    gen = build("generator", "sam_fast", model_type="vit_tiny", checkpoint=None, device="cpu", points_per_side=4,
-                pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    gen = build(
+        "generator",
+        "sam_fast",
+        model_type="vit_tiny",
+        checkpoint=None,
+        device="cpu",
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+    )
     cands = gen.generate(scene(40, 50))
     assert cands.shape == (40, 50) and cands.source == "sam_fast:vit_tiny"
     with pytest.raises(ConfigError, match="pred_iou_thresh"):
@@ -273,7 +322,6 @@ def test_missing_weights_fail_fast():
 
 def test_boxes_from_projections_like_official():
     from segment_anything.utils.amg import batched_mask_to_box
-
 
     masks = smooth_masks(9, 33, 47, 4, seed=5)
     masks[2] = False
@@ -339,18 +387,28 @@ def test_sam2_same_masks_as_official(name, monkeypatch):
     assert_same_set(ours.masks, ref_masks)
     assert np.array_equal(ours.masks, ref_masks)
     np.testing.assert_allclose(ours.scores, [r["predicted_iou"] for r in ref], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(ours.extra["point_coords"], np.reshape([r["point_coords"][0] for r in ref], (-1, 2)),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        ours.extra["point_coords"], np.reshape([r["point_coords"][0] for r in ref], (-1, 2)), atol=1e-4
+    )
     if name == "low_res_cleaning":  # the cleaning did something
-        plain = Sam2FastGenerator(model=model, device="cpu", **{**kw, "min_mask_region_area": 0}).generate(img)
+        plain = Sam2FastGenerator(model=model, device="cpu", **{**kw, "min_mask_region_area": 0}).generate(
+            img
+        )
         assert not np.array_equal(plain.masks, ours.masks)
 
 
 def test_sam2_fast_registered():
     pytest.importorskip("sam2")
     assert "sam2_fast" in available("generator")
-    gen = build("generator", "sam2_fast", variant="tiny_random", device="cpu", points_per_side=4,
-                pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    gen = build(
+        "generator",
+        "sam2_fast",
+        variant="tiny_random",
+        device="cpu",
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+    )
     assert gen.generate(scene(40, 50)).source == "sam2_fast:tiny_random"
 
 
@@ -359,15 +417,22 @@ AMG_GENERATORS = ["sam", "mobilesam", "litemedsam", "sam_fast", "sam2", "sam2_fa
 
 
 @pytest.mark.parametrize("name", AMG_GENERATORS)
-@pytest.mark.parametrize(("key", "value", "expect"), [
-    ("points_per_side", True, "expected a positive integer"),  # a bool is not an integer, in every generator
-    ("points_per_batch", 0, "expected a positive integer"),
-    ("crop_n_layers", -1, "expected an integer >= 0"),
-    ("min_mask_region_area", False, "expected an integer >= 0"),
-    ("pred_iou_thresh", 1.5, r"expected a number in \[0, 1\]"),
-    ("crop_overlap_ratio", True, r"expected a number in \[0, 1\]"),
-    ("stability_score_offset", -1, "expected a number >= 0"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "expect"),
+    [
+        (
+            "points_per_side",
+            True,
+            "expected a positive integer",
+        ),  # a bool is not an integer, in every generator
+        ("points_per_batch", 0, "expected a positive integer"),
+        ("crop_n_layers", -1, "expected an integer >= 0"),
+        ("min_mask_region_area", False, "expected an integer >= 0"),
+        ("pred_iou_thresh", 1.5, r"expected a number in \[0, 1\]"),
+        ("crop_overlap_ratio", True, r"expected a number in \[0, 1\]"),
+        ("stability_score_offset", -1, "expected a number >= 0"),
+    ],
+)
 def test_amg_knobs_fail_alike_in_every_generator(name, key, value, expect):
     """One rule per knob (lvlm.generators.amg_settings), checked before any model is built."""
     with pytest.raises(ConfigError, match=f"{key}={value!r}: {expect}"):

@@ -1,4 +1,5 @@
 """Instances as an output: Result.instances, to_coco against pycocotools, and the instances combiner."""
+
 from __future__ import annotations
 
 import json
@@ -60,10 +61,22 @@ def test_to_coco_scores_ap_one_against_its_own_masks_with_cocoeval():
     anns = []
     for i, m in enumerate(masks):
         r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-        anns.append({"id": i + 1, "image_id": 1, "category_id": 1, "segmentation": {**r, "counts": r["counts"].decode()},
-                     "area": float(mask_utils.area(r)), "bbox": mask_utils.toBbox(r).tolist(), "iscrowd": 0})
-    gt.dataset = {"images": [{"id": 1, "height": h, "width": w}], "annotations": anns,
-                  "categories": [{"id": 1, "name": "object"}]}
+        anns.append(
+            {
+                "id": i + 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": {**r, "counts": r["counts"].decode()},
+                "area": float(mask_utils.area(r)),
+                "bbox": mask_utils.toBbox(r).tolist(),
+                "iscrowd": 0,
+            }
+        )
+    gt.dataset = {
+        "images": [{"id": 1, "height": h, "width": w}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "object"}],
+    }
     gt.createIndex()
     res = Pipeline(generator=_Fixed(masks), combine="instances")(np.zeros((h, w, 3), np.uint8))
     dt = gt.loadRes(res.to_coco(image_id=1))
@@ -96,13 +109,17 @@ def test_instances_combiner_threshold_nms_and_labels():
     res = Pipeline(generator=_Fixed(m, scores, labels), combine="instances")(img)
     assert res.index == [3, 0, 1, 2] and res.instances.labels == ["d", "a", "b", "c"]
     np.testing.assert_array_equal(res.mask, m.any(0))
-    pipe = Pipeline(generator=_Fixed(m, scores, labels),
-                    combine={"name": "instances", "min_score": 0.7, "nms_iou": 0.5, "min_area": 10})
+    pipe = Pipeline(
+        generator=_Fixed(m, scores, labels),
+        combine={"name": "instances", "min_score": 0.7, "nms_iou": 0.5, "min_area": 10},
+    )
     res = pipe(img)
     assert res.index == [0] and res.instances.labels == ["a"] and res.score == pytest.approx(0.9)
     assert res.to_coco("img")[0]["image_id"] == "img"
     # the text prompt labels candidates that carry no label of their own
-    res = Pipeline(generator=_Fixed(m, scores), combine={"name": "instances", "max_instances": 2})(img, "blob")
+    res = Pipeline(generator=_Fixed(m, scores), combine={"name": "instances", "max_instances": 2})(
+        img, "blob"
+    )
     assert res.instances.labels == ["blob", "blob"] and len(res.to_coco(1)) == 2
 
 
@@ -122,5 +139,9 @@ def test_mask_nms_agrees_with_pycocotools_iou():
 
 
 def test_every_result_has_instances_and_empty_ones_give_no_entries():
-    inst = build("combine", "union").combine(np.zeros((4, 4, 3), np.uint8), "x", Candidates.empty(4, 4)).instances
+    inst = (
+        build("combine", "union")
+        .combine(np.zeros((4, 4, 3), np.uint8), "x", Candidates.empty(4, 4))
+        .instances
+    )
     assert len(inst) == 0 and inst.masks.shape == (0, 4, 4) and inst.to_coco(1) == []

@@ -1,4 +1,5 @@
 """Bad input gets a clear error; odd but valid images load as H x W x 3 uint8 at their true size."""
+
 from __future__ import annotations
 
 import hashlib
@@ -122,6 +123,7 @@ def test_mask_file_is_single_channel_0_255(tmp_path):
 
 
 # --- atomic writes -----------------------------------------------------------------------------------
+
 
 def _writer(path: str, tag: int, n: int) -> None:
     from lvlm.fsutil import atomic_write

@@ -14,6 +14,7 @@ Imports within one layer are allowed. A module missing from the table fails the 
 The registry's lazy loading of component modules by name (``importlib``, no ``import`` statement) is the one
 sanctioned way a lower layer reaches a higher one.
 """
+
 from __future__ import annotations
 
 import ast
@@ -26,16 +27,38 @@ ROOT = Path(__file__).resolve().parents[1] / "lvlm"
 
 #: (dotted-name pattern, layer, group); the first matching pattern wins
 LAYERS: list[tuple[str, int, str]] = [
-    *[(f"lvlm.{m}", 0, "base") for m in ("errors", "types", "registry", "io", "optional", "rle", "metrics",
-                                         "weights", "device", "fsutil")],
-    ("lvlm.models", 1, "models"), ("lvlm.models.*", 1, "models"), ("lvlm.testing", 1, "models"),
+    *[
+        (f"lvlm.{m}", 0, "base")
+        for m in (
+            "errors",
+            "types",
+            "registry",
+            "io",
+            "optional",
+            "rle",
+            "metrics",
+            "weights",
+            "device",
+            "fsutil",
+        )
+    ],
+    ("lvlm.models", 1, "models"),
+    ("lvlm.models.*", 1, "models"),
+    ("lvlm.testing", 1, "models"),
     ("lvlm.components", 2, "stages"),
-    *[(p, 2, "stages") for pkg in ("generators", "segmenters", "selectors", "prompters", "data")
-      for p in (f"lvlm.{pkg}", f"lvlm.{pkg}.*")],
-    ("lvlm.pipeline", 3, "pipeline"), ("lvlm.combine", 3, "pipeline"), ("lvlm.combine.*", 3, "pipeline"),
-    ("lvlm.combiners", 3, "pipeline"), ("lvlm.combiners.*", 3, "pipeline"),
+    *[
+        (p, 2, "stages")
+        for pkg in ("generators", "segmenters", "selectors", "prompters", "data")
+        for p in (f"lvlm.{pkg}", f"lvlm.{pkg}.*")
+    ],
+    ("lvlm.pipeline", 3, "pipeline"),
+    ("lvlm.combine", 3, "pipeline"),
+    ("lvlm.combine.*", 3, "pipeline"),
+    ("lvlm.combiners", 3, "pipeline"),
+    ("lvlm.combiners.*", 3, "pipeline"),
     *[(p, 4, app) for app in ("bench", "train", "serve") for p in (f"lvlm.{app}", f"lvlm.{app}.*")],
-    ("lvlm.cli", 5, "cli"), ("lvlm", 5, "cli"),
+    ("lvlm.cli", 5, "cli"),
+    ("lvlm", 5, "cli"),
 ]
 
 #: upward imports in code under restructuring elsewhere, each to be removed (never add to this list)
@@ -72,7 +95,7 @@ def imports_of(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -102,8 +125,10 @@ def violations(root: Path = ROOT) -> tuple[list[str], list[str]]:
             if there[0] > here[0]:
                 bad.append(f"{rel}: {src} (L{here[0]}) imports {target} (L{there[0]})")
             elif there[0] == here[0] == 4 and there[1] != here[1]:
-                bad.append(f"{rel}: {src} ({here[1]}) imports {target} ({there[1]}): bench, train and serve "
-                           "must not import each other")
+                bad.append(
+                    f"{rel}: {src} ({here[1]}) imports {target} ({there[1]}): bench, train and serve "
+                    "must not import each other"
+                )
     return bad, sorted(set(unknown))
 
 
@@ -114,17 +139,22 @@ def test_every_module_is_in_the_layer_table():
 
 def test_no_import_points_up():
     bad, _ = violations()
-    new = [b for b in bad if (b.split(": ")[1].split(" ")[0], b.split(" imports ")[1].split(" ")[0]) not in KNOWN]
+    new = [
+        b for b in bad if (b.split(": ")[1].split(" ")[0], b.split(" imports ")[1].split(" ")[0]) not in KNOWN
+    ]
     assert not new, "imports pointing up the layers (docs/architecture.md):\n" + "\n".join(new)
 
 
-@pytest.mark.parametrize(("code", "found"), [
-    ("def f():\n    from ..pipeline import Pipeline\n", True),  # inside a function, relative
-    ("import lvlm.cli\n", True),  # absolute
-    ("from lvlm import pipeline\n", True),  # a module imported by name from its package
-    ("from .. import weights\n", False),  # downward
-    ("from .sam import SamAdapter\n", False),  # same layer
-])
+@pytest.mark.parametrize(
+    ("code", "found"),
+    [
+        ("def f():\n    from ..pipeline import Pipeline\n", True),  # inside a function, relative
+        ("import lvlm.cli\n", True),  # absolute
+        ("from lvlm import pipeline\n", True),  # a module imported by name from its package
+        ("from .. import weights\n", False),  # downward
+        ("from .sam import SamAdapter\n", False),  # same layer
+    ],
+)
 def test_an_upward_import_is_detected(tmp_path, code, found):
     pkg = tmp_path / "lvlm"
     for rel in ("__init__.py", "pipeline.py", "cli.py", "weights.py", "models/__init__.py", "models/sam.py"):

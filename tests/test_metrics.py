@@ -1,4 +1,5 @@
 """Metrics against independent references (pycocotools IoU, scipy boundaries) and their empty-mask conventions."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,12 @@ from lvlm import metrics as M
 def _random_masks(n=6, h=40, w=52, seed=0):
     rng = np.random.default_rng(seed)
     noise = rng.random((n, h, w))
-    return np.stack([ndimage.gaussian_filter(x, 3) > np.median(ndimage.gaussian_filter(x, 3)) + 0.01 * i
-                     for i, x in enumerate(noise)])
+    return np.stack(
+        [
+            ndimage.gaussian_filter(x, 3) > np.median(ndimage.gaussian_filter(x, 3)) + 0.01 * i
+            for i, x in enumerate(noise)
+        ]
+    )
 
 
 def test_iou_matches_pycocotools_and_dice_precision_recall_match_counts():
@@ -98,8 +103,12 @@ def test_types_batches_and_torch_device_agnostic():
 
 
 def test_summarize_per_group():
-    rows = [{"iou": 0.2, "tags": {"difficulty": "easy"}}, {"iou": 0.4, "tags": {"difficulty": "easy"}},
-            {"iou": 1.0, "tags": {"difficulty": "hard"}}, {"iou": None, "tags": {"difficulty": "hard"}}]
+    rows = [
+        {"iou": 0.2, "tags": {"difficulty": "easy"}},
+        {"iou": 0.4, "tags": {"difficulty": "easy"}},
+        {"iou": 1.0, "tags": {"difficulty": "hard"}},
+        {"iou": None, "tags": {"difficulty": "hard"}},
+    ]
     from lvlm.bench.metrics import summarize
 
     s = summarize(rows, ["iou"], by="tags.difficulty")
@@ -116,9 +125,13 @@ def _box(h, w, y0, y1, x0, x1):
 
 def test_oracle_iou_and_selection_efficiency_on_a_hand_made_case():
     gt = _box(20, 20, 0, 10, 0, 10)  # 100 px
-    cands = np.stack([_box(20, 20, 0, 10, 0, 5),  # IoU 50 / 100 = 0.5
-                      _box(20, 20, 0, 10, 0, 8),  # IoU 80 / 100 = 0.8, the best
-                      _box(20, 20, 10, 20, 10, 20)])  # IoU 0
+    cands = np.stack(
+        [
+            _box(20, 20, 0, 10, 0, 5),  # IoU 50 / 100 = 0.5
+            _box(20, 20, 0, 10, 0, 8),  # IoU 80 / 100 = 0.8, the best
+            _box(20, 20, 10, 20, 10, 20),
+        ]
+    )  # IoU 0
     assert M.oracle_iou(cands, gt) == pytest.approx(0.8)
     assert M.oracle_iou(torch.from_numpy(cands), torch.from_numpy(gt)) == pytest.approx(0.8)
     assert M.selection_efficiency(0.5, M.oracle_iou(cands, gt)) == pytest.approx(0.625)
@@ -130,10 +143,14 @@ def test_oracle_iou_and_selection_efficiency_on_a_hand_made_case():
 def test_match_instances_on_a_hand_made_case():
     h = w = 30
     gts = np.stack([_box(h, w, 0, 10, 0, 10), _box(h, w, 0, 10, 20, 30), _box(h, w, 20, 30, 0, 10)])
-    preds = np.stack([_box(h, w, 0, 10, 0, 10),  # gt 0, IoU 1
-                      _box(h, w, 0, 10, 20, 26),  # gt 1, IoU 0.6
-                      _box(h, w, 20, 30, 0, 4),  # gt 2, IoU 0.4: not a match at 0.5
-                      _box(h, w, 12, 18, 12, 18)])  # nothing
+    preds = np.stack(
+        [
+            _box(h, w, 0, 10, 0, 10),  # gt 0, IoU 1
+            _box(h, w, 0, 10, 20, 26),  # gt 1, IoU 0.6
+            _box(h, w, 20, 30, 0, 4),  # gt 2, IoU 0.4: not a match at 0.5
+            _box(h, w, 12, 18, 12, 18),
+        ]
+    )  # nothing
     r = M.match_instances(preds, gts, iou=0.5)
     assert (r["tp"], r["n_pred"], r["n_gt"]) == (2, 4, 3)
     assert r["f1"] == pytest.approx(2 * 2 / 7)
@@ -189,7 +206,7 @@ def test_coco_mask_ap_max_dets_scores_every_prediction():
     h = w = 64
     gts = np.zeros((150, h, w), bool)
     for i in range(150):
-        gts[i, (i // 12) * 5:(i // 12) * 5 + 4, (i % 12) * 5:(i % 12) * 5 + 4] = True
+        gts[i, (i // 12) * 5 : (i // 12) * 5 + 4, (i % 12) * 5 : (i % 12) * 5 + 4] = True
     scores = np.random.default_rng(0).random(150)
     capped = M.coco_mask_ap([(gts, scores)], [gts])
     assert capped["ap"] < 0.7

@@ -1,4 +1,5 @@
 """Intensity normalisation in lvlm.io.load_image: percentile / min-max / none, 16-bit kept at full precision."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,9 @@ def test_percentile_on_16_bit_array_matches_numpy():
     np.testing.assert_array_equal(out[..., 0], out[..., 2])
     assert len(np.unique(out)) > 200  # the signal spread over the grey levels
     assert len(np.unique(load_image(a))) <= 4  # the default (min-max) conversion: 3 levels + the hot pixels
-    np.testing.assert_array_equal(load_image(a, normalize="percentile", percentiles=(2, 98))[..., 0],
-                                  reference(a, 2, 98))
+    np.testing.assert_array_equal(
+        load_image(a, normalize="percentile", percentiles=(2, 98))[..., 0], reference(a, 2, 98)
+    )
 
 
 def test_16_bit_files_keep_full_precision(tmp_path):

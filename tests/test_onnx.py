@@ -1,5 +1,6 @@
 """LiteMedSAM's image encoder in ONNX Runtime (``encoder_backend``): same embedding and masks as torch, the
 export cached on disk, clear errors and a torch fallback."""
+
 from __future__ import annotations
 
 import warnings
@@ -46,7 +47,9 @@ def random_ort_model():
 def test_onnx_encoder_equals_the_shipped_torch_encoder(official_encoder, ort_model, random_ort_model):
     enc = ort_model.image_encoder
     assert isinstance(enc, OnnxModule)
-    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(3))  # batch 2: run one image at a time
+    x = torch.rand(
+        2, 3, 256, 256, generator=torch.Generator().manual_seed(3)
+    )  # batch 2: run one image at a time
     with torch.no_grad():
         ref = official_encoder(x)
         out = enc(x)
@@ -79,8 +82,16 @@ def test_segmenter_masks_same_with_both_backends():
 
 
 def test_generator_runs_on_the_onnx_encoder(rgb_image):
-    gen = build("generator", "litemedsam", device="cpu", encoder_backend="onnxruntime", prompts="points",
-                points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    gen = build(
+        "generator",
+        "litemedsam",
+        device="cpu",
+        encoder_backend="onnxruntime",
+        prompts="points",
+        points_per_side=2,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+    )
     assert isinstance(gen.lite.image_encoder, OnnxModule)
     cands = gen.generate(rgb_image)
     assert cands.masks.shape[1:] == rgb_image.shape[:2]
@@ -194,8 +205,11 @@ def test_sam_family_segmenters_on_onnx_runtime(rgb_image):
     """``sam`` / ``medsam`` (ViT encoders: ONNX Runtime on request) and ``mobilesam`` (TinyViT: by default on
     the CPU) give the torch backend's masks."""
     prompts = Prompts(boxes=np.array([[20, 10, 40, 30], [2, 2, 60, 45]], dtype=np.float32))
-    for name, kw in (("sam", {"model_type": "vit_tiny"}), ("medsam", {"model_type": "vit_tiny"}),
-                     ("mobilesam", {})):
+    for name, kw in (
+        ("sam", {"model_type": "vit_tiny"}),
+        ("medsam", {"model_type": "vit_tiny"}),
+        ("mobilesam", {}),
+    ):
         ref = build("segmenter", name, checkpoint=None, device="cpu", encoder_backend="torch", **kw)
         ort_seg = build("segmenter", name, checkpoint=None, device="cpu", encoder_backend="onnxruntime", **kw)
         auto = build("segmenter", name, checkpoint=None, device="cpu", **kw)
@@ -226,8 +240,9 @@ def test_sam_fast_on_onnx_runtime_gives_the_official_masks(case):
     torch_masks = SamFastGenerator(model=model, device="cpu", points_per_side=8, points_per_batch=48, **kw)
     torch_masks = torch_masks.generate(scene()).masks
     for batch in (48, 100):  # 64 points per crop: a short last batch, and one batch larger than the grid
-        gen = SamFastGenerator(model=model, device="cpu", points_per_side=8, points_per_batch=batch,
-                               backend="onnxruntime", **kw)
+        gen = SamFastGenerator(
+            model=model, device="cpu", points_per_side=8, points_per_batch=batch, backend="onnxruntime", **kw
+        )
         assert isinstance(gen._ort_encoder, OnnxModule) and isinstance(gen._ort_decoder, OnnxModule)
         masks = gen.generate(scene()).masks
         assert_same_set(masks, ref)
@@ -261,6 +276,8 @@ def test_sam_fast_backend_errors():
     with pytest.raises(ConfigError, match="valid: torch, onnxruntime"):
         SamFastGenerator(model_type="vit_tiny", checkpoint=None, device="cpu", backend="tensorrt")
     with pytest.raises(ConfigError, match="bf16"):
-        SamFastGenerator(model_type="vit_tiny", checkpoint=None, device="cpu", backend="onnxruntime", bf16=True)
+        SamFastGenerator(
+            model_type="vit_tiny", checkpoint=None, device="cpu", backend="onnxruntime", bf16=True
+        )
     with pytest.raises(ConfigError, match="CPU only.*backend: torch"):  # before any weights are looked up
         SamFastGenerator(model_type="vit_h", device="cuda", backend="onnxruntime")

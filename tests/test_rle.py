@@ -1,4 +1,5 @@
 """lvlm.rle against pycocotools (the COCO reference implementation) on random and edge-case masks."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """Saliency pipeline: gScoreCAM / HilaCAM against independent references, saliency -> prompts, the prompter
 and the pipeline with LiteMedSAM."""
+
 from __future__ import annotations
 
 import math
@@ -80,7 +81,9 @@ def test_gscorecam_all_channels_equals_pytorch_grad_cam_scorecam(arch, request):
     ours = build("saliency", "gscorecam", topk=None, batch_size=64)(clip, pixels, text)
 
     model = ClipSimilarity(clip, text, clip_logit_scale(clip))
-    cam = gc.ScoreCAM(model=model, target_layers=[clip.cam_target_layer()], reshape_transform=clip.reshape_transform)
+    cam = gc.ScoreCAM(
+        model=model, target_layers=[clip.cam_target_layer()], reshape_transform=clip.reshape_transform
+    )
     cam.batch_size = 32
     ref = cam(input_tensor=pixels, targets=[ClassifierOutputTarget(0)])[0]
     cam.activations_and_grads.release()
@@ -105,8 +108,9 @@ def test_gscorecam_topk_is_scorecam_on_the_top_gradient_channels(tiny_rn):
     idx = np.argsort(-grads.mean(axis=(2, 3))[0], kind="stable")[:k]
     idx_t = torch.as_tensor(idx.copy())
 
-    cam = gc.ScoreCAM(model=model, target_layers=[clip.cam_target_layer()],
-                      reshape_transform=lambda a: a[:, idx_t])  # Score-CAM restricted to those channels
+    cam = gc.ScoreCAM(
+        model=model, target_layers=[clip.cam_target_layer()], reshape_transform=lambda a: a[:, idx_t]
+    )  # Score-CAM restricted to those channels
     ref = cam(input_tensor=pixels, targets=target)[0]
     cam.activations_and_grads.release()
     ours = build("saliency", "gscorecam", topk=k)(clip, pixels, text)
@@ -148,8 +152,10 @@ def _hila_reference(clip, pixels, text):
         out[0].register_hook(lambda g, rec=rec: rec.__setitem__("g", g))
         recs.append(rec)
 
-    handles = [blk.attn.register_forward_hook(hook, with_kwargs=True)
-               for blk in clip.model.visual.transformer.resblocks]
+    handles = [
+        blk.attn.register_forward_hook(hook, with_kwargs=True)
+        for blk in clip.model.visual.transformer.resblocks
+    ]
     x = pixels.clone().requires_grad_(True)
     score = clip.model.logit_scale.exp() * (clip.encode_image(x) @ text.T)[0, 0]
     score.backward()
@@ -162,15 +168,20 @@ def _hila_reference(clip, pixels, text):
             _, probs = m(q, q, q, need_weights=True, average_attn_weights=False)  # B x H x N x N
             e, nh = m.embed_dim, m.num_heads
             hd = e // nh
-            v = (q @ m.in_proj_weight[2 * e:].T + m.in_proj_bias[2 * e:]).reshape(*q.shape[:2], nh, hd).transpose(1, 2)
+            v = (
+                (q @ m.in_proj_weight[2 * e :].T + m.in_proj_bias[2 * e :])
+                .reshape(*q.shape[:2], nh, hd)
+                .transpose(1, 2)
+            )
             d_out = (g @ m.out_proj.weight).reshape(*q.shape[:2], nh, hd).transpose(1, 2)
             d_probs = d_out @ v.transpose(-1, -2)
             a = (d_probs * probs)[0].clamp(min=0).mean(0)
             r = torch.eye(a.shape[0]) if r is None else r
             r = r + a @ r
     g = math.isqrt(r.shape[0] - 1)
-    rel = F.interpolate(r[0, 1:].reshape(1, 1, g, g), size=tuple(pixels.shape[-2:]), mode="bilinear",
-                        align_corners=False)[0, 0]
+    rel = F.interpolate(
+        r[0, 1:].reshape(1, 1, g, g), size=tuple(pixels.shape[-2:]), mode="bilinear", align_corners=False
+    )[0, 0]
     return (rel - rel.min()) / (rel.max() - rel.min())
 
 
@@ -191,9 +202,17 @@ def test_hilacam_and_gscorecam_on_a_timm_trunk():
 
     from lvlm.models.clip import OpenClipModel, _tokenizer_for_cfg
 
-    cfg = {"embed_dim": 32, "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
-                                           "timm_pool": "", "timm_proj": "linear", "image_size": 64},
-           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "timm_model_name": "vit_tiny_patch16_224",
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": 64,
+        },
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
     torch.manual_seed(0)
     model = CLIP(**cfg)
     model.visual.set_input_size(64)  # timm builds the ViT for 224 px
@@ -203,8 +222,11 @@ def test_hilacam_and_gscorecam_on_a_timm_trunk():
     blocks = clip.model.visual.trunk.blocks
     fused = [b.attn.fused_attn for b in blocks]
     for name in ("hilacam", "gscorecam"):
-        sal = build("saliency", name, topk=64)(clip, pixels, text) if name == "gscorecam" else \
-            build("saliency", name)(clip, pixels, text)
+        sal = (
+            build("saliency", name, topk=64)(clip, pixels, text)
+            if name == "gscorecam"
+            else build("saliency", name)(clip, pixels, text)
+        )
         assert sal.shape == (64, 64) and not sal.requires_grad
         assert float(sal.max()) == pytest.approx(1.0, abs=1e-5) and float(sal.min()) == 0.0
     assert [b.attn.fused_attn for b in blocks] == fused
@@ -288,8 +310,17 @@ def test_prompter_box_from_concentrated_saliency(resize, crf, tiny_rn):
 
 
 def test_prompter_builds_by_name_and_runs_gscorecam(tiny_vit):
-    prompter = build("prompter", "saliency", clip="tiny-rn", method="gscorecam", topk=0.25, batch_size=64,
-                     templates=["a photo of {}.", "{}"], crf={"name": "torch", "iterations": 2, "max_pixels": 1024}, device="cpu")
+    prompter = build(
+        "prompter",
+        "saliency",
+        clip="tiny-rn",
+        method="gscorecam",
+        topk=0.25,
+        batch_size=64,
+        templates=["a photo of {}.", "{}"],
+        crf={"name": "torch", "iterations": 2, "max_pixels": 1024},
+        device="cpu",
+    )
     assert prompter.method.topk == 0.25 and prompter.crf.iterations == 2
     img, _ = _scene(seed=3)
     prompts, extras = prompter.prompts(img, "a red square")
@@ -300,8 +331,13 @@ def test_prompter_builds_by_name_and_runs_gscorecam(tiny_vit):
 
 
 def test_prompter_config_errors(tiny_rn):
-    for bad in ({"box_mode": "biggest"}, {"threshold": "median"}, {"templates": ["no slot"]},
-                {"resize": "crop"}, {"box_mode": "none"}):
+    for bad in (
+        {"box_mode": "biggest"},
+        {"threshold": "median"},
+        {"templates": ["no slot"]},
+        {"resize": "crop"},
+        {"box_mode": "none"},
+    ):
         with pytest.raises(ConfigError):
             SaliencyPrompter(clip=tiny_rn, method=redness, device="cpu", **bad)
     with pytest.raises(ConfigError, match="unknown"):
@@ -315,9 +351,12 @@ def litemedsam_pipeline(tiny_rn):
         pytest.skip("litemedsam segmenter not available")
     from lvlm.pipeline import Pipeline
 
-    prompter = SaliencyPrompter(clip=tiny_rn, method=redness, crf={"name": "torch", "max_pixels": 2048}, device="cpu")
-    return Pipeline.from_config({"prompter": prompter, "segmenter": {"name": "litemedsam", "device": "cpu"},
-                                 "combine": "union"})
+    prompter = SaliencyPrompter(
+        clip=tiny_rn, method=redness, crf={"name": "torch", "max_pixels": 2048}, device="cpu"
+    )
+    return Pipeline.from_config(
+        {"prompter": prompter, "segmenter": {"name": "litemedsam", "device": "cpu"}, "combine": "union"}
+    )
 
 
 def test_pipeline_with_litemedsam_returns_mask_at_input_resolution(litemedsam_pipeline):
@@ -364,7 +403,16 @@ def test_packaged_gscorecam_configs_name_registered_components():
         assert seg in available("segmenter"), (f.name, seg)
         check_kwargs(get("segmenter", seg).obj, s, where=f.name)
         seen.add((clip_name, seg))
-    for clip_name in ("OA-RN50", "OA-RN101", "OA-ViT-B", "OA-ViT-L", "CC-RN50", "LA-ViT-B", "BC-ViT-B", "BiomedCLIP"):
+    for clip_name in (
+        "OA-RN50",
+        "OA-RN101",
+        "OA-ViT-B",
+        "OA-ViT-L",
+        "CC-RN50",
+        "LA-ViT-B",
+        "BC-ViT-B",
+        "BiomedCLIP",
+    ):
         assert (clip_name, "medsam") in seen and (clip_name, "sam2") in seen
 
 

@@ -3,6 +3,7 @@
 Everything runs on tiny random models built from the real classes (``vit_tiny``: SAM's ImageEncoderViT,
 PromptEncoder and MaskDecoder at 256 px); the weights resolver is offline with an empty cache.
 """
+
 from __future__ import annotations
 
 import time
@@ -58,7 +59,12 @@ def test_crops_with_no_mask_kept_give_no_candidates(image):
     with crops that keep masks it still gives the official masks."""
     from segment_anything import SamAutomaticMaskGenerator
 
-    strict = {"points_per_side": 2, "crop_n_layers": 1, "pred_iou_thresh": 0.99, "stability_score_thresh": 0.99}
+    strict = {
+        "points_per_side": 2,
+        "crop_n_layers": 1,
+        "pred_iou_thresh": 0.99,
+        "stability_score_thresh": 0.99,
+    }
     with pytest.raises(IndexError):  # the official generator (if fixed upstream, this guard can go)
         SamAutomaticMaskGenerator(build_sam("vit_tiny", checkpoint=None), **strict).generate(image)
     none = build("generator", "sam", model_type="vit_tiny", device="cpu", **strict).generate(image)
@@ -79,8 +85,9 @@ def test_generator_caches_per_image(image):
 def test_boxes_batched_equal_predictor_per_box(tiny_segmenter, image, multimask):
     from segment_anything import SamPredictor
 
-    boxes = np.array([[10, 10, 50, 60], [30, 20, 80, 60], [0, 0, 128, 96], [85, 55, 125, 95], [5, 40, 40, 90]],
-                     np.float32)
+    boxes = np.array(
+        [[10, 10, 50, 60], [30, 20, 80, 60], [0, 0, 128, 96], [85, 55, 125, 95], [5, 40, 40, 90]], np.float32
+    )
     seg = build("segmenter", "sam", model_type="vit_tiny", device="cpu", multimask=multimask)
     ours = seg.segment(image, Prompts(boxes=boxes))
     pred = SamPredictor(seg.model)
@@ -88,7 +95,9 @@ def test_boxes_batched_equal_predictor_per_box(tiny_segmenter, image, multimask)
     for k, box in enumerate(boxes):
         masks, iou, _ = pred.predict(box=box, multimask_output=multimask)
         best = int(np.argmax(iou))
-        assert (ours.masks[k] != masks[best]).mean() < 1e-3  # a pixel may flip at the 0 threshold (float32 order)
+        assert (
+            ours.masks[k] != masks[best]
+        ).mean() < 1e-3  # a pixel may flip at the 0 threshold (float32 order)
         assert ours.scores[k] == pytest.approx(float(iou[best]), abs=1e-5)
     assert ours.masks.shape == (5, 96, 128)
 
@@ -148,20 +157,53 @@ def test_box_outside_image_is_a_prompt_error(tiny_segmenter, image):
     assert tiny_segmenter.segment(image, Prompts(boxes=[[100, 80, 300, 300]])).masks.shape == (1, 96, 128)
 
 
-@pytest.mark.parametrize("kind,name,kwargs,filename,where", [
-    ("segmenter", "sam", {"model_type": "vit_b"}, "sam_vit_b_01ec64.pth",
-     "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"),
-    ("generator", "sam", {}, "sam_vit_h_4b8939.pth",
-     "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"),
-    ("generator", "sam", {"model_type": "vit_l"}, "sam_vit_l_0b3195.pth",
-     "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth"),
-    ("generator", "mobilesam", {}, "mobile_sam.pt",
-     "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"),
-    ("segmenter", "mobilesam", {}, "mobile_sam.pt",
-     "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"),
-    ("segmenter", "medsam", {}, "medsam_vit_b.pth",
-     "https://drive.google.com/drive/folders/1ETWmi4AiniJeWOt6HAsYgTjYv_fkgzoN"),
-])
+@pytest.mark.parametrize(
+    "kind,name,kwargs,filename,where",
+    [
+        (
+            "segmenter",
+            "sam",
+            {"model_type": "vit_b"},
+            "sam_vit_b_01ec64.pth",
+            "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        ),
+        (
+            "generator",
+            "sam",
+            {},
+            "sam_vit_h_4b8939.pth",
+            "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        ),
+        (
+            "generator",
+            "sam",
+            {"model_type": "vit_l"},
+            "sam_vit_l_0b3195.pth",
+            "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        ),
+        (
+            "generator",
+            "mobilesam",
+            {},
+            "mobile_sam.pt",
+            "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+        ),
+        (
+            "segmenter",
+            "mobilesam",
+            {},
+            "mobile_sam.pt",
+            "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+        ),
+        (
+            "segmenter",
+            "medsam",
+            {},
+            "medsam_vit_b.pth",
+            "https://drive.google.com/drive/folders/1ETWmi4AiniJeWOt6HAsYgTjYv_fkgzoN",
+        ),
+    ],
+)
 def test_missing_weights_fail_fast_naming_file_and_url(kind, name, kwargs, filename, where):
     t0 = time.perf_counter()
     with pytest.raises(WeightsNotFoundError) as info:
@@ -243,11 +285,17 @@ def test_medsam_recipe_on_tiny_model():
     with torch.no_grad():
         emb = m.image_encoder(preprocess(img, seg.size))
         for k, box in enumerate(boxes):  # the reference script's medsam_inference, one box at a time
-            box_s = torch.as_tensor(box[None] / np.array([70, 45, 70, 45]) * seg.size, dtype=torch.float)[:, None, :]
+            box_s = torch.as_tensor(box[None] / np.array([70, 45, 70, 45]) * seg.size, dtype=torch.float)[
+                :, None, :
+            ]
             sparse, dense = m.prompt_encoder(points=None, boxes=box_s, masks=None)
-            low, _ = m.mask_decoder(image_embeddings=emb, image_pe=m.prompt_encoder.get_dense_pe(),
-                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                    multimask_output=False)
+            low, _ = m.mask_decoder(
+                image_embeddings=emb,
+                image_pe=m.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
             prob = F.interpolate(torch.sigmoid(low), size=(45, 70), mode="bilinear", align_corners=False)
             assert (ours.masks[k] != (prob[0, 0] > 0.5).numpy()).mean() < 1e-3
 
@@ -259,7 +307,9 @@ def test_medsam_preprocessing_close_to_skimage():
 
     rng = np.random.default_rng(4)
     img = np.kron(rng.integers(0, 255, (40, 30, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 320 x 240, blocky
-    ref = transform.resize(img, (1024, 1024), order=3, preserve_range=True, anti_aliasing=True).astype(np.uint8)
+    ref = transform.resize(img, (1024, 1024), order=3, preserve_range=True, anti_aliasing=True).astype(
+        np.uint8
+    )
     ref = (ref - ref.min()) / np.clip(ref.max() - ref.min(), 1e-8, None)
     ours = preprocess(img, 1024)[0].permute(1, 2, 0).numpy()
     assert ours.shape == (1024, 1024, 3) and ours.min() == 0 and ours.max() == 1

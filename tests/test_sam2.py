@@ -1,4 +1,5 @@
 """SAM 2: our generator / segmenter against direct calls of the sam2 package on a tiny random SAM 2.1."""
+
 from __future__ import annotations
 
 import time
@@ -18,8 +19,14 @@ from lvlm.types import Prompts
 
 # knobs that let many of the random model's masks through the IoU and stability filters; the random
 # model's masks span the image, so box NMS at 0.7 keeps one of them and NMS at 1.0 keeps them all
-AMG_KNOBS = {"points_per_side": 8, "points_per_batch": 24, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.55,
-             "stability_score_offset": 0.01, "box_nms_thresh": 1.0}
+AMG_KNOBS = {
+    "points_per_side": 8,
+    "points_per_batch": 24,
+    "pred_iou_thresh": 0.5,
+    "stability_score_thresh": 0.55,
+    "stability_score_offset": 0.01,
+    "box_nms_thresh": 1.0,
+}
 BOXES = np.array([[3, 4, 30, 25], [20, 10, 41, 31], [0, 0, 64, 48]], np.float32)
 
 
@@ -58,8 +65,14 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(union, 1)
 
 
-@pytest.mark.parametrize("extra", [{}, {"box_nms_thresh": 0.7, "crop_n_layers": 1, "points_per_side": 4},
-                                   {"box_nms_thresh": 0.7, "use_m2m": True, "points_per_side": 4}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"box_nms_thresh": 0.7, "crop_n_layers": 1, "points_per_side": 4},
+        {"box_nms_thresh": 0.7, "use_m2m": True, "points_per_side": 4},
+    ],
+)
 def test_generator_matches_official_amg(model, rgb_image, extra):
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
@@ -97,8 +110,9 @@ def test_min_mask_region_area_removes_small_islands(model, rgb_image):
     pytest.importorskip("cv2")
     area = 25
     raw = build("generator", "sam2", model=model, device="cpu", **AMG_KNOBS).generate(rgb_image)
-    clean = build("generator", "sam2", model=model, device="cpu", **AMG_KNOBS,
-                  min_mask_region_area=area).generate(rgb_image)
+    clean = build(
+        "generator", "sam2", model=model, device="cpu", **AMG_KNOBS, min_mask_region_area=area
+    ).generate(rgb_image)
     assert 0 < len(clean) <= len(raw)
     small_before = small_after = 0
     for masks, count in ((raw.masks, "before"), (clean.masks, "after")):
@@ -124,7 +138,7 @@ def test_prompted_boxes_in_one_call_equal_per_box_predictor(model, rgb_image, mu
     for k, box in enumerate(BOXES):
         masks, ious, _ = ref.predict(box=box, multimask_output=multimask)
         j = int(np.argmax(ious))
-        assert _iou(out.masks[k:k + 1], masks[j:j + 1].astype(bool))[0, 0] >= 0.999
+        assert _iou(out.masks[k : k + 1], masks[j : j + 1].astype(bool))[0, 0] >= 0.999
         assert np.mean(out.masks[k] != masks[j]) < 1e-3  # at most a pixel or two at the threshold
         np.testing.assert_allclose(out.scores[k], ious[j], atol=1e-5)
 
@@ -139,7 +153,7 @@ def test_prompted_point_sets_equal_per_prompt_predictor(model, rgb_image):
     for k in range(2):
         masks, ious, _ = ref.predict(point_coords=points[k], point_labels=labels[k], multimask_output=True)
         j = int(np.argmax(ious))
-        assert _iou(out.masks[k:k + 1], masks[j:j + 1].astype(bool))[0, 0] >= 0.999
+        assert _iou(out.masks[k : k + 1], masks[j : j + 1].astype(bool))[0, 0] >= 0.999
 
 
 def test_masks_at_input_resolution_for_odd_sized_image(model):

@@ -1,5 +1,6 @@
 """The sam3 segmenter on a tiny random Sam3Model (real transformers classes), pinned against transformers'
 processor, forward and post_process_instance_segmentation run by hand on the same weights."""
+
 from __future__ import annotations
 
 import time
@@ -37,8 +38,9 @@ def _by_hand(seg, image, text, boxes=None, threshold=0.3, mask_threshold=0.5):
     inputs = proc(images=image, text=text, return_tensors="pt", **kw)
     with torch.inference_mode():
         out = net(**inputs)
-    r = proc.post_process_instance_segmentation(out, threshold=threshold, mask_threshold=mask_threshold,
-                                                target_sizes=[image.shape[:2]])[0]
+    r = proc.post_process_instance_segmentation(
+        out, threshold=threshold, mask_threshold=mask_threshold, target_sizes=[image.shape[:2]]
+    )[0]
     order = torch.argsort(r["scores"], descending=True, stable=True)
     return r["masks"][order].numpy(), r["boxes"][order].numpy(), r["scores"][order].numpy()
 
@@ -95,18 +97,24 @@ def test_alone_and_with_a_selector(image):
     res = pipe(image, "yellow square")
     assert res.mask.shape == image.shape[:2]
     np.testing.assert_array_equal(res.mask, res.candidates.masks.any(0))
-    inst = Pipeline.from_config({"segmenter": {"name": "sam3", "model": "tiny-random", "device": "cpu"},
-                                 "combine": "instances"})(image, "yellow square")
+    inst = Pipeline.from_config(
+        {"segmenter": {"name": "sam3", "model": "tiny-random", "device": "cpu"}, "combine": "instances"}
+    )(image, "yellow square")
     assert inst.mask.shape == image.shape[:2]
-    sel = Pipeline.from_config({"segmenter": {"name": "sam3", "model": "tiny-random", "device": "cpu"},
-                                "selector": {"name": "clip", "model": "tiny-rn"}})
+    sel = Pipeline.from_config(
+        {
+            "segmenter": {"name": "sam3", "model": "tiny-random", "device": "cpu"},
+            "selector": {"name": "clip", "model": "tiny-rn"},
+        }
+    )
     r = sel(image, "yellow square")
     assert r.mask.shape == image.shape[:2] and r.scores is not None and len(r.scores) == len(r.candidates)
 
 
 def test_nothing_above_threshold_gives_empty_mask(image):
-    pipe = Pipeline.from_config({"segmenter": {"name": "sam3", "model": "tiny-random", "device": "cpu",
-                                               "threshold": 1.0}})
+    pipe = Pipeline.from_config(
+        {"segmenter": {"name": "sam3", "model": "tiny-random", "device": "cpu", "threshold": 1.0}}
+    )
     with pytest.warns(EmptyMaskWarning):
         res = pipe(image, "cat")
     assert not res.mask.any() and res.mask.shape == image.shape[:2]

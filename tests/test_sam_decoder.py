@@ -1,4 +1,5 @@
 """SAM mask-decoder specialisation: batched decoding, training, early stopping, resume, reload, CLI, prompts."""
+
 from __future__ import annotations
 
 import copy
@@ -62,10 +63,10 @@ def test_batched_decode_equals_one_call_per_image(tiny):
         low, iou = arch.decode(emb, points=pts, labels=lbl)
         lowb, _ = arch.decode(emb, boxes=boxes)
         for i in range(3):
-            one, one_iou = arch.decode(emb[i:i + 1], points=pts[i:i + 1], labels=lbl[i:i + 1])
+            one, one_iou = arch.decode(emb[i : i + 1], points=pts[i : i + 1], labels=lbl[i : i + 1])
             torch.testing.assert_close(low[i], one[0], rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(iou[i], one_iou[0], rtol=1e-5, atol=1e-5)
-            oneb, _ = arch.decode(emb[i:i + 1], boxes=boxes[i:i + 1])
+            oneb, _ = arch.decode(emb[i : i + 1], boxes=boxes[i : i + 1])
             torch.testing.assert_close(lowb[i], oneb[0], rtol=1e-5, atol=1e-5)
 
 
@@ -96,8 +97,17 @@ def trained(tiny, data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sd")
     model = copy.deepcopy(tiny)
     calls, handle = _count_encoder_calls(model)
-    res = train_sam_decoder(model, data[0], data[1], out_dir=tmp / "run", config={**FAST, "epochs": 6},
-                            cache_dir=tmp / "cache", device="cpu", model_name="vit_tiny", progress=False)
+    res = train_sam_decoder(
+        model,
+        data[0],
+        data[1],
+        out_dir=tmp / "run",
+        config={**FAST, "epochs": 6},
+        cache_dir=tmp / "cache",
+        device="cpu",
+        model_name="vit_tiny",
+        progress=False,
+    )
     handle.remove()
     return res, tmp, sum(calls)
 
@@ -115,8 +125,16 @@ def test_training_loss_goes_down_and_images_are_encoded_once(trained, data, tiny
     # a second run on the same cache never runs the encoder
     model = copy.deepcopy(tiny)
     calls, handle = _count_encoder_calls(model)
-    train_sam_decoder(model, data[0], data[1], out_dir=tmp / "run2", config={**FAST, "epochs": 1},
-                      cache_dir=tmp / "cache", device="cpu", progress=False)
+    train_sam_decoder(
+        model,
+        data[0],
+        data[1],
+        out_dir=tmp / "run2",
+        config={**FAST, "epochs": 1},
+        cache_dir=tmp / "cache",
+        device="cpu",
+        progress=False,
+    )
     handle.remove()
     assert calls == []
 
@@ -144,10 +162,16 @@ def test_saved_decoder_reloads_and_reproduces_validation_iou(trained, tiny, data
 def test_early_stopping_on_a_flat_validation_curve(tiny, data, tmp_path):
     model = copy.deepcopy(tiny)
     before = {k: v.clone() for k, v in model.mask_decoder.state_dict().items()}
-    res = train_sam_decoder(model, data[0][:4], data[1][:2],
-                            out_dir=tmp_path / "run", config={**FAST, "lr": 0.0, "epochs": 20, "patience": 2,
-                                                              "hflip": False},
-                            cache_dir=tmp_path / "cache", device="cpu", progress=False)
+    res = train_sam_decoder(
+        model,
+        data[0][:4],
+        data[1][:2],
+        out_dir=tmp_path / "run",
+        config={**FAST, "lr": 0.0, "epochs": 20, "patience": 2, "hflip": False},
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        progress=False,
+    )
     assert res.stopped_early
     assert [r["epoch"] for r in res.history] == [0, 1, 2]  # base + patience epochs without a gain
     assert res.best_epoch == 0 and not res.improved
@@ -168,29 +192,57 @@ class Killed(Exception):
 def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, data, tmp_path):
     cfg = {**FAST, "epochs": 4, "hflip": False}
     train, val = data[0][:4], data[1][:2]
-    full = train_sam_decoder(copy.deepcopy(tiny), train, val, out_dir=tmp_path / "full", config=cfg,
-                             cache_dir=tmp_path / "cache", device="cpu", progress=False)
+    full = train_sam_decoder(
+        copy.deepcopy(tiny),
+        train,
+        val,
+        out_dir=tmp_path / "full",
+        config=cfg,
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        progress=False,
+    )
 
     def kill_after_2(rec):
         if rec["epoch"] == 2:
             raise Killed
 
     with pytest.raises(Killed):
-        train_sam_decoder(copy.deepcopy(tiny), train, val, out_dir=tmp_path / "cut", config=cfg,
-                          cache_dir=tmp_path / "cache", device="cpu", progress=False, on_epoch_end=kill_after_2)
+        train_sam_decoder(
+            copy.deepcopy(tiny),
+            train,
+            val,
+            out_dir=tmp_path / "cut",
+            config=cfg,
+            cache_dir=tmp_path / "cache",
+            device="cpu",
+            progress=False,
+            on_epoch_end=kill_after_2,
+        )
     state = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
     assert state["epoch"] == 2
     seen = []
-    resumed = train_sam_decoder(copy.deepcopy(tiny), train, val, out_dir=tmp_path / "cut", config=cfg,
-                                cache_dir=tmp_path / "cache", device="cpu", resume=True, progress=False,
-                                on_epoch_end=lambda r: seen.append(r["epoch"]))
+    resumed = train_sam_decoder(
+        copy.deepcopy(tiny),
+        train,
+        val,
+        out_dir=tmp_path / "cut",
+        config=cfg,
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        resume=True,
+        progress=False,
+        on_epoch_end=lambda r: seen.append(r["epoch"]),
+    )
     assert seen == [3, 4]  # only the missing epochs ran
     assert [r["epoch"] for r in resumed.history] == [0, 1, 2, 3, 4]
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
     for k in a["decoder"]:
         torch.testing.assert_close(a["decoder"][k], b["decoder"][k])
-    assert [r["train_loss"] for r in full.history[1:]] == pytest.approx([r["train_loss"] for r in resumed.history[1:]])
+    assert [r["train_loss"] for r in full.history[1:]] == pytest.approx(
+        [r["train_loss"] for r in resumed.history[1:]]
+    )
 
 
 def test_decoder_checkpoint_errors(tiny, tmp_path):
@@ -200,8 +252,11 @@ def test_decoder_checkpoint_errors(tiny, tmp_path):
     from segment_anything.modeling import MaskDecoder, TwoWayTransformer
 
     other = copy.deepcopy(tiny)
-    other.mask_decoder = MaskDecoder(transformer_dim=32, transformer=TwoWayTransformer(
-        depth=1, embedding_dim=32, mlp_dim=64, num_heads=2), num_multimask_outputs=3)
+    other.mask_decoder = MaskDecoder(
+        transformer_dim=32,
+        transformer=TwoWayTransformer(depth=1, embedding_dim=32, mlp_dim=64, num_heads=2),
+        num_multimask_outputs=3,
+    )
     with pytest.raises(WeightsError, match="decoder_checkpoint .*wrong shape.*trained for vit_tiny"):
         load_decoder_checkpoint(other, path)
     with pytest.raises(ConfigError, match="not a SAM-architecture model"):
@@ -217,6 +272,7 @@ def test_config_and_split(data):
     # 3 objects on image A, 2 on image B, 1 on image C: objects of an image stay together
     samples = [(img, m)] * 3 + [(scene(1)[0], scene(1)[1])] * 2 + [scene(2)]
     train, val = split_samples(samples, 0.34, seed=0)
+
     def keys(ss):
         return {id(s[0]) for s in ss}
 
@@ -237,10 +293,35 @@ def test_cli_trains_on_synthetic_defects(tmp_path):
     for i in range(2):
         Image.fromarray(rng.integers(40, 220, (96, 96, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     out = tmp_path / "run"
-    rc = main(["train", "sam-decoder", "--model", "sam", "--model-type", "vit_tiny", "--checkpoint", "random",
-               "--dataset", "defects", "--data-root", str(folder), "--data-arg", "n=6", "--epochs", "1",
-               "--batch-size", "4", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
-               "--quiet"])
+    rc = main(
+        [
+            "train",
+            "sam-decoder",
+            "--model",
+            "sam",
+            "--model-type",
+            "vit_tiny",
+            "--checkpoint",
+            "random",
+            "--dataset",
+            "defects",
+            "--data-root",
+            str(folder),
+            "--data-arg",
+            "n=6",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert (out / "decoder.safetensors").is_file() and (out / "last.pt").is_file()
     assert read_decoder_metadata(out / "decoder.safetensors")["model"] == "vit_tiny"
@@ -284,8 +365,9 @@ class Oracle:
 def test_strategy_table_scores_a_perfect_and_an_empty_segmenter():
     masks = np.stack([ring(), np.roll(ring(), 5, axis=1)])
     img = np.zeros((60, 60, 3), np.uint8)
-    rows, per_item = evaluate_prompt_strategies({"perfect": Oracle(masks), "none": Oracle(masks, True)},
-                                                [(img, masks)])
+    rows, per_item = evaluate_prompt_strategies(
+        {"perfect": Oracle(masks), "none": Oracle(masks, True)}, [(img, masks)]
+    )
     assert len(rows) == 8 and len(per_item) == 16
     for r in rows:
         want = 1.0 if r["model"] == "perfect" else 0.0

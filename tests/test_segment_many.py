@@ -4,6 +4,7 @@ adapter's batched ``encode``), fill the per-image embedding cache, then decode e
 The reference is the per-image path, ``segment`` on each image with an empty cache (itself pinned against
 segment_anything's ``SamPredictor`` in tests/test_sam.py and LiteMedSAM's script in tests/test_litemedsam.py).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,7 @@ def _images():
     out = []
     for h, w in sizes:
         img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-        img[h // 4:h // 2, w // 4:w // 2] = rng.integers(0, 255, 3)
+        img[h // 4 : h // 2, w // 4 : w // 2] = rng.integers(0, 255, 3)
         out.append(img)
     return out
 
@@ -74,7 +75,9 @@ def _check_same(seg):
 
 
 def test_sam_vit_tiny_segment_many_equals_segment_per_image():
-    seg = build("segmenter", "sam", model_type="vit_tiny", checkpoint=None, device="cpu", encoder_backend="torch")
+    seg = build(
+        "segmenter", "sam", model_type="vit_tiny", checkpoint=None, device="cpu", encoder_backend="torch"
+    )
     _check_same(seg)
 
 
@@ -85,7 +88,9 @@ def test_litemedsam_segment_many_equals_segment_per_image():
 
 
 def test_embed_many_skips_cached_and_repeated_images():
-    seg = build("segmenter", "sam", model_type="vit_tiny", checkpoint=None, device="cpu", encoder_backend="torch")
+    seg = build(
+        "segmenter", "sam", model_type="vit_tiny", checkpoint=None, device="cpu", encoder_backend="torch"
+    )
     images = _images()
     calls = _count_encoder_calls(seg)
     seg.embed(images[0])
@@ -113,8 +118,15 @@ def test_litemedsam_onnx_encoder_takes_a_batch():
 
 
 def test_zoomed_and_text_conditioned_segmenters_fall_back_to_segment():
-    seg = build("segmenter", "sam", model_type="vit_tiny", checkpoint=None, device="cpu", encoder_backend="torch",
-                zoom={"context": 2.0})
+    seg = build(
+        "segmenter",
+        "sam",
+        model_type="vit_tiny",
+        checkpoint=None,
+        device="cpu",
+        encoder_backend="torch",
+        zoom={"context": 2.0},
+    )
     images, prompts = _images()[:2], _prompts(_images()[:2])
     one = [seg.segment(im, pr) for im, pr in zip(images, prompts)]
     many = seg.segment_many(images, prompts)

@@ -1,4 +1,5 @@
 """lvlm serve's HTTP API: PNG / JSON answers against the CLI and pycocotools, 400 / 413 / 429, queueing."""
+
 from __future__ import annotations
 
 import io
@@ -65,11 +66,18 @@ class FakePipeline:
                 raise RuntimeError("the model broke")
             mask = np.zeros(image.shape[:2], bool)
             if prompt == "nothing":  # a prompt that matches nothing: empty mask, no score
-                return Result(mask=mask, score=float("nan"), prompt=prompt, candidates=Candidates.empty(*mask.shape))
+                return Result(
+                    mask=mask, score=float("nan"), prompt=prompt, candidates=Candidates.empty(*mask.shape)
+                )
             x0, y0, x1, y1 = (int(v) for v in (box[0] if box is not None else (2, 3, 9, 7)))
             mask[y0:y1, x0:x1] = True
-            return Result(mask=mask, score=0.5, prompt=prompt, candidates=Candidates(mask[None]),
-                          timings={"segmenter": 0.01, "total": 0.01})
+            return Result(
+                mask=mask,
+                score=0.5,
+                prompt=prompt,
+                candidates=Candidates(mask[None]),
+                timings={"segmenter": 0.01, "total": 0.01},
+            )
         finally:
             with self._lock:
                 self.active -= 1
@@ -87,7 +95,9 @@ class LiveServer:
     def __init__(self, app) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -105,6 +115,7 @@ class LiveServer:
 
 # --- the real LiteMedSAM box config, against the CLI and pycocotools ---------------------------------
 
+
 @pytest.fixture(scope="module")
 def real_client(tmp_path_factory):
     app = create_app(["sam/litemedsam_box"], tmp_dir=str(tmp_path_factory.mktemp("serve_tmp")))
@@ -115,13 +126,32 @@ def real_client(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cli_mask(tmp_path_factory) -> np.ndarray:
     out = tmp_path_factory.mktemp("cli_out")
-    assert main(["segment", str(NUCLEI), "--config", "sam/litemedsam_box", "--box", NUCLEI_BOX, "--out", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(NUCLEI),
+                "--config",
+                "sam/litemedsam_box",
+                "--box",
+                NUCLEI_BOX,
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return np.asarray(Image.open(out / "nuclei_crop_mask.png"))
 
 
 def test_png_is_the_cli_mask(real_client, cli_mask):
-    r = _post(real_client, {"config": "sam/litemedsam_box", "box": NUCLEI_BOX}, NUCLEI.read_bytes(), "nuclei_crop.png")
+    r = _post(
+        real_client,
+        {"config": "sam/litemedsam_box", "box": NUCLEI_BOX},
+        NUCLEI.read_bytes(),
+        "nuclei_crop.png",
+    )
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png"
     assert 'filename="nuclei_crop_mask.png"' in r.headers["content-disposition"]
@@ -134,8 +164,12 @@ def test_png_is_the_cli_mask(real_client, cli_mask):
 
 def test_json_rle_decodes_to_the_png_mask(real_client, cli_mask):
     mask_util = pytest.importorskip("pycocotools.mask", reason="pycocotools (lvlm[bench]) is not installed")
-    r = _post(real_client, {"config": "sam/litemedsam_box", "box": NUCLEI_BOX, "format": "json"},
-              NUCLEI.read_bytes(), "nuclei_crop.png")
+    r = _post(
+        real_client,
+        {"config": "sam/litemedsam_box", "box": NUCLEI_BOX, "format": "json"},
+        NUCLEI.read_bytes(),
+        "nuclei_crop.png",
+    )
     assert r.status_code == 200, r.text
     j = r.json()
     h, w = cli_mask.shape
@@ -181,12 +215,18 @@ def test_box_outside_the_image_is_400(real_client):
 
 # --- errors, limits and the queue with a fake pipeline -------------------------------------------------
 
+
 @pytest.fixture
 def fake(tmp_path):
     pipe = FakePipeline()
     tmp = tmp_path / "server_tmp"
-    app = create_app(["embedded", "sam/litemedsam_box"], max_upload_mb=0.05, max_pixels=200 * 200,
-                     pipeline_factory=lambda name: pipe, tmp_dir=str(tmp))
+    app = create_app(
+        ["embedded", "sam/litemedsam_box"],
+        max_upload_mb=0.05,
+        max_pixels=200 * 200,
+        pipeline_factory=lambda name: pipe,
+        tmp_dir=str(tmp),
+    )
     with TestClient(app) as client:
         yield client, pipe, tmp
 
@@ -194,19 +234,26 @@ def fake(tmp_path):
 IMG = np.full((40, 50, 3), 120, np.uint8)
 
 
-@pytest.mark.parametrize("data,image,expect", [
-    ({"prompt": "a star"}, b"\x89PNG\r\n\x1a\n not really a png", "not an image file"),
-    ({"prompt": "a star"}, b"", "empty"),
-    ({"prompt": "a star", "box": "1,2,3"}, _png(IMG), "malformed box '1,2,3'"),
-    ({"prompt": "a star", "box": "1,2,x,4"}, _png(IMG), "malformed box"),
-    ({"prompt": "a star", "box": "9,2,3,4"}, _png(IMG), "is empty"),
-    ({"prompt": "a star", "point": "1"}, _png(IMG), "malformed point"),
-    ({"prompt": "a star", "config": "sam/nope"}, _png(IMG), "served configs: embedded, sam/litemedsam_box"),
-    ({"prompt": "   "}, _png(IMG), "empty prompt"),
-    ({}, _png(IMG), "empty prompt"),
-    ({"prompt": "a star", "format": "gif"}, _png(IMG), "format 'gif'"),
-    ({"prompt": "a star"}, None, "no image"),
-])
+@pytest.mark.parametrize(
+    "data,image,expect",
+    [
+        ({"prompt": "a star"}, b"\x89PNG\r\n\x1a\n not really a png", "not an image file"),
+        ({"prompt": "a star"}, b"", "empty"),
+        ({"prompt": "a star", "box": "1,2,3"}, _png(IMG), "malformed box '1,2,3'"),
+        ({"prompt": "a star", "box": "1,2,x,4"}, _png(IMG), "malformed box"),
+        ({"prompt": "a star", "box": "9,2,3,4"}, _png(IMG), "is empty"),
+        ({"prompt": "a star", "point": "1"}, _png(IMG), "malformed point"),
+        (
+            {"prompt": "a star", "config": "sam/nope"},
+            _png(IMG),
+            "served configs: embedded, sam/litemedsam_box",
+        ),
+        ({"prompt": "   "}, _png(IMG), "empty prompt"),
+        ({}, _png(IMG), "empty prompt"),
+        ({"prompt": "a star", "format": "gif"}, _png(IMG), "format 'gif'"),
+        ({"prompt": "a star"}, None, "no image"),
+    ],
+)
 def test_bad_requests_get_400_and_the_server_goes_on(fake, data, image, expect):
     client, pipe, tmp = fake
     r = _post(client, data, image)
@@ -244,7 +291,9 @@ def test_upload_over_the_byte_limit_is_413(fake):
     assert r.status_code == 413
     assert "over the limit of 0.05 MB (52,428 bytes)" in r.json()["error"]
     # a body declared too large is refused before it is read
-    r = client.post("/api/segment", content=b"x" * 200_000, headers={"content-type": "multipart/form-data; boundary=b"})
+    r = client.post(
+        "/api/segment", content=b"x" * 200_000, headers={"content-type": "multipart/form-data; boundary=b"}
+    )
     assert r.status_code == 413
     assert pipe.calls == 0
     assert _post(client, {"prompt": "a star"}, _png(IMG)).status_code == 200
@@ -252,10 +301,14 @@ def test_upload_over_the_byte_limit_is_413(fake):
 
 def test_image_over_the_pixel_limit_is_413(fake):
     client, pipe, _ = fake
-    r = _post(client, {"prompt": "a star"}, _png(np.zeros((201, 200, 3), np.uint8)))  # small file, many pixels
+    r = _post(
+        client, {"prompt": "a star"}, _png(np.zeros((201, 200, 3), np.uint8))
+    )  # small file, many pixels
     assert r.status_code == 413
-    assert r.json()["error"] == ("image is 200x201 = 40,200 pixels, over the limit of 40,000 pixels; "
-                                 "raise it with lvlm serve --max-pixels")
+    assert r.json()["error"] == (
+        "image is 200x201 = 40,200 pixels, over the limit of 40,000 pixels; "
+        "raise it with lvlm serve --max-pixels"
+    )
     assert _post(client, {"prompt": "a star"}, _png(np.zeros((200, 200, 3), np.uint8))).status_code == 200
     assert pipe.calls == 1
 
@@ -270,8 +323,12 @@ def test_unknown_config_at_start_lists_the_packaged_ones():
 def _post_async(url: str, results: list, data: dict, timeout: float = 30.0) -> threading.Thread:
     def go():
         try:
-            r = httpx.post(f"{url}/api/segment", data=data, files={"image": ("a.png", _png(IMG), "image/png")},
-                           timeout=timeout)
+            r = httpx.post(
+                f"{url}/api/segment",
+                data=data,
+                files={"image": ("a.png", _png(IMG), "image/png")},
+                timeout=timeout,
+            )
             results.append(r.status_code)
         except httpx.HTTPError as exc:
             results.append(type(exc).__name__)
@@ -297,8 +354,12 @@ def test_full_queue_is_429_and_one_model_runs_one_request_at_a_time(tmp_path):
         results: list = []
         threads = [_post_async(srv.url, results, {"prompt": f"p{i}"}) for i in range(3)]
         _wait(lambda: pool.pending == 3, "3 queued requests")
-        r = httpx.post(f"{srv.url}/api/segment", data={"prompt": "one too many"},
-                       files={"image": ("a.png", _png(IMG), "image/png")}, timeout=10)
+        r = httpx.post(
+            f"{srv.url}/api/segment",
+            data={"prompt": "one too many"},
+            files={"image": ("a.png", _png(IMG), "image/png")},
+            timeout=10,
+        )
         assert r.status_code == 429
         assert "server busy" in r.json()["error"] and "limit 3" in r.json()["error"]
         assert httpx.get(f"{srv.url}/healthz").json()["pending"] == 3  # the server still answers
@@ -308,8 +369,12 @@ def test_full_queue_is_429_and_one_model_runs_one_request_at_a_time(tmp_path):
         assert results == [200, 200, 200]
         assert pipe.calls == 3 and pipe.max_active == 1  # serialised through the one model
         assert "one too many" not in pipe.prompts
-        r = httpx.post(f"{srv.url}/api/segment", data={"prompt": "after"},
-                       files={"image": ("a.png", _png(IMG), "image/png")}, timeout=10)
+        r = httpx.post(
+            f"{srv.url}/api/segment",
+            data={"prompt": "after"},
+            files={"image": ("a.png", _png(IMG), "image/png")},
+            timeout=10,
+        )
         assert r.status_code == 200 and pool.pending == 0
 
 
@@ -330,8 +395,12 @@ def test_a_client_that_went_away_does_not_block_the_queue(tmp_path):
         gate.set()
         t1.join(20)
         assert first == [200]
-        r = httpx.post(f"{srv.url}/api/segment", data={"prompt": "next"},
-                       files={"image": ("a.png", _png(IMG), "image/png")}, timeout=10)
+        r = httpx.post(
+            f"{srv.url}/api/segment",
+            data={"prompt": "next"},
+            files={"image": ("a.png", _png(IMG), "image/png")},
+            timeout=10,
+        )
         assert r.status_code == 200
         assert pipe.prompts == ["running", "next"]  # the abandoned one never reached the model
         assert pool.skipped == 1

@@ -3,6 +3,7 @@
 The server is the real ``lvlm serve`` command in a subprocess on 127.0.0.1 and a free port; the page's
 downloaded mask must equal, pixel for pixel, the mask the CLI writes for the same image, prompt and config.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,16 +19,26 @@ import pytest
 from PIL import Image
 
 CHROMIUM = Path(os.environ.get("LVLM_CHROMIUM", "/usr/bin/chromium"))
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 EXAMPLES = Path(__file__).resolve().parents[1] / "lvlm" / "assets" / "examples"
 SHAPES = EXAMPLES / "shapes.png"
 NUCLEI = EXAMPLES / "nuclei_crop.png"
 
 if not CHROMIUM.exists():
-    pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium, or set LVLM_CHROMIUM)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    pytest.skip(
+        f"no chromium at {CHROMIUM} (apt-get install -y chromium, or set LVLM_CHROMIUM)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+)
 pytest.importorskip("fastapi", reason="lvlm[serve] (fastapi) is not installed")
 pytest.importorskip("uvicorn", reason="lvlm[serve] (uvicorn) is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed")
@@ -47,8 +58,22 @@ def server(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("serve_log") / "serve.log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "lvlm.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                 "--log-level", "warning"], stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lvlm.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     t0 = time.time()
     try:
@@ -105,8 +130,11 @@ def _download(page, selector: str, dest: Path) -> Path:
 
 
 def _canvas_pixel(page, x: int, y: int) -> list[int]:
-    return page.evaluate("([x, y]) => Array.from(document.getElementById('canvas').getContext('2d')"
-                         ".getImageData(x, y, 1, 1).data)", [x, y])
+    return page.evaluate(
+        "([x, y]) => Array.from(document.getElementById('canvas').getContext('2d')"
+        ".getImageData(x, y, 1, 1).data)",
+        [x, y],
+    )
 
 
 def test_page_segments_an_upload_like_the_cli(page, tmp_path):
@@ -140,7 +168,9 @@ def test_page_segments_an_upload_like_the_cli(page, tmp_path):
     assert int(page.inner_text("#ninstances")) == len(doc["instances"]) >= 1
     union = np.zeros(expected.shape, bool)
     for inst in doc["instances"]:
-        union |= mask_util.decode(dict(inst["segmentation"], counts=inst["segmentation"]["counts"].encode())) > 0
+        union |= (
+            mask_util.decode(dict(inst["segmentation"], counts=inst["segmentation"]["counts"].encode())) > 0
+        )
     np.testing.assert_array_equal(union, expected > 0)
     timings = page.inner_text("#timings")
     assert "prompter" in timings and "segmenter" in timings and "total" in timings

@@ -1,4 +1,5 @@
 """The domain CLIP trainer on a tiny generated set: it learns, reloads exactly, and resumes."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,11 @@ from lvlm.data.synthetic import all_captions, make_scene, training_pairs
 from lvlm.registry import build
 from lvlm.train.clip import ClipTrainConfig, PairSource, report_text, train_clip
 
-TINY = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 8},
-        "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+TINY = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 8},
+    "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+}
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +29,18 @@ def tiny_cfg(tmp_path_factory):
 
 
 def _cfg(tiny_cfg, out, **kw):
-    base = {"data": "scenes:96", "out": str(out), "model_config": tiny_cfg, "train": "both", "epochs": 3,
-            "batch_size": 32, "lr": 3e-3, "seed": 0, "device": "cpu", "val_fraction": 0.25}
+    base = {
+        "data": "scenes:96",
+        "out": str(out),
+        "model_config": tiny_cfg,
+        "train": "both",
+        "epochs": 3,
+        "batch_size": 32,
+        "lr": 3e-3,
+        "seed": 0,
+        "device": "cpu",
+        "val_fraction": 0.25,
+    }
     base.update(kw)
     return ClipTrainConfig(**base)
 
@@ -50,7 +64,9 @@ def test_loss_goes_down_and_checkpoint_reloads(tiny_cfg, tmp_path):
         ours = clip.encode_image(x)
         theirs = torch.nn.functional.normalize(ref.encode_image(x), dim=-1)
         t_ours = clip.encode_text(["a red circle"])
-        t_ref = torch.nn.functional.normalize(ref.encode_text(open_clip.get_tokenizer("RN50", context_length=8)(["a red circle"])), dim=-1)
+        t_ref = torch.nn.functional.normalize(
+            ref.encode_text(open_clip.get_tokenizer("RN50", context_length=8)(["a red circle"])), dim=-1
+        )
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(t_ours, t_ref, atol=1e-5, rtol=1e-4)
 
@@ -81,7 +97,9 @@ def test_table_ii_settings_freeze_the_right_parts(tiny_cfg):
     assert heads and all(not n.startswith("transformer.") for n in heads)
     assert "text_projection" in heads and not any(n.startswith("visual.layer1") for n in heads)
     image = set_trainable(m, "image")
-    assert any(n.startswith("visual.layer1") for n in image) and not any(n.startswith("transformer.") for n in image)
+    assert any(n.startswith("visual.layer1") for n in image) and not any(
+        n.startswith("transformer.") for n in image
+    )
     both = set_trainable(m, "both")
     assert len(both) == len(list(m.parameters()))
 
@@ -93,7 +111,9 @@ def test_manifest_and_report_parsing(tmp_path):
 
     for i in range(3):
         Image.fromarray(make_scene(i, size=32).image).save(tmp_path / f"{i}.png")
-    (tmp_path / "m.csv").write_text("image,text\n0.png,a red circle\n1.png,a blue star\n2.png,a green cross\n")
+    (tmp_path / "m.csv").write_text(
+        "image,text\n0.png,a red circle\n1.png,a blue star\n2.png,a green cross\n"
+    )
     pairs = load_pairs(str(tmp_path / "m.csv"))
     assert len(pairs) == 3 and pairs.texts[1] == "a blue star"
     rep = "EXAMINATION: CHEST\nFINDINGS: Lungs are clear.\n  No effusion.\nIMPRESSION: No acute process.\n"
@@ -138,11 +158,17 @@ def test_dihedral_augmentation_only_turns_and_flips_images():
     pairs = PairSource(imgs, ["x"] * 16)
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     plain = _Batches(pairs, 32, mean, std, lambda t: t, augment="none").images(range(16))
-    aug = _Batches(pairs, 32, mean, std, lambda t: t, augment="dihedral").images(range(16), np.random.default_rng(0))
+    aug = _Batches(pairs, 32, mean, std, lambda t: t, augment="dihedral").images(
+        range(16), np.random.default_rng(0)
+    )
     seen = set()
     for p, a in zip(plain, aug):
-        hits = [(k, f) for k in range(4) for f in (0, 1)
-                if torch.equal(torch.rot90(p.flip(-1) if f else p, k, (1, 2)), a)]
+        hits = [
+            (k, f)
+            for k in range(4)
+            for f in (0, 1)
+            if torch.equal(torch.rot90(p.flip(-1) if f else p, k, (1, 2)), a)
+        ]
         assert hits, "an augmented image is not a turn / flip of its original"
         seen.add(hits[0])
     assert len(seen) > 3  # the turns are random, not one fixed symmetry
@@ -166,15 +192,24 @@ def test_train_loop_core_early_stopping_resume_and_settings(tmp_path):
     def make(settings=None, state=None):
         state = state if state is not None else {"w": 0}
         bests = []
-        loop = TrainLoop(tmp_path, 10, lambda: {"w": state["w"]}, lambda s: state.update(w=s["w"]),
-                         score="val", min_delta=1e-3, patience=2, settings=settings or {"lr": 1},
-                         on_best=lambda e, r: bests.append(e))
+        loop = TrainLoop(
+            tmp_path,
+            10,
+            lambda: {"w": state["w"]},
+            lambda s: state.update(w=s["w"]),
+            score="val",
+            min_delta=1e-3,
+            patience=2,
+            settings=settings or {"lr": 1},
+            on_best=lambda e, r: bests.append(e),
+        )
         return loop, state, bests
 
     def epoch(state):
         def run(e):
             state["w"] += 1
             return {"val": scores[e]}
+
         return run
 
     loop, state, bests = make()

@@ -5,6 +5,7 @@ would: the message names the file and what is wrong, there is no traceback and t
 Also: Hugging Face models fail within seconds offline naming the repo id, and gated repositories are
 reported as gated with where to ask for access.
 """
+
 from __future__ import annotations
 
 import os
@@ -86,28 +87,53 @@ def make_bad_file(kind: str, tmp_path: Path, shape_key: str) -> Path:
 LOADERS = {
     "litemedsam_checkpoint": (
         "segmenter: {name: litemedsam, checkpoint: BAD, device: cpu, encoder_backend: torch}",
-        ["--box", "5,5,40,40"], "mask_decoder.iou_token.weight", "LiteMedSAM checkpoint"),
+        ["--box", "5,5,40,40"],
+        "mask_decoder.iou_token.weight",
+        "LiteMedSAM checkpoint",
+    ),
     "sam_checkpoint": (
         "segmenter: {name: sam, model_type: vit_tiny, checkpoint: BAD, device: cpu, encoder_backend: torch}",
-        ["--box", "5,5,40,40"], "mask_decoder.iou_token.weight", "SAM vit_tiny checkpoint"),
+        ["--box", "5,5,40,40"],
+        "mask_decoder.iou_token.weight",
+        "SAM vit_tiny checkpoint",
+    ),
     "litemedsam_decoder_checkpoint": (
         "segmenter: {name: litemedsam, decoder_checkpoint: BAD, device: cpu, encoder_backend: torch}",
-        ["--box", "5,5,40,40"], "iou_token.weight", "LiteMedSAM decoder_checkpoint"),
+        ["--box", "5,5,40,40"],
+        "iou_token.weight",
+        "LiteMedSAM decoder_checkpoint",
+    ),
     "sam_decoder_checkpoint": (
         "segmenter: {name: sam, model_type: vit_tiny, decoder_checkpoint: BAD, device: cpu, encoder_backend: torch}",
-        ["--box", "5,5,40,40"], "iou_token.weight", "SAM vit_tiny decoder_checkpoint"),
+        ["--box", "5,5,40,40"],
+        "iou_token.weight",
+        "SAM vit_tiny decoder_checkpoint",
+    ),
     "clip_checkpoint": (
-        ("prompter: {name: saliency, clip: {name: tiny-rn, checkpoint: BAD}, method: gscorecam, device: cpu}\n"
-         "segmenter: {name: litemedsam, device: cpu, encoder_backend: torch}"),
-        ["--prompt", "a red square"], "visual.conv1.weight", "CLIP tiny-rn"),
+        (
+            "prompter: {name: saliency, clip: {name: tiny-rn, checkpoint: BAD}, method: gscorecam, device: cpu}\n"
+            "segmenter: {name: litemedsam, device: cpu, encoder_backend: torch}"
+        ),
+        ["--prompt", "a red square"],
+        "visual.conv1.weight",
+        "CLIP tiny-rn",
+    ),
     "clipseg_decoder_checkpoint": (
         "segmenter: {name: clipseg, model: tiny-random, decoder_checkpoint: BAD, device: cpu}",
-        ["--prompt", "a red square"], "film_mul.weight", "CLIPSeg decoder_checkpoint"),
+        ["--prompt", "a red square"],
+        "film_mul.weight",
+        "CLIPSeg decoder_checkpoint",
+    ),
 }
 # one subprocess run per loader (the rest in-process with cli.main), each kind run as a subprocess somewhere
-SUBPROCESS = {"litemedsam_checkpoint": "truncated", "sam_checkpoint": "refused_global",
-              "litemedsam_decoder_checkpoint": "garbage_safetensors", "sam_decoder_checkpoint": "wrong_shapes",
-              "clip_checkpoint": "empty", "clipseg_decoder_checkpoint": "wrong_keys"}
+SUBPROCESS = {
+    "litemedsam_checkpoint": "truncated",
+    "sam_checkpoint": "refused_global",
+    "litemedsam_decoder_checkpoint": "garbage_safetensors",
+    "sam_decoder_checkpoint": "wrong_shapes",
+    "clip_checkpoint": "empty",
+    "clipseg_decoder_checkpoint": "wrong_keys",
+}
 
 
 def _image(tmp_path: Path) -> Path:
@@ -139,10 +165,26 @@ def test_bad_weight_file_is_one_cli_line(loader, kind, tmp_path, capsys):
     bad = make_bad_file(kind, tmp_path, shape_key)
     cfg = tmp_path / "config.yaml"
     cfg.write_text(cfg_text.replace("BAD", f"'{bad}'") + "\n")
-    args = ["segment", str(_image(tmp_path)), "--config", str(cfg), *prompt, "--out", str(tmp_path / "out"), "-q"]
+    args = [
+        "segment",
+        str(_image(tmp_path)),
+        "--config",
+        str(cfg),
+        *prompt,
+        "--out",
+        str(tmp_path / "out"),
+        "-q",
+    ]
     if SUBPROCESS[loader] == kind:
-        r = subprocess.run([sys.executable, "-m", "lvlm.cli", *args], capture_output=True, text=True, timeout=300,
-                           cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+        r = subprocess.run(
+            [sys.executable, "-m", "lvlm.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            check=False,
+        )
         rc, err = r.returncode, r.stderr
     else:
         rc, err = main(args), capsys.readouterr().err
@@ -160,7 +202,19 @@ def test_bad_clipseg_model_folder_is_one_cli_line(tmp_path, capsys):
         f.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json" + b"\x00" * 16)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"segmenter: {{name: clipseg, model: '{d}', device: cpu}}\n")
-    rc = main(["segment", str(_image(tmp_path)), "--config", str(cfg), "--prompt", "x", "--out", str(tmp_path), "-q"])
+    rc = main(
+        [
+            "segment",
+            str(_image(tmp_path)),
+            "--config",
+            str(cfg),
+            "--prompt",
+            "x",
+            "--out",
+            str(tmp_path),
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc != 0 and "Traceback" not in err
     line = next(ln for ln in err.splitlines() if ln.startswith("lvlm: error:"))
@@ -168,6 +222,7 @@ def test_bad_clipseg_model_folder_is_one_cli_line(tmp_path, capsys):
 
 
 # --- the functions themselves ---------------------------------------------------------------------
+
 
 def test_load_state_dict_unwraps_and_reads_both_formats(tmp_path):
     from safetensors.torch import save_file
@@ -179,7 +234,9 @@ def test_load_state_dict_unwraps_and_reads_both_formats(tmp_path):
         got = load_state_dict(tmp_path / name, what="test model")
         assert set(got) == {"w", "b"} and torch.equal(got["w"], sd["w"])
     torch.save([1, 2, 3], tmp_path / "list.pth")
-    with pytest.raises(WeightsError, match=r"test model '.*list\.pth': not a state dict \(the file holds a list\)"):
+    with pytest.raises(
+        WeightsError, match=r"test model '.*list\.pth': not a state dict \(the file holds a list\)"
+    ):
         load_state_dict(tmp_path / "list.pth", what="test model")
     with pytest.raises(WeightsError, match="is a directory"):
         load_state_dict(tmp_path, what="test model")
@@ -192,13 +249,21 @@ def test_load_into_names_keys_counts_and_shapes():
     good = {k: v.clone() for k, v in net.state_dict().items()}
     load_into(net, {f"module.{k}": v for k, v in good.items()}, what="toy")  # DataParallel prefix stripped
     with pytest.raises(WeightsError) as err:
-        load_into(net, {**good, "0.weight": torch.zeros(4, 5)}, what="toy", path="x.pth", hint="vit_b for vit_h?")
+        load_into(
+            net, {**good, "0.weight": torch.zeros(4, 5)}, what="toy", path="x.pth", hint="vit_b for vit_h?"
+        )
     msg = str(err.value)
-    assert "toy 'x.pth'" in msg and "'0.weight' expects [4, 3], file has [4, 5]" in msg and "vit_b for vit_h?" in msg
+    assert (
+        "toy 'x.pth'" in msg
+        and "'0.weight' expects [4, 3], file has [4, 5]" in msg
+        and "vit_b for vit_h?" in msg
+    )
     with pytest.raises(WeightsError) as err:
         load_into(net, {"0.weight": good["0.weight"], "extra.w": torch.zeros(1)}, what="toy")
     msg = str(err.value)
-    assert "3 key(s) missing" in msg and "1 unexpected key(s): 'extra.w'" in msg and "1 of 4 keys match" in msg
+    assert (
+        "3 key(s) missing" in msg and "1 unexpected key(s): 'extra.w'" in msg and "1 of 4 keys match" in msg
+    )
     missing, unexpected = load_into(net, {"0.weight": good["0.weight"]}, what="toy", strict=False)
     assert len(missing) == 3 and not unexpected
 
@@ -233,7 +298,19 @@ def test_hf_offline_fails_within_seconds_naming_the_repo(monkeypatch, tmp_path, 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("segmenter: {name: clipseg, model: CIDAS/clipseg-rd64-refined, device: cpu}\n")
     t0 = time.perf_counter()
-    rc = main(["segment", str(_image(tmp_path)), "--config", str(cfg), "--prompt", "x", "--out", str(tmp_path), "-q"])
+    rc = main(
+        [
+            "segment",
+            str(_image(tmp_path)),
+            "--config",
+            str(cfg),
+            "--prompt",
+            "x",
+            "--out",
+            str(tmp_path),
+            "-q",
+        ]
+    )
     err_text = capsys.readouterr().err
     assert rc == 1 and time.perf_counter() - t0 < 10.0 and "Traceback" not in err_text
     line = next(ln for ln in err_text.splitlines() if ln.startswith("lvlm: error:"))
@@ -248,8 +325,12 @@ def test_hf_gated_repo_is_reported_as_gated(online_hub, monkeypatch, tmp_path, c
     def snapshot_download(**kw):
         if kw.get("local_files_only"):
             raise hub_errors.LocalEntryNotFoundError("not cached")
-        raise hub_errors.GatedRepoError("403 gated", response=httpx.Response(
-            403, request=httpx.Request("GET", "https://huggingface.co/api/models/facebook/sam3")))
+        raise hub_errors.GatedRepoError(
+            "403 gated",
+            response=httpx.Response(
+                403, request=httpx.Request("GET", "https://huggingface.co/api/models/facebook/sam3")
+            ),
+        )
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda *a, **k: ["model.safetensors"])
@@ -260,7 +341,19 @@ def test_hf_gated_repo_is_reported_as_gated(online_hub, monkeypatch, tmp_path, c
     assert "gated" in msg and "https://huggingface.co/facebook/sam3" in msg and "HF_TOKEN" in msg
     cfg = tmp_path / "c.yaml"
     cfg.write_text("segmenter: {name: clipseg, model: facebook/sam3, device: cpu}\n")
-    rc = main(["segment", str(_image(tmp_path)), "--config", str(cfg), "--prompt", "x", "--out", str(tmp_path), "-q"])
+    rc = main(
+        [
+            "segment",
+            str(_image(tmp_path)),
+            "--config",
+            str(cfg),
+            "--prompt",
+            "x",
+            "--out",
+            str(tmp_path),
+            "-q",
+        ]
+    )
     err_text = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err_text
     line = next(ln for ln in err_text.splitlines() if ln.startswith("lvlm: error:"))
@@ -282,7 +375,9 @@ def test_hf_revision_and_cache_are_passed_to_huggingface_hub(online_hub, monkeyp
         return str(d)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda *a, **k: ["model.safetensors", "pytorch_model.bin"])
+    monkeypatch.setattr(
+        huggingface_hub, "list_repo_files", lambda *a, **k: ["model.safetensors", "pytorch_model.bin"]
+    )
     got = hf_pretrained(lambda folder, **kw: (folder, kw), "org/model", what="M", revision="abc123", x=1)
     assert got == (str(tmp_path / "snap"), {"x": 1})
     assert [c["local_files_only"] for c in calls] == [True, False]

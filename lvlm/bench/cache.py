@@ -8,6 +8,7 @@
 Disk entries are written with :func:`lvlm.fsutil.atomic_write_json`, so a killed run or two workers
 writing the same entry never leave a half-written file behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,14 @@ def candidates_to_json(c: Candidates) -> dict[str, Any]:
         c: the candidates to store.
     """
     h, w = c.shape
-    return {"size": [int(h), int(w)], "masks": rle.encode_many(c.masks), "boxes": _floats(c.boxes),
-            "scores": _floats(c.scores), "stability": _floats(c.stability), "source": c.source}
+    return {
+        "size": [int(h), int(w)],
+        "masks": rle.encode_many(c.masks),
+        "boxes": _floats(c.boxes),
+        "scores": _floats(c.scores),
+        "stability": _floats(c.stability),
+        "source": c.source,
+    }
 
 
 def candidates_from_json(d: dict[str, Any]) -> Candidates:
@@ -48,8 +55,13 @@ def candidates_from_json(d: dict[str, Any]) -> Candidates:
     n = len(masks)
     boxes = np.asarray(d["boxes"], np.float32).reshape(n, 4) if d.get("boxes") is not None else None
     stab = np.asarray(d["stability"], np.float32) if d.get("stability") is not None else None
-    return Candidates(masks, boxes=boxes, scores=np.asarray(d["scores"], np.float32), stability=stab,
-                      source=d.get("source", ""))
+    return Candidates(
+        masks,
+        boxes=boxes,
+        scores=np.asarray(d["scores"], np.float32),
+        stability=stab,
+        source=d.get("source", ""),
+    )
 
 
 class ImageContext:
@@ -78,9 +90,13 @@ class ImageContext:
             image: an H x W x 3 image array.
         """
         cur = self.image
-        if (cur is not None and image.shape == cur.shape and image.dtype == cur.dtype
-                and image.__array_interface__["data"][0] == cur.__array_interface__["data"][0]
-                and image.strides == cur.strides):
+        if (
+            cur is not None
+            and image.shape == cur.shape
+            and image.dtype == cur.dtype
+            and image.__array_interface__["data"][0] == cur.__array_interface__["data"][0]
+            and image.strides == cur.strides
+        ):
             return self.key  # type: ignore[return-value]
         return image_key(image)
 
@@ -189,8 +205,12 @@ class CachedPrompter(Prompter):
         path = self._path(key, text)
         if path is not None:
             p = out[0]
-            entry = {"boxes": _arr(p.boxes), "points": _arr(p.points), "point_labels": _arr(p.point_labels),
-                     "text": p.text}
+            entry = {
+                "boxes": _arr(p.boxes),
+                "points": _arr(p.points),
+                "point_labels": _arr(p.point_labels),
+                "text": p.text,
+            }
             atomic_write_json(path, entry, indent=None, fsync=False)
 
     def prompts(self, image: np.ndarray, text: str) -> tuple[Prompts, dict[str, Any]]:
@@ -213,8 +233,12 @@ class CachedPrompter(Prompter):
         if path is not None and path.is_file():
             try:
                 d = json.loads(path.read_text())
-                out = (Prompts(boxes=d["boxes"], points=d["points"], point_labels=d["point_labels"],
-                               text=d["text"]), {})
+                out = (
+                    Prompts(
+                        boxes=d["boxes"], points=d["points"], point_labels=d["point_labels"], text=d["text"]
+                    ),
+                    {},
+                )
             except (ValueError, KeyError, OSError):
                 out = None
         if out is None:

@@ -22,6 +22,7 @@ A config (YAML or dict)::
 Each (dataset, pipeline, sweep point, strategy) is one *combination* with a stable id; its rows in
 ``results.jsonl`` carry the combination's axis labels (``selector``, ``generator``, sweep keys, ``strategy``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,17 @@ from typing import Any
 from ..errors import ConfigError
 from ..pipeline import STAGES, load_config
 
-TOP_KEYS = ("description", "imports", "datasets", "matrix", "pipelines", "sweep", "strategies", "metrics",
-            "save_masks")
+TOP_KEYS = (
+    "description",
+    "imports",
+    "datasets",
+    "matrix",
+    "pipelines",
+    "sweep",
+    "strategies",
+    "metrics",
+    "save_masks",
+)
 MATRIX_KEYS = STAGES + ("combine",)
 BUILTIN_STRATEGIES = ("text", "sample_box")
 #: keys left out of a combination's id: they change where it runs, not what it computes
@@ -57,8 +67,13 @@ class Combination:
     labels: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "dataset": self.dataset, "stages": self.stages, "strategy": self.strategy,
-                "labels": self.labels}
+        return {
+            "id": self.id,
+            "dataset": self.dataset,
+            "stages": self.stages,
+            "strategy": self.strategy,
+            "labels": self.labels,
+        }
 
 
 def canonical(obj: Any) -> str:
@@ -97,13 +112,19 @@ def load_bench_config(config: str | os.PathLike | dict) -> dict[str, Any]:
     cfg = load_config(config) if not isinstance(config, dict) else dict(config)
     bad = [k for k in cfg if k not in TOP_KEYS]
     if bad:
-        raise ConfigError(f"unknown benchmark config key(s) {', '.join(map(repr, bad))}; valid keys: {', '.join(TOP_KEYS)}")
+        raise ConfigError(
+            f"unknown benchmark config key(s) {', '.join(map(repr, bad))}; valid keys: {', '.join(TOP_KEYS)}"
+        )
     if not cfg.get("datasets"):
         raise ConfigError("a benchmark config needs 'datasets': {label: {name: <dataset>, root: ...}}")
     if not isinstance(cfg["datasets"], dict):
-        raise ConfigError("'datasets' must map a label to a dataset spec, e.g. {COCO: {name: coco, root: ...}}")
+        raise ConfigError(
+            "'datasets' must map a label to a dataset spec, e.g. {COCO: {name: coco, root: ...}}"
+        )
     if not cfg.get("matrix") and not cfg.get("pipelines"):
-        raise ConfigError("a benchmark config needs 'matrix' (a product of stage options) and/or 'pipelines' (a list)")
+        raise ConfigError(
+            "a benchmark config needs 'matrix' (a product of stage options) and/or 'pipelines' (a list)"
+        )
     return cfg
 
 
@@ -186,7 +207,9 @@ def _options(stage: str, value: Any) -> list[tuple[str, Any]]:
             else:
                 raise ConfigError(f"matrix.{stage}: options must be names or {{name: ..}} specs, got {v!r}")
         return out
-    raise ConfigError(f"matrix.{stage}: expected a mapping label -> spec or a list, got {type(value).__name__}")
+    raise ConfigError(
+        f"matrix.{stage}: expected a mapping label -> spec or a list, got {type(value).__name__}"
+    )
 
 
 def _pipelines(cfg: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -195,7 +218,9 @@ def _pipelines(cfg: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]
     matrix = cfg.get("matrix") or {}
     bad = [k for k in matrix if k not in MATRIX_KEYS]
     if bad:
-        raise ConfigError(f"matrix: unknown stage(s) {', '.join(map(repr, bad))}; valid: {', '.join(MATRIX_KEYS)}")
+        raise ConfigError(
+            f"matrix: unknown stage(s) {', '.join(map(repr, bad))}; valid: {', '.join(MATRIX_KEYS)}"
+        )
     if matrix:
         axes = list(matrix)
         for combo in itertools.product(*(_options(a, matrix[a]) for a in axes)):
@@ -215,8 +240,10 @@ def _pipelines(cfg: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]
             p = base
         bad = [k for k in p if k not in MATRIX_KEYS]
         if bad:
-            raise ConfigError(f"pipelines[{i}]: unknown key(s) {', '.join(map(repr, bad))}; valid: label, axes, config, "
-                              f"{', '.join(MATRIX_KEYS)}")
+            raise ConfigError(
+                f"pipelines[{i}]: unknown key(s) {', '.join(map(repr, bad))}; valid: label, axes, config, "
+                f"{', '.join(MATRIX_KEYS)}"
+            )
         if label is None:
             label = " + ".join(str(v if isinstance(v, str) else v.get("name", "?")) for v in p.values())
         out.append((p, dict(axes) if axes else {"pipeline": str(label)}))
@@ -227,7 +254,9 @@ def _check_sweep(sweep: dict[str, list[Any]] | None) -> dict[str, list[Any]]:
     for key, values in (sweep or {}).items():
         stage, _, param = key.partition(".")
         if stage not in STAGES or not param:
-            raise ConfigError(f"sweep key {key!r}: expected '<stage>.<parameter>' with stage one of {', '.join(STAGES)}")
+            raise ConfigError(
+                f"sweep key {key!r}: expected '<stage>.<parameter>' with stage one of {', '.join(STAGES)}"
+            )
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep {key!r}: expected a non-empty list of values")
     return dict(sweep or {})
@@ -272,8 +301,15 @@ def expand(cfg: dict[str, Any]) -> list[Combination]:
                     lab = {**labels, **point}
                     if len(strategies) > 1 or s_label != "text":
                         lab["strategy"] = str(s_label)
-                    ident = spec_hash({"dataset": ds_spec, "label": ds_label, "stages": st, "strategy": strategy,
-                                       "labels": lab})
+                    ident = spec_hash(
+                        {
+                            "dataset": ds_spec,
+                            "label": ds_label,
+                            "stages": st,
+                            "strategy": strategy,
+                            "labels": lab,
+                        }
+                    )
                     if ident in seen:
                         continue
                     seen.add(ident)

@@ -5,6 +5,7 @@ share one object, so its text embeddings are computed once per prompt), wraps ge
 in the disk-backed caches of :mod:`lvlm.bench.cache`, and for one sample runs the combinations that are
 not yet done, yielding one result row each. The local runner and each Ray worker use the same class.
 """
+
 from __future__ import annotations
 
 import time
@@ -66,7 +67,9 @@ def resolve_strategy(name: str):
         ps = None
     valid = list(BUILTIN_STRATEGIES) + list(getattr(ps, "STRATEGIES", ()))
     if ps is None or name not in getattr(ps, "STRATEGIES", ()):
-        raise ConfigError(f"unknown prompt strategy {name!r}; valid: {', '.join(valid)}, or 'module:function'")
+        raise ConfigError(
+            f"unknown prompt strategy {name!r}; valid: {', '.join(valid)}, or 'module:function'"
+        )
     return lambda mask: ps.make_prompts(mask, name)
 
 
@@ -107,10 +110,19 @@ class Executor:
             ``prompts_many``, a segmenter's ``embed_many``); 1 runs every stage image by image.
     """
 
-    def __init__(self, config: dict[str, Any], combos: list[Combination], cache_dir: str | Path | None = None,
-                 device: str | None = None, config_dir: str | Path | None = None, batch_size: int = 8):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        combos: list[Combination],
+        cache_dir: str | Path | None = None,
+        device: str | None = None,
+        config_dir: str | Path | None = None,
+        batch_size: int = 8,
+    ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size!r}: expected a positive integer (samples per batched call)")
+            raise ConfigError(
+                f"batch_size={batch_size!r}: expected a positive integer (samples per batched call)"
+            )
         self.batch_size = batch_size
         self._loaded: dict[tuple[str, int], tuple[Sample, np.ndarray, np.ndarray]] = {}
         self.config = config
@@ -172,13 +184,18 @@ class Executor:
             combo: the combination.
         """
         if combo.id not in self._pipelines:
-            stages = {k: (self.component(k, v) if v is not None else None)
-                      for k, v in combo.stages.items() if k in STAGES}
+            stages = {
+                k: (self.component(k, v) if v is not None else None)
+                for k, v in combo.stages.items()
+                if k in STAGES
+            }
             pipe = Pipeline(**stages, combine=combo.stages.get("combine"))
             pipe.config = dict(combo.stages)
             if combo.strategy != "text" and pipe.generator is not None:
-                raise ConfigError(f"prompt strategy {combo.strategy!r} needs a prompted segmenter, but combination "
-                                  f"{combo.labels} is an everything-mode generator pipeline")
+                raise ConfigError(
+                    f"prompt strategy {combo.strategy!r} needs a prompted segmenter, but combination "
+                    f"{combo.labels} is an everything-mode generator pipeline"
+                )
             self._pipelines[combo.id] = pipe
         return self._pipelines[combo.id]
 
@@ -197,8 +214,9 @@ class Executor:
         return [c for c in self._components.values() if isinstance(c, CachedGenerator)]
 
     # --- running ----------------------------------------------------------------------------------
-    def run_sample(self, dataset: str, index: int, skip: set[str] | frozenset = frozenset(),
-                   expect_id: str | None = None) -> Iterator[dict[str, Any]]:
+    def run_sample(
+        self, dataset: str, index: int, skip: set[str] | frozenset = frozenset(), expect_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Rows of every combination of ``dataset`` not in ``skip`` (combination ids) on sample ``index``.
 
         Args:
@@ -223,12 +241,20 @@ class Executor:
     def _load(self, dataset: str, index: int, expect_id: str | None) -> tuple[Sample, np.ndarray, np.ndarray]:
         sample = self.dataset(dataset)[index]
         if expect_id is not None and sample.id != expect_id:
-            raise LvlmError(f"dataset {dataset!r}: sample {index} is {sample.id!r} here but {expect_id!r} in the "
-                            "driver; the dataset must list its samples in the same order everywhere")
+            raise LvlmError(
+                f"dataset {dataset!r}: sample {index} is {sample.id!r} here but {expect_id!r} in the "
+                "driver; the dataset must list its samples in the same order everywhere"
+            )
         image = load_image(sample.image)
-        gt = load_mask(sample.mask) if not isinstance(sample.mask, np.ndarray) else np.asarray(sample.mask, bool)
+        gt = (
+            load_mask(sample.mask)
+            if not isinstance(sample.mask, np.ndarray)
+            else np.asarray(sample.mask, bool)
+        )
         if gt.shape != image.shape[:2]:
-            raise LvlmError(f"{dataset} sample {sample.id}: mask {gt.shape} and image {image.shape[:2]} differ in size")
+            raise LvlmError(
+                f"{dataset} sample {sample.id}: mask {gt.shape} and image {image.shape[:2]} differ in size"
+            )
         return sample, image, gt
 
     def prefetch(self, items: list[tuple[str, int, Any, str | None]]) -> None:
@@ -249,14 +275,21 @@ class Executor:
         for dataset, index, skip, expect_id in items:
             try:
                 sample, image, gt = self._loaded[(dataset, index)] = self._load(dataset, index, expect_id)
-                work.extend((c, self.pipeline(c), sample, image, gt)
-                            for c in self.by_dataset.get(dataset, []) if c.id not in skip)
+                work.extend(
+                    (c, self.pipeline(c), sample, image, gt)
+                    for c in self.by_dataset.get(dataset, [])
+                    if c.id not in skip
+                )
             except (LvlmError, ValueError, OSError):
                 continue
         prompters: dict[int, tuple[Any, list, list]] = {}
         for c, pipe, sample, image, _ in work:
-            if (isinstance(pipe.prompter, CachedPrompter) and c.strategy == "text"
-                    and isinstance(sample.prompt, str) and sample.prompt.strip()):
+            if (
+                isinstance(pipe.prompter, CachedPrompter)
+                and c.strategy == "text"
+                and isinstance(sample.prompt, str)
+                and sample.prompt.strip()
+            ):
                 entry = prompters.setdefault(id(pipe.prompter), (pipe.prompter, [], []))
                 entry[1].append(image)
                 entry[2].append(sample.prompt)
@@ -268,8 +301,13 @@ class Executor:
         segmenters: dict[int, tuple[Any, list]] = {}
         for c, pipe, sample, image, gt in work:
             seg = pipe.segmenter
-            if (seg is None or pipe.generator is not None or not hasattr(seg, "embed_many")
-                    or getattr(seg, "text_conditioned", False) or getattr(seg, "zoom", None) is not None):
+            if (
+                seg is None
+                or pipe.generator is not None
+                or not hasattr(seg, "embed_many")
+                or getattr(seg, "text_conditioned", False)
+                or getattr(seg, "zoom", None) is not None
+            ):
                 continue
             if c.strategy == "text":
                 batch = getattr(pipe.prompter, "_batch", {})
@@ -300,10 +338,25 @@ class Executor:
             p = Prompts(**p)
         return {"box": p.boxes, "point": p.points, "point_label": p.point_labels}
 
-    def _run_one(self, combo: Combination, dataset: str, index: int, sample: Sample, image: np.ndarray,
-                 gt: np.ndarray, gt_t: torch.Tensor) -> dict[str, Any]:
-        row: dict[str, Any] = {"combo": combo.id, "sample": sample.id, "dataset": dataset, "index": index,
-                               "labels": combo.labels, "prompt": sample.prompt, "tags": dict(sample.tags)}
+    def _run_one(
+        self,
+        combo: Combination,
+        dataset: str,
+        index: int,
+        sample: Sample,
+        image: np.ndarray,
+        gt: np.ndarray,
+        gt_t: torch.Tensor,
+    ) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "combo": combo.id,
+            "sample": sample.id,
+            "dataset": dataset,
+            "index": index,
+            "labels": combo.labels,
+            "prompt": sample.prompt,
+            "tags": dict(sample.tags),
+        }
         pipe = self.pipeline(combo)
         t0 = time.perf_counter()
         try:
@@ -321,9 +374,13 @@ class Executor:
         keys = list(M.METRICS) + ["pred_area", "gt_area"]
         values = torch.stack([scores[k].double() for k in keys]).cpu().tolist()  # one device sync per row
         row.update({k: (int(v) if k.endswith("_area") else v) for k, v in zip(keys, values)})
-        row.update(score=res.score, n_candidates=len(res.candidates), error=None,
-                   seconds=time.perf_counter() - t0,
-                   timings={k: round(v, 6) for k, v in res.timings.items()})
+        row.update(
+            score=res.score,
+            n_candidates=len(res.candidates),
+            error=None,
+            seconds=time.perf_counter() - t0,
+            timings={k: round(v, 6) for k, v in res.timings.items()},
+        )
         if self.save_masks:
             row["mask"] = rle.encode(res.mask)
         return row
@@ -336,6 +393,11 @@ def run_info() -> dict[str, Any]:
 
     import torch
 
-    return {"lvlm": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-            "numpy": np.__version__, "platform": platform.platform(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
+    return {
+        "lvlm": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -2,6 +2,7 @@
 
 The metric maths (IoU, Dice, boundary F1, instance matching, COCO AP) lives in :mod:`lvlm.metrics`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,6 +17,7 @@ __all__ = ["METRICS", "mean_std", "summarize"]
 
 # --- aggregation ------------------------------------------------------------------------------------
 
+
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     """(mean, population std (ddof = 0), count) of the finite values; NaNs when there are none.
 
@@ -29,8 +31,9 @@ def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     return float(v.mean()), float(v.std()), int(v.size)
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = METRICS,
-              by: str | Sequence[str] | None = None) -> dict[Any, dict[str, float]]:
+def summarize(
+    rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = METRICS, by: str | Sequence[str] | None = None
+) -> dict[Any, dict[str, float]]:
     """Mean / std / n of ``metrics`` over ``rows`` (dicts), per group of the ``by`` key(s).
 
     ``by`` names row keys or ``tags.<name>`` (e.g. ``"tags.difficulty"``); rows missing the key go to

@@ -8,6 +8,7 @@ decoder) on (image, instance masks) with every strategy, one ``segment`` call pe
 and returns one row per (model, strategy) with means and standard deviations of IoU, Dice and
 boundary precision / recall / F1; :func:`format_table` prints those rows as a markdown table.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -85,8 +86,11 @@ def evaluate_prompt_strategies(
     return summarise(per_item, strategies, list(segmenters)), per_item
 
 
-def summarise(per_item: list[dict[str, Any]], strategies: Sequence[str] = STRATEGIES,
-              models: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def summarise(
+    per_item: list[dict[str, Any]],
+    strategies: Sequence[str] = STRATEGIES,
+    models: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
     """Per (model, strategy) means and (population) standard deviations of the per-object scores.
 
     Args:
@@ -118,7 +122,16 @@ def format_table(rows: list[dict[str, Any]], digits: int = 3) -> str:
         rows: the rows of :func:`summarise`.
         digits: decimals of the means and standard deviations.
     """
-    head = ["model", "prompt strategy", "IoU", "Dice", "boundary precision", "boundary recall", "boundary F1", "n"]
+    head = [
+        "model",
+        "prompt strategy",
+        "IoU",
+        "Dice",
+        "boundary precision",
+        "boundary recall",
+        "boundary F1",
+        "n",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["model"], LABELS.get(r["prompt_strategy"], r["prompt_strategy"])]

@@ -13,6 +13,7 @@ Written to ``RUN_DIR/report/`` for each dataset of the run:
 and ``summary.csv`` with every combination's mean / std / n per group. Plots need matplotlib (imported
 only here).
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,8 +33,14 @@ MODEL_AXES = ("selector", "prompter", "pipeline")
 SAM_AXES = ("generator", "segmenter")
 GROUP_TAGS = ("difficulty", "class", "defect")
 DIFFICULTY = {"easy": "E", "medium": "M", "hard": "H", "very hard": "VH", "very_hard": "VH"}
-COMPARISON_METRICS = (("iou", "iou"), ("dice", "dice"), ("f1", "dice"), ("boundary_prec", "boundary_precision"),
-                   ("boundary_recall", "boundary_recall"), ("boundary_f1", "boundary_f1"))
+COMPARISON_METRICS = (
+    ("iou", "iou"),
+    ("dice", "dice"),
+    ("f1", "dice"),
+    ("boundary_prec", "boundary_precision"),
+    ("boundary_recall", "boundary_recall"),
+    ("boundary_f1", "boundary_f1"),
+)
 
 
 def add_arguments(parser) -> None:
@@ -44,12 +51,20 @@ def add_arguments(parser) -> None:
     """
     parser.add_argument("run_dir", help="a run directory written by 'lvlm bench'")
     parser.add_argument("--out", "-o", help="output folder (default: RUN_DIR/report)")
-    parser.add_argument("--metric", default="iou", choices=METRICS + tuple(OPTIONAL_METRICS),
-                        help="metric of the tables and plots")
-    parser.add_argument("--by", help="tag whose groups become table columns (default: difficulty, class or defect)")
+    parser.add_argument(
+        "--metric",
+        default="iou",
+        choices=METRICS + tuple(OPTIONAL_METRICS),
+        help="metric of the tables and plots",
+    )
+    parser.add_argument(
+        "--by", help="tag whose groups become table columns (default: difficulty, class or defect)"
+    )
     parser.add_argument("--digits", type=int, default=2, help="decimals in the tables (default 2)")
     parser.add_argument("--gallery", type=int, default=3, help="best and worst cases per gallery (0: none)")
-    parser.add_argument("--gallery-combo", help="part of the label of the combination to show (default: the best)")
+    parser.add_argument(
+        "--gallery-combo", help="part of the label of the combination to show (default: the best)"
+    )
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
 
 
@@ -59,9 +74,16 @@ def run(args) -> int:
     Args:
         args: the parsed options of :func:`add_arguments`.
     """
-    files = make_report(args.run_dir, out=args.out, metric=args.metric, by=args.by, digits=args.digits,
-                        gallery=0 if args.no_plots else args.gallery, gallery_combo=args.gallery_combo,
-                        plots=not args.no_plots)
+    files = make_report(
+        args.run_dir,
+        out=args.out,
+        metric=args.metric,
+        by=args.by,
+        digits=args.digits,
+        gallery=0 if args.no_plots else args.gallery,
+        gallery_combo=args.gallery_combo,
+        plots=not args.no_plots,
+    )
     for path in files:
         if path.suffix == ".md" and path.name.startswith("table_"):
             print(f"\n{path.stem}\n")
@@ -71,6 +93,7 @@ def run(args) -> int:
 
 
 # --- loading ----------------------------------------------------------------------------------------
+
 
 def load_run(run_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(rows of the combinations the run's config still holds, run.json).
@@ -122,7 +145,9 @@ def _groups(rows, by: str | None) -> tuple[str | None, list[Any]]:
     tag = by or next((t for t in GROUP_TAGS if any(t in r.get("tags", {}) for r in rows)), None)
     if tag is None:
         return None, []
-    values = list(dict.fromkeys(r.get("tags", {}).get(tag) for r in rows if r.get("tags", {}).get(tag) is not None))
+    values = list(
+        dict.fromkeys(r.get("tags", {}).get(tag) for r in rows if r.get("tags", {}).get(tag) is not None)
+    )
     if tag == "difficulty":
         order = list(DIFFICULTY)
         values.sort(key=lambda v: order.index(v) if v in order else len(order))
@@ -147,8 +172,13 @@ def extra_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 # --- tables -----------------------------------------------------------------------------------------
 
-def group_table(rows: Sequence[dict[str, Any]], metric: str = "iou", by: str | None = None,
-                extra: Sequence[str] | None = None) -> dict[str, Any]:
+
+def group_table(
+    rows: Sequence[dict[str, Any]],
+    metric: str = "iou",
+    by: str | None = None,
+    extra: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Villarreal et al.'s table: one line per combination, ``All`` then one column per group; values are means.
 
     Args:
@@ -211,19 +241,35 @@ def table_markdown(t: dict[str, Any], digits: int = 2) -> str:
         digits: decimals shown.
     """
     arrows = [h if i < t["n_text"] else f"{h} (↑)" for i, h in enumerate(t["header"])]
-    out = ["| " + " | ".join(arrows) + " |",
-           "|" + "|".join("---" if i < t["n_text"] else "---:" for i in range(len(arrows))) + "|"]
+    out = [
+        "| " + " | ".join(arrows) + " |",
+        "|" + "|".join("---" if i < t["n_text"] else "---:" for i in range(len(arrows))) + "|",
+    ]
     best = [_best(t["lines"], j) for j in range(len(t["header"]) - t["n_text"])]
     for cells, (_, nums) in zip(_grouped_cells(t["lines"]), t["lines"]):
-        vals = [f"**{_fmt(v, digits)}**" if not math.isnan(v) and round(v, digits) == round(best[j], digits)
-                else _fmt(v, digits) for j, v in enumerate(nums)]
+        vals = [
+            f"**{_fmt(v, digits)}**"
+            if not math.isnan(v) and round(v, digits) == round(best[j], digits)
+            else _fmt(v, digits)
+            for j, v in enumerate(nums)
+        ]
         out.append("| " + " | ".join(cells + vals) + " |")
     return "\n".join(out) + "\n"
 
 
 def _tex(s: str) -> str:
-    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("$", "\\$"), ("#", "\\#"),
-                 ("_", "\\_"), ("{", "\\{"), ("}", "\\}"), ("~", "\\textasciitilde{}"), ("^", "\\^{}")):
+    for a, b in (
+        ("\\", "\\textbackslash{}"),
+        ("&", "\\&"),
+        ("%", "\\%"),
+        ("$", "\\$"),
+        ("#", "\\#"),
+        ("_", "\\_"),
+        ("{", "\\{"),
+        ("}", "\\}"),
+        ("~", "\\textasciitilde{}"),
+        ("^", "\\^{}"),
+    ):
         s = s.replace(a, b)
     return s
 
@@ -242,13 +288,21 @@ def table_latex(t: dict[str, Any], digits: int = 2, caption: str = "") -> str:
     out = ["\\begin{table}[t]", "\\centering"]
     if caption:
         out.append(f"\\caption{{{_tex(caption)}}}")
-    out += [f"\\begin{{tabular}}{{{'l' * t['n_text']}{'r' * n_num}}}", "\\toprule", " & ".join(head) + " \\\\",
-            "\\midrule"]
+    out += [
+        f"\\begin{{tabular}}{{{'l' * t['n_text']}{'r' * n_num}}}",
+        "\\toprule",
+        " & ".join(head) + " \\\\",
+        "\\midrule",
+    ]
     for i, (cells, (_, nums)) in enumerate(zip(_grouped_cells(t["lines"]), t["lines"])):
         if i and cells and cells[0]:
             out.append("\\addlinespace")
-        vals = [f"\\textbf{{{_fmt(v, digits)}}}" if not math.isnan(v) and round(v, digits) == round(best[j], digits)
-                else _fmt(v, digits) for j, v in enumerate(nums)]
+        vals = [
+            f"\\textbf{{{_fmt(v, digits)}}}"
+            if not math.isnan(v) and round(v, digits) == round(best[j], digits)
+            else _fmt(v, digits)
+            for j, v in enumerate(nums)
+        ]
         out.append(" & ".join([_tex(c) for c in cells] + vals) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(out) + "\n"
@@ -284,8 +338,12 @@ def comparison_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for cid in _combos(rows):
         rs = [r for r in rows if r["combo"] == cid]
         r0 = rs[0]
-        name = " / ".join(x for x in [_label(r0, model), _label(r0, sam)] +
-                          [f"{o}={_label(r0, o)}" for o in others if o != "strategy"] if x)
+        name = " / ".join(
+            x
+            for x in [_label(r0, model), _label(r0, sam)]
+            + [f"{o}={_label(r0, o)}" for o in others if o != "strategy"]
+            if x
+        )
         s = summarize(rs, list(METRICS) + extra)["all"]
         row: dict[str, Any] = {"model": name, "prompt_strategy": r0["labels"].get("strategy", "text")}
         for short, m in COMPARISON_METRICS + tuple((m, m) for m in extra):
@@ -317,7 +375,11 @@ def dicts_markdown(rows: list[dict[str, Any]], digits: int = 4) -> str:
     keys = list(rows[0])
     out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
-        out.append("| " + " | ".join(_fmt(r[k], digits) if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+        out.append(
+            "| "
+            + " | ".join(_fmt(r[k], digits) if isinstance(r[k], float) else str(r[k]) for k in keys)
+            + " |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -339,13 +401,21 @@ def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 if g is not None:
                     groups.append((tag, g, s))
         for tag, g, s in groups:
-            out.append({**base, "group": tag, "value": "" if g is None else g, **s,
-                        "errors": sum(1 for r in rs if r.get("error") and (g is None or r["tags"].get(tag) == g))})
+            out.append(
+                {
+                    **base,
+                    "group": tag,
+                    "value": "" if g is None else g,
+                    **s,
+                    "errors": sum(1 for r in rs if r.get("error") and (g is None or r["tags"].get(tag) == g)),
+                }
+            )
     keys = list(dict.fromkeys(k for r in out for k in r))
     return [{k: r.get(k, "") for k in keys} for r in out]
 
 
 # --- plots --------------------------------------------------------------------------------------------
+
 
 def _plt():
     from ..optional import require
@@ -378,7 +448,9 @@ def heatmap(rows, path_stem: Path, metric: str = "iou", title: str = "") -> list
     grid = np.full((len(ms), len(ss)), np.nan)
     for cid in _combos(rows):
         rs = [r for r in rows if r["combo"] == cid]
-        grid[ms.index(mlabel(rs[0])), ss.index(_label(rs[0], sam))] = summarize(rs, [metric])["all"][f"{metric}_mean"]
+        grid[ms.index(mlabel(rs[0])), ss.index(_label(rs[0], sam))] = summarize(rs, [metric])["all"][
+            f"{metric}_mean"
+        ]
     plt = _plt()
     longest = max(len(m) for m in ms)
     fig, ax = plt.subplots(figsize=(2.4 + 1.1 * len(ss) + 0.07 * longest, 1.2 + 0.42 * len(ms)))
@@ -388,8 +460,15 @@ def heatmap(rows, path_stem: Path, metric: str = "iou", title: str = "") -> list
     for i in range(len(ms)):
         for j in range(len(ss)):
             if np.isfinite(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center",
-                        color="white" if grid[i, j] < 0.6 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    f"{grid[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    color="white" if grid[i, j] < 0.6 else "black",
+                    fontsize=8,
+                )
     ax.set_xlabel(sam)
     ax.set_ylabel(model)
     ax.set_title(title or f"mean {metric}")
@@ -449,8 +528,15 @@ def _save(fig, plt, stem: Path) -> list[Path]:
     return out
 
 
-def make_gallery(rows, info: dict[str, Any], dataset: str, path_stem: Path, k: int = 3, metric: str = "iou",
-            combo: str | None = None) -> list[Path]:
+def make_gallery(
+    rows,
+    info: dict[str, Any],
+    dataset: str,
+    path_stem: Path,
+    k: int = 3,
+    metric: str = "iou",
+    combo: str | None = None,
+) -> list[Path]:
     """Best and worst ``k`` cases of one combination: image + prompt | prediction | ground truth.
 
     Args:
@@ -470,10 +556,16 @@ def make_gallery(rows, info: dict[str, Any], dataset: str, path_stem: Path, k: i
     scored = [r for r in rows if r.get("mask") is not None and r.get(metric) is not None]
     if not scored or k <= 0:
         return []
-    per = {cid: summarize([r for r in scored if r["combo"] == cid], [metric])["all"][f"{metric}_mean"]
-           for cid in _combos(scored)}
+    per = {
+        cid: summarize([r for r in scored if r["combo"] == cid], [metric])["all"][f"{metric}_mean"]
+        for cid in _combos(scored)
+    }
     if combo:
-        match = [cid for cid in per if combo.lower() in " ".join(map(str, _first(scored, cid)["labels"].values())).lower()]
+        match = [
+            cid
+            for cid in per
+            if combo.lower() in " ".join(map(str, _first(scored, cid)["labels"].values())).lower()
+        ]
         if not match:
             raise LvlmError(f"no combination's labels contain {combo!r}")
         cid = match[0]
@@ -483,7 +575,10 @@ def make_gallery(rows, info: dict[str, Any], dataset: str, path_stem: Path, k: i
     spec = (info.get("config") or {}).get("datasets", {}).get(dataset)
     if spec is None:
         return []
-    import_plugins((info.get("config") or {}).get("imports"), Path(info["config_dir"]) if info.get("config_dir") else None)
+    import_plugins(
+        (info.get("config") or {}).get("imports"),
+        Path(info["config_dir"]) if info.get("config_dir") else None,
+    )
     from .executor import Indexed
 
     try:
@@ -501,8 +596,11 @@ def make_gallery(rows, info: dict[str, Any], dataset: str, path_stem: Path, k: i
             img = load_image(s.image)
             gt = load_mask(s.mask) if not hasattr(s.mask, "shape") else s.mask.astype(bool)
             pred = rle.decode(r["mask"])
-            panels = [(img, f"{r['sample']}\n\"{r['prompt']}\""), (overlay(img, pred), f"prediction ({metric} {r[metric]:.2f})"),
-                      (overlay(img, gt, color=(40, 200, 80)), "ground truth")]
+            panels = [
+                (img, f'{r["sample"]}\n"{r["prompt"]}"'),
+                (overlay(img, pred), f"prediction ({metric} {r[metric]:.2f})"),
+                (overlay(img, gt, color=(40, 200, 80)), "ground truth"),
+            ]
             for ax, (im, title) in zip(row_axes, panels):
                 ax.imshow(im)
                 ax.set_title(title, fontsize=8)
@@ -522,8 +620,17 @@ def _first(rows, cid):
 
 # --- everything -------------------------------------------------------------------------------------
 
-def make_report(run_dir: str | Path, out: str | Path | None = None, metric: str = "iou", by: str | None = None,
-                digits: int = 2, gallery: int = 3, gallery_combo: str | None = None, plots: bool = True) -> list[Path]:
+
+def make_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    metric: str = "iou",
+    by: str | None = None,
+    digits: int = 2,
+    gallery: int = 3,
+    gallery_combo: str | None = None,
+    plots: bool = True,
+) -> list[Path]:
     """Write every table, plot and gallery of a run; returns the files written.
 
     Args:
@@ -550,8 +657,14 @@ def make_report(run_dir: str | Path, out: str | Path | None = None, metric: str 
         name = slug(ds)
         t = group_table(rs, metric, by)
         atomic_write(out_dir / f"table_{name}.md", table_markdown(t, digits))
-        atomic_write(out_dir / f"table_{name}.tex", table_latex(t, digits, caption=f"Results on {ds} (mean {metric})."))
-        files += [out_dir / f"table_{name}.md", out_dir / f"table_{name}.tex", table_csv(t, out_dir / f"table_{name}.csv")]
+        atomic_write(
+            out_dir / f"table_{name}.tex", table_latex(t, digits, caption=f"Results on {ds} (mean {metric}).")
+        )
+        files += [
+            out_dir / f"table_{name}.md",
+            out_dir / f"table_{name}.tex",
+            table_csv(t, out_dir / f"table_{name}.csv"),
+        ]
         comp = comparison_rows(rs)
         atomic_write(out_dir / f"comparison_{name}.md", dicts_markdown(comp))
         files += [out_dir / f"comparison_{name}.md", _write_dicts(comp, out_dir / f"comparison_{name}.csv")]
@@ -559,5 +672,7 @@ def make_report(run_dir: str | Path, out: str | Path | None = None, metric: str 
             files += heatmap(rs, out_dir / f"heatmap_{name}", metric, title=f"{ds}: mean {metric}")
             files += bars(rs, out_dir / f"bars_{name}", metric, title=ds)
             if gallery:
-                files += make_gallery(rs, info, ds, out_dir / f"gallery_{name}", gallery, metric, gallery_combo)
+                files += make_gallery(
+                    rs, info, ds, out_dir / f"gallery_{name}", gallery, metric, gallery_combo
+                )
     return files

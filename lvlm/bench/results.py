@@ -6,6 +6,7 @@ seconds later (0: after every row); a row counts as committed only when its newl
 line (a run killed mid-write) and reads the committed keys, so a resumed run neither loses nor repeats
 a row; ``append`` refuses a key that is already committed.
 """
+
 from __future__ import annotations
 
 import json

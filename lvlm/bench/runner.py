@@ -10,6 +10,7 @@ A run directory holds::
 Run the same command again after an interruption and it continues where it stopped; extend the config
 (another CLIP, another sweep value) and only the new cells are computed, reusing cached generator passes.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,21 +30,42 @@ def add_arguments(parser) -> None:
     Args:
         parser: the ``argparse`` (sub)parser.
     """
-    parser.add_argument("config", help="benchmark config: a YAML file or a packaged name (e.g. bench/base_matrix)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
-                        help="override a config value (YAML), e.g. datasets.COCO.root=/data/coco (repeatable)")
+    parser.add_argument(
+        "config", help="benchmark config: a YAML file or a packaged name (e.g. bench/base_matrix)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a config value (YAML), e.g. datasets.COCO.root=/data/coco (repeatable)",
+    )
     parser.add_argument("--out", "-o", help=f"run directory (default: {DEFAULT_RUNS}/<config name>)")
     parser.add_argument("--cache", help="cache directory shared between runs (default: RUN_DIR/cache)")
-    parser.add_argument("--device", help="device of every model stage: cpu, cuda, cuda:1 (default: each config's)")
-    parser.add_argument("--backend", choices=("local", "ray"), default="local",
-                        help="local: this process; ray: shard samples across Ray workers (pip install 'lvlm[ray]')")
-    parser.add_argument("--workers", type=int, help="Ray workers (default: the CPUs Ray sees / --cpus-per-worker)")
-    parser.add_argument("--ray-address", help="address of an existing Ray cluster ('auto'); default: start a local one")
+    parser.add_argument(
+        "--device", help="device of every model stage: cpu, cuda, cuda:1 (default: each config's)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process; ray: shard samples across Ray workers (pip install 'lvlm[ray]')",
+    )
+    parser.add_argument(
+        "--workers", type=int, help="Ray workers (default: the CPUs Ray sees / --cpus-per-worker)"
+    )
+    parser.add_argument(
+        "--ray-address", help="address of an existing Ray cluster ('auto'); default: start a local one"
+    )
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument("--limit", type=int, help="only the first N samples of each dataset (a quick check)")
-    parser.add_argument("--batch-size", type=int, default=8,
-                        help="samples per batched prompter / segmenter call (prompts_many, embed_many); 1: one by one")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="samples per batched prompter / segmenter call (prompts_many, embed_many); 1: one by one",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
@@ -53,12 +75,25 @@ def run(args) -> int:
     Args:
         args: the parsed options of :func:`add_arguments`.
     """
-    out = run_benchmark(args.config, args.out, overrides=args.overrides, cache_dir=args.cache, device=args.device, backend=args.backend,
-                        workers=args.workers, ray_address=args.ray_address, cpus_per_worker=args.cpus_per_worker,
-                        gpus_per_worker=args.gpus_per_worker, limit=args.limit, progress=not args.quiet,
-                        batch_size=args.batch_size)
-    print(f"{out['run_dir']}: {out['written']} new rows ({out['total']} in all, {out['errors']} with errors) in "
-          f"{out['seconds']:.1f} s; generator passes {out['generator_passes']}, cache hits {out['cache_hits']}")
+    out = run_benchmark(
+        args.config,
+        args.out,
+        overrides=args.overrides,
+        cache_dir=args.cache,
+        device=args.device,
+        backend=args.backend,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        limit=args.limit,
+        progress=not args.quiet,
+        batch_size=args.batch_size,
+    )
+    print(
+        f"{out['run_dir']}: {out['written']} new rows ({out['total']} in all, {out['errors']} with errors) in "
+        f"{out['seconds']:.1f} s; generator passes {out['generator_passes']}, cache hits {out['cache_hits']}"
+    )
     print(f"tables and plots: lvlm report {out['run_dir']}")
     return 0
 
@@ -69,8 +104,9 @@ def _config_name(config: Any) -> str:
     return "bench"
 
 
-def prepare(config: Any, run_dir: str | os.PathLike | None = None,
-            overrides: list[str] | None = None) -> tuple[dict, list, Path, Path | None]:
+def prepare(
+    config: Any, run_dir: str | os.PathLike | None = None, overrides: list[str] | None = None
+) -> tuple[dict, list, Path, Path | None]:
     """(config dict, combinations, run dir, config's folder) of a config and its ``KEY=VALUE`` overrides.
 
     Args:
@@ -112,7 +148,9 @@ def _record(run_dir: Path, cfg: dict, combos: list, config_dir: Path | None, ses
     atomic_write_json(combos_path, list(known.values()), indent=None)
 
 
-def plan(executor, combos: list, done: set[tuple[str, str]], limit: int | None = None) -> list[tuple[str, int, str, frozenset]]:
+def plan(
+    executor, combos: list, done: set[tuple[str, str]], limit: int | None = None
+) -> list[tuple[str, int, str, frozenset]]:
     """The work left: (dataset, sample index, sample id, combination ids already done) per sample.
 
     Args:
@@ -134,11 +172,21 @@ def plan(executor, combos: list, done: set[tuple[str, str]], limit: int | None =
     return todo
 
 
-def run_benchmark(config: Any, run_dir: str | os.PathLike | None = None, overrides: list[str] | None = None,
-                  cache_dir: str | os.PathLike | None = None,
-                  device: str | None = None, backend: str = "local", workers: int | None = None,
-                  ray_address: str | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
-                  limit: int | None = None, progress: bool = True, batch_size: int = 8) -> dict[str, Any]:
+def run_benchmark(
+    config: Any,
+    run_dir: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    backend: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    limit: int | None = None,
+    progress: bool = True,
+    batch_size: int = 8,
+) -> dict[str, Any]:
     """Run (or resume) a benchmark; returns counts: rows ``written`` now, ``total``, generator passes, ...
 
     Args:
@@ -182,7 +230,7 @@ def run_benchmark(config: Any, run_dir: str | os.PathLike | None = None, overrid
 
         if backend == "local":
             for s in range(0, len(todo), executor.batch_size):
-                chunk = todo[s:s + executor.batch_size]
+                chunk = todo[s : s + executor.batch_size]
                 executor.prefetch([(ds_label, index, skip, sid) for ds_label, index, sid, skip in chunk])
                 for ds_label, index, sid, skip in chunk:
                     for row in executor.run_sample(ds_label, index, skip, expect_id=sid):
@@ -190,8 +238,19 @@ def run_benchmark(config: Any, run_dir: str | os.PathLike | None = None, overrid
             stats["generator_passes"] = sum(g.passes for g in executor.generators)
             stats["cache_hits"] = sum(g.disk_hits for g in executor.generators)
         elif backend == "ray":
-            passes, hits = _run_ray(cfg, combos, cache, device, config_dir, todo, commit, workers, ray_address,
-                                    cpus_per_worker, gpus_per_worker)
+            passes, hits = _run_ray(
+                cfg,
+                combos,
+                cache,
+                device,
+                config_dir,
+                todo,
+                commit,
+                workers,
+                ray_address,
+                cpus_per_worker,
+                gpus_per_worker,
+            )
             stats["generator_passes"], stats["cache_hits"] = passes, hits
         else:
             raise ConfigError(f"backend={backend!r}; valid: local, ray")
@@ -207,6 +266,7 @@ def run_benchmark(config: Any, run_dir: str | os.PathLike | None = None, overrid
 
 
 # --- Ray --------------------------------------------------------------------------------------------
+
 
 class _Worker:
     """A Ray actor holding one Executor (models stay loaded between shards)."""
@@ -229,7 +289,9 @@ class _Worker:
         return sum(g.passes for g in gens), sum(g.disk_hits for g in gens)
 
 
-def _run_ray(cfg, combos, cache, device, config_dir, todo, commit, workers, address, cpus, gpus) -> tuple[int, int]:
+def _run_ray(
+    cfg, combos, cache, device, config_dir, todo, commit, workers, address, cpus, gpus
+) -> tuple[int, int]:
     if not todo:
         return 0, 0
     from ..optional import require
@@ -239,8 +301,12 @@ def _run_ray(cfg, combos, cache, device, config_dir, todo, commit, workers, addr
 
     started = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": False,
-                                  "configure_logging": False}
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "ignore_reinit_error": True,
+            "log_to_driver": False,
+            "configure_logging": False,
+        }
         if address:
             ray.init(address=address, **kwargs)
         else:
@@ -250,8 +316,17 @@ def _run_ray(cfg, combos, cache, device, config_dir, todo, commit, workers, addr
         n = workers or max(1, int(ray.available_resources().get("CPU", 1) // max(cpus, 1e-9)))
         n = max(1, min(n, len(todo)))
         actor = ray.remote(num_cpus=cpus, num_gpus=gpus)(_Worker)
-        actors = [actor.remote(cfg, combos, str(Path(cache).resolve()), device,
-                               str(config_dir) if config_dir else None, os.getcwd()) for _ in range(n)]
+        actors = [
+            actor.remote(
+                cfg,
+                combos,
+                str(Path(cache).resolve()),
+                device,
+                str(config_dir) if config_dir else None,
+                os.getcwd(),
+            )
+            for _ in range(n)
+        ]
         pool = ActorPool(actors)
         # ordered map: rows are committed in the local run's order, each sample as soon as it and its
         # predecessors are done

@@ -11,6 +11,7 @@ Every pipeline ends in one combiner (``combine:`` in a config, a name or ``{name
 A combiner is a class registered under the ``combine`` kind with a ``combine`` method (see
 :class:`Combiner`); the modules of this package register themselves on the first registry lookup.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,8 +33,9 @@ class Combiner:
     standalone = False
     needs_text = False
 
-    def combine(self, image: np.ndarray, text: str | None, candidates: Candidates,
-                selection: Selection | None = None) -> Selection:
+    def combine(
+        self, image: np.ndarray, text: str | None, candidates: Candidates, selection: Selection | None = None
+    ) -> Selection:
         """The combined answer: ``mask`` (H x W bool), ``score``, ``index`` and ``instances``.
 
         Args:

@@ -1,4 +1,5 @@
 """The combiners of one image's candidates: ``best``, ``union``, ``merge`` and ``instances``."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,10 +12,14 @@ from . import Combiner, candidate_scores
 
 def _empty(candidates: Candidates, scores: np.ndarray | None = None, extra: dict | None = None) -> Selection:
     h, w = candidates.shape
-    return Selection(np.zeros((h, w), bool), float("nan"), None, scores, dict(extra or {}), Instances.empty(h, w))
+    return Selection(
+        np.zeros((h, w), bool), float("nan"), None, scores, dict(extra or {}), Instances.empty(h, w)
+    )
 
 
-@register("combine", "best", description="the selector's choice; without a selector the highest-scoring candidate")
+@register(
+    "combine", "best", description="the selector's choice; without a selector the highest-scoring candidate"
+)
 class BestCombiner(Combiner):
     """One mask: the selector's choice, or without a selector the candidate with the highest score
     (SAM's predicted IoU, for example)."""
@@ -27,17 +32,33 @@ class BestCombiner(Combiner):
             scores = candidate_scores(candidates, selection)
             inst = Instances.from_candidates(candidates, np.atleast_1d(index), scores, label=text)
             if isinstance(index, (list, tuple, np.ndarray)):  # a selector that chose several (its own union)
-                inst = Instances(np.asarray(selection.mask, bool)[None], None, [selection.score], [text or ""])
-            return Selection(np.asarray(selection.mask, bool), float(selection.score), index, selection.scores,
-                             dict(selection.extra), inst)
+                inst = Instances(
+                    np.asarray(selection.mask, bool)[None], None, [selection.score], [text or ""]
+                )
+            return Selection(
+                np.asarray(selection.mask, bool),
+                float(selection.score),
+                index,
+                selection.scores,
+                dict(selection.extra),
+                inst,
+            )
         if len(candidates) == 0:
             return _empty(candidates)
         i = int(np.argmax(candidates.scores))
-        return Selection(candidates.masks[i].copy(), float(candidates.scores[i]), i, None, {},
-                         Instances.from_candidates(candidates, [i], label=text))
+        return Selection(
+            candidates.masks[i].copy(),
+            float(candidates.scores[i]),
+            i,
+            None,
+            {},
+            Instances.from_candidates(candidates, [i], label=text),
+        )
 
 
-@register("combine", "union", description="the union of every candidate (e.g. the masks of several box prompts)")
+@register(
+    "combine", "union", description="the union of every candidate (e.g. the masks of several box prompts)"
+)
 class UnionCombiner(Combiner):
     """The union of every candidate; its score is the candidates' mean score."""
 
@@ -45,13 +66,19 @@ class UnionCombiner(Combiner):
         scores = candidate_scores(candidates, selection)
         if len(candidates) == 0:
             return _empty(candidates, None if selection is None else selection.scores)
-        return Selection(candidates.union(), float(np.mean(scores)), list(range(len(candidates))),
-                         None if selection is None else selection.scores, {},
-                         Instances.from_candidates(candidates, None, scores, label=text))
+        return Selection(
+            candidates.union(),
+            float(np.mean(scores)),
+            list(range(len(candidates))),
+            None if selection is None else selection.scores,
+            {},
+            Instances.from_candidates(candidates, None, scores, label=text),
+        )
 
 
-def greedy_merge(masks: np.ndarray, scores: np.ndarray, margin: float = 0.01, max_overlap: float = 0.2,
-                 max_masks: int = 4) -> list[int]:
+def greedy_merge(
+    masks: np.ndarray, scores: np.ndarray, margin: float = 0.01, max_overlap: float = 0.2, max_masks: int = 4
+) -> list[int]:
     """The best candidate plus near-best ones that add new area, best first.
 
     Starting from the highest score, candidates are taken in score order while they score within ``margin``
@@ -89,7 +116,9 @@ def greedy_merge(masks: np.ndarray, scores: np.ndarray, margin: float = 0.01, ma
     return chosen
 
 
-@register("combine", "merge", description="the best candidate plus near-best ones that add new area (two lungs)")
+@register(
+    "combine", "merge", description="the best candidate plus near-best ones that add new area (two lungs)"
+)
 class MergeCombiner(Combiner):
     """The union of the best candidate and the near-best ones that add new area (Villarreal et al. Fig. 7: SAM returns
     the two lungs as separate masks and one mask can only hold one).
@@ -122,11 +151,19 @@ class MergeCombiner(Combiner):
         chosen = greedy_merge(candidates.masks, scores, self.margin, self.max_overlap, self.max_masks)
         if not chosen:
             return _empty(candidates, sel_scores, extra)
-        return Selection(candidates.masks[chosen].any(0), float(scores[chosen[0]]), chosen, sel_scores, extra,
-                         Instances.from_candidates(candidates, chosen, scores, label=text))
+        return Selection(
+            candidates.masks[chosen].any(0),
+            float(scores[chosen[0]]),
+            chosen,
+            sel_scores,
+            extra,
+            Instances.from_candidates(candidates, chosen, scores, label=text),
+        )
 
     def __repr__(self) -> str:
-        return f"MergeCombiner(margin={self.margin}, max_overlap={self.max_overlap}, max_masks={self.max_masks})"
+        return (
+            f"MergeCombiner(margin={self.margin}, max_overlap={self.max_overlap}, max_masks={self.max_masks})"
+        )
 
 
 def mask_nms(masks: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
@@ -150,8 +187,9 @@ def mask_nms(masks: np.ndarray, scores: np.ndarray, iou_threshold: float) -> lis
         if kept:
             k = np.asarray(kept)
             kb = boxes[k]
-            touch = ((np.minimum(kb[:, 2], boxes[i, 2]) > np.maximum(kb[:, 0], boxes[i, 0]))
-                     & (np.minimum(kb[:, 3], boxes[i, 3]) > np.maximum(kb[:, 1], boxes[i, 1])))
+            touch = (np.minimum(kb[:, 2], boxes[i, 2]) > np.maximum(kb[:, 0], boxes[i, 0])) & (
+                np.minimum(kb[:, 3], boxes[i, 3]) > np.maximum(kb[:, 1], boxes[i, 1])
+            )
             k = k[touch]
             if len(k):
                 inter = (flat[k] & flat[i]).sum(1)
@@ -162,8 +200,11 @@ def mask_nms(masks: np.ndarray, scores: np.ndarray, iou_threshold: float) -> lis
     return kept
 
 
-@register("combine", "instances", description="every candidate as an instance (score threshold, mask NMS); "
-          "the mask is their union")
+@register(
+    "combine",
+    "instances",
+    description="every candidate as an instance (score threshold, mask NMS); the mask is their union",
+)
 class InstancesCombiner(Combiner):
     """Every object: each candidate that passes the filters is an instance, the result's mask is their union.
 
@@ -180,8 +221,13 @@ class InstancesCombiner(Combiner):
 
     standalone = True
 
-    def __init__(self, min_score: float | None = None, nms_iou: float | None = None, min_area: int = 0,
-                 max_instances: int | None = None) -> None:
+    def __init__(
+        self,
+        min_score: float | None = None,
+        nms_iou: float | None = None,
+        min_area: int = 0,
+        max_instances: int | None = None,
+    ) -> None:
         if nms_iou is not None and not 0.0 <= float(nms_iou) <= 1.0:
             raise ConfigError(f"instances nms_iou={nms_iou} must lie in [0, 1] (or be null for no NMS)")
         if int(min_area) < 0:
@@ -212,9 +258,17 @@ class InstancesCombiner(Combiner):
         if len(idx) == 0:
             return _empty(candidates, sel_scores, extra)
         chosen = [int(i) for i in idx]
-        return Selection(candidates.masks[chosen].any(0), float(scores[chosen].mean()), chosen, sel_scores, extra,
-                         Instances.from_candidates(candidates, chosen, scores, label=text))
+        return Selection(
+            candidates.masks[chosen].any(0),
+            float(scores[chosen].mean()),
+            chosen,
+            sel_scores,
+            extra,
+            Instances.from_candidates(candidates, chosen, scores, label=text),
+        )
 
     def __repr__(self) -> str:
-        return (f"InstancesCombiner(min_score={self.min_score}, nms_iou={self.nms_iou}, min_area={self.min_area}, "
-                f"max_instances={self.max_instances})")
+        return (
+            f"InstancesCombiner(min_score={self.min_score}, nms_iou={self.nms_iou}, min_area={self.min_area}, "
+            f"max_instances={self.max_instances})"
+        )

@@ -1,4 +1,5 @@
 """``clipseg_refine``: another combiner's mask refined by CLIPSeg's probability map for the text prompt."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,8 +14,13 @@ from . import Combiner, default_combine
 MODES = ("intersect", "union", "weighted", "overlap")
 
 
-@register("combine", "clipseg_refine", description="another combiner's mask refined by CLIPSeg for the text "
-          "(intersect / union / weighted / overlap)", source="https://huggingface.co/CIDAS/clipseg-rd64-refined")
+@register(
+    "combine",
+    "clipseg_refine",
+    description="another combiner's mask refined by CLIPSeg for the text "
+    "(intersect / union / weighted / overlap)",
+    source="https://huggingface.co/CIDAS/clipseg-rd64-refined",
+)
 class ClipSegRefine(Combiner):
     """The pipeline's mask (from ``base``, e.g. SAM + CLIP's choice) combined with CLIPSeg's mask for the text.
 
@@ -37,21 +43,43 @@ class ClipSegRefine(Combiner):
 
     needs_text = True
 
-    def __init__(self, base: Any = None, model: str = "CIDAS/clipseg-rd64-refined",
-                 decoder_checkpoint: str | None = None, threshold: float = 0.5, image_size: int | None = None,
-                 device: str = "auto", mode: str = "intersect", weight: float = 0.5, min_overlap: float = 0.5) -> None:
+    def __init__(
+        self,
+        base: Any = None,
+        model: str = "CIDAS/clipseg-rd64-refined",
+        decoder_checkpoint: str | None = None,
+        threshold: float = 0.5,
+        image_size: int | None = None,
+        device: str = "auto",
+        mode: str = "intersect",
+        weight: float = 0.5,
+        min_overlap: float = 0.5,
+    ) -> None:
         if mode not in MODES:
             raise ConfigError(f"clipseg_refine mode={mode!r}; valid values: {', '.join(MODES)}")
         if not 0.0 <= float(weight) <= 1.0:
             raise ConfigError(f"clipseg_refine weight={weight!r}: must lie in [0, 1]")
-        if isinstance(base, (str, dict)) and (base if isinstance(base, str) else base.get("name")) == "clipseg_refine":
-            raise ConfigError("clipseg_refine base: give the combiner whose mask is refined (best, union, merge, ...)")
+        if (
+            isinstance(base, (str, dict))
+            and (base if isinstance(base, str) else base.get("name")) == "clipseg_refine"
+        ):
+            raise ConfigError(
+                "clipseg_refine base: give the combiner whose mask is refined (best, union, merge, ...)"
+            )
         self.base_spec = base
         self._base = {}
         self.mode = mode
-        self.clipseg = build("segmenter", "clipseg", model=model, decoder_checkpoint=decoder_checkpoint,
-                             threshold=threshold, image_size=image_size, device=device,
-                             refine_weight=float(weight), min_overlap=float(min_overlap))
+        self.clipseg = build(
+            "segmenter",
+            "clipseg",
+            model=model,
+            decoder_checkpoint=decoder_checkpoint,
+            threshold=threshold,
+            image_size=image_size,
+            device=device,
+            refine_weight=float(weight),
+            min_overlap=float(min_overlap),
+        )
 
     def base(self, has_selector: bool) -> Combiner:
         """The combiner whose mask is refined.
@@ -73,7 +101,9 @@ class ClipSegRefine(Combiner):
         extra = dict(base.extra)
         extra["refine_base"] = base.mask
         h, w = refined.shape
-        inst = (Instances(refined[None], None, [base.score], [text]) if refined.any() else Instances.empty(h, w))
+        inst = (
+            Instances(refined[None], None, [base.score], [text]) if refined.any() else Instances.empty(h, w)
+        )
         return Selection(refined, base.score, base.index, base.scores, extra, inst)
 
     def __repr__(self) -> str:

@@ -5,6 +5,7 @@ through :meth:`Dataset._finish`, and turns one record into a :class:`~lvlm.types
 :meth:`Dataset._load`. ``len(ds)``, ``ds[i]`` and ``iter(ds)`` then work alike for every loader,
 which is what the benchmark runner (and its Ray workers, which address samples by index) rely on.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,9 @@ class DatasetNotFoundError(LvlmError, FileNotFoundError):
     """A dataset that is not on disk (the message names the expected layout and where to get it)."""
 
 
-def not_found(name: str, root: str | os.PathLike | None, missing: str, layout: str, url: str) -> DatasetNotFoundError:
+def not_found(
+    name: str, root: str | os.PathLike | None, missing: str, layout: str, url: str
+) -> DatasetNotFoundError:
     """The one error for absent data: what is missing, the layout looked for, where it is published.
 
     Args:

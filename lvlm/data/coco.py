@@ -5,6 +5,7 @@ public. :func:`make_selection` builds a comparable 100-image, 4-level selection 
 (number of instances, the object's area fraction, background clutter as edge density), written by
 ``scripts/make_coco_selection.py`` and read back with ``selection=``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,15 +56,26 @@ def read_selection(path: str | Path) -> list[dict[str, Any]]:
     out = []
     for i, r in enumerate(rows):
         try:
-            out.append({"image_id": int(r["image_id"]), "annotation_id": int(r["annotation_id"]),
-                        "difficulty": str(r.get("difficulty", "") or "")})
+            out.append(
+                {
+                    "image_id": int(r["image_id"]),
+                    "annotation_id": int(r["annotation_id"]),
+                    "difficulty": str(r.get("difficulty", "") or ""),
+                }
+            )
         except (KeyError, ValueError) as exc:
-            raise ConfigError(f"{path}: row {i + 1} needs integer image_id and annotation_id: {exc}") from None
+            raise ConfigError(
+                f"{path}: row {i + 1} needs integer image_id and annotation_id: {exc}"
+            ) from None
     return out
 
 
-@register("dataset", "coco", description="COCO val2017 objects, category name as prompt, difficulty tags",
-          source=URL)
+@register(
+    "dataset",
+    "coco",
+    description="COCO val2017 objects, category name as prompt, difficulty tags",
+    source=URL,
+)
 class COCOObjects(Dataset):
     """COCO instances of ``split`` (default val2017): one sample per selected (image, annotation).
 
@@ -82,8 +94,15 @@ class COCOObjects(Dataset):
 
     name = "coco"
 
-    def __init__(self, root: str, selection: str | None = None, split: str = "val2017", n: int | None = None,
-                 seed: int = 0, min_area: float = 0.0):
+    def __init__(
+        self,
+        root: str,
+        selection: str | None = None,
+        split: str = "val2017",
+        n: int | None = None,
+        seed: int = 0,
+        min_area: float = 0.0,
+    ):
         self.root = Path(root).expanduser()
         ann_file = self.root / "annotations" / f"instances_{split}.json"
         self.image_dir = self.root / split
@@ -96,15 +115,22 @@ class COCOObjects(Dataset):
             items = []
             for r in read_selection(selection):
                 if r["annotation_id"] not in self.coco.anns:
-                    raise ConfigError(f"selection {selection}: annotation {r['annotation_id']} is not in {ann_file}")
+                    raise ConfigError(
+                        f"selection {selection}: annotation {r['annotation_id']} is not in {ann_file}"
+                    )
                 ann = self.coco.anns[r["annotation_id"]]
                 if ann["image_id"] != r["image_id"]:
-                    raise ConfigError(f"selection {selection}: annotation {r['annotation_id']} belongs to image "
-                                      f"{ann['image_id']}, not {r['image_id']}")
+                    raise ConfigError(
+                        f"selection {selection}: annotation {r['annotation_id']} belongs to image "
+                        f"{ann['image_id']}, not {r['image_id']}"
+                    )
                 items.append((r["image_id"], r["annotation_id"], r["difficulty"]))
         else:
-            items = [(a["image_id"], a["id"], "") for a in sorted(self.coco.anns.values(), key=lambda a: a["id"])
-                     if not a.get("iscrowd", 0) and a["area"] >= min_area]
+            items = [
+                (a["image_id"], a["id"], "")
+                for a in sorted(self.coco.anns.values(), key=lambda a: a["id"])
+                if not a.get("iscrowd", 0) and a["area"] >= min_area
+            ]
         if not items:
             raise not_found(f"COCO {split}", root, "no object to evaluate", LAYOUT, URL)
         self._finish(items, n, seed)
@@ -116,9 +142,15 @@ class COCOObjects(Dataset):
         category = self.coco.cats[ann["category_id"]]["name"]
         x, y, w, h = ann["bbox"]
         tags = {"category": category, "difficulty": difficulty} if difficulty else {"category": category}
-        return Sample(id=f"{image_id}_{ann_id}", image=self.image_dir / info["file_name"], prompt=category,
-                      mask=self.coco.annToMask(ann).astype(bool), tags=tags, prompts=[category, f"a {category}"],
-                      box=np.array([x, y, x + w, y + h], np.float32))
+        return Sample(
+            id=f"{image_id}_{ann_id}",
+            image=self.image_dir / info["file_name"],
+            prompt=category,
+            mask=self.coco.annToMask(ann).astype(bool),
+            tags=tags,
+            prompts=[category, f"a {category}"],
+            box=np.array([x, y, x + w, y + h], np.float32),
+        )
 
     def ids(self) -> list[str]:
         return [f"{i}_{a}" for i, a, _ in self.items]
@@ -126,7 +158,10 @@ class COCOObjects(Dataset):
 
 # --- building a difficulty-levelled selection from objective cues -----------------------------------------
 
-def edge_density(image: np.ndarray, exclude: np.ndarray | None = None, size: int = 256, threshold: float = 0.1) -> float:
+
+def edge_density(
+    image: np.ndarray, exclude: np.ndarray | None = None, size: int = 256, threshold: float = 0.1
+) -> float:
     """Background clutter: the fraction of pixels (outside ``exclude``) whose Sobel gradient magnitude on
     the grey image, downscaled to at most ``size`` px and scaled to [0, 1], exceeds ``threshold``.
 
@@ -142,12 +177,16 @@ def edge_density(image: np.ndarray, exclude: np.ndarray | None = None, size: int
     h, w = image.shape[:2]
     scale = min(1.0, size / max(h, w))
     sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
-    grey = np.asarray(Image.fromarray(image).convert("L").resize((sw, sh), Image.BILINEAR), np.float32) / 255.0
+    grey = (
+        np.asarray(Image.fromarray(image).convert("L").resize((sw, sh), Image.BILINEAR), np.float32) / 255.0
+    )
     mag = np.hypot(ndimage.sobel(grey, 0), ndimage.sobel(grey, 1)) / 4.0
     edges = mag > threshold
     keep = np.ones_like(edges)
     if exclude is not None:
-        keep = ~np.asarray(Image.fromarray(exclude.astype(np.uint8) * 255).resize((sw, sh), Image.NEAREST), bool)
+        keep = ~np.asarray(
+            Image.fromarray(exclude.astype(np.uint8) * 255).resize((sw, sh), Image.NEAREST), bool
+        )
     return float(edges[keep].mean()) if keep.any() else 0.0
 
 
@@ -163,8 +202,9 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return mean_rank[inv] / (len(values) - 1)
 
 
-def selection_candidates(coco, image_dir: Path | None = None, max_images: int | None = None, seed: int = 0,
-                         progress: bool = False) -> list[dict[str, Any]]:
+def selection_candidates(
+    coco, image_dir: Path | None = None, max_images: int | None = None, seed: int = 0, progress: bool = False
+) -> list[dict[str, Any]]:
     """One candidate object per image with its cues: the largest non-crowd instance whose category occurs
     once in the image (so the category prompt names it unambiguously); images without one are skipped.
 
@@ -201,9 +241,13 @@ def selection_candidates(coco, image_dir: Path | None = None, max_images: int | 
             continue
         target = max(unique_anns, key=lambda a: a["area"])
         info = coco.imgs[image_id]
-        row = {"image_id": image_id, "annotation_id": target["id"],
-               "category": coco.cats[target["category_id"]]["name"], "n_instances": len(anns),
-               "area_fraction": float(target["area"]) / float(info["width"] * info["height"])}
+        row = {
+            "image_id": image_id,
+            "annotation_id": target["id"],
+            "category": coco.cats[target["category_id"]]["name"],
+            "n_instances": len(anns),
+            "area_fraction": float(target["area"]) / float(info["width"] * info["height"]),
+        }
         if image_dir is not None:
             img = load_image(Path(image_dir) / info["file_name"])
             row["clutter"] = edge_density(img, coco.annToMask(target).astype(bool))
@@ -211,8 +255,9 @@ def selection_candidates(coco, image_dir: Path | None = None, max_images: int | 
     return out
 
 
-def make_selection(candidates: list[dict[str, Any]], per_level: int = 25, seed: int = 0,
-                   min_area_fraction: float = 0.005) -> list[dict[str, Any]]:
+def make_selection(
+    candidates: list[dict[str, Any]], per_level: int = 25, seed: int = 0, min_area_fraction: float = 0.005
+) -> list[dict[str, Any]]:
     """Split candidates into 4 difficulty levels by a score and draw ``per_level`` images from each.
 
     The score is the mean percentile rank of: more instances, a smaller object, more clutter (when

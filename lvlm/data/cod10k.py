@@ -1,4 +1,5 @@
 """COD10K-v3 camouflaged objects: Image/ + GT_Object/ per split; the prompt is the animal class in the file name."""
+
 from __future__ import annotations
 
 import re
@@ -61,8 +62,16 @@ class COD10K(Dataset):
 
     name = "cod10k"
 
-    def __init__(self, root: str, split: str = "test", n: int | None = 200, seed: int = 0,
-                 prompt: str = "{class}", default_prompt: str = "camouflaged animal", include_noncam: bool = False):
+    def __init__(
+        self,
+        root: str,
+        split: str = "test",
+        n: int | None = 200,
+        seed: int = 0,
+        prompt: str = "{class}",
+        default_prompt: str = "camouflaged animal",
+        include_noncam: bool = False,
+    ):
         if split not in SPLITS:
             raise ConfigError(f"cod10k split={split!r}; valid splits: {', '.join(SPLITS)}")
         self.root = Path(root).expanduser()
@@ -70,8 +79,13 @@ class COD10K(Dataset):
         base = self.root / "COD10K-v3" if (self.root / "COD10K-v3").is_dir() else self.root
         img_dir, gt_dir = base / SPLITS[split] / "Image", base / SPLITS[split] / "GT_Object"
         if not img_dir.is_dir() or not gt_dir.is_dir():
-            raise not_found("COD10K-v3", root, f"no {SPLITS[split]}/Image and {SPLITS[split]}/GT_Object folders",
-                            LAYOUT, URL)
+            raise not_found(
+                "COD10K-v3",
+                root,
+                f"no {SPLITS[split]}/Image and {SPLITS[split]}/GT_Object folders",
+                LAYOUT,
+                URL,
+            )
         items = []
         for img in list_images(img_dir):
             tags = parse_name(img.stem)
@@ -95,10 +109,19 @@ class COD10K(Dataset):
         else:
             mask = load_mask(mask_path)
         cls = words(tags["class"]) if "class" in tags else ""
-        prompt = self.prompt.format(**{"class": cls, "superclass": words(tags.get("superclass", ""))}) if cls \
+        prompt = (
+            self.prompt.format(**{"class": cls, "superclass": words(tags.get("superclass", ""))})
+            if cls
             else self.default_prompt
-        return Sample(id=img.stem, image=img, prompt=prompt, mask=mask, tags=dict(tags),
-                      prompts=unique([prompt, self.default_prompt]))
+        )
+        return Sample(
+            id=img.stem,
+            image=img,
+            prompt=prompt,
+            mask=mask,
+            tags=dict(tags),
+            prompts=unique([prompt, self.default_prompt]),
+        )
 
     def ids(self) -> list[str]:
         return [it[0].stem for it in self.items]

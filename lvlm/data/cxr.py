@@ -1,4 +1,5 @@
 """Chest X-rays with lung masks (Kaggle "Chest Xray Masks and Labels": Montgomery + Shenzhen), prompt "lungs"."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,12 @@ def _find_images_dir(root: Path) -> Path | None:
     return None
 
 
-@register("dataset", "cxr", description="chest X-rays + lung masks (Montgomery / Shenzhen), prompt 'lungs'",
-          source=URL)
+@register(
+    "dataset",
+    "cxr",
+    description="chest X-rays + lung masks (Montgomery / Shenzhen), prompt 'lungs'",
+    source=URL,
+)
 class ChestXrayLungs(Dataset):
     """Chest X-ray lung segmentation, as Villarreal et al.'s CXR set: 100 X-rays sampled with a seed from the test split.
 
@@ -44,7 +49,9 @@ class ChestXrayLungs(Dataset):
 
     name = "cxr"
 
-    def __init__(self, root: str, split: str = "test", n: int | None = 100, seed: int = 0, prompt: str = "lungs"):
+    def __init__(
+        self, root: str, split: str = "test", n: int | None = 100, seed: int = 0, prompt: str = "lungs"
+    ):
         if split not in SPLITS:
             from ..errors import ConfigError
 
@@ -67,20 +74,29 @@ class ChestXrayLungs(Dataset):
         else:
             masks = base / "masks"
             if not masks.is_dir():
-                raise not_found("Chest X-ray masks and labels", root, f"no masks/ folder beside {base / 'CXR_png'}",
-                                LAYOUT, URL)
+                raise not_found(
+                    "Chest X-ray masks and labels",
+                    root,
+                    f"no masks/ folder beside {base / 'CXR_png'}",
+                    LAYOUT,
+                    URL,
+                )
             for img in images:
                 same = find_by_stem(masks, img.stem)
                 suffixed = find_by_stem(masks, f"{img.stem}_mask")
-                source = "montgomery" if img.stem.upper().startswith("MCU") else (
-                    "shenzhen" if img.stem.upper().startswith("CHN") else "other")
+                source = (
+                    "montgomery"
+                    if img.stem.upper().startswith("MCU")
+                    else ("shenzhen" if img.stem.upper().startswith("CHN") else "other")
+                )
                 if same is not None and split in ("test", "all"):
                     items.append((img, (same,), source))
                 elif suffixed is not None and split in ("train", "all"):
                     items.append((img, (suffixed,), source))
         if not items:
-            raise not_found("Chest X-ray masks and labels", root, f"no image with a mask for split {split!r}",
-                            LAYOUT, URL)
+            raise not_found(
+                "Chest X-ray masks and labels", root, f"no image with a mask for split {split!r}", LAYOUT, URL
+            )
         self._finish(items, n, seed)
 
     def _load(self, item) -> Sample:

@@ -16,6 +16,7 @@ altered pixels always agree. The point prompt is the mask's centre of mass snapp
 The ``defects`` dataset draws ``n`` such samples from a folder of defect-free images (e.g. MVTec AD
 ``carpet/train/good``) and yields them as :class:`~lvlm.types.Sample` objects for ``lvlm train sam-decoder``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -106,7 +107,7 @@ def add_patch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
     pw = int(min(w, rng.integers(PATCH_SIZE[0], PATCH_SIZE[1] + 1)))
     sy, sx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
     dy, dx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
-    patch = image[sy:sy + ph, sx:sx + pw].astype(np.float64)
+    patch = image[sy : sy + ph, sx : sx + pw].astype(np.float64)
     if rng.random() < 0.5:
         mode, amount = "darken", float(rng.uniform(*DARKEN))
         patch = patch * amount
@@ -114,7 +115,7 @@ def add_patch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
         mode, amount = "noise", float(rng.uniform(*NOISE_SIGMA))
         patch = patch + rng.normal(0.0, amount, patch.shape)
     out = image.copy()
-    out[dy:dy + ph, dx:dx + pw] = np.clip(np.round(patch), 0, 255).astype(np.uint8)
+    out[dy : dy + ph, dx : dx + pw] = np.clip(np.round(patch), 0, 255).astype(np.uint8)
     return out, {"mode": mode, "amount": amount, "source": (sx, sy), "region": (dx, dy, dx + pw, dy + ph)}
 
 
@@ -172,8 +173,9 @@ def add_stain(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
 _MAKERS = {"patch": add_patch, "scar": add_scar, "stain": add_stain}
 
 
-def synthesize_defect(image: np.ndarray, kind: str | None = None,
-                      seed: int | Sequence[int] | np.random.Generator = 0) -> Defect:
+def synthesize_defect(
+    image: np.ndarray, kind: str | None = None, seed: int | Sequence[int] | np.random.Generator = 0
+) -> Defect:
     """One defect of ``kind`` (random among :data:`KINDS` when None) in ``image``, deterministic by ``seed``.
 
     Draws again (up to 20 times) when a draw changes fewer than ``MIN_PIXELS`` pixels (e.g. a stain on a
@@ -221,8 +223,12 @@ def _good_images(root: Path, category: str) -> list[Path]:
     return []
 
 
-@register("dataset", "defects", description="synthetic patch / scar / stain defects on defect-free images (Dhungana and Bista)",
-          source="generated from your defect-free images (deterministic by seed)")
+@register(
+    "dataset",
+    "defects",
+    description="synthetic patch / scar / stain defects on defect-free images (Dhungana and Bista)",
+    source="generated from your defect-free images (deterministic by seed)",
+)
 class SyntheticDefects(Dataset):
     """``n`` synthetic defects (kinds cycled patch, scar, stain) on images from ``root`` (or ``images``).
 
@@ -244,9 +250,17 @@ class SyntheticDefects(Dataset):
 
     name = "defects"
 
-    def __init__(self, root: str | None = None, images: Sequence[Any] | None = None, n: int = 500, seed: int = 0,
-                 kinds: Sequence[str] = KINDS, size: int | None = None, category: str = "carpet",
-                 prompt: str = "defect"):
+    def __init__(
+        self,
+        root: str | None = None,
+        images: Sequence[Any] | None = None,
+        n: int = 500,
+        seed: int = 0,
+        kinds: Sequence[str] = KINDS,
+        size: int | None = None,
+        category: str = "carpet",
+        prompt: str = "defect",
+    ):
         kinds = [kinds] if isinstance(kinds, str) else list(kinds)
         bad = [k for k in kinds if k not in KINDS]
         if bad or not kinds:
@@ -291,8 +305,15 @@ class SyntheticDefects(Dataset):
 
     def _load(self, i: int) -> Sample:
         d = self.defect(i)
-        return Sample(id=f"defect{i:05d}_{d.kind}", image=d.image, prompt=self.prompt, mask=d.mask,
-                      tags={"defect": d.kind}, prompts=[self.prompt, f"{d.kind} defect", "anomaly"], box=d.box)
+        return Sample(
+            id=f"defect{i:05d}_{d.kind}",
+            image=d.image,
+            prompt=self.prompt,
+            mask=d.mask,
+            tags={"defect": d.kind},
+            prompts=[self.prompt, f"{d.kind} defect", "anomaly"],
+            box=d.box,
+        )
 
     def ids(self) -> list[str]:
         return [f"defect{i:05d}_{self.kinds[i % len(self.kinds)]}" for i in self.items]

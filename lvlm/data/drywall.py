@@ -1,4 +1,5 @@
 """Drywall QA (the CLIPSeg drywall report): Roboflow COCO-JSON exports of cracks and taping areas; boxes filled as masks."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,10 @@ from ..registry import register
 from ..types import Sample
 from .base import Dataset, not_found, stable_seed
 
-URL = ("Roboflow Universe: https://universe.roboflow.com/objectdetect-pu6rn/drywall-join-detect (taping) and "
-       "https://universe.roboflow.com/university-bswxt/crack-bphdr (cracks); export format 'COCO'")
+URL = (
+    "Roboflow Universe: https://universe.roboflow.com/objectdetect-pu6rn/drywall-join-detect (taping) and "
+    "https://universe.roboflow.com/university-bswxt/crack-bphdr (cracks); export format 'COCO'"
+)
 LAYOUT = """\
   ROOT/                         one Roboflow export in COCO format (give several roots as a list)
     train/_annotations.coco.json  train/*.jpg
@@ -57,8 +60,12 @@ def fill_boxes(boxes_xywh, height: int, width: int) -> np.ndarray:
     return mask
 
 
-@register("dataset", "drywall", description="drywall cracks / taping areas (Roboflow COCO export, boxes -> masks)",
-          source=URL)
+@register(
+    "dataset",
+    "drywall",
+    description="drywall cracks / taping areas (Roboflow COCO export, boxes -> masks)",
+    source=URL,
+)
 class Drywall(Dataset):
     """One sample per (image, class) of a Roboflow COCO export: the union of that class's boxes, filled.
 
@@ -80,10 +87,18 @@ class Drywall(Dataset):
 
     name = "drywall"
 
-    def __init__(self, root: str | list[str], split: str = "valid", n: int | None = None, seed: int = 0,
-                 classes: list[str] | None = None, class_map: dict[str, str] | None = None,
-                 prompts: dict[str, list[str]] | None = None, prompt_mode: str = "first",
-                 use_polygons: bool = False):
+    def __init__(
+        self,
+        root: str | list[str],
+        split: str = "valid",
+        n: int | None = None,
+        seed: int = 0,
+        classes: list[str] | None = None,
+        class_map: dict[str, str] | None = None,
+        prompts: dict[str, list[str]] | None = None,
+        prompt_mode: str = "first",
+        use_polygons: bool = False,
+    ):
         if prompt_mode not in ("first", "random"):
             raise ConfigError(f"drywall prompt_mode={prompt_mode!r}; valid: first, random")
         roots = [root] if isinstance(root, (str, Path)) else list(root)
@@ -94,7 +109,9 @@ class Drywall(Dataset):
             r = Path(r).expanduser()
             ann = r / split / "_annotations.coco.json"
             if not ann.is_file():
-                raise not_found("Drywall (Roboflow COCO export)", r, f"no {split}/_annotations.coco.json", LAYOUT, URL)
+                raise not_found(
+                    "Drywall (Roboflow COCO export)", r, f"no {split}/_annotations.coco.json", LAYOUT, URL
+                )
             data = json.loads(ann.read_text())
             cats = {}
             for c in data.get("categories", []):
@@ -112,17 +129,28 @@ class Drywall(Dataset):
                 im = images.get(image_id)
                 if im is None:
                     continue
-                items.append((r / split / im["file_name"], int(im["height"]), int(im["width"]), cls, anns, prefix))
+                items.append(
+                    (r / split / im["file_name"], int(im["height"]), int(im["width"]), cls, anns, prefix)
+                )
         if not items:
-            raise not_found("Drywall (Roboflow COCO export)", roots[0], f"no crack / taping annotation in split {split!r}",
-                            LAYOUT, URL)
+            raise not_found(
+                "Drywall (Roboflow COCO export)",
+                roots[0],
+                f"no crack / taping annotation in split {split!r}",
+                LAYOUT,
+                URL,
+            )
         unknown = sorted({it[3] for it in items} - set(self.prompts))
         if unknown:
             raise ConfigError(f"drywall classes {unknown} have no prompt list; give prompts={{class: [..]}}")
         self._finish(items, n, seed)
 
     def _mask(self, anns, h: int, w: int) -> np.ndarray:
-        polys = [a for a in anns if self.use_polygons and isinstance(a.get("segmentation"), list) and a["segmentation"]]
+        polys = [
+            a
+            for a in anns
+            if self.use_polygons and isinstance(a.get("segmentation"), list) and a["segmentation"]
+        ]
         mask = fill_boxes([a["bbox"] for a in anns if a not in polys], h, w)
         if polys:
             from ..optional import require
@@ -142,8 +170,15 @@ class Drywall(Dataset):
         else:
             prompt = options[0]
         boxes = np.array([[x, y, x + bw, y + bh] for x, y, bw, bh in (a["bbox"] for a in anns)], np.float32)
-        return Sample(id=ident, image=path, prompt=prompt, mask=self._mask(anns, h, w), tags={"class": cls},
-                      prompts=list(options), box=boxes)
+        return Sample(
+            id=ident,
+            image=path,
+            prompt=prompt,
+            mask=self._mask(anns, h, w),
+            tags={"class": cls},
+            prompts=list(options),
+            box=boxes,
+        )
 
     def ids(self) -> list[str]:
         return [f"{it[5]}{Path(it[0]).stem}_{it[3]}" for it in self.items]

@@ -1,4 +1,5 @@
 """Any images/ + masks/ folder pair, with one fixed prompt or the prompts of a CSV file."""
+
 from __future__ import annotations
 
 import csv
@@ -38,19 +39,32 @@ class ImageMaskFolder(Dataset):
 
     name = "folder"
 
-    def __init__(self, root: str, prompt: str | None = None, prompts: str | None = None, images: str = "images",
-                 masks: str = "masks", mask_suffix: str | list[str] = "", tags: dict | None = None,
-                 lazy_masks: bool = False, n: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        root: str,
+        prompt: str | None = None,
+        prompts: str | None = None,
+        images: str = "images",
+        masks: str = "masks",
+        mask_suffix: str | list[str] = "",
+        tags: dict | None = None,
+        lazy_masks: bool = False,
+        n: int | None = None,
+        seed: int = 0,
+    ):
         suffixes = [mask_suffix] if isinstance(mask_suffix, str) else [str(x) for x in mask_suffix]
         self.tags = dict(tags or {})
         self.lazy_masks = bool(lazy_masks)
 
         def find_mask(stem: str):
-            return next((m for m in (find_by_stem(mask_dir, stem + sfx) for sfx in suffixes) if m is not None),
-                        None)
+            return next(
+                (m for m in (find_by_stem(mask_dir, stem + sfx) for sfx in suffixes) if m is not None), None
+            )
 
         if (prompt is None) == (prompts is None):
-            raise ConfigError("folder dataset: give exactly one of prompt= (fixed text) or prompts= (a CSV file)")
+            raise ConfigError(
+                "folder dataset: give exactly one of prompt= (fixed text) or prompts= (a CSV file)"
+            )
         self.root = Path(root).expanduser()
         img_dir, mask_dir = self.root / images, self.root / masks
         if not img_dir.is_dir() or not mask_dir.is_dir():
@@ -75,10 +89,14 @@ class ImageMaskFolder(Dataset):
                 name = r["image"]
                 img = img_dir / name if (img_dir / name).is_file() else find_by_stem(img_dir, Path(name).stem)
                 if img is None:
-                    raise not_found("folder dataset", root, f"no image {name!r} (CSV row {i + 2})", LAYOUT, URL)
+                    raise not_found(
+                        "folder dataset", root, f"no image {name!r} (CSV row {i + 2})", LAYOUT, URL
+                    )
                 m = mask_dir / r["mask"] if r.get("mask") else find_mask(img.stem)
                 if m is None or not m.is_file():
-                    raise not_found("folder dataset", root, f"no mask for {name!r} (CSV row {i + 2})", LAYOUT, URL)
+                    raise not_found(
+                        "folder dataset", root, f"no mask for {name!r} (CSV row {i + 2})", LAYOUT, URL
+                    )
                 tags = {k: v for k, v in r.items() if k not in ("image", "prompt", "mask") and k}
                 items.append((img, m, r["prompt"], tags))
         if not items:
@@ -90,8 +108,13 @@ class ImageMaskFolder(Dataset):
         from ..io import load_mask
 
         ident, (img, mask, prompt, tags) = item
-        return Sample(id=ident, image=img, prompt=prompt, mask=str(mask) if self.lazy_masks else load_mask(mask),
-                      tags={**self.tags, **tags})
+        return Sample(
+            id=ident,
+            image=img,
+            prompt=prompt,
+            mask=str(mask) if self.lazy_masks else load_mask(mask),
+            tags={**self.tags, **tags},
+        )
 
     def ids(self) -> list[str]:
         return [it[0] for it in self.items]

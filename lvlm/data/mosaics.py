@@ -10,6 +10,7 @@ network) clustered by k-means into ``k`` (5) clusters. Two modes:
 Each mosaic yields four samples, one per quadrant (mask = the quadrant, box = its box, prompt = the
 texture's name), so a decoder learns where one texture ends and the next begins.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -28,8 +29,11 @@ from .base import IMAGE_EXTS, Dataset, not_found
 
 TILE = 256
 MODES = ("standard", "hard")
-RESNET18 = WeightSpec("resnet18-f37072fd.pth", url="https://download.pytorch.org/models/resnet18-f37072fd.pth",
-                      license="BSD-3-Clause (torchvision)")
+RESNET18 = WeightSpec(
+    "resnet18-f37072fd.pth",
+    url="https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    license="BSD-3-Clause (torchvision)",
+)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 URL = "e.g. the wood texture set of Dhungana and Bista (530 species images, 'wood_data/images/images/*.jpg'), or any texture folder"
@@ -61,14 +65,20 @@ def make_mosaic(tiles: Sequence[np.ndarray], tile: int = TILE) -> tuple[np.ndarr
     points = np.zeros((4, 2), np.float32)
     for q, im in enumerate(tiles):
         r, c = divmod(q, 2)
-        img[r * t:(r + 1) * t, c * t:(c + 1) * t] = _resize(np.asarray(im, np.uint8), t)
-        masks[q, r * t:(r + 1) * t, c * t:(c + 1) * t] = True
+        img[r * t : (r + 1) * t, c * t : (c + 1) * t] = _resize(np.asarray(im, np.uint8), t)
+        masks[q, r * t : (r + 1) * t, c * t : (c + 1) * t] = True
         points[q] = (c * t + t // 2, r * t + t // 2)
     return img, masks, points
 
 
-def resnet18_features(images: Sequence[np.ndarray], weights: str = "imagenet", device: str = "cpu",
-                      batch_size: int = 32, size: int = 224, seed: int = 0) -> np.ndarray:
+def resnet18_features(
+    images: Sequence[np.ndarray],
+    weights: str = "imagenet",
+    device: str = "cpu",
+    batch_size: int = 32,
+    size: int = 224,
+    seed: int = 0,
+) -> np.ndarray:
     """N x 512 global-average-pooled ResNet18 features of H x W x 3 uint8 images.
 
     ``weights``: ``"imagenet"`` (torchvision's ImageNet weights from ``$LVLM_HOME`` or a download; a
@@ -101,7 +111,7 @@ def resnet18_features(images: Sequence[np.ndarray], weights: str = "imagenet", d
     out = []
     with torch.no_grad():
         for s in range(0, len(images), batch_size):
-            x = np.stack([_resize(np.asarray(im, np.uint8), size) for im in images[s:s + batch_size]])
+            x = np.stack([_resize(np.asarray(im, np.uint8), size) for im in images[s : s + batch_size]])
             x = torch.as_tensor(x, device=device).permute(0, 3, 1, 2).float() / 255.0
             out.append(net((x - mean) / std).cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 512), np.float32)
@@ -121,7 +131,11 @@ def cluster_textures(features: np.ndarray, k: int = 5, seed: int = 0) -> np.ndar
     if len(f) < k:
         raise ConfigError(f"{len(f)} textures cannot form k={k} clusters")
     f = f / np.clip(np.linalg.norm(f, axis=1, keepdims=True), 1e-12, None)
-    kw = {"rng": np.random.default_rng(seed)} if "rng" in inspect.signature(kmeans2).parameters else {"seed": seed}
+    kw = (
+        {"rng": np.random.default_rng(seed)}
+        if "rng" in inspect.signature(kmeans2).parameters
+        else {"seed": seed}
+    )
     _, labels = kmeans2(f, k, minit="++", **kw)
     return labels.astype(np.int64)
 
@@ -136,8 +150,12 @@ def texture_name(path: str | Path) -> str:
     return re.sub(r"[-_]+", " ", stem).strip() or Path(path).stem
 
 
-@register("dataset", "mosaics", description="2x2 texture mosaics, standard or hard mode (Dhungana and Bista wood textures)",
-          source="generated from your texture images; ResNet18 (torchvision) features + k-means clusters")
+@register(
+    "dataset",
+    "mosaics",
+    description="2x2 texture mosaics, standard or hard mode (Dhungana and Bista wood textures)",
+    source="generated from your texture images; ResNet18 (torchvision) features + k-means clusters",
+)
 class TextureMosaics(Dataset):
     """``n`` mosaics of textures from ``root`` (4 samples each: one per quadrant), deterministic by ``seed``.
 
@@ -166,10 +184,23 @@ class TextureMosaics(Dataset):
 
     name = "mosaics"
 
-    def __init__(self, root: str | None = None, images: Sequence[Any] | None = None, n: int = 500,
-                 mode: str = "standard", seed: int = 0, k: int = 5, tile: int = TILE, features: str = "imagenet",
-                 device: str = "auto", split: str = "all", test_fraction: float = 0.2, feature_size: int = 224,
-                 prompt: str = "{texture}", names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        root: str | None = None,
+        images: Sequence[Any] | None = None,
+        n: int = 500,
+        mode: str = "standard",
+        seed: int = 0,
+        k: int = 5,
+        tile: int = TILE,
+        features: str = "imagenet",
+        device: str = "auto",
+        split: str = "all",
+        test_fraction: float = 0.2,
+        feature_size: int = 224,
+        prompt: str = "{texture}",
+        names: Sequence[str] | None = None,
+    ):
         from ..components import resolve_device
         from ..io import load_image
 
@@ -181,8 +212,11 @@ class TextureMosaics(Dataset):
             if root is None:
                 raise ConfigError("mosaics needs root= (a folder of texture images) or images=")
             rootp = Path(root).expanduser()
-            files = sorted(p for p in rootp.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS) \
-                if rootp.is_dir() else []
+            files = (
+                sorted(p for p in rootp.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+                if rootp.is_dir()
+                else []
+            )
             if not files:
                 raise not_found("mosaics", root, "no texture image", LAYOUT, URL)
             images, names = files, [texture_name(p) for p in files]
@@ -190,7 +224,9 @@ class TextureMosaics(Dataset):
         self.names = list(names) if names is not None else [f"texture {i}" for i in range(len(self.textures))]
         if len(self.names) != len(self.textures):
             raise ConfigError(f"mosaics: {len(self.names)} names for {len(self.textures)} images")
-        feats = resnet18_features(self.textures, features, resolve_device(device), size=feature_size, seed=seed)
+        feats = resnet18_features(
+            self.textures, features, resolve_device(device), size=feature_size, seed=seed
+        )
         self.clusters = cluster_textures(feats, k, seed)
         self.mode, self.seed, self.tile, self.prompt, self.k = mode, seed, tile, prompt, k
         rng = np.random.default_rng([seed, 7])
@@ -199,12 +235,16 @@ class TextureMosaics(Dataset):
             members = np.nonzero(self.clusters == c)[0]
             n_test = int(np.floor(test_fraction * len(members)))
             is_test[rng.permutation(members)[:n_test]] = True
-        self.pool = np.arange(len(self.textures)) if split == "all" else np.nonzero(is_test == (split == "test"))[0]
+        self.pool = (
+            np.arange(len(self.textures)) if split == "all" else np.nonzero(is_test == (split == "test"))[0]
+        )
         sizes = {c: int(np.sum(self.clusters[self.pool] == c)) for c in range(k)}
         if mode == "standard" and sum(v > 0 for v in sizes.values()) < 4:
             raise ConfigError(f"mosaics standard mode needs textures in 4 clusters; cluster sizes: {sizes}")
         if mode == "hard" and not any(v >= 4 for v in sizes.values()):
-            raise ConfigError(f"mosaics hard mode needs a cluster of at least 4 textures; cluster sizes: {sizes}")
+            raise ConfigError(
+                f"mosaics hard mode needs a cluster of at least 4 textures; cluster sizes: {sizes}"
+            )
         self._cache: tuple[int, tuple] | None = None
         self._finish([(i, q) for i in range(n) for q in range(4)], None, seed)
 
@@ -247,9 +287,15 @@ class TextureMosaics(Dataset):
         box = np.array([c * t, r * t, (c + 1) * t, (r + 1) * t], np.float32)
         name = self.names[j]
         prompt = self.prompt.format(texture=name)
-        return Sample(id=f"mosaic{i:05d}_q{q}", image=img, prompt=prompt, mask=masks[q],
-                      tags={"mode": self.mode, "cluster": int(self.clusters[j]), "texture": name, "quadrant": q},
-                      prompts=[prompt, name, "texture"], box=box)
+        return Sample(
+            id=f"mosaic{i:05d}_q{q}",
+            image=img,
+            prompt=prompt,
+            mask=masks[q],
+            tags={"mode": self.mode, "cluster": int(self.clusters[j]), "texture": name, "quadrant": q},
+            prompts=[prompt, name, "texture"],
+            box=box,
+        )
 
     def ids(self) -> list[str]:
         return [f"mosaic{i:05d}_q{q}" for i, q in self.items]

@@ -1,4 +1,5 @@
 """MVTec AD: test/<defect>/*.png with ground_truth/<defect>/*_mask.png; defect-free images have empty masks."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +19,9 @@ LAYOUT = """\
     ground_truth/cut/000_mask.png ...  ground_truth/hole/ ...   (no ground_truth/good: those masks are empty)"""
 
 
-@register("dataset", "mvtec", description="MVTec AD defects of one category (per-defect-type tags)", source=URL)
+@register(
+    "dataset", "mvtec", description="MVTec AD defects of one category (per-defect-type tags)", source=URL
+)
 class MVTecAD(Dataset):
     """MVTec AD anomaly segmentation of one ``category`` (Dhungana and Bista: carpet, 89 defective test images).
 
@@ -39,8 +42,17 @@ class MVTecAD(Dataset):
 
     name = "mvtec"
 
-    def __init__(self, root: str, category: str = "carpet", split: str = "test", n: int | None = None, seed: int = 0,
-                 include_good: bool = False, defects: list[str] | None = None, prompt: str = "defect"):
+    def __init__(
+        self,
+        root: str,
+        category: str = "carpet",
+        split: str = "test",
+        n: int | None = None,
+        seed: int = 0,
+        include_good: bool = False,
+        defects: list[str] | None = None,
+        prompt: str = "defect",
+    ):
         if split != "test":
             raise ConfigError("mvtec split must be 'test' (the train split holds defect-free images only)")
         self.root = Path(root).expanduser()
@@ -62,8 +74,13 @@ class MVTecAD(Dataset):
             for img in list_images(test / kind):
                 mask = None if kind == "good" else find_by_stem(gt / kind, f"{img.stem}_mask")
                 if kind != "good" and mask is None:
-                    raise not_found(f"MVTec AD ({category})", root, f"no mask {gt / kind / (img.stem + '_mask.png')}",
-                                    LAYOUT, URL)
+                    raise not_found(
+                        f"MVTec AD ({category})",
+                        root,
+                        f"no mask {gt / kind / (img.stem + '_mask.png')}",
+                        LAYOUT,
+                        URL,
+                    )
                 items.append((img, mask, kind))
         if not items:
             raise not_found(f"MVTec AD ({category})", root, "no test image", LAYOUT, URL)
@@ -79,9 +96,14 @@ class MVTecAD(Dataset):
             mask = load_mask(mask_path)
         defect = kind.replace("_", " ")
         prompt = self.prompt.format(defect=defect, category=self.category)
-        return Sample(id=f"{kind}_{img.stem}", image=img, prompt=prompt, mask=mask,
-                      tags={"defect": kind, "category": self.category},
-                      prompts=unique([prompt, f"{defect} defect", "defect", "anomaly"]))
+        return Sample(
+            id=f"{kind}_{img.stem}",
+            image=img,
+            prompt=prompt,
+            mask=mask,
+            tags={"defect": kind, "category": self.category},
+            prompts=unique([prompt, f"{defect} defect", "defect", "anomaly"]),
+        )
 
     def ids(self) -> list[str]:
         return [f"{it[2]}_{it[0].stem}" for it in self.items]

@@ -12,6 +12,7 @@ absent class gets a confident box / mask (the question open-vocabulary detectors
 The absent prompt of a sample is drawn (seeded) from ``prompts`` when given, else from the other samples'
 prompts that no sample of the same image carries.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,8 +31,12 @@ def _image_key(sample: Sample, index: int) -> str:
     return str(img) if isinstance(img, (str, bytes)) or hasattr(img, "__fspath__") else f"#{index}"
 
 
-@register("dataset", "negatives", description="another dataset's images prompted with absent classes, empty "
-          "ground truth (false-positive rate = 1 - mean IoU)")
+@register(
+    "dataset",
+    "negatives",
+    description="another dataset's images prompted with absent classes, empty "
+    "ground truth (false-positive rate = 1 - mean IoU)",
+)
 class Negatives(Dataset):
     """Absent-class prompts on another dataset's images.
 
@@ -44,7 +49,9 @@ class Negatives(Dataset):
 
     name = "negatives"
 
-    def __init__(self, of: Any, prompts: Sequence[str] | None = None, seed: int = 0, n: int | None = None) -> None:
+    def __init__(
+        self, of: Any, prompts: Sequence[str] | None = None, seed: int = 0, n: int | None = None
+    ) -> None:
         if of is None:
             raise ConfigError("negatives: give 'of', the dataset whose images get absent-class prompts")
         self.inner = build_spec("dataset", of)
@@ -74,5 +81,10 @@ class Negatives(Dataset):
         from ..io import load_image
 
         img = load_image(s.image)
-        return Sample(id=f"{s.id}~absent", image=img, prompt=prompt, mask=np.zeros(img.shape[:2], bool),
-                      tags={**s.tags, "negative": True, "present": s.prompt})
+        return Sample(
+            id=f"{s.id}~absent",
+            image=img,
+            prompt=prompt,
+            mask=np.zeros(img.shape[:2], bool),
+            tags={**s.tags, "negative": True, "present": s.prompt},
+        )

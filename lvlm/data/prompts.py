@@ -13,6 +13,7 @@ Four strategies, each computed from the object's mask:
 Used by the prompt-strategy benchmark (:mod:`lvlm.bench.prompt_strategies`), the decoder trainers and the
 synthetic datasets.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

@@ -9,6 +9,7 @@ must be known::
     scene.objects[0].mask  # 224 x 224 bool
     scene.objects[0].caption  # "a red triangle"
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -48,7 +49,10 @@ class SceneObject:
         """Every phrasing that describes this object (used for training)."""
         out = [f"a {self.colour} {self.shape}", f"{self.colour} {self.shape}"]
         if self.texture != "plain":
-            out += [f"a {self.texture} {self.colour} {self.shape}", f"a {self.colour} {self.texture} {self.shape}"]
+            out += [
+                f"a {self.texture} {self.colour} {self.shape}",
+                f"a {self.colour} {self.texture} {self.shape}",
+            ]
         return out
 
     @property
@@ -75,7 +79,9 @@ class Scene:
         return None
 
 
-def _shape_polygon(shape: str, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]] | None:
+def _shape_polygon(
+    shape: str, cx: float, cy: float, r: float, rot: float
+) -> list[tuple[float, float]] | None:
     def ring(n, radii, offset=0.0):
         pts = []
         for i in range(n * len(radii)):
@@ -92,7 +98,20 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, rot: float) -> li
         return ring(5, [r * 1.15, r * 0.5], -np.pi / 2)
     if shape == "cross":
         a, b = r, r * 0.36
-        base = [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]
+        base = [
+            (-b, -a),
+            (b, -a),
+            (b, -b),
+            (a, -b),
+            (a, b),
+            (b, b),
+            (b, a),
+            (-b, a),
+            (-b, b),
+            (-a, b),
+            (-a, -b),
+            (-b, -b),
+        ]
         c, s = np.cos(rot), np.sin(rot)
         return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in base]
     return None  # circle
@@ -117,12 +136,14 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         img = np.broadcast_to(base, (size, size, 3)).copy()
     elif kind == 1:  # gradient
         other = rng.uniform(60, 210, 3)
-        t = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))
+        t = xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1)
         t = (t - t.min()) / max(np.ptp(t), 1e-6)
         img = base * (1 - t[..., None]) + other * t[..., None]
     elif kind == 2:  # smooth noise
         small = rng.uniform(-40, 40, (6, 6, 3)).astype(np.float32)
-        noise = np.asarray(Image.fromarray(small.astype(np.float32)[..., 0]).resize((size, size), Image.BICUBIC))
+        noise = np.asarray(
+            Image.fromarray(small.astype(np.float32)[..., 0]).resize((size, size), Image.BICUBIC)
+        )
         img = base + noise[..., None]
     else:  # soft checkerboard
         k = rng.integers(4, 10)
@@ -155,8 +176,13 @@ def _paint(img: np.ndarray, mask: np.ndarray, colour: str, texture: str, rng: np
     img[mask] = pattern[mask]
 
 
-def make_scene(seed: int, size: int = 224, n_objects: int | tuple[int, int] = (2, 4), black_background: bool = False,
-               radius: tuple[float, float] = (0.09, 0.17)) -> Scene:
+def make_scene(
+    seed: int,
+    size: int = 224,
+    n_objects: int | tuple[int, int] = (2, 4),
+    black_background: bool = False,
+    radius: tuple[float, float] = (0.09, 0.17),
+) -> Scene:
     """One scene of ``n_objects`` non-overlapping objects with unique (colour, shape) pairs.
 
     Args:
@@ -203,8 +229,13 @@ def all_captions() -> list[str]:
     return [f"a {c} {s}" for c in COLOURS for s in SHAPES]
 
 
-def training_pairs(seeds, size: int = 224, rng_seed: int = 0, black_prob: float = 0.25,
-                   n_objects: int | tuple[int, int] = (1, 3)) -> Iterator[tuple[np.ndarray, str, int]]:
+def training_pairs(
+    seeds,
+    size: int = 224,
+    rng_seed: int = 0,
+    black_prob: float = 0.25,
+    n_objects: int | tuple[int, int] = (1, 3),
+) -> Iterator[tuple[np.ndarray, str, int]]:
     """(image, caption, class index) pairs for CLIP training, one per seed.
 
     Each image holds 1-3 objects and is captioned by one of them; with probability ``black_prob``
@@ -230,8 +261,12 @@ def training_pairs(seeds, size: int = 224, rng_seed: int = 0, black_prob: float 
         yield image, caps[rng.integers(len(caps))], labels[obj.caption]
 
 
-@register("dataset", "scenes", description="generated shapes scenes with true masks (deterministic by seed)",
-          source="lvlm.data.synthetic")
+@register(
+    "dataset",
+    "scenes",
+    description="generated shapes scenes with true masks (deterministic by seed)",
+    source="lvlm.data.synthetic",
+)
 class ScenesDataset:
     """Generated scenes; one sample per (scene, object), prompt ``a {colour} {shape}``.
 
@@ -246,8 +281,14 @@ class ScenesDataset:
         one_per_scene: one sample per scene (a random object) instead of one per object.
     """
 
-    def __init__(self, n: int = 200, start: int = 10_000_000, size: int = 224, objects_per_scene: int = 3,
-                 one_per_scene: bool = True):
+    def __init__(
+        self,
+        n: int = 200,
+        start: int = 10_000_000,
+        size: int = 224,
+        objects_per_scene: int = 3,
+        one_per_scene: bool = True,
+    ):
         self.n, self.start, self.size = n, start, size
         self.objects_per_scene = objects_per_scene
         self.one_per_scene = one_per_scene
@@ -263,5 +304,11 @@ class ScenesDataset:
             if self.one_per_scene:
                 objs = [objs[np.random.default_rng(seed).integers(len(objs))]]
             for o in objs:
-                yield Sample(id=f"scene{seed}_{o.colour}_{o.shape}", image=scene.image, prompt=o.caption, mask=o.mask,
-                             tags={"shape": o.shape, "colour": o.colour, "texture": o.texture}, box=o.box)
+                yield Sample(
+                    id=f"scene{seed}_{o.colour}_{o.shape}",
+                    image=scene.image,
+                    prompt=o.caption,
+                    mask=o.mask,
+                    tags={"shape": o.shape, "colour": o.colour, "texture": o.texture},
+                    box=o.box,
+                )

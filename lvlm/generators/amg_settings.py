@@ -5,6 +5,7 @@ The names, meanings and defaults are segment_anything's ``SamAutomaticMaskGenera
 adds ``mask_threshold``); each generator keeps them as constructor keyword arguments (config keys) and builds
 an :class:`AmgSettings` from them, so a bad value fails the same way everywhere, before any model is built.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,9 +17,20 @@ import numpy as np
 from ..errors import ConfigError
 
 #: the knobs segment_anything's SamAutomaticMaskGenerator takes (SAM 2's adds ``mask_threshold``)
-SAM_KNOBS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
-             "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
-             "crop_n_points_downscale_factor", "point_grids", "min_mask_region_area")
+SAM_KNOBS = (
+    "points_per_side",
+    "points_per_batch",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "stability_score_offset",
+    "box_nms_thresh",
+    "crop_n_layers",
+    "crop_nms_thresh",
+    "crop_overlap_ratio",
+    "crop_n_points_downscale_factor",
+    "point_grids",
+    "min_mask_region_area",
+)
 
 
 def _is_int(val: Any) -> bool:
@@ -134,12 +146,18 @@ class AmgSettings:
         if self.points_per_side is not None:
             self.points_per_side = check_positive_int("points_per_side", self.points_per_side)
         self.points_per_batch = check_positive_int("points_per_batch", self.points_per_batch)
-        self.crop_n_points_downscale_factor = check_positive_int("crop_n_points_downscale_factor",
-                                                                 self.crop_n_points_downscale_factor)
+        self.crop_n_points_downscale_factor = check_positive_int(
+            "crop_n_points_downscale_factor", self.crop_n_points_downscale_factor
+        )
         self.crop_n_layers = check_nonnegative_int("crop_n_layers", self.crop_n_layers)
         self.min_mask_region_area = check_nonnegative_int("min_mask_region_area", self.min_mask_region_area)
-        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh",
-                     "crop_overlap_ratio"):
+        for name in (
+            "pred_iou_thresh",
+            "stability_score_thresh",
+            "box_nms_thresh",
+            "crop_nms_thresh",
+            "crop_overlap_ratio",
+        ):
             setattr(self, name, check_fraction(name, getattr(self, name)))
         self.stability_score_offset = check_number("stability_score_offset", self.stability_score_offset, 0.0)
         self.mask_threshold = check_number("mask_threshold", self.mask_threshold)
@@ -147,10 +165,14 @@ class AmgSettings:
             try:
                 self.point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in self.point_grids]
             except (TypeError, ValueError):
-                raise ConfigError("point_grids: expected a list of N x 2 arrays of points in [0, 1]") from None
+                raise ConfigError(
+                    "point_grids: expected a list of N x 2 arrays of points in [0, 1]"
+                ) from None
             if len(self.point_grids) < self.crop_n_layers + 1:
-                raise ConfigError(f"point_grids has {len(self.point_grids)} grid(s); "
-                                  f"crop_n_layers={self.crop_n_layers} needs {self.crop_n_layers + 1}")
+                raise ConfigError(
+                    f"point_grids has {len(self.point_grids)} grid(s); "
+                    f"crop_n_layers={self.crop_n_layers} needs {self.crop_n_layers + 1}"
+                )
         return self
 
     def kwargs(self, *extra: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ counterparts of ``segment_anything.utils.amg`` (same results, on N masks at once
 Pure functions of tensors; tests/test_fast_amg.py pins each against segment_anything's function of the same
 job (``batched_mask_to_box``, ``remove_small_regions``, ``Sam.postprocess_masks``) or scipy.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,9 @@ import numpy as np
 import torch
 
 
-def sam_postprocess_masks(masks: torch.Tensor, img_size: int, input_size: Sequence[int],
-                          original_size: Sequence[int]) -> torch.Tensor:
+def sam_postprocess_masks(
+    masks: torch.Tensor, img_size: int, input_size: Sequence[int], original_size: Sequence[int]
+) -> torch.Tensor:
     """``segment_anything.modeling.Sam.postprocess_masks`` that skips the rows and columns of the first upsampling
     which the crop to ``input_size`` drops: bit-identical output (the first resize keeps its exact 1:4 scale and
     every kept pixel its two source rows / columns), less work on non-square images.
@@ -52,6 +54,7 @@ def boxes_from_projections(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tens
         rows: N x H bool row occupancy.
         cols: N x W bool column occupancy.
     """
+
     def edges(occ: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.arange(occ.shape[-1], device=occ.device)
         last = torch.where(occ, idx, 0).amax(-1)
@@ -107,8 +110,9 @@ def label_components(fg: torch.Tensor) -> torch.Tensor:
             flat.copy_(nxt)
 
 
-def remove_small_regions_batched(masks: torch.Tensor, area_thresh: int, chunk_pixels: int = 2**24,
-                                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def remove_small_regions_batched(
+    masks: torch.Tensor, area_thresh: int, chunk_pixels: int = 2**24, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``segment_anything.utils.amg.remove_small_regions`` on N masks at once: fill holes, then drop islands,
     smaller than ``area_thresh`` (8-connectivity). Returns the new masks and per mask whether it changed.
 
@@ -128,7 +132,7 @@ def remove_small_regions_batched(masks: torch.Tensor, area_thresh: int, chunk_pi
     per = max(1, chunk_pixels // max(1, h * w))
     outs, changed = [], []
     for s in range(0, n, per):
-        m = masks[s:s + per]
+        m = masks[s : s + per]
         m, ch1 = _fill_small(m, area_thresh, holes=True, backend=backend)
         m, ch2 = _fill_small(m, area_thresh, holes=False, backend=backend)
         outs.append(m)
@@ -136,7 +140,9 @@ def remove_small_regions_batched(masks: torch.Tensor, area_thresh: int, chunk_pi
     return torch.cat(outs), torch.cat(changed)
 
 
-def _fill_small(mask: torch.Tensor, area_thresh: int, holes: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _fill_small(
+    mask: torch.Tensor, area_thresh: int, holes: bool, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     work = ~mask if holes else mask
     labels, size_px = components(work, backend)
     small_px = work & (size_px < area_thresh)
@@ -173,7 +179,9 @@ def components(fg: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, t
     if backend == "scipy" or (backend == "auto" and fg.device.type == "cpu"):
         from scipy import ndimage
 
-        lab, k = ndimage.label(fg.cpu().numpy(), structure=_STACK_8)  # numbered in raster order, 0 = not in fg
+        lab, k = ndimage.label(
+            fg.cpu().numpy(), structure=_STACK_8
+        )  # numbered in raster order, 0 = not in fg
         sizes = np.bincount(lab.ravel(), minlength=k + 1)
         sizes[0] = 0
         labels = torch.from_numpy(lab.astype(np.int64)).to(fg.device)

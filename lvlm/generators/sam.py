@@ -4,6 +4,7 @@ Every knob of SamAutomaticMaskGenerator is a config key, with its defaults (chos
 The masks come back as :class:`~lvlm.types.Candidates` in the generator's order, with SAM's predicted
 IoU as ``scores`` and its stability score as ``stability``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -51,8 +52,10 @@ def require_cv2(min_mask_region_area: int) -> None:
         min_mask_region_area: the generator's setting (OpenCV is needed when it is > 0).
     """
     if min_mask_region_area > 0 and not has("cv2"):
-        raise MissingDependencyError("min_mask_region_area > 0 needs OpenCV (segment_anything removes small "
-                                     "regions with it); install it with: pip install opencv-python-headless")
+        raise MissingDependencyError(
+            "min_mask_region_area > 0 needs OpenCV (segment_anything removes small "
+            "regions with it); install it with: pip install opencv-python-headless"
+        )
 
 
 def automatic_mask_generator_class():
@@ -71,8 +74,12 @@ def automatic_mask_generator_class():
     return AutomaticMaskGenerator
 
 
-@register("generator", "sam", description="SAM automatic mask generator (everything mode, SamAutomaticMaskGenerator)",
-          source="segment_anything; SAM checkpoints from dl.fbaipublicfiles.com (Apache-2.0)")
+@register(
+    "generator",
+    "sam",
+    description="SAM automatic mask generator (everything mode, SamAutomaticMaskGenerator)",
+    source="segment_anything; SAM checkpoints from dl.fbaipublicfiles.com (Apache-2.0)",
+)
 class SamGenerator(MaskGenerator):
     """Everything-mode candidates from SAM: a grid of point prompts, filtered by predicted IoU and stability, NMS.
 
@@ -99,18 +106,31 @@ class SamGenerator(MaskGenerator):
         min_mask_region_area: holes and islands smaller than this many pixels are removed (0: off).
     """
 
-    def __init__(self, model_type: str = "vit_h", checkpoint: Any = "default", device: str = "auto",
-                 points_per_side: int = 32, points_per_batch: int = 64, pred_iou_thresh: float = 0.88,
-                 stability_score_thresh: float = 0.95, stability_score_offset: float = 1.0,
-                 box_nms_thresh: float = 0.7, crop_n_layers: int = 0, crop_nms_thresh: float = 0.7,
-                 crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
-                 min_mask_region_area: int = 0) -> None:
+    def __init__(
+        self,
+        model_type: str = "vit_h",
+        checkpoint: Any = "default",
+        device: str = "auto",
+        points_per_side: int = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        min_mask_region_area: int = 0,
+    ) -> None:
         self.settings = AmgSettings.from_knobs(locals())
         require_cv2(self.settings.min_mask_region_area)
         self.device = resolve_device(device)
         self.model_type = model_type
         self.model = build_sam(model_type, checkpoint, self.device)
-        self.amg = automatic_mask_generator_class()(self.model, **self.settings.kwargs(), output_mode="binary_mask")
+        self.amg = automatic_mask_generator_class()(
+            self.model, **self.settings.kwargs(), output_mode="binary_mask"
+        )
         self.source = "mobilesam" if model_type == "mobilesam" else f"sam:{model_type}"
 
     def _generate(self, image: np.ndarray) -> Candidates:

@@ -9,6 +9,7 @@ extension; where that extension is not built (CPU installs) the masks are cleane
 generator's own ``postprocess_small_regions`` (holes and islands below the area, then box NMS; needs
 opencv), so the knob works either way.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,8 +24,12 @@ from ..types import Candidates, masks_to_boxes
 from .amg_settings import AmgSettings
 
 
-@register("generator", "sam2", description="SAM 2.1 automatic mask generator (everything mode)",
-          source="facebookresearch/sam2 SAM 2.1 Hiera t/s/b+/l checkpoints (Apache-2.0)")
+@register(
+    "generator",
+    "sam2",
+    description="SAM 2.1 automatic mask generator (everything mode)",
+    source="facebookresearch/sam2 SAM 2.1 Hiera t/s/b+/l checkpoints (Apache-2.0)",
+)
 class Sam2Generator(MaskGenerator):
     """SAM 2.1 everything mode: a grid of point prompts -> filtered, de-duplicated candidate masks.
 
@@ -98,7 +103,8 @@ class Sam2Generator(MaskGenerator):
         if self._clean_here and not has("cv2"):
             raise MissingDependencyError(
                 "min_mask_region_area > 0 without sam2's compiled extension cleans masks with OpenCV; "
-                "install it with: pip install opencv-python-headless")
+                "install it with: pip install opencv-python-headless"
+            )
 
         import warnings
 
@@ -106,10 +112,17 @@ class Sam2Generator(MaskGenerator):
 
         with warnings.catch_warnings():  # torch.jit.script deprecation inside SAM2Transforms
             warnings.simplefilter("ignore", FutureWarning)
-            knobs = {**self.settings.kwargs("mask_threshold"),
-                     "min_mask_region_area": 0 if self._clean_here else self.min_mask_region_area}
-            self.amg = SAM2AutomaticMaskGenerator(self.model, **knobs, output_mode="binary_mask", use_m2m=use_m2m,
-                                                  multimask_output=multimask_output)
+            knobs = {
+                **self.settings.kwargs("mask_threshold"),
+                "min_mask_region_area": 0 if self._clean_here else self.min_mask_region_area,
+            }
+            self.amg = SAM2AutomaticMaskGenerator(
+                self.model,
+                **knobs,
+                output_mode="binary_mask",
+                use_m2m=use_m2m,
+                multimask_output=multimask_output,
+            )
         fit_feature_sizes(self.amg.predictor)
 
     def _generate(self, image: np.ndarray) -> Candidates:
@@ -134,6 +147,8 @@ class Sam2Generator(MaskGenerator):
             scores=np.asarray(data["iou_preds"], np.float32),
             stability=np.asarray(data["stability_score"], np.float32),
             source=self.source,
-            extra={"point_coords": np.asarray(data["points"], np.float32).reshape(n, 2),
-                   "crop_boxes": crop_boxes},
+            extra={
+                "point_coords": np.asarray(data["points"], np.float32).reshape(n, 2),
+                "crop_boxes": crop_boxes,
+            },
         )

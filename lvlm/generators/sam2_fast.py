@@ -12,6 +12,7 @@ warning) where the extension is not built; here it runs on any device with the b
 
 Crops (and several images with ``generate_batch``) share batched backbone calls, optionally under bf16 autocast.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -118,10 +119,27 @@ class Sam2FastGenerator(FastAutomaticMaskGenerator):
         from sam2.utils.amg import build_all_layer_point_grids
 
         check_number("mask_threshold", mask_threshold)
-        self._setup_knobs(points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
-                          stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio,
-                          crop_n_points_downscale_factor, point_grids, min_mask_region_area, output_mode, bf16,
-                          encoder_batch_size, chunk_pixels, device, progress, build_all_layer_point_grids)
+        self._setup_knobs(
+            points_per_side,
+            points_per_batch,
+            pred_iou_thresh,
+            stability_score_thresh,
+            stability_score_offset,
+            box_nms_thresh,
+            crop_n_layers,
+            crop_nms_thresh,
+            crop_overlap_ratio,
+            crop_n_points_downscale_factor,
+            point_grids,
+            min_mask_region_area,
+            output_mode,
+            bf16,
+            encoder_batch_size,
+            chunk_pixels,
+            device,
+            progress,
+            build_all_layer_point_grids,
+        )
         self.source = "sam2_fast" if model is not None else f"sam2_fast:{variant}"
         if model is None:
             from ..models.sam2 import build_sam2_model
@@ -147,7 +165,7 @@ class Sam2FastGenerator(FastAutomaticMaskGenerator):
         dev_type = torch.device(self.device).type
         out: list[_Sam2Crop] = []
         for k in range(0, len(inputs), self.encoder_batch_size):
-            batch = torch.stack(inputs[k:k + self.encoder_batch_size]).to(self.device)
+            batch = torch.stack(inputs[k : k + self.encoder_batch_size]).to(self.device)
             with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=self.bf16):
                 backbone_out = model.forward_image(batch)
                 _, vision_feats, _, feat_sizes = model._prepare_backbone_features(backbone_out)
@@ -157,7 +175,7 @@ class Sam2FastGenerator(FastAutomaticMaskGenerator):
             b = len(batch)
             feats = [f.permute(1, 2, 0).reshape(b, -1, *size) for f, size in zip(vision_feats, feat_sizes)]
             for i in range(b):
-                out.append(_Sam2Crop(feats[-1][i:i + 1], [f[i:i + 1] for f in feats[:-1]]))
+                out.append(_Sam2Crop(feats[-1][i : i + 1], [f[i : i + 1] for f in feats[:-1]]))
         self._dense_pe = model.sam_prompt_encoder.get_dense_pe()
         return out
 
@@ -168,15 +186,23 @@ class Sam2FastGenerator(FastAutomaticMaskGenerator):
         coords[..., 1] = coords[..., 1] / h
         return coords * self.model.image_size
 
-    def _run_decoder(self, state: _Sam2Crop, in_points: torch.Tensor, mask_input: torch.Tensor | None,
-                     multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run_decoder(
+        self, state: _Sam2Crop, in_points: torch.Tensor, mask_input: torch.Tensor | None, multimask: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.model
         labels = torch.ones(len(in_points), 1, dtype=torch.int, device=in_points.device)
-        sparse, dense = model.sam_prompt_encoder(points=(in_points[:, None, :], labels), boxes=None, masks=mask_input)
+        sparse, dense = model.sam_prompt_encoder(
+            points=(in_points[:, None, :], labels), boxes=None, masks=mask_input
+        )
         low, iou, _, _ = model.sam_mask_decoder(
-            image_embeddings=state.image_embed, image_pe=self._dense_pe, sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, multimask_output=multimask, repeat_image=len(in_points) > 1,
-            high_res_features=state.high_res)
+            image_embeddings=state.image_embed,
+            image_pe=self._dense_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+            repeat_image=len(in_points) > 1,
+            high_res_features=state.high_res,
+        )
         return low, iou
 
     def _decode(self, state: _Sam2Crop, in_points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,8 +216,9 @@ class Sam2FastGenerator(FastAutomaticMaskGenerator):
         prev = torch.clamp(low.flatten(0, 1), -32.0, 32.0)[:, None]
         lows, ious = [], []
         for s in range(0, len(pts), self.points_per_batch):
-            lo, io = self._run_decoder(state, pts[s:s + self.points_per_batch], prev[s:s + self.points_per_batch],
-                                       False)
+            lo, io = self._run_decoder(
+                state, pts[s : s + self.points_per_batch], prev[s : s + self.points_per_batch], False
+            )
             lows.append(lo)
             ious.append(io)
         return torch.cat(lows).view(low.shape), torch.cat(ious).view(iou.shape)

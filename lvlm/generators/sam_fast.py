@@ -21,6 +21,7 @@ One documented difference remains: when every island of a mask is smaller than `
 two of them tie for the largest, the official code keeps the one OpenCV labels first, this one the one whose
 first pixel comes first in raster order.
 """
+
 from __future__ import annotations
 
 import time
@@ -54,10 +55,28 @@ class FastAutomaticMaskGenerator(MaskGenerator):
     name = "fast_amg"
     multimask_output = True
 
-    def _setup_knobs(self, points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
-                     stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio,
-                     crop_n_points_downscale_factor, point_grids, min_mask_region_area, output_mode, bf16,
-                     encoder_batch_size, chunk_pixels, device, progress, build_point_grids) -> None:
+    def _setup_knobs(
+        self,
+        points_per_side,
+        points_per_batch,
+        pred_iou_thresh,
+        stability_score_thresh,
+        stability_score_offset,
+        box_nms_thresh,
+        crop_n_layers,
+        crop_nms_thresh,
+        crop_overlap_ratio,
+        crop_n_points_downscale_factor,
+        point_grids,
+        min_mask_region_area,
+        output_mode,
+        bf16,
+        encoder_batch_size,
+        chunk_pixels,
+        device,
+        progress,
+        build_point_grids,
+    ) -> None:
         self.device = resolve_device(device)
         on_gpu = torch.device(self.device).type != "cpu"
         if points_per_batch is None:
@@ -68,12 +87,24 @@ class FastAutomaticMaskGenerator(MaskGenerator):
             raise ConfigError(f"output_mode={output_mode!r}; valid values: {', '.join(OUTPUT_MODES)}")
         self.settings = st
         if st.points_per_side is not None:
-            self.point_grids = build_point_grids(st.points_per_side, st.crop_n_layers, st.crop_n_points_downscale_factor)
+            self.point_grids = build_point_grids(
+                st.points_per_side, st.crop_n_layers, st.crop_n_points_downscale_factor
+            )
         else:
             self.point_grids = st.point_grids
-        for name in ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
-                     "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh",
-                     "crop_overlap_ratio", "crop_n_points_downscale_factor", "min_mask_region_area"):
+        for name in (
+            "points_per_side",
+            "points_per_batch",
+            "pred_iou_thresh",
+            "stability_score_thresh",
+            "stability_score_offset",
+            "box_nms_thresh",
+            "crop_n_layers",
+            "crop_nms_thresh",
+            "crop_overlap_ratio",
+            "crop_n_points_downscale_factor",
+            "min_mask_region_area",
+        ):
             setattr(self, name, getattr(st, name))  # the engine reads them as attributes
         self.output_mode = output_mode
         self.bf16 = bool(bf16)
@@ -152,11 +183,13 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         timings = {"encoder": 0.0, "decoder": 0.0, "masks": 0.0, "small_regions": 0.0}
         jobs = []  # (image index, crop box, layer index), in the official crop order
         for i, im in enumerate(images):
-            crop_boxes, layer_idxs = generate_crop_boxes(im.shape[:2], self.crop_n_layers, self.crop_overlap_ratio)
+            crop_boxes, layer_idxs = generate_crop_boxes(
+                im.shape[:2], self.crop_n_layers, self.crop_overlap_ratio
+            )
             jobs += [(i, box, layer) for box, layer in zip(crop_boxes, layer_idxs)]
 
         t0 = time.perf_counter()
-        states = self._encode([images[i][b[1]:b[3], b[0]:b[2]] for i, b, _ in jobs])
+        states = self._encode([images[i][b[1] : b[3], b[0] : b[2]] for i, b, _ in jobs])
         self._sync()
         timings["encoder"] = time.perf_counter() - t0
 
@@ -190,8 +223,9 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         self.last_timings = timings
         return out
 
-    def _process_crop(self, state: Any, crop_box: list[int], layer: int, orig_size: tuple[int, int],
-                      crop_index: int) -> dict[str, torch.Tensor]:
+    def _process_crop(
+        self, state: Any, crop_box: list[int], layer: int, orig_size: tuple[int, int], crop_index: int
+    ) -> dict[str, torch.Tensor]:
         """All points of one crop: decode, IoU filter, stability, boxes, edge filter, NMS (official order)."""
         from segment_anything.utils.amg import calculate_stability_score, is_box_near_crop_edge
         from torchvision.ops.boxes import batched_nms
@@ -207,11 +241,12 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         thr = self.mask_threshold
         per_chunk = max(1, self.chunk_pixels // self._full_res_cost(crop_hw))
 
-        kept: dict[str, list[torch.Tensor]] = {k: [] for k in ("low_res", "iou_preds", "stability_score", "boxes",
-                                                                "points")}
+        kept: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("low_res", "iou_preds", "stability_score", "boxes", "points")
+        }
         empty_low = None
         for s in range(0, len(in_points), self.points_per_batch):
-            low, iou = self._decode(state, in_points[s:s + self.points_per_batch])
+            low, iou = self._decode(state, in_points[s : s + self.points_per_batch])
             n_out = low.shape[1]
             low, iou = low.flatten(0, 1), iou.flatten(0, 1)
             empty_low = low[:0]
@@ -221,7 +256,7 @@ class FastAutomaticMaskGenerator(MaskGenerator):
                 low, iou, pidx = low[keep], iou[keep], pidx[keep]
             stab_parts, box_parts = [], []
             for c in range(0, len(low), per_chunk):
-                m = self._upscale(low[c:c + per_chunk], state, crop_hw)
+                m = self._upscale(low[c : c + per_chunk], state, crop_hw)
                 stab_parts.append(calculate_stability_score(m, thr, self.stability_score_offset))
                 # = batched_mask_to_box(m > thr), from the row / column maxima (no full-size bool mask)
                 box_parts.append(boxes_from_projections(m.amax(-1) > thr, m.amax(-2) > thr))
@@ -242,12 +277,19 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         if kept["low_res"]:
             data = {k: torch.cat(v) for k, v in kept.items()}
         else:
-            data = {"low_res": empty_low, "iou_preds": torch.zeros(0, device=dev),
-                    "stability_score": torch.zeros(0, device=dev),
-                    "boxes": torch.zeros(0, 4, dtype=torch.long, device=dev),
-                    "points": torch.zeros(0, 2, dtype=points_t.dtype, device=dev)}
-        keep = batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros(len(data["boxes"]), device=dev),
-                           iou_threshold=self.box_nms_thresh)
+            data = {
+                "low_res": empty_low,
+                "iou_preds": torch.zeros(0, device=dev),
+                "stability_score": torch.zeros(0, device=dev),
+                "boxes": torch.zeros(0, 4, dtype=torch.long, device=dev),
+                "points": torch.zeros(0, 2, dtype=points_t.dtype, device=dev),
+            }
+        keep = batched_nms(
+            data["boxes"].float(),
+            data["iou_preds"],
+            torch.zeros(len(data["boxes"]), device=dev),
+            iou_threshold=self.box_nms_thresh,
+        )
         data = {k: v[keep] for k, v in data.items()}
         offset = torch.tensor([x0, y0], device=dev)
         data["boxes"] = data["boxes"] + offset.repeat(2)[None]
@@ -263,11 +305,17 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         if self.crop_n_layers == 0 or len(data["boxes"]) == 0:
             return data
         scores = 1 / box_area(data["crop_boxes"])
-        keep = batched_nms(data["boxes"].float(), scores, torch.zeros(len(scores), device=scores.device),
-                           iou_threshold=self.crop_nms_thresh)
+        keep = batched_nms(
+            data["boxes"].float(),
+            scores,
+            torch.zeros(len(scores), device=scores.device),
+            iou_threshold=self.crop_nms_thresh,
+        )
         return {k: v[keep] for k, v in data.items()}
 
-    def _final_masks(self, data: dict[str, torch.Tensor], crop_of: dict[int, Any], h: int, w: int) -> torch.Tensor:
+    def _final_masks(
+        self, data: dict[str, torch.Tensor], crop_of: dict[int, Any], h: int, w: int
+    ) -> torch.Tensor:
         """Full-resolution bool masks of the survivors, recomputed from their low-res logits, in the image frame."""
         n = len(data["low_res"])
         masks = torch.zeros(n, h, w, dtype=torch.bool, device=self.device)
@@ -280,8 +328,10 @@ class FastAutomaticMaskGenerator(MaskGenerator):
             idx = torch.nonzero(crop_index == j).flatten()
             per_chunk = max(1, self.chunk_pixels // self._full_res_cost(crop_hw))
             for c in range(0, len(idx), per_chunk):
-                sel = idx[c:c + per_chunk]
-                masks[sel, y0:y1, x0:x1] = self._upscale(data["low_res"][sel], state, crop_hw) > self.mask_threshold
+                sel = idx[c : c + per_chunk]
+                masks[sel, y0:y1, x0:x1] = (
+                    self._upscale(data["low_res"][sel], state, crop_hw) > self.mask_threshold
+                )
         return masks
 
     def _postprocess_small_regions(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -289,13 +339,18 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         from segment_anything.utils.amg import batched_mask_to_box
         from torchvision.ops.boxes import batched_nms
 
-        masks, changed = remove_small_regions_batched(data["masks"], self.min_mask_region_area,
-                                                      chunk_pixels=max(1, self.chunk_pixels // 4))
+        masks, changed = remove_small_regions_batched(
+            data["masks"], self.min_mask_region_area, chunk_pixels=max(1, self.chunk_pixels // 4)
+        )
         boxes = batched_mask_to_box(masks)
         scores = (~changed).float()
         # the official code runs this NMS on CPU tensors; so does this, so that ties (scores are 0/1) break alike
-        keep = batched_nms(boxes.float().cpu(), scores.cpu(), torch.zeros(len(boxes)),
-                           iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh)).to(masks.device)
+        keep = batched_nms(
+            boxes.float().cpu(),
+            scores.cpu(),
+            torch.zeros(len(boxes)),
+            iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh),
+        ).to(masks.device)
         data = {k: v[keep] for k, v in data.items() if k != "masks"}
         data["masks"] = masks[keep]
         data["boxes"] = boxes[keep]
@@ -312,9 +367,14 @@ class FastAutomaticMaskGenerator(MaskGenerator):
             "crop_boxes": _xyxy_to_xywh(d["crop_boxes"].cpu().numpy()).astype(np.float32),  # XYWH, as SAM's
             "timings": dict(self.last_timings),
         }
-        return Candidates(masks=masks.cpu().numpy(), boxes=boxes.cpu().numpy(),
-                          scores=d["iou_preds"].float().cpu().numpy(),
-                          stability=d["stability_score"].float().cpu().numpy(), source=self.source, extra=extra)
+        return Candidates(
+            masks=masks.cpu().numpy(),
+            boxes=boxes.cpu().numpy(),
+            scores=d["iou_preds"].float().cpu().numpy(),
+            stability=d["stability_score"].float().cpu().numpy(),
+            source=self.source,
+            extra=extra,
+        )
 
     def _sync(self) -> None:
         if torch.device(self.device).type == "cuda":
@@ -407,16 +467,35 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
         from segment_anything.utils.amg import build_all_layer_point_grids
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        self._setup_knobs(points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
-                          stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio,
-                          crop_n_points_downscale_factor, point_grids, min_mask_region_area, output_mode, bf16,
-                          encoder_batch_size, chunk_pixels, device, progress, build_all_layer_point_grids)
+        self._setup_knobs(
+            points_per_side,
+            points_per_batch,
+            pred_iou_thresh,
+            stability_score_thresh,
+            stability_score_offset,
+            box_nms_thresh,
+            crop_n_layers,
+            crop_nms_thresh,
+            crop_overlap_ratio,
+            crop_n_points_downscale_factor,
+            point_grids,
+            min_mask_region_area,
+            output_mode,
+            bf16,
+            encoder_batch_size,
+            chunk_pixels,
+            device,
+            progress,
+            build_all_layer_point_grids,
+        )
         if backend not in ("torch", "onnxruntime"):  # before any weights are loaded
             raise ConfigError(f"backend={backend!r}; valid: torch, onnxruntime")
         if backend == "onnxruntime":
             from ..models.onnx import resolve_backend
 
-            resolve_backend("onnxruntime", self.device, option="backend")  # CPU and lvlm[onnx], or a clear error
+            resolve_backend(
+                "onnxruntime", self.device, option="backend"
+            )  # CPU and lvlm[onnx], or a clear error
         self.source = "sam_fast" if model is not None else f"sam_fast:{model_type}"
         if model is None:
             from ..models.sam import build_sam
@@ -450,18 +529,33 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
             self._ort_encoder = enc
         elif sum(t.numel() * t.element_size() for t in enc.state_dict().values()) < 1.9e9:
             if any(type(x).__name__ == "Conv2d_BN" for x in enc.modules()):
-                enc = fuse_conv_bn(copy.deepcopy(enc))  # TinyViT: folded for inference; the given model unchanged
+                enc = fuse_conv_bn(
+                    copy.deepcopy(enc)
+                )  # TinyViT: folded for inference; the given model unchanged
             self._ort_encoder = onnx_encoder(enc, label)
         else:
-            warnings.warn(f"the {label} image encoder is over ONNX's 2 GB limit: it runs in torch, the mask decoder "
-                          "in ONNX Runtime", stacklevel=3)
+            warnings.warn(
+                f"the {label} image encoder is over ONNX's 2 GB limit: it runs in torch, the mask decoder "
+                "in ONNX Runtime",
+                stacklevel=3,
+            )
         if self.bf16 and self._ort_encoder is not None:
-            raise ConfigError("bf16 applies to a torch encoder; this one runs in ONNX Runtime: set bf16: false")
+            raise ConfigError(
+                "bf16 applies to a torch encoder; this one runs in ONNX Runtime: set bf16: false"
+            )
         pe = m.prompt_encoder
         c, (h, w) = pe.embed_dim, pe.image_embedding_size
-        example = (torch.zeros(1, c, h, w), pe.get_dense_pe().detach(), torch.zeros(self.points_per_batch, 2, c))
-        self._ort_decoder = onnx_module(_PointDecoder(m.prompt_encoder, m.mask_decoder, self.multimask_output),
-                                        example, f"{label}-decoder", dynamic_axes={"input2": {0: "points"}})
+        example = (
+            torch.zeros(1, c, h, w),
+            pe.get_dense_pe().detach(),
+            torch.zeros(self.points_per_batch, 2, c),
+        )
+        self._ort_decoder = onnx_module(
+            _PointDecoder(m.prompt_encoder, m.mask_decoder, self.multimask_output),
+            example,
+            f"{label}-decoder",
+            dynamic_axes={"input2": {0: "points"}},
+        )
 
     def _encode(self, crops: list[np.ndarray]) -> list[tuple[torch.Tensor, tuple[int, int]]]:
         """Image embeddings of all crops, ``encoder_batch_size`` per call (each as ``SamPredictor.set_image``)."""
@@ -477,7 +571,7 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
         feats = []
         dev_type = torch.device(self.device).type
         for k in range(0, len(inputs), self.encoder_batch_size):
-            batch = torch.cat(inputs[k:k + self.encoder_batch_size])
+            batch = torch.cat(inputs[k : k + self.encoder_batch_size])
             if self._ort_encoder is not None:
                 f = self._ort_encoder(batch)
             else:
@@ -486,10 +580,12 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
             feats.append(f.float())
         feats = torch.cat(feats)
         self._dense_pe = model.prompt_encoder.get_dense_pe()
-        return [(feats[j:j + 1], sizes[j]) for j in range(len(crops))]
+        return [(feats[j : j + 1], sizes[j]) for j in range(len(crops))]
 
     def _transform_points(self, points: np.ndarray, crop_hw: tuple[int, int]) -> torch.Tensor:
-        return torch.as_tensor(self.transform.apply_coords(points, crop_hw), device=self.device)  # float64 as official
+        return torch.as_tensor(
+            self.transform.apply_coords(points, crop_hw), device=self.device
+        )  # float64 as official
 
     def _decode(self, state, in_points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``SamPredictor.predict_torch`` for a batch of single foreground points, without the upsampling."""
@@ -498,15 +594,22 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
         sparse, dense = model.prompt_encoder(points=(in_points[:, None, :], labels), boxes=None, masks=None)
         if self._ort_decoder is not None:  # exported with a free number of points
             return self._ort_decoder(state[0], self._dense_pe, sparse)
-        return model.mask_decoder(image_embeddings=state[0], image_pe=self._dense_pe, sparse_prompt_embeddings=sparse,
-                                  dense_prompt_embeddings=dense, multimask_output=self.multimask_output)
+        return model.mask_decoder(
+            image_embeddings=state[0],
+            image_pe=self._dense_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=self.multimask_output,
+        )
 
     def _upscale(self, low: torch.Tensor, state, crop_hw: tuple[int, int]) -> torch.Tensor:
         """``Sam.postprocess_masks`` of N x h x w logits -> N x H x W (crop resolution), same values."""
         input_size = state[1]
         if not self._own_postprocess:
             return self.model.postprocess_masks(low[:, None], input_size, crop_hw)[:, 0]
-        return sam_postprocess_masks(low[:, None], self.model.image_encoder.img_size, input_size, crop_hw)[:, 0]
+        return sam_postprocess_masks(low[:, None], self.model.image_encoder.img_size, input_size, crop_hw)[
+            :, 0
+        ]
 
     def _full_res_cost(self, crop_hw: tuple[int, int]) -> int:
         side = self.model.image_encoder.img_size
@@ -524,10 +627,15 @@ class _PointDecoder(torch.nn.Module):
 
     def forward(self, image_embeddings, image_pe, sparse):
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-            sparse.shape[0], -1, image_embeddings.shape[-2], image_embeddings.shape[-1])
-        return self.mask_decoder(image_embeddings=image_embeddings, image_pe=image_pe,
-                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                 multimask_output=self.multimask)
+            sparse.shape[0], -1, image_embeddings.shape[-2], image_embeddings.shape[-1]
+        )
+        return self.mask_decoder(
+            image_embeddings=image_embeddings,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=self.multimask,
+        )
 
 
 def _xyxy_to_xywh(b: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 Concrete models (open_clip presets, MedCLIP, our own trained CLIPs) subclass :class:`ClipModel`
 and register a builder under kind ``"clip"``; callers only use what is declared here.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -16,6 +16,7 @@ Weights (all through :mod:`lvlm.weights`):
   :func:`lvlm.weights.load_state_dict` and :func:`lvlm.weights.load_into`, so a bad file is one
   :class:`~lvlm.errors.WeightsError` line.
 """
+
 from __future__ import annotations
 
 import os
@@ -73,19 +74,27 @@ def load_clipseg(model: str | os.PathLike = DEFAULT_MODEL, revision: str | None 
     if not is_hf_repo_id(name) or p.is_file():
         raise WeightsNotFoundError(
             f"CLIPSeg model folder {name!r} not found; give a folder written by save_pretrained "
-            f"(config.json + model weights + processor files) or a Hugging Face id such as {DEFAULT_MODEL!r}")
+            f"(config.json + model weights + processor files) or a Hugging Face id such as {DEFAULT_MODEL!r}"
+        )
     local = cache_dir() / name
     if local.is_dir():
         return _load_dir(tf, local)
-    return hf_pretrained(lambda folder: _load_dir(tf, Path(folder)), name, what="CLIPSeg model",
-                         revision=revision, allow_patterns=HF_FILES, looked_in=[local])
+    return hf_pretrained(
+        lambda folder: _load_dir(tf, Path(folder)),
+        name,
+        what="CLIPSeg model",
+        revision=revision,
+        allow_patterns=HF_FILES,
+        looked_in=[local],
+    )
 
 
 def _load_dir(tf, path: Path) -> tuple[Any, Any]:
     if not (path / "config.json").is_file():
         raise WeightsNotFoundError(
             f"CLIPSeg model {str(path)!r}: no config.json; expected a folder written by save_pretrained "
-            f"(like {hub_url(DEFAULT_MODEL)})")
+            f"(like {hub_url(DEFAULT_MODEL)})"
+        )
     from ..weights import read_errors
 
     try:
@@ -116,13 +125,31 @@ def tiny_clipseg(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
     tok, vocab = byte_level_clip_tokenizer(model_max_length=32)
     bos, eos = "<|startoftext|>", "<|endoftext|>"
     cfg = CLIPSegConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64,
-                     "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 32,
-                     "bos_token_id": vocab[bos], "eos_token_id": vocab[eos], "pad_token_id": vocab[eos]},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
-                       "num_attention_heads": 2, "image_size": image_size, "patch_size": 8},
-        projection_dim=16, reduce_dim=16, extract_layers=[0, 1, 2], decoder_num_attention_heads=2,
-        decoder_intermediate_size=32, use_complex_transposed_convolution=True,
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 32,
+            "bos_token_id": vocab[bos],
+            "eos_token_id": vocab[eos],
+            "pad_token_id": vocab[eos],
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+            "image_size": image_size,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+        reduce_dim=16,
+        extract_layers=[0, 1, 2],
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+        use_complex_transposed_convolution=True,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -130,8 +157,11 @@ def tiny_clipseg(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
         for m in net.decoder.modules():  # PyTorch's default init: logits of order 1, not saturated
             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
                 m.reset_parameters()
-    ip = ViTImageProcessor(size={"height": image_size, "width": image_size},
-                           image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    ip = ViTImageProcessor(
+        size={"height": image_size, "width": image_size},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
     return net.eval(), CLIPSegProcessor(image_processor=ip, tokenizer=tok)
 
 
@@ -211,8 +241,14 @@ def load_decoder(net, path: str | os.PathLike) -> dict[str, str]:
     if not p.exists():
         raise WeightsNotFoundError(f"{what} {str(p)!r}: file not found (write one with `lvlm train clipseg`)")
     sd = load_state_dict(p, what=what)
-    load_into(net.decoder, sd, what=what, path=p, prefix_hint="decoder.",
-              hint="a decoder trained for another CLIPSeg model?")
+    load_into(
+        net.decoder,
+        sd,
+        what=what,
+        path=p,
+        prefix_hint="decoder.",
+        hint="a decoder trained for another CLIPSeg model?",
+    )
     return decoder_metadata(p)
 
 
@@ -229,8 +265,9 @@ class ClipSegModel:
 
     text_cache_size = 256
 
-    def __init__(self, net: Any, processor: Any, device: str = "cpu", image_size: int | None = None,
-                 name: str = "") -> None:
+    def __init__(
+        self, net: Any, processor: Any, device: str = "cpu", image_size: int | None = None, name: str = ""
+    ) -> None:
         self.net = net.to(device).eval()
         self.processor = processor
         self.device = str(device)
@@ -248,7 +285,9 @@ class ClipSegModel:
         Args:
             images: H x W x 3 uint8 images.
         """
-        kw = {} if self.image_size is None else {"size": {"height": self.image_size, "width": self.image_size}}
+        kw = (
+            {} if self.image_size is None else {"size": {"height": self.image_size, "width": self.image_size}}
+        )
         out = self.processor.image_processor(images=list(images), return_tensors="pt", **kw)
         return out["pixel_values"].to(self.device)
 
@@ -263,12 +302,15 @@ class ClipSegModel:
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         if missing:
             max_len = int(self.net.config.text_config.max_position_embeddings)
-            enc = self.processor.tokenizer(missing, padding=True, truncation=True, max_length=max_len,
-                                           return_tensors="pt")
+            enc = self.processor.tokenizer(
+                missing, padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+            )
             with torch.inference_mode():
                 emb = self.net.get_conditional_embeddings(
-                    batch_size=len(missing), input_ids=enc["input_ids"].to(self.device),
-                    attention_mask=enc["attention_mask"].to(self.device))
+                    batch_size=len(missing),
+                    input_ids=enc["input_ids"].to(self.device),
+                    attention_mask=enc["attention_mask"].to(self.device),
+                )
             if len(self._text_cache) > self.text_cache_size:
                 self._text_cache.clear()
             for t, e in zip(missing, emb):
@@ -313,14 +355,21 @@ class ClipSegModel:
         import torch.nn.functional as F
 
         with torch.inference_mode():
-            prob = torch.sigmoid(F.interpolate(logits[:, None].float(), size=tuple(size), mode="bilinear",
-                                               align_corners=False)[:, 0])
+            prob = torch.sigmoid(
+                F.interpolate(
+                    logits[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False
+                )[:, 0]
+            )
         return prob.cpu().numpy()
 
 
-def load_clipseg_model(model: str | os.PathLike = DEFAULT_MODEL, decoder_checkpoint: str | os.PathLike | None = None,
-                       device: str = "cpu", image_size: int | None = None,
-                       revision: str | None = None) -> tuple[ClipSegModel, dict[str, str]]:
+def load_clipseg_model(
+    model: str | os.PathLike = DEFAULT_MODEL,
+    decoder_checkpoint: str | os.PathLike | None = None,
+    device: str = "cpu",
+    image_size: int | None = None,
+    revision: str | None = None,
+) -> tuple[ClipSegModel, dict[str, str]]:
     """A :class:`ClipSegModel` with an optional trained decoder, and the decoder checkpoint's metadata.
 
     Args:

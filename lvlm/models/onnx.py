@@ -10,6 +10,7 @@ Why: on CPUs ONNX Runtime's convolution kernels (fused convolution + activation,
 run LiteMedSAM's TinyViT encoder faster than eager torch, with the same embedding to 1.3e-6 (figures in
 docs/performance.md, ``benchmarks/encoder_speed.py --model litemedsam``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,8 +63,10 @@ def resolve_backend(backend: str, device: str, option: str = "encoder_backend") 
         return "onnxruntime" if on_cpu and available() else "torch"
     if backend == "onnxruntime":
         if not on_cpu:
-            raise ConfigError(f"{option}='onnxruntime' runs on the CPU only (device={device!r}); "
-                              f"use {option}: torch on a GPU")
+            raise ConfigError(
+                f"{option}='onnxruntime' runs on the CPU only (device={device!r}); "
+                f"use {option}: torch on a GPU"
+            )
         require("onnxruntime", f"{option}: onnxruntime")
         require("onnx", "exporting to ONNX")
     return backend
@@ -99,9 +102,11 @@ def _digest(module, example, opset: int, dynamic_axes: dict | None = None) -> st
 
     h = hashlib.sha256()
     shapes = [(tuple(x.shape), str(x.dtype)) for x in _examples(example)]
-    h.update(f"{type(module).__module__}.{type(module).__qualname__}|{_package_versions(module)}|"
-             f"lvlm=={__version__}|{torch.__version__}|{opset}|{shapes}|{sorted((dynamic_axes or {}).items())}|"
-             f"{getattr(module, 'onnx_key', '')}".encode())
+    h.update(
+        f"{type(module).__module__}.{type(module).__qualname__}|{_package_versions(module)}|"
+        f"lvlm=={__version__}|{torch.__version__}|{opset}|{shapes}|{sorted((dynamic_axes or {}).items())}|"
+        f"{getattr(module, 'onnx_key', '')}".encode()
+    )
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
@@ -130,11 +135,19 @@ def export_bytes(module, example, opset: int = OPSET, dynamic_axes: dict | None 
     examples = _examples(example)
     buf = io.BytesIO()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's concern
+        warnings.simplefilter(
+            "ignore"
+        )  # the exporter's deprecation and tracer notes are not the user's concern
         with torch.no_grad():
-            torch.onnx.export(module, examples, buf, opset_version=opset,
-                              input_names=[f"input{i}" for i in range(len(examples))],
-                              dynamic_axes=dynamic_axes, **kwargs)
+            torch.onnx.export(
+                module,
+                examples,
+                buf,
+                opset_version=opset,
+                input_names=[f"input{i}" for i in range(len(examples))],
+                dynamic_axes=dynamic_axes,
+                **kwargs,
+            )
     return buf.getvalue()
 
 
@@ -151,8 +164,10 @@ def _write_cached(path: Path, data: bytes) -> bool:
         atomic_write(path, data, fsync=False)
         return True
     except OSError as exc:
-        warnings.warn(f"could not cache the ONNX export at {path} ({exc}); it will be exported again next time",
-                      stacklevel=4)
+        warnings.warn(
+            f"could not cache the ONNX export at {path} ({exc}); it will be exported again next time",
+            stacklevel=4,
+        )
         return False
 
 
@@ -175,13 +190,17 @@ class OnnxModule(torch.nn.Module):
         path: the cached ONNX file, or None.
     """
 
-    def __init__(self, torch_module, model_bytes: bytes, threads: int | None = None, path: Path | None = None):
+    def __init__(
+        self, torch_module, model_bytes: bytes, threads: int | None = None, path: Path | None = None
+    ):
         super().__init__()
         self.threads = int(threads or torch.get_num_threads())
         self.path = path
         self.model_bytes = None if path is not None else model_bytes  # a cached file is read again by a copy
         self.session = self._session(model_bytes)
-        object.__setattr__(self, "torch_module", torch_module)  # kept, not a submodule: see _save_to_state_dict
+        object.__setattr__(
+            self, "torch_module", torch_module
+        )  # kept, not a submodule: see _save_to_state_dict
         self.train(False)
 
     def _session(self, model_bytes: bytes | None = None):
@@ -230,8 +249,10 @@ class OnnxModule(torch.nn.Module):
         self.torch_module.state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        raise LvlmError("this encoder runs an ONNX export of fixed weights; loading new weights would not change "
-                        "it: build the model again with the new checkpoint (or use encoder_backend: torch)")
+        raise LvlmError(
+            "this encoder runs an ONNX export of fixed weights; loading new weights would not change "
+            "it: build the model again with the new checkpoint (or use encoder_backend: torch)"
+        )
 
     def forward(self, *xs):
         """Run the ONNX Runtime session on CPU tensors; returns float32 tensor(s).
@@ -248,7 +269,7 @@ class OnnxModule(torch.nn.Module):
             res = tuple(torch.from_numpy(o) for o in outs)
             return res[0] if len(res) == 1 else res
         x = arrays[0]
-        outs = [self.session.run(None, {"input0": x[i:i + 1]})[0] for i in range(x.shape[0])]
+        outs = [self.session.run(None, {"input0": x[i : i + 1]})[0] for i in range(x.shape[0])]
         if not outs:  # an empty batch: the output shape of one example, zero rows
             meta = self.session.get_outputs()[0]
             return torch.zeros((0, *meta.shape[1:]), dtype=torch.float32)
@@ -258,8 +279,14 @@ class OnnxModule(torch.nn.Module):
         return f"onnxruntime, threads={self.threads}, file={self.path}"
 
 
-def onnx_module(module, example, name: str, threads: int | None = None, opset: int = OPSET,
-                dynamic_axes: dict | None = None) -> OnnxModule:
+def onnx_module(
+    module,
+    example,
+    name: str,
+    threads: int | None = None,
+    opset: int = OPSET,
+    dynamic_axes: dict | None = None,
+) -> OnnxModule:
     """``module`` (eval mode, CPU) as an :class:`OnnxModule`, exported on ``example`` (``dynamic_axes``: see
     :func:`export_bytes`).
 
@@ -284,20 +311,25 @@ def onnx_module(module, example, name: str, threads: int | None = None, opset: i
         try:
             return _checked(OnnxModule(module, data, threads, path), n_in, name)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            warnings.warn(f"ONNX Runtime could not load the cached {path} ({type(exc).__name__}); "
-                          "exporting it again", stacklevel=2)
+            warnings.warn(
+                f"ONNX Runtime could not load the cached {path} ({type(exc).__name__}); exporting it again",
+                stacklevel=2,
+            )
     try:
         data = export_bytes(module, example, opset, dynamic_axes)
     except LvlmError:
         raise
     except Exception as exc:  # the exporter raises many kinds; say which module failed
-        raise LvlmError(f"exporting {name} to ONNX failed ({type(exc).__name__}: {exc}); "
-                        "use the torch backend") from exc
+        raise LvlmError(
+            f"exporting {name} to ONNX failed ({type(exc).__name__}: {exc}); use the torch backend"
+        ) from exc
     try:
         module_ = _checked(OnnxModule(module, data, threads, None), n_in, name)
     except Exception as exc:
-        raise LvlmError(f"ONNX Runtime could not load the export of {name} ({type(exc).__name__}: {exc}); "
-                        "use the torch backend") from exc
+        raise LvlmError(
+            f"ONNX Runtime could not load the export of {name} ({type(exc).__name__}: {exc}); "
+            "use the torch backend"
+        ) from exc
     if _write_cached(path, data):
         module_.path, module_.model_bytes = path, None  # the session has its copy; copies read the file
     return module_
@@ -307,6 +339,8 @@ def _checked(mod: OnnxModule, n_inputs: int, name: str) -> OnnxModule:
     """The export must take every example input (a graph whose inputs were traced away is a constant)."""
     got = len(mod.session.get_inputs())
     if got != n_inputs:
-        raise LvlmError(f"the ONNX export of {name} takes {got} input(s), not {n_inputs}: its output does not "
-                        "depend on its input as traced")
+        raise LvlmError(
+            f"the ONNX export of {name} takes {got} input(s), not {n_inputs}: its output does not "
+            "depend on its input as traced"
+        )
     return mod

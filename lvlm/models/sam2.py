@@ -13,6 +13,7 @@ it runs the automatic mask generator on one CPU core in well under a second.
 
 ``sam2`` is an optional dependency (``pip install "lvlm[sam2]"``); it is imported on first use.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -96,8 +97,11 @@ def build_sam2_model(variant: str = "large", checkpoint: Any = "default", device
     random_init = is_random(checkpoint) or (checkpoint == "default" and filename is None)
     path = None
     if not random_init:  # resolve first: a missing file fails in seconds, before the model is built
-        path = resolve(weight_spec(variant), None if checkpoint == "default" else checkpoint,
-                       what=f"SAM 2 {variant} checkpoint")
+        path = resolve(
+            weight_spec(variant),
+            None if checkpoint == "default" else checkpoint,
+            what=f"SAM 2 {variant} checkpoint",
+        )
 
     import torch
 
@@ -125,8 +129,13 @@ def build_sam2_model(variant: str = "large", checkpoint: Any = "default", device
 def _load_weights(model, path, variant: str) -> None:
     """Load a SAM 2.1 checkpoint strictly; a bad file or one of another variant gives one WeightsError line."""
     what = f"SAM 2.1 {variant} checkpoint"
-    load_into(model, load_state_dict(path, what=what), what=what, path=path,
-              hint=f"check the variant (valid: {', '.join(VARIANTS)})")
+    load_into(
+        model,
+        load_state_dict(path, what=what),
+        what=what,
+        path=path,
+        hint=f"check the variant (valid: {', '.join(VARIANTS)})",
+    )
 
 
 def image_predictor(model, **kwargs):
@@ -191,9 +200,16 @@ class Sam2Adapter:
         pred = self.predictor
         pred.set_image_batch([np.ascontiguousarray(im) for im in images])
         feats, hws = pred._features, pred._orig_hw
-        out = [{"features": {"image_embed": feats["image_embed"][i:i + 1],
-                             "high_res_feats": [f[i:i + 1] for f in feats["high_res_feats"]]},
-                "orig_hw": tuple(hws[i])} for i in range(len(images))]
+        out = [
+            {
+                "features": {
+                    "image_embed": feats["image_embed"][i : i + 1],
+                    "high_res_feats": [f[i : i + 1] for f in feats["high_res_feats"]],
+                },
+                "orig_hw": tuple(hws[i]),
+            }
+            for i in range(len(images))
+        ]
         pred.reset_predictor()
         return out
 
@@ -214,9 +230,11 @@ class Sam2Adapter:
         try:
             with torch.inference_mode():
                 _, coords, labels, boxes = pred._prep_prompts(
-                    prompts.points, prompts.point_labels, prompts.boxes, None, normalize_coords=True)
-                logits, ious, _ = pred._predict(coords, labels, boxes, None, multimask_output=multimask,
-                                                return_logits=True)
+                    prompts.points, prompts.point_labels, prompts.boxes, None, normalize_coords=True
+                )
+                logits, ious, _ = pred._predict(
+                    coords, labels, boxes, None, multimask_output=multimask, return_logits=True
+                )
                 # logits: K x M x H x W at the input resolution, ious: K x M (M = 3 or 1)
                 best = ious.argmax(dim=1)
                 k = torch.arange(len(best), device=best.device)
@@ -248,7 +266,9 @@ def _variant(variant: str) -> tuple[str, str | None]:
     try:
         return VARIANTS[variant]
     except KeyError:
-        raise ConfigError(f"unknown SAM 2 variant {variant!r}; valid variants: {', '.join(VARIANTS)}") from None
+        raise ConfigError(
+            f"unknown SAM 2 variant {variant!r}; valid variants: {', '.join(VARIANTS)}"
+        ) from None
 
 
 def _require_sam2():

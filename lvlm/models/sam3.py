@@ -9,6 +9,7 @@ This module loads it (:func:`load_sam3`, through :func:`lvlm.weights.hf_pretrain
 model of the same classes for tests (:func:`tiny_sam3`), and runs it with the image and text embeddings
 cached (:class:`Sam3Runner`); post-processing is transformers' ``post_process_instance_segmentation``.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,9 @@ DEFAULT_THRESHOLD = 0.3  # transformers' post_process_instance_segmentation defa
 DEFAULT_MASK_THRESHOLD = 0.5
 
 
-def load_sam3(model: str | os.PathLike = DEFAULT_MODEL, revision: str | None = None,
-              seed: int = 0) -> tuple[Any, Any]:
+def load_sam3(
+    model: str | os.PathLike = DEFAULT_MODEL, revision: str | None = None, seed: int = 0
+) -> tuple[Any, Any]:
     """``(Sam3Model, Sam3Processor)`` from a hub id, a ``save_pretrained`` folder or ``tiny-random``.
 
     Args:
@@ -57,7 +59,8 @@ def load_sam3(model: str | os.PathLike = DEFAULT_MODEL, revision: str | None = N
             raise
         raise WeightsNotFoundError(
             f"{exc} Note: {DEFAULT_MODEL} is a gated repository (SAM License): request access at "
-            f"https://huggingface.co/{DEFAULT_MODEL} first, then set HF_TOKEN.") from None
+            f"https://huggingface.co/{DEFAULT_MODEL} first, then set HF_TOKEN."
+        ) from None
     except WeightsError:
         raise
     return net, proc
@@ -93,31 +96,61 @@ def tiny_sam3(seed: int = 0, image_size: int = 112) -> tuple[Any, Any]:
     vocab[bos], vocab[eos] = len(vocab), len(vocab) + 1
     tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=32, pad_token=eos)
     patches = image_size // 14
-    backbone = Sam3ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                             num_channels=3, image_size=image_size, patch_size=14, window_size=patches // 2,
-                             global_attn_indexes=[0, 1])
+    backbone = Sam3ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_channels=3,
+        image_size=image_size,
+        patch_size=14,
+        window_size=patches // 2,
+        global_attn_indexes=[0, 1],
+    )
     cfg = Sam3Config(
-        vision_config=Sam3VisionConfig(backbone_config=backbone, fpn_hidden_size=32, scale_factors=[2.0, 1.0]),
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "projection_dim": 32,
-                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 32,
-                     "hidden_act": "gelu", "bos_token_id": vocab[bos], "eos_token_id": vocab[eos],
-                     "pad_token_id": vocab[eos]},
-        geometry_encoder_config=Sam3GeometryEncoderConfig(hidden_size=32, num_layers=1, num_attention_heads=4,
-                                                          intermediate_size=64, mask_fuser_hidden_size=32,
-                                                          mask_fuser_num_layers=1),
-        detr_encoder_config=Sam3DETREncoderConfig(hidden_size=32, num_layers=1, num_attention_heads=4,
-                                                  intermediate_size=64),
-        detr_decoder_config=Sam3DETRDecoderConfig(hidden_size=32, num_layers=1, num_queries=8, num_attention_heads=4,
-                                                  intermediate_size=64),
+        vision_config=Sam3VisionConfig(
+            backbone_config=backbone, fpn_hidden_size=32, scale_factors=[2.0, 1.0]
+        ),
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "projection_dim": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 32,
+            "hidden_act": "gelu",
+            "bos_token_id": vocab[bos],
+            "eos_token_id": vocab[eos],
+            "pad_token_id": vocab[eos],
+        },
+        geometry_encoder_config=Sam3GeometryEncoderConfig(
+            hidden_size=32,
+            num_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+            mask_fuser_hidden_size=32,
+            mask_fuser_num_layers=1,
+        ),
+        detr_encoder_config=Sam3DETREncoderConfig(
+            hidden_size=32, num_layers=1, num_attention_heads=4, intermediate_size=64
+        ),
+        detr_decoder_config=Sam3DETRDecoderConfig(
+            hidden_size=32, num_layers=1, num_queries=8, num_attention_heads=4, intermediate_size=64
+        ),
         mask_decoder_config=Sam3MaskDecoderConfig(hidden_size=32, num_upsampling_stages=2),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = Sam3Model(cfg).eval()
-        with torch.no_grad():  # random init says "concept absent" (presence ~1e-4): shift it so instances come out
+        with (
+            torch.no_grad()
+        ):  # random init says "concept absent" (presence ~1e-4): shift it so instances come out
             net.detr_decoder.presence_head.layer3.bias.add_(12.0)
-    ip = Sam3ImageProcessor(size={"height": image_size, "width": image_size},
-                            mask_size={"height": image_size // 4, "width": image_size // 4})
+    ip = Sam3ImageProcessor(
+        size={"height": image_size, "width": image_size},
+        mask_size={"height": image_size // 4, "width": image_size // 4},
+    )
     return net, Sam3Processor(image_processor=ip, tokenizer=tok)
 
 
@@ -144,8 +177,9 @@ class Sam3Runner:
         """
         import torch
 
-        pix = self.processor.image_processor(images=[np.ascontiguousarray(i) for i in images],
-                                             return_tensors="pt")["pixel_values"].to(self.device)
+        pix = self.processor.image_processor(
+            images=[np.ascontiguousarray(i) for i in images], return_tensors="pt"
+        )["pixel_values"].to(self.device)
         with torch.inference_mode():
             return self.model.get_vision_features(pixel_values=pix)
 
@@ -167,8 +201,10 @@ class Sam3Runner:
                 self._text_cache.clear()
             for t, e, m in zip(missing, emb, mask):
                 self._text_cache[t] = (e, m)
-        return (torch.stack([self._text_cache[t][0] for t in texts]),
-                torch.stack([self._text_cache[t][1] for t in texts]))
+        return (
+            torch.stack([self._text_cache[t][0] for t in texts]),
+            torch.stack([self._text_cache[t][1] for t in texts]),
+        )
 
     def boxes(self, boxes: np.ndarray, labels: np.ndarray, size: tuple[int, int]) -> tuple[Any, Any]:
         """Box exemplars in input pixels (xyxy) -> the model's normalised cxcywh boxes and labels (processor).
@@ -178,12 +214,17 @@ class Sam3Runner:
             labels: K exemplar labels (1 positive, 0 negative).
             size: the image's ``(H, W)``.
         """
-        enc = self.processor(original_sizes=[list(size)], input_boxes=[[list(map(float, b)) for b in boxes]],
-                             input_boxes_labels=[[int(v) for v in labels]], return_tensors="pt")
+        enc = self.processor(
+            original_sizes=[list(size)],
+            input_boxes=[[list(map(float, b)) for b in boxes]],
+            input_boxes_labels=[[int(v) for v in labels]],
+            return_tensors="pt",
+        )
         return enc["input_boxes"].to(self.device), enc["input_boxes_labels"].to(self.device)
 
-    def forward(self, vision: Any, texts: Sequence[str], input_boxes: Any = None,
-                input_boxes_labels: Any = None) -> Any:
+    def forward(
+        self, vision: Any, texts: Sequence[str], input_boxes: Any = None, input_boxes_labels: Any = None
+    ) -> Any:
         """``Sam3Model.forward`` on cached vision and text embeddings (one text per image of ``vision``).
 
         Args:
@@ -197,11 +238,21 @@ class Sam3Runner:
 
         emb, mask = self.text(texts)
         with torch.inference_mode():  # the forward reads text_embeds.pooler_output
-            return self.model(vision_embeds=vision, text_embeds=BaseModelOutputWithPooling(pooler_output=emb),
-                              attention_mask=mask, input_boxes=input_boxes, input_boxes_labels=input_boxes_labels)
+            return self.model(
+                vision_embeds=vision,
+                text_embeds=BaseModelOutputWithPooling(pooler_output=emb),
+                attention_mask=mask,
+                input_boxes=input_boxes,
+                input_boxes_labels=input_boxes_labels,
+            )
 
-    def postprocess(self, outputs: Any, sizes: Sequence[tuple[int, int]], threshold: float = DEFAULT_THRESHOLD,
-                    mask_threshold: float = DEFAULT_MASK_THRESHOLD) -> list[dict[str, np.ndarray]]:
+    def postprocess(
+        self,
+        outputs: Any,
+        sizes: Sequence[tuple[int, int]],
+        threshold: float = DEFAULT_THRESHOLD,
+        mask_threshold: float = DEFAULT_MASK_THRESHOLD,
+    ) -> list[dict[str, np.ndarray]]:
         """transformers' ``post_process_instance_segmentation``: per image ``masks`` (N x H x W bool), ``boxes``
         (N x 4 xyxy pixels), ``scores`` (N).
 
@@ -211,8 +262,17 @@ class Sam3Runner:
             threshold: the instance score threshold.
             mask_threshold: the mask probability threshold.
         """
-        res = self.processor.post_process_instance_segmentation(outputs, threshold=threshold,
-                                                                mask_threshold=mask_threshold,
-                                                                target_sizes=[tuple(s) for s in sizes])
-        return [{"masks": r["masks"].bool().cpu().numpy(), "boxes": r["boxes"].float().cpu().numpy(),
-                 "scores": r["scores"].float().cpu().numpy()} for r in res]
+        res = self.processor.post_process_instance_segmentation(
+            outputs,
+            threshold=threshold,
+            mask_threshold=mask_threshold,
+            target_sizes=[tuple(s) for s in sizes],
+        )
+        return [
+            {
+                "masks": r["masks"].bool().cpu().numpy(),
+                "boxes": r["boxes"].float().cpu().numpy(),
+                "scores": r["scores"].float().cpu().numpy(),
+            }
+            for r in res
+        ]

@@ -21,6 +21,7 @@ directory written by ``save_pretrained``, or ``tiny-random`` (a tiny randomly in
 and smoke runs), plus an optional ``decoder_checkpoint`` written by ``lvlm train clipseg``; all through
 :mod:`lvlm.weights`, so a bad file is one :class:`~lvlm.errors.WeightsError` line.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -53,8 +54,8 @@ REFINE_MODES = ("intersect", "union", "weighted", "overlap")
 
 # --- the segmenter ---------------------------------------------------------------------------
 
-@register("segmenter", "clipseg", description="CLIPSeg: image + text -> mask",
-          source=hub_url(DEFAULT_MODEL))
+
+@register("segmenter", "clipseg", description="CLIPSeg: image + text -> mask", source=hub_url(DEFAULT_MODEL))
 class ClipSegSegmenter(PromptedSegmenter):
     """Text-conditioned segmenter: the CLIPSeg probability map thresholded at the source resolution.
 
@@ -82,10 +83,18 @@ class ClipSegSegmenter(PromptedSegmenter):
 
     text_conditioned = True
 
-    def __init__(self, model: str = DEFAULT_MODEL, decoder_checkpoint: str | None = None, threshold: float = 0.5,
-                 image_size: int | None = None, device: str = "auto",
-                 refine_mode: str = "intersect", refine_weight: float = 0.5, min_overlap: float = 0.5,
-                 revision: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        decoder_checkpoint: str | None = None,
+        threshold: float = 0.5,
+        image_size: int | None = None,
+        device: str = "auto",
+        refine_mode: str = "intersect",
+        refine_weight: float = 0.5,
+        min_overlap: float = 0.5,
+        revision: str | None = None,
+    ) -> None:
         if not 0.0 < float(threshold) < 1.0:
             raise ConfigError(f"clipseg threshold={threshold!r}: must lie strictly between 0 and 1")
         if refine_mode not in REFINE_MODES:
@@ -100,8 +109,9 @@ class ClipSegSegmenter(PromptedSegmenter):
         self.refine_mode = refine_mode
         self.refine_weight = float(refine_weight)
         self.min_overlap = float(min_overlap)
-        self.clipseg, self.metadata = load_clipseg_model(model, decoder_checkpoint, device=self.device,
-                                                         image_size=image_size, revision=revision)
+        self.clipseg, self.metadata = load_clipseg_model(
+            model, decoder_checkpoint, device=self.device, image_size=image_size, revision=revision
+        )
         self.model, self.processor = self.clipseg.net, self.clipseg.processor
         self.image_size = self.clipseg.image_size
         self.extract_layers = self.clipseg.extract_layers
@@ -192,7 +202,9 @@ class ClipSegSegmenter(PromptedSegmenter):
         prob = self.probabilities(img, text)
         return self._combine(prob > self.threshold, prob, base, mode)
 
-    def _combine(self, mask: np.ndarray, prob: np.ndarray, base: np.ndarray, mode: str | None = None) -> np.ndarray:
+    def _combine(
+        self, mask: np.ndarray, prob: np.ndarray, base: np.ndarray, mode: str | None = None
+    ) -> np.ndarray:
         mode = mode or self.refine_mode
         if mode not in REFINE_MODES:
             raise ConfigError(f"refine mode {mode!r}; valid values: {', '.join(REFINE_MODES)}")
@@ -216,7 +228,9 @@ class ClipSegSegmenter(PromptedSegmenter):
         return keep[labels]
 
     def __repr__(self) -> str:
-        return f"ClipSegSegmenter(model={self.model_name!r}, threshold={self.threshold}, device={self.device!r})"
+        return (
+            f"ClipSegSegmenter(model={self.model_name!r}, threshold={self.threshold}, device={self.device!r})"
+        )
 
 
 def restrict_to_prompts(mask: np.ndarray, prompts: Prompts) -> np.ndarray:

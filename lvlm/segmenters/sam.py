@@ -3,6 +3,7 @@
 One image-encoder pass per image (cached); all prompts of the image go through the mask decoder
 together (``batch_size`` per call). Masks are at the input resolution; scores are SAM's predicted IoU.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -41,7 +42,9 @@ def check_batch_size(batch_size: Any) -> int:
         batch_size: the setting.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size!r}: expected a positive integer (prompts per decoder call)")
+        raise ConfigError(
+            f"batch_size={batch_size!r}: expected a positive integer (prompts per decoder call)"
+        )
     return batch_size
 
 
@@ -78,9 +81,16 @@ class SamFamilySegmenter(PromptedSegmenter):
             back at the input resolution; null / false (default): the whole image in one encoder pass.
     """
 
-    def __init__(self, adapter: SamFamilyAdapter, multimask: Any = False, batch_size: int = 64,
-                 threshold: float | None = None, source: str = "sam", embeddings: Any = None,
-                 zoom: Any = None) -> None:
+    def __init__(
+        self,
+        adapter: SamFamilyAdapter,
+        multimask: Any = False,
+        batch_size: int = 64,
+        threshold: float | None = None,
+        source: str = "sam",
+        embeddings: Any = None,
+        zoom: Any = None,
+    ) -> None:
         self.adapter = adapter
         self.model = adapter.model
         self.device = str(adapter.device)
@@ -107,8 +117,13 @@ class SamFamilySegmenter(PromptedSegmenter):
         return self.adapter.embed_many([load_image(im) for im in images])
 
     def _decode(self, embedding: ImageEmbedding, prompts: Prompts, image: np.ndarray) -> Candidates:
-        masks, iou = self.adapter.predict(embedding, prompts, multimask=use_multimask(self.multimask, prompts),
-                                          batch_size=self.batch_size, threshold=self.threshold)
+        masks, iou = self.adapter.predict(
+            embedding,
+            prompts,
+            multimask=use_multimask(self.multimask, prompts),
+            batch_size=self.batch_size,
+            threshold=self.threshold,
+        )
         return Candidates(masks.cpu().numpy(), scores=iou.float().cpu().numpy(), source=self.source)
 
 
@@ -118,13 +133,21 @@ def check_threshold(threshold: Any) -> float:
     Args:
         threshold: the setting.
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) < 1.0:
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not 0.0 < float(threshold) < 1.0
+    ):
         raise ConfigError(f"threshold={threshold!r}: expected a probability in (0, 1)")
     return float(threshold)
 
 
-@register("segmenter", "sam", description="SAM with box / point prompts (segment_anything SamPredictor, batched)",
-          source="segment_anything; SAM checkpoints from dl.fbaipublicfiles.com (Apache-2.0)")
+@register(
+    "segmenter",
+    "sam",
+    description="SAM with box / point prompts (segment_anything SamPredictor, batched)",
+    source="segment_anything; SAM checkpoints from dl.fbaipublicfiles.com (Apache-2.0)",
+)
 class SamSegmenter(SamFamilySegmenter):
     """SAM (any ``model_type`` of :func:`lvlm.models.sam.build_sam`) turning boxes / points into masks, with
     segment_anything's ``SamPredictor`` recipe (:class:`~lvlm.models.sam.SamAdapter`).
@@ -144,12 +167,25 @@ class SamSegmenter(SamFamilySegmenter):
         zoom: zoomed prompts (:mod:`lvlm.segmenters.zoom`, e.g. ``{context: 4.0}``); null (default): off.
     """
 
-    def __init__(self, model_type: str = "vit_h", checkpoint: Any = "default", device: str = "auto",
-                 multimask: Any = "auto", batch_size: int = 64, decoder_checkpoint: str | None = None,
-                 encoder_backend: str = "auto", zoom: Any = None) -> None:
+    def __init__(
+        self,
+        model_type: str = "vit_h",
+        checkpoint: Any = "default",
+        device: str = "auto",
+        multimask: Any = "auto",
+        batch_size: int = 64,
+        decoder_checkpoint: str | None = None,
+        encoder_backend: str = "auto",
+        zoom: Any = None,
+    ) -> None:
         multimask, batch_size = check_multimask(multimask), check_batch_size(batch_size)
         device = resolve_device(device)
         self.model_type = model_type
         model = build_sam(model_type, checkpoint, device, decoder_checkpoint, encoder_backend)
-        super().__init__(SamAdapter(model, device), multimask=multimask, batch_size=batch_size, zoom=zoom,
-                         source=f"sam:{model_type}" if model_type != "mobilesam" else "mobilesam")
+        super().__init__(
+            SamAdapter(model, device),
+            multimask=multimask,
+            batch_size=batch_size,
+            zoom=zoom,
+            source=f"sam:{model_type}" if model_type != "mobilesam" else "mobilesam",
+        )

@@ -6,6 +6,7 @@ batched call of the predictor's prompt encoder + mask decoder. With ``multimask_
 SAM 2 proposes three masks per prompt and the one with the best predicted IoU is kept; otherwise the
 single-mask output is used (SAM 2 still falls back to the best multimask output when it is unstable).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,8 +20,12 @@ from ..types import Candidates, Prompts
 from .zoom import segment_zoomed, zoom_settings
 
 
-@register("segmenter", "sam2", description="SAM 2.1 prompted with boxes / points (one mask per prompt)",
-          source="facebookresearch/sam2 SAM 2.1 Hiera t/s/b+/l checkpoints (Apache-2.0)")
+@register(
+    "segmenter",
+    "sam2",
+    description="SAM 2.1 prompted with boxes / points (one mask per prompt)",
+    source="facebookresearch/sam2 SAM 2.1 Hiera t/s/b+/l checkpoints (Apache-2.0)",
+)
 class Sam2Segmenter(PromptedSegmenter):
     """SAM 2.1 image predictor: boxes / point sets -> masks at the input resolution, batched per image
     (the recipe is :class:`lvlm.models.sam2.Sam2Adapter`).

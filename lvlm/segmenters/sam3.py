@@ -8,6 +8,7 @@ then finds the instances that look like them, not only the instances inside them
 Weights: ``facebook/sam3`` is gated under the SAM License (request access on its hub page);
 ``model: tiny-random`` builds a tiny random model of the same classes (tests).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -36,8 +37,12 @@ def _check_unit(name: str, value: Any) -> float:
     return v
 
 
-@register("segmenter", "sam3", description="SAM 3: text (+ box exemplars) -> every matching instance",
-          source=f"https://huggingface.co/{DEFAULT_MODEL} via transformers ({LICENSE})")
+@register(
+    "segmenter",
+    "sam3",
+    description="SAM 3: text (+ box exemplars) -> every matching instance",
+    source=f"https://huggingface.co/{DEFAULT_MODEL} via transformers ({LICENSE})",
+)
 class Sam3Segmenter(PromptedSegmenter):
     """SAM 3 through transformers: every instance of the text's concept as a candidate (mask, box, score).
 
@@ -54,10 +59,17 @@ class Sam3Segmenter(PromptedSegmenter):
 
     text_conditioned = True
 
-    def __init__(self, model: str = DEFAULT_MODEL, threshold: float = DEFAULT_THRESHOLD,
-                 mask_threshold: float = DEFAULT_MASK_THRESHOLD, exemplar_label: int = 1,
-                 max_instances: int | None = None, revision: str | None = None, device: str = "auto",
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        threshold: float = DEFAULT_THRESHOLD,
+        mask_threshold: float = DEFAULT_MASK_THRESHOLD,
+        exemplar_label: int = 1,
+        max_instances: int | None = None,
+        revision: str | None = None,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
         self.threshold = _check_unit("threshold", threshold)
         self.mask_threshold = _check_unit("mask_threshold", mask_threshold)
         if exemplar_label not in (0, 1) or isinstance(exemplar_label, bool):
@@ -76,7 +88,9 @@ class Sam3Segmenter(PromptedSegmenter):
 
     def _check(self, image: np.ndarray, prompts: Prompts) -> Prompts:
         if not prompts.text or not str(prompts.text).strip():
-            raise PromptError("sam3 is text-conditioned: give a text prompt (a short noun phrase, e.g. 'yellow bus')")
+            raise PromptError(
+                "sam3 is text-conditioned: give a text prompt (a short noun phrase, e.g. 'yellow bus')"
+            )
         if prompts.points is not None:
             raise PromptError("sam3 takes a text and optional box exemplars, not point prompts")
         h, w = image.shape[:2]
@@ -104,8 +118,9 @@ class Sam3Segmenter(PromptedSegmenter):
         h, w = image.shape[:2]
         boxes = labels = None
         if prompts.boxes is not None and len(prompts.boxes):
-            boxes, labels = self.runner.boxes(prompts.boxes, np.full(len(prompts.boxes), self.exemplar_label),
-                                              (h, w))
+            boxes, labels = self.runner.boxes(
+                prompts.boxes, np.full(len(prompts.boxes), self.exemplar_label), (h, w)
+            )
         out = self.runner.forward(self.embed(image), [prompts.text], boxes, labels)
         res = self.runner.postprocess(out, [(h, w)], self.threshold, self.mask_threshold)[0]
         return self._candidates(res, (h, w))
@@ -128,8 +143,12 @@ class Sam3Segmenter(PromptedSegmenter):
         if text_only:
             imgs = [images[i] for i in text_only]
             vision = self.runner.vision(imgs)
-            res = self.runner.postprocess(self.runner.forward(vision, [checked[i].text for i in text_only]),
-                                          [im.shape[:2] for im in imgs], self.threshold, self.mask_threshold)
+            res = self.runner.postprocess(
+                self.runner.forward(vision, [checked[i].text for i in text_only]),
+                [im.shape[:2] for im in imgs],
+                self.threshold,
+                self.mask_threshold,
+            )
             for i, im, r in zip(text_only, imgs, res):
                 out[i] = self._candidates(r, im.shape[:2])
             del vision
@@ -138,5 +157,7 @@ class Sam3Segmenter(PromptedSegmenter):
         return out  # type: ignore[return-value]
 
     def __repr__(self) -> str:
-        return (f"Sam3Segmenter(model={self.model_name!r}, threshold={self.threshold}, "
-                f"mask_threshold={self.mask_threshold})")
+        return (
+            f"Sam3Segmenter(model={self.model_name!r}, threshold={self.threshold}, "
+            f"mask_threshold={self.mask_threshold})"
+        )

@@ -10,6 +10,7 @@ float tensor in ``[0, 1]`` on the same device. The target of every method is the
 (extra ``cam``) around a one-logit module (:class:`ClipSimilarity`); they are baselines and run that
 library's own CPU-side loops. ``gscorecam`` (gscorecam.py) and ``hilacam`` (hilacam.py) are ours.
 """
+
 from __future__ import annotations
 
 import torch
@@ -64,7 +65,9 @@ def as_text_features(text_features: torch.Tensor, device: torch.device | str) ->
     return t.to(device)
 
 
-def clip_score(clip: ClipModel, pixels: torch.Tensor, text_features: torch.Tensor, scale: float) -> torch.Tensor:
+def clip_score(
+    clip: ClipModel, pixels: torch.Tensor, text_features: torch.Tensor, scale: float
+) -> torch.Tensor:
     """B CLIP logits ``scale * cos(image_b, text)`` (differentiable; computed in float32).
 
     Args:
@@ -159,8 +162,9 @@ class _GradCamLibrary(SaliencyMethod):
         targets = require("pytorch_grad_cam.utils.model_targets", f"the {self.name} saliency method")
         device = clip_device(clip)
         model = ClipSimilarity(clip, text_features, clip_logit_scale(clip, self.logit_scale))
-        cam = getattr(gc, self.cam_class)(model=model, target_layers=[clip.cam_target_layer()],
-                                          reshape_transform=clip.reshape_transform)
+        cam = getattr(gc, self.cam_class)(
+            model=model, target_layers=[clip.cam_target_layer()], reshape_transform=clip.reshape_transform
+        )
         cam.batch_size = self.batch_size
         try:
             with torch.enable_grad():
@@ -170,8 +174,13 @@ class _GradCamLibrary(SaliencyMethod):
         return torch.from_numpy(out[0]).to(device)
 
 
-@register("saliency", "scorecam", description="Score-CAM (Wang et al. 2020) via pytorch-grad-cam: every channel "
-          "masks the image, softmaxed CLIP logits weight the channels", source="pytorch-grad-cam (extra cam)")
+@register(
+    "saliency",
+    "scorecam",
+    description="Score-CAM (Wang et al. 2020) via pytorch-grad-cam: every channel "
+    "masks the image, softmaxed CLIP logits weight the channels",
+    source="pytorch-grad-cam (extra cam)",
+)
 class ScoreCAM(_GradCamLibrary):
     """Score-CAM through pytorch-grad-cam on the image-text logit (every channel; slow, CPU-side loop)."""
 
@@ -179,8 +188,12 @@ class ScoreCAM(_GradCamLibrary):
     cam_class = "ScoreCAM"
 
 
-@register("saliency", "gradcam", description="Grad-CAM (Selvaraju et al. 2017) via pytorch-grad-cam on the "
-          "image-text logit", source="pytorch-grad-cam (extra cam)")
+@register(
+    "saliency",
+    "gradcam",
+    description="Grad-CAM (Selvaraju et al. 2017) via pytorch-grad-cam on the image-text logit",
+    source="pytorch-grad-cam (extra cam)",
+)
 class GradCAM(_GradCamLibrary):
     """Grad-CAM through pytorch-grad-cam: channels weighted by their mean gradient of the CLIP logit."""
 

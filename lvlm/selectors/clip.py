@@ -6,6 +6,7 @@ and each crop's cosine similarity to the prompt's text embedding scores its cand
 chosen. Uniting near-best candidates (the two lungs that SAM returns as separate masks, Villarreal et al. Fig. 7) is
 the ``merge`` combiner's job (``combine: merge``), on these scores.
 """
+
 from __future__ import annotations
 
 import re
@@ -64,8 +65,10 @@ def template_list(templates: str | Sequence[str]) -> list[str]:
         raise ConfigError("templates: empty list")
     for t in out:
         if not isinstance(t, str) or t.count("{}") != 1:
-            raise ConfigError(f"template {t!r} must be a string with exactly one '{{}}' for the prompt; "
-                              f"or use a template set: {', '.join(TEMPLATE_SETS)}")
+            raise ConfigError(
+                f"template {t!r} must be a string with exactly one '{{}}' for the prompt; "
+                f"or use a template set: {', '.join(TEMPLATE_SETS)}"
+            )
     return out
 
 
@@ -87,7 +90,9 @@ def fill_template(template: str, prompt: str) -> str:
     return template.replace("{}", prompt)
 
 
-@register("selector", "clip", description="pick the candidate mask whose crop best matches the text under CLIP")
+@register(
+    "selector", "clip", description="pick the candidate mask whose crop best matches the text under CLIP"
+)
 class ClipSelector(Selector):
     """Score every candidate mask by CLIP image-text cosine similarity and pick the best.
 
@@ -110,17 +115,31 @@ class ClipSelector(Selector):
         device: where crops are built and CLIP runs (``auto``, ``cpu``, ``cuda``...).
     """
 
-    def __init__(self, model: Any = "OA-RN50", crop: str | Sequence[str] = "mask_black", margin: float = 0.1,
-                 templates: str | Sequence[str] = DEFAULT_TEMPLATE, rule: str = "argmax",
-                 min_area_frac: float = 0.0, area_weight: float = 0.0, stability_weight: float = 0.0,
-                 blur_sigma: float = 0.02, batch_size: int = 32, device: str = "auto") -> None:
+    def __init__(
+        self,
+        model: Any = "OA-RN50",
+        crop: str | Sequence[str] = "mask_black",
+        margin: float = 0.1,
+        templates: str | Sequence[str] = DEFAULT_TEMPLATE,
+        rule: str = "argmax",
+        min_area_frac: float = 0.0,
+        area_weight: float = 0.0,
+        stability_weight: float = 0.0,
+        blur_sigma: float = 0.02,
+        batch_size: int = 32,
+        device: str = "auto",
+    ) -> None:
         crops = [crop] if isinstance(crop, str) else list(crop)
         bad = [c for c in crops if c not in CROPS]
         if bad or not crops:
-            raise ConfigError(f"crop {bad[0] if bad else crop!r} is not valid; valid crops: {', '.join(CROPS)}")
+            raise ConfigError(
+                f"crop {bad[0] if bad else crop!r} is not valid; valid crops: {', '.join(CROPS)}"
+            )
         if rule == "merge":
-            raise ConfigError("selector rule 'merge' is now a combiner: use `combine: {name: merge, margin: 0.01, "
-                              "max_overlap: 0.2, max_masks: 4}` beside the selector")
+            raise ConfigError(
+                "selector rule 'merge' is now a combiner: use `combine: {name: merge, margin: 0.01, "
+                "max_overlap: 0.2, max_masks: 4}` beside the selector"
+            )
         if rule not in RULES:
             raise ConfigError(f"rule={rule!r}; valid rules: {', '.join(RULES)}")
         if margin < 0:
@@ -145,8 +164,10 @@ class ClipSelector(Selector):
         self._text_features: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
 
     def __repr__(self) -> str:
-        return (f"ClipSelector(model={getattr(self.clip, 'name', type(self.clip).__name__)!r}, crop={self.crops}, "
-                f"rule={self.rule!r}, templates={len(self.templates)})")
+        return (
+            f"ClipSelector(model={getattr(self.clip, 'name', type(self.clip).__name__)!r}, crop={self.crops}, "
+            f"rule={self.rule!r}, templates={len(self.templates)})"
+        )
 
     # --- text -------------------------------------------------------------------------------
     def text_features(self, text: str) -> torch.Tensor:
@@ -158,7 +179,9 @@ class ClipSelector(Selector):
         key = (text, tuple(self.templates))
         if key not in self._text_features:
             with torch.no_grad():
-                feats = self.clip.encode_text([fill_template(t, text) for t in self.templates], normalize=True)
+                feats = self.clip.encode_text(
+                    [fill_template(t, text) for t in self.templates], normalize=True
+                )
                 self._text_features[key] = F.normalize(feats.float().mean(0), dim=-1)
         return self._text_features[key]
 
@@ -183,20 +206,33 @@ class ClipSelector(Selector):
             masks: N x H x W bool masks (a chunk of the candidates).
             crop: one crop strategy of ``CROPS``.
         """
-        img = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None]  # 1x3xHxW uint8
+        img = (
+            torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None]
+        )  # 1x3xHxW uint8
         m = torch.from_numpy(np.ascontiguousarray(masks)).to(self.device)[:, None]  # Nx1xHxW bool
         return self._crop_images(img, m, masks, crop, self._background(img, crop))
 
     def _background(self, img: torch.Tensor, crop: str) -> torch.Tensor | None:
         if crop == "blur_background":
-            return _gaussian_blur(img.float(), self.blur_sigma * max(img.shape[-2:])).round().clamp(0, 255).to(torch.uint8)
+            return (
+                _gaussian_blur(img.float(), self.blur_sigma * max(img.shape[-2:]))
+                .round()
+                .clamp(0, 255)
+                .to(torch.uint8)
+            )
         if crop == "grey_background":
             mean = torch.tensor(getattr(self.clip, "mean", (0.5, 0.5, 0.5)), device=img.device)
             return (mean * 255).round().to(torch.uint8).view(1, 3, 1, 1)
         return None
 
-    def _crop_images(self, img: torch.Tensor, m: torch.Tensor, masks_np: np.ndarray, crop: str,
-                     background: torch.Tensor | None) -> torch.Tensor:
+    def _crop_images(
+        self,
+        img: torch.Tensor,
+        m: torch.Tensor,
+        masks_np: np.ndarray,
+        crop: str,
+        background: torch.Tensor | None,
+    ) -> torch.Tensor:
         if crop == "mask_black":
             return _prep_full(self.clip, img * m)
         if crop in ("blur_background", "grey_background"):
@@ -209,17 +245,21 @@ class ClipSelector(Selector):
             tight = masks_to_boxes(masks_np).astype(np.float64)
             bw, bh = tight[:, 2] - tight[:, 0], tight[:, 3] - tight[:, 1]
             pad = np.maximum(bw, bh) * self.margin
-            lim = torch.from_numpy(np.stack([tight[:, 0] - pad, tight[:, 1] - pad, tight[:, 2] + pad,
-                                             tight[:, 3] + pad], 1)).to(self.device, torch.float32)
+            lim = torch.from_numpy(
+                np.stack([tight[:, 0] - pad, tight[:, 1] - pad, tight[:, 2] + pad, tight[:, 3] + pad], 1)
+            ).to(self.device, torch.float32)
             ys = torch.arange(h, device=self.device, dtype=torch.float32) + 0.5
             xs = torch.arange(w, device=self.device, dtype=torch.float32) + 0.5
             iny = (ys[None] >= lim[:, 1:2]) & (ys[None] < lim[:, 3:4])  # N x H
             inx = (xs[None] >= lim[:, 0:1]) & (xs[None] < lim[:, 2:3])  # N x W
             src = img * (iny[:, :, None] & inx[:, None, :])[:, None]
-        return _prep_square(self.clip, _roi_resize(src, torch.from_numpy(boxes).to(self.device),
-                                                   int(self.clip.image_size)))
+        return _prep_square(
+            self.clip, _roi_resize(src, torch.from_numpy(boxes).to(self.device), int(self.clip.image_size))
+        )
 
-    def scores(self, image: np.ndarray, text: str, masks: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def scores(
+        self, image: np.ndarray, text: str, masks: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Cosine similarity of every candidate to the text, averaged over crops (and per crop).
 
         Args:
@@ -238,7 +278,7 @@ class ClipSelector(Selector):
                 background = self._background(img, crop)
                 sims = []
                 for s in range(0, n, chunk):
-                    part = masks[s:s + chunk]
+                    part = masks[s : s + chunk]
                     m = torch.from_numpy(np.ascontiguousarray(part)).to(self.device)[:, None]
                     pixels = self._crop_images(img, m, part, crop, background)
                     sims.append(self.clip.encode_image(pixels, normalize=True).float() @ tf)
@@ -305,8 +345,14 @@ def _roi_resize(src: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tens
     from torchvision.ops import roi_align
 
     idx = torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None]
-    return roi_align(src.float(), torch.cat([idx, boxes.float()], 1), output_size=(size, size),
-                     spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    return roi_align(
+        src.float(),
+        torch.cat([idx, boxes.float()], 1),
+        output_size=(size, size),
+        spatial_scale=1.0,
+        sampling_ratio=-1,
+        aligned=True,
+    )
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

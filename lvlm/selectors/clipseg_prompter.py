@@ -6,6 +6,7 @@ box (and point) prompts, so a SAM-family segmenter draws the boundaries::
     prompter:  {name: clipseg, model: CIDAS/clipseg-rd64-refined, threshold: 0.5, box_mode: all}
     segmenter: {name: sam, model_type: vit_b}
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,8 +20,12 @@ from ..types import Prompts
 from .prompts_from_saliency import BOX_MODES, binarize, boxes_from_mask, points_for_regions
 
 
-@register("prompter", "clipseg", description="text -> CLIPSeg probability map -> box / point prompts",
-          source="https://huggingface.co/CIDAS/clipseg-rd64-refined")
+@register(
+    "prompter",
+    "clipseg",
+    description="text -> CLIPSeg probability map -> box / point prompts",
+    source="https://huggingface.co/CIDAS/clipseg-rd64-refined",
+)
 class ClipSegPrompter(Prompter):
     """Box / point prompts from the regions of CLIPSeg's probability map for the text.
 
@@ -38,10 +43,19 @@ class ClipSegPrompter(Prompter):
         device: where CLIPSeg runs.
     """
 
-    def __init__(self, model: str = "CIDAS/clipseg-rd64-refined", decoder_checkpoint: str | None = None,
-                 image_size: int | None = None, threshold: float | str = 0.5, box_mode: str = "all",
-                 min_area: float = 0.001, max_boxes: int | None = None, points: int = 0, negative_points: int = 0,
-                 device: str = "auto") -> None:
+    def __init__(
+        self,
+        model: str = "CIDAS/clipseg-rd64-refined",
+        decoder_checkpoint: str | None = None,
+        image_size: int | None = None,
+        threshold: float | str = 0.5,
+        box_mode: str = "all",
+        min_area: float = 0.001,
+        max_boxes: int | None = None,
+        points: int = 0,
+        negative_points: int = 0,
+        device: str = "auto",
+    ) -> None:
         if box_mode not in BOX_MODES:
             raise ConfigError(f"clipseg prompter box_mode={box_mode!r}; valid: {', '.join(BOX_MODES)}")
         if box_mode == "none" and points < 1:
@@ -52,8 +66,14 @@ class ClipSegPrompter(Prompter):
             binarize(np.zeros((2, 2), np.float32), threshold)
         except ValueError as exc:
             raise ConfigError(f"clipseg prompter: {exc}") from None
-        self.clipseg = build("segmenter", "clipseg", model=model, decoder_checkpoint=decoder_checkpoint,
-                             image_size=image_size, device=device)
+        self.clipseg = build(
+            "segmenter",
+            "clipseg",
+            model=model,
+            decoder_checkpoint=decoder_checkpoint,
+            image_size=image_size,
+            device=device,
+        )
         self.threshold = threshold
         self.box_mode = box_mode
         self.min_area = float(min_area)
@@ -78,8 +98,9 @@ class ClipSegPrompter(Prompter):
         pts = labels = None
         if self.points or self.negative_points:
             pts, labels = points_for_regions(prob, regions, boxes, self.points, self.negative_points)
-        return Prompts(boxes=None if self.box_mode == "none" else boxes, points=pts, point_labels=labels,
-                       text=text), extras
+        return Prompts(
+            boxes=None if self.box_mode == "none" else boxes, points=pts, point_labels=labels, text=text
+        ), extras
 
     def __repr__(self) -> str:
         return f"ClipSegPrompter(model={self.clipseg.model_name!r}, threshold={self.threshold}, box_mode={self.box_mode!r})"

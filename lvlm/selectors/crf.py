@@ -24,6 +24,7 @@ Unary (``unary``): ``"prob"``: ``P(fg) = (1 - gt_prob) + (2 gt_prob - 1) s`` for
 ``U = -log P``; ``"medclipsam"``: MedCLIP-SAM's energies ``-log(s + eps) / (tau * sigmoid(s))`` for
 foreground and ``-log(1 - s + eps) / (tau * sigmoid(1 - s))`` for background.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,9 @@ from ..registry import register
 UNARY_MODES = ("prob", "medclipsam")
 
 
-def unary_from_saliency(saliency: np.ndarray, unary: str = "prob", gt_prob: float = 0.7, tau: float = 1.05,
-                        eps: float = 1e-8) -> np.ndarray:
+def unary_from_saliency(
+    saliency: np.ndarray, unary: str = "prob", gt_prob: float = 0.7, tau: float = 1.05, eps: float = 1e-8
+) -> np.ndarray:
     """``2 x H x W`` float32 unary energies (background, foreground) from an ``H x W`` saliency in [0, 1].
 
     Args:
@@ -55,6 +57,7 @@ def unary_from_saliency(saliency: np.ndarray, unary: str = "prob", gt_prob: floa
         p = (1.0 - gt_prob) + (2.0 * gt_prob - 1.0) * s
         u = np.stack([-np.log(1.0 - p), -np.log(p)])
     elif unary == "medclipsam":
+
         def sig(x):
             return 1.0 / (1.0 + np.exp(-x))
 
@@ -81,9 +84,19 @@ class DenseCRF:
         eps: ``medclipsam``: added inside the logarithms.
     """
 
-    def __init__(self, gaussian_sxy: float = 3.0, gaussian_compat: float = 3.0, bilateral_sxy: float = 60.0,
-                 bilateral_srgb: float = 5.0, bilateral_compat: float = 5.0, iterations: int = 5,
-                 unary: str = "prob", gt_prob: float = 0.7, tau: float = 1.05, eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        gaussian_sxy: float = 3.0,
+        gaussian_compat: float = 3.0,
+        bilateral_sxy: float = 60.0,
+        bilateral_srgb: float = 5.0,
+        bilateral_compat: float = 5.0,
+        iterations: int = 5,
+        unary: str = "prob",
+        gt_prob: float = 0.7,
+        tau: float = 1.05,
+        eps: float = 1e-8,
+    ) -> None:
         if unary not in UNARY_MODES:
             raise ValueError(f"unary={unary!r}; valid: {', '.join(UNARY_MODES)}")
         if min(gaussian_sxy, bilateral_sxy, bilateral_srgb) <= 0:
@@ -161,12 +174,17 @@ class _DenseKernel:
             return self.k @ q
         out = torch.empty_like(q)
         for s in range(0, q.shape[0], self.block):
-            out[s:s + self.block] = self._rows(s, s + self.block) @ q
+            out[s : s + self.block] = self._rows(s, s + self.block) @ q
         return out
 
 
-@register("crf", "torch", description="dense CRF in plain torch: exact pairwise sums (separable Gaussian, "
-          "blocked bilateral), large images downsampled", source="ours")
+@register(
+    "crf",
+    "torch",
+    description="dense CRF in plain torch: exact pairwise sums (separable Gaussian, "
+    "blocked bilateral), large images downsampled",
+    source="ours",
+)
 class TorchDenseCRF(DenseCRF):
     """Dense CRF, mean-field in plain torch on ``device``; images above ``max_pixels`` are downsampled
     (``None``: 16384 on a GPU, 4096 on the CPU).
@@ -188,12 +206,34 @@ class TorchDenseCRF(DenseCRF):
         device: ``auto``, ``cpu``, ``cuda``...
     """
 
-    def __init__(self, gaussian_sxy: float = 3.0, gaussian_compat: float = 3.0, bilateral_sxy: float = 60.0,
-                 bilateral_srgb: float = 5.0, bilateral_compat: float = 5.0, iterations: int = 5,
-                 unary: str = "prob", gt_prob: float = 0.7, tau: float = 1.05, eps: float = 1e-8,
-                 max_pixels: int | None = None, block: int = 2048, device: str = "auto") -> None:
-        super().__init__(gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb, bilateral_compat,
-                         iterations, unary, gt_prob, tau, eps)
+    def __init__(
+        self,
+        gaussian_sxy: float = 3.0,
+        gaussian_compat: float = 3.0,
+        bilateral_sxy: float = 60.0,
+        bilateral_srgb: float = 5.0,
+        bilateral_compat: float = 5.0,
+        iterations: int = 5,
+        unary: str = "prob",
+        gt_prob: float = 0.7,
+        tau: float = 1.05,
+        eps: float = 1e-8,
+        max_pixels: int | None = None,
+        block: int = 2048,
+        device: str = "auto",
+    ) -> None:
+        super().__init__(
+            gaussian_sxy,
+            gaussian_compat,
+            bilateral_sxy,
+            bilateral_srgb,
+            bilateral_compat,
+            iterations,
+            unary,
+            gt_prob,
+            tau,
+            eps,
+        )
         from ..components import resolve_device
 
         self.device = resolve_device(device)
@@ -233,10 +273,17 @@ class TorchDenseCRF(DenseCRF):
             return _gaussian_blur_sum(q, self.gaussian_sxy * fy, self.gaussian_sxy * fx)
 
         # bilateral kernel: features (x / sxy, y / sxy, rgb / srgb) in original-pixel units
-        ys, xs = torch.meshgrid(torch.arange(h, device=img.device, dtype=torch.float32) / fy,
-                                torch.arange(w, device=img.device, dtype=torch.float32) / fx, indexing="ij")
-        feats = torch.cat([torch.stack([xs, ys]).reshape(2, n) / self.bilateral_sxy,
-                           img.reshape(3, n) / self.bilateral_srgb]).T.contiguous()
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=img.device, dtype=torch.float32) / fy,
+            torch.arange(w, device=img.device, dtype=torch.float32) / fx,
+            indexing="ij",
+        )
+        feats = torch.cat(
+            [
+                torch.stack([xs, ys]).reshape(2, n) / self.bilateral_sxy,
+                img.reshape(3, n) / self.bilateral_srgb,
+            ]
+        ).T.contiguous()
 
         kernel = _DenseKernel(feats, self.block)
 
@@ -256,8 +303,12 @@ class TorchDenseCRF(DenseCRF):
         return q
 
 
-@register("crf", "pydensecrf", description="dense CRF via pydensecrf2 (Krähenbühl's C++ permutohedral "
-          "lattice) at full resolution", source="pydensecrf2 (extra crf)")
+@register(
+    "crf",
+    "pydensecrf",
+    description="dense CRF via pydensecrf2 (Krähenbühl's C++ permutohedral lattice) at full resolution",
+    source="pydensecrf2 (extra crf)",
+)
 class PyDenseCRF(DenseCRF):
     """Dense CRF with pydensecrf (``DenseCRF2D``, symmetric normalisation, Potts compatibilities)."""
 
@@ -272,7 +323,11 @@ class PyDenseCRF(DenseCRF):
         if self.gaussian_compat != 0:
             d.addPairwiseGaussian(sxy=self.gaussian_sxy, compat=self.gaussian_compat)
         if self.bilateral_compat != 0:
-            d.addPairwiseBilateral(sxy=self.bilateral_sxy, srgb=self.bilateral_srgb,
-                                   rgbim=np.ascontiguousarray(image, dtype=np.uint8), compat=self.bilateral_compat)
+            d.addPairwiseBilateral(
+                sxy=self.bilateral_sxy,
+                srgb=self.bilateral_srgb,
+                rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+                compat=self.bilateral_compat,
+            )
         q = np.asarray(d.inference(self.iterations), dtype=np.float32).reshape(2, h, w)
         return q[1]

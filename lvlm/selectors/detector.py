@@ -14,6 +14,7 @@ runs a batch of images through the detector in one forward (``Pipeline.run_many`
 An image where nothing passes the thresholds gets no boxes, so the pipeline returns an empty mask with
 an ``EmptyMaskWarning``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -40,9 +41,12 @@ from ..types import Prompts
 _UNSET: Any = "default"
 
 
-@register("prompter", "detector",
-          description="text -> open-vocabulary detector boxes (GroundingDINO, OWLv2, OmDet-Turbo) for a segmenter",
-          source="transformers: " + ", ".join(sorted(set(PRESETS.values()))))
+@register(
+    "prompter",
+    "detector",
+    description="text -> open-vocabulary detector boxes (GroundingDINO, OWLv2, OmDet-Turbo) for a segmenter",
+    source="transformers: " + ", ".join(sorted(set(PRESETS.values()))),
+)
 class DetectorPrompter(Prompter):
     """Box prompts from an open-vocabulary detector, with the score and the class of each box.
 
@@ -69,11 +73,23 @@ class DetectorPrompter(Prompter):
         seed: initialisation seed of the ``tiny-random-*`` models.
     """
 
-    def __init__(self, model: str = "grounding-dino-tiny", threshold: Any = _UNSET,
-                 text_threshold: float = DEFAULT_TEXT_THRESHOLD, drop_unmatched: bool = False, nms: Any = _UNSET,
-                 class_agnostic_nms: bool = False, max_boxes: int | None = None, min_box_size: float = 1.0, lowercase: bool = True,
-                 separators: str = SEPARATORS, batch_size: int = 8, revision: str | None = None,
-                 device: str = "auto", seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: str = "grounding-dino-tiny",
+        threshold: Any = _UNSET,
+        text_threshold: float = DEFAULT_TEXT_THRESHOLD,
+        drop_unmatched: bool = False,
+        nms: Any = _UNSET,
+        class_agnostic_nms: bool = False,
+        max_boxes: int | None = None,
+        min_box_size: float = 1.0,
+        lowercase: bool = True,
+        separators: str = SEPARATORS,
+        batch_size: int = 8,
+        revision: str | None = None,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
         if max_boxes is not None and (isinstance(max_boxes, bool) or int(max_boxes) < 1):
             raise ConfigError(f"detector max_boxes={max_boxes!r}: must be a positive integer or null")
         if int(batch_size) < 1:
@@ -88,8 +104,11 @@ class DetectorPrompter(Prompter):
         self.text_threshold = float(text_threshold)
         self.drop_unmatched = bool(drop_unmatched)
         self.nms = DEFAULT_NMS[family] if nms == _UNSET else (None if nms is None else float(nms))
-        for key, val in (("threshold", self.threshold), ("text_threshold", self.text_threshold),
-                         ("nms", self.nms)):
+        for key, val in (
+            ("threshold", self.threshold),
+            ("text_threshold", self.text_threshold),
+            ("nms", self.nms),
+        ):
             if val is not None and not 0.0 <= val <= 1.0:
                 raise ConfigError(f"detector {key}={val!r}: must lie in [0, 1]")
         self.class_agnostic_nms = bool(class_agnostic_nms)
@@ -120,11 +139,16 @@ class DetectorPrompter(Prompter):
         classes = [self.classes(t) for t in texts]
         out: list[Detections] = []
         for s in range(0, len(images), self.batch_size):
-            imgs = list(images[s:s + self.batch_size])
-            cls = classes[s:s + self.batch_size]
-            dets = self.detector.detect(imgs, cls, threshold=self.threshold, text_threshold=self.text_threshold,
-                                        nms=self.nms if self.family == "omdet_turbo" else None,
-                                        lowercase=self.lowercase)
+            imgs = list(images[s : s + self.batch_size])
+            cls = classes[s : s + self.batch_size]
+            dets = self.detector.detect(
+                imgs,
+                cls,
+                threshold=self.threshold,
+                text_threshold=self.text_threshold,
+                nms=self.nms if self.family == "omdet_turbo" else None,
+                lowercase=self.lowercase,
+            )
             for im, det in zip(imgs, dets):
                 out.append(self._filter(det, im.shape[:2]))
         return out
@@ -138,7 +162,9 @@ class DetectorPrompter(Prompter):
             det.boxes[:, [1, 3]] = det.boxes[:, [1, 3]].clip(0, h)
             side = np.minimum(det.boxes[:, 2] - det.boxes[:, 0], det.boxes[:, 3] - det.boxes[:, 1])
             det = det.subset(np.flatnonzero(side >= max(self.min_box_size, 1e-6)))
-        nms = None if self.family == "omdet_turbo" else self.nms  # OmDet-Turbo's post-processing ran it already
+        nms = (
+            None if self.family == "omdet_turbo" else self.nms
+        )  # OmDet-Turbo's post-processing ran it already
         return nms_and_top(det, nms, self.max_boxes, self.class_agnostic_nms)
 
     @staticmethod
@@ -156,7 +182,9 @@ class DetectorPrompter(Prompter):
         """
         return self._as_prompts(self.detect_many([image], [text])[0], text)
 
-    def prompts_many(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> list[tuple[Prompts, dict[str, Any]]]:
+    def prompts_many(
+        self, images: Sequence[np.ndarray], texts: Sequence[str]
+    ) -> list[tuple[Prompts, dict[str, Any]]]:
         """:meth:`prompts` for a batch of images, ``batch_size`` images per detector forward.
 
         Args:
@@ -168,5 +196,7 @@ class DetectorPrompter(Prompter):
         return [self._as_prompts(d, t) for d, t in zip(self.detect_many(images, texts), texts)]
 
     def __repr__(self) -> str:
-        return (f"DetectorPrompter(model={self.model_name!r}, family={self.family!r}, threshold={self.threshold}, "
-                f"nms={self.nms}, max_boxes={self.max_boxes})")
+        return (
+            f"DetectorPrompter(model={self.model_name!r}, family={self.family!r}, threshold={self.threshold}, "
+            f"nms={self.nms}, max_boxes={self.max_boxes})"
+        )

@@ -17,6 +17,7 @@ kept get score 0 *before* the softmax (so weight ``exp(0)/Z`` each); here they g
 what the paper describes. All masked forwards run in batches of ``batch_size`` on the model's device;
 nothing leaves the device.
 """
+
 from __future__ import annotations
 
 import torch
@@ -80,8 +81,16 @@ def target_activations(clip: ClipModel, pixels: torch.Tensor, text_features: tor
     return acts, importance, logit.detach()
 
 
-def masked_logits(clip: ClipModel, pixels: torch.Tensor, text_features: torch.Tensor, acts: torch.Tensor,
-                  scale: float, batch_size: int, eps: float = 1e-8, progress: bool = False) -> torch.Tensor:
+def masked_logits(
+    clip: ClipModel,
+    pixels: torch.Tensor,
+    text_features: torch.Tensor,
+    acts: torch.Tensor,
+    scale: float,
+    batch_size: int,
+    eps: float = 1e-8,
+    progress: bool = False,
+) -> torch.Tensor:
     """Logit of the image masked by each channel of ``acts`` (``1 x K x h x w``), upsampled to the input
     size (bilinear, corners aligned) and min-max normalised: ``K`` logits on the device.
 
@@ -105,17 +114,24 @@ def masked_logits(clip: ClipModel, pixels: torch.Tensor, text_features: torch.Te
         starts = tqdm(starts, desc="gscorecam", unit="batch")
     with torch.inference_mode():
         for s in starts:
-            up = F.interpolate(acts[:, s:s + batch_size].float(), size=size, mode="bilinear", align_corners=True)[0]
+            up = F.interpolate(
+                acts[:, s : s + batch_size].float(), size=size, mode="bilinear", align_corners=True
+            )[0]
             mn = up.amin(dim=(1, 2), keepdim=True)
             mx = up.amax(dim=(1, 2), keepdim=True)
             up = (up - mn) / (mx - mn + eps)
             batch = pixels * up[:, None].to(pixels.dtype)  # b x 3 x S x S
-            scores[s:s + batch_size] = clip_score(clip, batch, text_features, scale)
+            scores[s : s + batch_size] = clip_score(clip, batch, text_features, scale)
     return torch.nan_to_num(scores, nan=0.0)
 
 
-@register("saliency", "gscorecam", description="gScoreCAM (Chen et al. 2022): Score-CAM on the top-k channels "
-          "by gradient, masked forwards batched on the model's device", source="ours (pure torch)")
+@register(
+    "saliency",
+    "gscorecam",
+    description="gScoreCAM (Chen et al. 2022): Score-CAM on the top-k channels "
+    "by gradient, masked forwards batched on the model's device",
+    source="ours (pure torch)",
+)
 class GScoreCAM(SaliencyMethod):
     """gScoreCAM on a CLIP model.
 
@@ -129,8 +145,13 @@ class GScoreCAM(SaliencyMethod):
 
     name = "gscorecam"
 
-    def __init__(self, topk: float | str | None = 300, batch_size: int = 128,
-                 logit_scale: float | None = None, progress: bool = False) -> None:
+    def __init__(
+        self,
+        topk: float | str | None = 300,
+        batch_size: int = 128,
+        logit_scale: float | None = None,
+        progress: bool = False,
+    ) -> None:
         resolve_topk(topk, 10**9)  # validate early
         if int(batch_size) < 1:
             raise ValueError(f"batch_size={batch_size!r} must be >= 1")

@@ -12,6 +12,7 @@ forward pass (open_clip ViTs), or with timm's non-fused attention path (timm tru
 so ``dS/dP`` comes from a single backward pass. Only ViT image towers have attention maps: other
 models raise a clear error.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,16 @@ def _explicit_mha(mha: torch.nn.MultiheadAttention, store: list[torch.Tensor]):
     """A drop-in ``forward`` for ``mha`` computing attention explicitly, appending ``B x H x L x S``
     probabilities (part of the graph) to ``store``."""
 
-    def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                average_attn_weights=True, is_causal=False):
+    def forward(
+        query,
+        key,
+        value,
+        key_padding_mask=None,
+        need_weights=True,
+        attn_mask=None,
+        average_attn_weights=True,
+        is_causal=False,
+    ):
         if mha.bias_k is not None or mha.add_zero_attn:
             raise NotImplementedError("hilacam: attention with bias_k / add_zero_attn is not supported")
         if not mha.batch_first:
@@ -88,8 +97,10 @@ def attention_blocks(clip: ClipModel) -> tuple[str, list[torch.nn.Module]]:
         attns = [blk.attn for blk in blocks]
         if all(hasattr(a, "attn_drop") and hasattr(a, "fused_attn") for a in attns):
             return "timm", attns
-    raise ConfigError(f"hilacam needs a ViT CLIP image tower (open_clip or timm attention blocks); "
-                      f"{getattr(clip, 'name', '') or type(clip).__name__} has none: use gscorecam instead")
+    raise ConfigError(
+        f"hilacam needs a ViT CLIP image tower (open_clip or timm attention blocks); "
+        f"{getattr(clip, 'name', '') or type(clip).__name__} has none: use gscorecam instead"
+    )
 
 
 @contextmanager
@@ -134,8 +145,12 @@ def relevance(probs: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Ten
     return r
 
 
-@register("saliency", "hilacam", description="gradient-weighted attention relevance for ViT CLIPs "
-          "(Chefer et al. 2021)", source="ours (pure torch)")
+@register(
+    "saliency",
+    "hilacam",
+    description="gradient-weighted attention relevance for ViT CLIPs (Chefer et al. 2021)",
+    source="ours (pure torch)",
+)
 class HilaCAM(SaliencyMethod):
     """HilaCAM on a ViT CLIP model (one forward + backward pass).
 

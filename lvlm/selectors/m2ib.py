@@ -14,6 +14,7 @@ patch token (the CLS token dropped), on the patch grid, resized (bilinear) to th
 normalised. With ``var = 1`` this is MedCLIP-SAMv2's bottleneck exactly (its estimator has mean 0 and
 std ``sqrt(var)``). The CLIP weights are not changed; only ``alpha`` gets gradients.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,12 +41,18 @@ def vit_blocks(clip: ClipModel) -> list[torch.nn.Module]:
     blocks = getattr(getattr(visual, "trunk", None), "blocks", None)
     if blocks is not None:
         return list(blocks)
-    raise ConfigError(f"m2ib needs a ViT CLIP image tower (transformer blocks); "
-                      f"{getattr(clip, 'name', '') or type(clip).__name__} has none: use gscorecam instead")
+    raise ConfigError(
+        f"m2ib needs a ViT CLIP image tower (transformer blocks); "
+        f"{getattr(clip, 'name', '') or type(clip).__name__} has none: use gscorecam instead"
+    )
 
 
-@register("saliency", "m2ib", description="multi-modal information bottleneck on a ViT CLIP layer "
-          "(Wang et al. 2023; MedCLIP-SAMv2)", source="ours (pure torch), after MedCLIP-SAMv2's M2IB")
+@register(
+    "saliency",
+    "m2ib",
+    description="multi-modal information bottleneck on a ViT CLIP layer (Wang et al. 2023; MedCLIP-SAMv2)",
+    source="ours (pure torch), after MedCLIP-SAMv2's M2IB",
+)
 class M2IB(SaliencyMethod):
     """M2IB saliency: a per-token, per-channel bottleneck on one ViT block, fitted to keep the image-text match.
 
@@ -61,8 +68,16 @@ class M2IB(SaliencyMethod):
 
     name = "m2ib"
 
-    def __init__(self, layer: int = 7, beta: float = 0.1, var: float = 1.0, steps: int = 10, lr: float = 1.0,
-                 samples: int = 10, seed: int = 0) -> None:
+    def __init__(
+        self,
+        layer: int = 7,
+        beta: float = 0.1,
+        var: float = 1.0,
+        steps: int = 10,
+        lr: float = 1.0,
+        samples: int = 10,
+        seed: int = 0,
+    ) -> None:
         if isinstance(layer, bool) or int(layer) < 0:
             raise ConfigError(f"m2ib layer={layer!r}: a block index >= 0")
         if float(var) <= 0:
@@ -80,7 +95,9 @@ class M2IB(SaliencyMethod):
         text = as_text_features(text_features, device).float()
         blocks = vit_blocks(clip)
         if self.layer >= len(blocks):
-            raise ConfigError(f"m2ib layer={self.layer}: this image tower has {len(blocks)} blocks (0..{len(blocks) - 1})")
+            raise ConfigError(
+                f"m2ib layer={self.layer}: this image tower has {len(blocks)} blocks (0..{len(blocks) - 1})"
+            )
         block = blocks[self.layer]
         batch = pixels.expand(self.samples, -1, -1, -1)
         std = math.sqrt(self.var)
@@ -99,7 +116,7 @@ class M2IB(SaliencyMethod):
             lam = torch.sigmoid(state["alpha"]).expand_as(xb)
             mu = xb.float() * lam / std
             var = (1.0 - lam) ** 2
-            state["capacity"] = -0.5 * (1.0 + torch.log(var) - mu ** 2 - var)  # KL to N(0, 1)
+            state["capacity"] = -0.5 * (1.0 + torch.log(var) - mu**2 - var)  # KL to N(0, 1)
             eps = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
             t = ((mu + var.sqrt() * eps) * std).to(x.dtype)
             t = t if bf else t.transpose(0, 1)
@@ -135,10 +152,13 @@ class M2IB(SaliencyMethod):
             g = math.isqrt(n)
         else:
             raise ValueError(f"m2ib: {n} tokens do not form a square patch grid (with or without CLS)")
-        sal = F.interpolate(sal.reshape(1, 1, g, g), size=tuple(pixels.shape[-2:]), mode="bilinear",
-                            align_corners=False)[0, 0]
+        sal = F.interpolate(
+            sal.reshape(1, 1, g, g), size=tuple(pixels.shape[-2:]), mode="bilinear", align_corners=False
+        )[0, 0]
         return minmax(sal)
 
     def __repr__(self) -> str:
-        return (f"M2IB(layer={self.layer}, beta={self.beta}, var={self.var}, steps={self.steps}, lr={self.lr}, "
-                f"samples={self.samples})")
+        return (
+            f"M2IB(layer={self.layer}, beta={self.beta}, var={self.var}, steps={self.steps}, lr={self.lr}, "
+            f"samples={self.samples})"
+        )

@@ -12,6 +12,7 @@ right/bottom edges, points as (x, y) pixel indices. The segmenter maps them to i
 - :func:`points_for_regions`: saliency peaks inside each region (positive) and low-saliency points in
   its box (negative).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -107,7 +108,9 @@ def threshold_value(saliency: np.ndarray, threshold: float | str) -> float:
             return otsu_threshold(saliency)
         if threshold == "kmeans":
             return kmeans_threshold(saliency)
-        raise ValueError(f"threshold={threshold!r}; give a number in [0, 1] or one of {', '.join(THRESHOLDS)}")
+        raise ValueError(
+            f"threshold={threshold!r}; give a number in [0, 1] or one of {', '.join(THRESHOLDS)}"
+        )
     t = float(threshold)
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"threshold={threshold!r} must lie in [0, 1]")
@@ -142,9 +145,13 @@ def components(mask: np.ndarray, min_area: float = 0.0) -> list[np.ndarray]:
     return [labels == (i + 1) for i in order if areas[i] > 0 and areas[i] >= min_px]
 
 
-def boxes_from_mask(mask: np.ndarray, box_mode: str = "largest", min_area: float = 0.0,
-                    max_boxes: int | None = None, saliency: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, list[np.ndarray]]:
+def boxes_from_mask(
+    mask: np.ndarray,
+    box_mode: str = "largest",
+    min_area: float = 0.0,
+    max_boxes: int | None = None,
+    saliency: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """``(boxes K x 4, regions)``: xyxy boxes (exclusive right/bottom) of the mask's regions per
     ``box_mode`` and the region masks they come from (``"merged"``: one box around all kept regions;
     ``"peak"``: the region whose mean ``saliency`` is highest, for maps that light up a second, weaker
@@ -176,8 +183,14 @@ def boxes_from_mask(mask: np.ndarray, box_mode: str = "largest", min_area: float
     return masks_to_boxes(np.stack(regions)), regions
 
 
-def points_for_regions(saliency: np.ndarray, regions: list[np.ndarray], boxes: np.ndarray | None,
-                       positive: int = 1, negative: int = 0, min_distance: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def points_for_regions(
+    saliency: np.ndarray,
+    regions: list[np.ndarray],
+    boxes: np.ndarray | None,
+    positive: int = 1,
+    negative: int = 0,
+    min_distance: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(points K x P x 2, labels K x P)``: per region, the ``positive`` highest local maxima of the
     saliency inside it (at least ``min_distance`` apart, a fraction of the shorter side) labelled 1, and
     the ``negative`` lowest-saliency points in its box (outside the region; the whole image when there
@@ -194,7 +207,7 @@ def points_for_regions(saliency: np.ndarray, regions: list[np.ndarray], boxes: n
     s = np.asarray(saliency, dtype=np.float32)
     h, w = s.shape
     dist = max(1, round(min_distance * min(h, w)))
-    peaks = (ndimage.maximum_filter(s, size=2 * dist + 1, mode="nearest") == s)
+    peaks = ndimage.maximum_filter(s, size=2 * dist + 1, mode="nearest") == s
     pts_all, lab_all = [], []
     for k, region in enumerate(regions):
         pts: list[tuple[float, float]] = []
@@ -206,7 +219,9 @@ def points_for_regions(saliency: np.ndarray, regions: list[np.ndarray], boxes: n
             chosen: list[int] = []
             for c in cand:  # greedy: strongest first, at least `dist` apart
                 y, x = divmod(int(c), w)
-                if all((y - cy) ** 2 + (x - cx) ** 2 >= dist * dist for cy, cx in (divmod(j, w) for j in chosen)):
+                if all(
+                    (y - cy) ** 2 + (x - cx) ** 2 >= dist * dist for cy, cx in (divmod(j, w) for j in chosen)
+                ):
                     chosen.append(int(c))
                 if len(chosen) == positive:
                     break

@@ -11,6 +11,7 @@ connected regions become box (and point) prompts::
 ``prompts(image, text)`` returns the prompts in the image's pixel frame and the intermediate maps
 (``saliency``, ``smoothed``, ``crf``, ``mask``) at the image's resolution.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -58,8 +59,13 @@ def _with_defaults(kind: str, spec: Any, defaults: dict[str, Any]) -> Any:
     return spec
 
 
-@register("prompter", "saliency", description="text -> CLIP saliency (gScoreCAM, HilaCAM, M2IB, Score-CAM, "
-          "Grad-CAM) -> dense CRF -> box / point prompts", source="MedCLIP-SAM's gScoreCAM pipeline")
+@register(
+    "prompter",
+    "saliency",
+    description="text -> CLIP saliency (gScoreCAM, HilaCAM, M2IB, Score-CAM, "
+    "Grad-CAM) -> dense CRF -> box / point prompts",
+    source="MedCLIP-SAM's gScoreCAM pipeline",
+)
 class SaliencyPrompter(Prompter):
     """Box / point prompts from a CLIP saliency map.
 
@@ -97,17 +103,32 @@ class SaliencyPrompter(Prompter):
         device: where CLIP and the CRF run.
     """
 
-    def __init__(self, clip: str | dict | ClipModel = "OA-RN50", method: str | dict | Callable = "gscorecam",
-                 topk: float | str | None = 300, batch_size: int = 128, logit_scale: float | None = None,
-                 templates: Sequence[str] = ("{}",), resize: str = "stretch", crf: str | dict | None = None,
-                 sigma: float = 0.02, threshold: float | str = "auto", box_mode: str = "largest",
-                 min_area: float = 0.001, max_boxes: int | None = None, points: int = 0, negative_points: int = 0,
-                 device: str = "auto") -> None:
+    def __init__(
+        self,
+        clip: str | dict | ClipModel = "OA-RN50",
+        method: str | dict | Callable = "gscorecam",
+        topk: float | str | None = 300,
+        batch_size: int = 128,
+        logit_scale: float | None = None,
+        templates: Sequence[str] = ("{}",),
+        resize: str = "stretch",
+        crf: str | dict | None = None,
+        sigma: float = 0.02,
+        threshold: float | str = "auto",
+        box_mode: str = "largest",
+        min_area: float = 0.001,
+        max_boxes: int | None = None,
+        points: int = 0,
+        negative_points: int = 0,
+        device: str = "auto",
+    ) -> None:
         if isinstance(templates, str):
             templates = [templates]
         templates = list(templates)
         if not templates or any("{}" not in t for t in templates):
-            raise ConfigError(f"templates={templates!r}: give a list of strings each containing '{{}}' for the prompt")
+            raise ConfigError(
+                f"templates={templates!r}: give a list of strings each containing '{{}}' for the prompt"
+            )
         if resize not in RESIZE_MODES:
             raise ConfigError(f"resize={resize!r}; valid: {', '.join(RESIZE_MODES)}")
         if box_mode not in BOX_MODES:
@@ -128,12 +149,20 @@ class SaliencyPrompter(Prompter):
         if callable(method) and not isinstance(method, (str, dict)):
             self.method = method
         else:
-            self.method = build_spec("saliency", _with_defaults(
-                "saliency", method, {"topk": topk, "batch_size": batch_size, "logit_scale": logit_scale}))
+            self.method = build_spec(
+                "saliency",
+                _with_defaults(
+                    "saliency", method, {"topk": topk, "batch_size": batch_size, "logit_scale": logit_scale}
+                ),
+            )
         self.crf = None
         if crf is not None and crf is not False:
-            self.crf = build_spec("crf", _with_defaults("crf", "torch" if crf is True else crf,
-                                                        {"device": str(clip_device(self.clip))}))
+            self.crf = build_spec(
+                "crf",
+                _with_defaults(
+                    "crf", "torch" if crf is True else crf, {"device": str(clip_device(self.clip))}
+                ),
+            )
         self.templates = templates
         self.resize = resize
         self.sigma = float(sigma)
@@ -168,10 +197,14 @@ class SaliencyPrompter(Prompter):
             top, left = (side - h) // 2, (side - w) // 2
             mean = torch.tensor(self.clip.mean, device=dev).view(1, 3, 1, 1) * 255.0
             canvas = mean.expand(1, 3, side, side).clone()  # pad with the mean colour (0 once normalised)
-            canvas[:, :, top:top + h, left:left + w] = x
+            canvas[:, :, top : top + h, left : left + w] = x
             x = canvas
-            place = (round(top * s / side), round(left * s / side), max(1, round(h * s / side)),
-                     max(1, round(w * s / side)))
+            place = (
+                round(top * s / side),
+                round(left * s / side),
+                max(1, round(h * s / side)),
+                max(1, round(w * s / side)),
+            )
         else:
             place = (0, 0, s, s)
         x = F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False, antialias=True).clamp(0, 255)
@@ -187,7 +220,7 @@ class SaliencyPrompter(Prompter):
         image = self._check_image(image)
         pixels, (top, left, ph, pw) = self._pixels(image)
         sal = self.method(self.clip, pixels, self.text_features(text).to(pixels.device))
-        sal = sal[top:top + ph, left:left + pw].float()
+        sal = sal[top : top + ph, left : left + pw].float()
         sal = F.interpolate(sal[None, None], size=image.shape[:2], mode="bilinear", align_corners=False)[0, 0]
         return sal.clamp(0, 1).detach().cpu().numpy().astype(np.float32)
 
@@ -195,8 +228,10 @@ class SaliencyPrompter(Prompter):
     def _check_image(image: np.ndarray) -> np.ndarray:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ImageError(f"the saliency prompter needs an H x W x 3 uint8 RGB image, got {image.dtype} "
-                             f"{image.shape} (lvlm.io.load_image converts any image)")
+            raise ImageError(
+                f"the saliency prompter needs an H x W x 3 uint8 RGB image, got {image.dtype} "
+                f"{image.shape} (lvlm.io.load_image converts any image)"
+            )
         return image
 
     # --- the Prompter interface ---------------------------------------------------------------
@@ -220,5 +255,6 @@ class SaliencyPrompter(Prompter):
         pts = labels = None
         if self.points or self.negative_points:
             pts, labels = points_for_regions(sm, regions, boxes, self.points, self.negative_points)
-        return Prompts(boxes=None if self.box_mode == "none" else boxes, points=pts, point_labels=labels,
-                       text=text), extras
+        return Prompts(
+            boxes=None if self.box_mode == "none" else boxes, points=pts, point_labels=labels, text=text
+        ), extras

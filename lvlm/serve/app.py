@@ -14,6 +14,7 @@ Errors are JSON ``{"error": "<one line>"}``: 400 for a bad image, config, box, p
 413 over the byte or pixel limit (the message names it); 429 when the queue is full; 500 for a failure
 inside a model (the server keeps serving).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -89,9 +90,13 @@ def config_info(name: str) -> dict[str, Any]:
     seg = cfg.get("segmenter") or {}
     seg_name = seg.get("name") if isinstance(seg, dict) else None
     text = bool(cfg.get("prompter") or cfg.get("selector") or seg_name == "clipseg")
-    return {"name": name, "description": " ".join(str(cfg.get("description", "")).split()),
-            "text": text, "geometry": bool(cfg.get("segmenter")),
-            "needs_text": text and not cfg.get("segmenter")}
+    return {
+        "name": name,
+        "description": " ".join(str(cfg.get("description", "")).split()),
+        "text": text,
+        "geometry": bool(cfg.get("segmenter")),
+        "needs_text": text and not cfg.get("segmenter"),
+    }
 
 
 def _parse_numbers(text: str, n: int, what: str) -> list[float]:
@@ -154,9 +159,16 @@ def _instances(res: Any, ident: str) -> tuple[list[dict], str]:
     out = []
     for i in range(len(cands)):
         x0, y0, x1, y1 = (float(v) for v in cands.boxes[i])
-        out.append({"image_id": ident, "category_id": 1, "segmentation": encode(cands.masks[i]),
-                    "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(cands.masks[i].sum()),
-                    "score": _json_number(cands.scores[i])})
+        out.append(
+            {
+                "image_id": ident,
+                "category_id": 1,
+                "segmentation": encode(cands.masks[i]),
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "area": int(cands.masks[i].sum()),
+                "score": _json_number(cands.scores[i]),
+            }
+        )
     return out, "candidates"
 
 
@@ -181,9 +193,15 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def create_app(configs: list[str] | tuple[str, ...] = DEFAULT_CONFIGS, *, max_queue: int = DEFAULT_MAX_QUEUE,
-               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS,
-               pipeline_factory: Callable[[str], Any] | None = None, tmp_dir: str | None = None) -> FastAPI:
+def create_app(
+    configs: list[str] | tuple[str, ...] = DEFAULT_CONFIGS,
+    *,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    pipeline_factory: Callable[[str], Any] | None = None,
+    tmp_dir: str | None = None,
+) -> FastAPI:
     """The FastAPI app serving ``configs``.
 
     Args:
@@ -223,8 +241,12 @@ def create_app(configs: list[str] | tuple[str, ...] = DEFAULT_CONFIGS, *, max_qu
             if own_tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    app = FastAPI(title="lvlm serve", version=_version(), lifespan=lifespan,
-                  summary="Zero-shot text-prompted image segmentation")
+    app = FastAPI(
+        title="lvlm serve",
+        version=_version(),
+        lifespan=lifespan,
+        summary="Zero-shot text-prompted image segmentation",
+    )
     app.state.pool = pool
     app.state.tmp_dir = tmp
     app.state.limits = {"max_queue": pool.max_queue, "max_upload_bytes": max_bytes, "max_pixels": max_pixels}
@@ -244,8 +266,11 @@ def create_app(configs: list[str] | tuple[str, ...] = DEFAULT_CONFIGS, *, max_qu
     @app.get("/api/configs")
     async def api_configs() -> dict:
         st = pool.status()["configs"]
-        return {"default": configs[0], "limits": app.state.limits,
-                "configs": [{**infos[n], "loaded": st[n]["loaded"]} for n in configs]}
+        return {
+            "default": configs[0],
+            "limits": app.state.limits,
+            "configs": [{**infos[n], "loaded": st[n]["loaded"]} for n in configs],
+        }
 
     def examples() -> dict[str, Path]:
         return {p.name: p for p in sorted(EXAMPLES_DIR.glob("*")) if p.suffix.lower() in EXAMPLE_SUFFIXES}
@@ -290,8 +315,11 @@ def create_app(configs: list[str] | tuple[str, ...] = DEFAULT_CONFIGS, *, max_qu
         except Image.DecompressionBombError:
             w = h = max_pixels + 1
         if w is not None and h is not None and w * h > max_pixels:
-            raise HTTPError(413, f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} pixels; "
-                                 "raise it with lvlm serve --max-pixels")
+            raise HTTPError(
+                413,
+                f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} pixels; "
+                "raise it with lvlm serve --max-pixels",
+            )
         suffix = Path(filename).suffix.lower()
         if not re.fullmatch(r"\.[a-z0-9]{1,5}", suffix):
             suffix = ".img"
@@ -308,8 +336,11 @@ def create_app(configs: list[str] | tuple[str, ...] = DEFAULT_CONFIGS, *, max_qu
         finally:
             path.unlink(missing_ok=True)
         if img.shape[0] * img.shape[1] > max_pixels:
-            raise HTTPError(413, f"image is {img.shape[1]}x{img.shape[0]} = {img.shape[0] * img.shape[1]:,} "
-                                 f"pixels, over the limit of {max_pixels:,} pixels")
+            raise HTTPError(
+                413,
+                f"image is {img.shape[1]}x{img.shape[0]} = {img.shape[0] * img.shape[1]:,} "
+                f"pixels, over the limit of {max_pixels:,} pixels",
+            )
         return img
 
     def mask_png(mask: np.ndarray) -> bytes:
@@ -347,7 +378,9 @@ def create_app(configs: list[str] | tuple[str, ...] = DEFAULT_CONFIGS, *, max_qu
                 raise HTTPError(400, f"{len(boxes)} boxes and points: points go with one box at most")
             prompt = " ".join(str(form.get("prompt") or "").split()) or None
             if prompt is None and boxes is None and points is None:
-                raise HTTPError(400, "empty prompt: give a text prompt (or a box / point for a prompted config)")
+                raise HTTPError(
+                    400, "empty prompt: give a text prompt (or a box / point for a prompted config)"
+                )
             if prompt is None and infos[config]["needs_text"]:
                 raise HTTPError(400, f"config {config!r} is text-prompted: give a text prompt")
             upload = form.get("image")
@@ -390,20 +423,35 @@ def create_app(configs: list[str] | tuple[str, ...] = DEFAULT_CONFIGS, *, max_qu
         png = await run_in_threadpool(mask_png, res.mask)
         if fmt == "png":
             name = mask_filename(ident, prompt)
-            return Response(png, media_type="image/png", headers={
-                "Content-Disposition": f'attachment; filename="{name}"',
-                "X-Lvlm-Score": str(_json_number(res.score)), "X-Lvlm-Area": str(int(res.mask.sum())),
-                "X-Lvlm-Timings": json.dumps(timings)})
+            return Response(
+                png,
+                media_type="image/png",
+                headers={
+                    "Content-Disposition": f'attachment; filename="{name}"',
+                    "X-Lvlm-Score": str(_json_number(res.score)),
+                    "X-Lvlm-Area": str(int(res.mask.sum())),
+                    "X-Lvlm-Timings": json.dumps(timings),
+                },
+            )
         from ..rle import encode
 
         instances, kind = await run_in_threadpool(_instances, res, ident)
         out: dict[str, Any] = {
-            "image_id": ident, "config": config, "prompt": prompt,
-            "height": int(res.mask.shape[0]), "width": int(res.mask.shape[1]),
-            "mask": encode(res.mask), "area": int(res.mask.sum()), "empty": bool(res.empty),
-            "score": _json_number(res.score), "timings": timings,
-            "n_candidates": len(res.candidates), "instances_from": kind, "instances": instances,
-            "prompts": _prompts_json(res.prompts), "mask_filename": mask_filename(ident, prompt),
+            "image_id": ident,
+            "config": config,
+            "prompt": prompt,
+            "height": int(res.mask.shape[0]),
+            "width": int(res.mask.shape[1]),
+            "mask": encode(res.mask),
+            "area": int(res.mask.sum()),
+            "empty": bool(res.empty),
+            "score": _json_number(res.score),
+            "timings": timings,
+            "n_candidates": len(res.candidates),
+            "instances_from": kind,
+            "instances": instances,
+            "prompts": _prompts_json(res.prompts),
+            "mask_filename": mask_filename(ident, prompt),
         }
         if str(form.get("include_png") or "").lower() in ("1", "true", "yes", "on"):
             out["mask_png"] = base64.b64encode(png).decode("ascii")
@@ -415,13 +463,17 @@ def create_app(configs: list[str] | tuple[str, ...] = DEFAULT_CONFIGS, *, max_qu
 def _prompts_json(prompts: Any) -> dict | None:
     if prompts is None:
         return None
-    return {"boxes": None if prompts.boxes is None else np.asarray(prompts.boxes).round(2).tolist(),
-            "points": None if prompts.points is None else np.asarray(prompts.points).round(2).tolist()}
+    return {
+        "boxes": None if prompts.boxes is None else np.asarray(prompts.boxes).round(2).tolist(),
+        "points": None if prompts.points is None else np.asarray(prompts.points).round(2).tolist(),
+    }
 
 
 def _too_large(n: int, limit: int, mb: float, at_least: bool = False) -> str:
-    return (f"upload of {'over ' if at_least else ''}{n:,} bytes is over the limit of {mb:g} MB "
-            f"({limit:,} bytes); raise it with lvlm serve --max-upload-mb")
+    return (
+        f"upload of {'over ' if at_least else ''}{n:,} bytes is over the limit of {mb:g} MB "
+        f"({limit:,} bytes); raise it with lvlm serve --max-upload-mb"
+    )
 
 
 def _version() -> str:

@@ -8,6 +8,7 @@ before its turn (its client went away) is skipped without running the model.
 
 Nothing here knows about HTTP; :mod:`lvlm.serve.app` maps the outcomes to status codes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -110,8 +111,15 @@ class ModelPool:
             "max_queue": self.max_queue,
             "served": self.served,
             "skipped": self.skipped,
-            "configs": {n: {"loaded": s.pipeline is not None, "building": s.building, "queued": s.jobs.qsize(),
-                            "build_seconds": s.build_seconds} for n, s in self.slots.items()},
+            "configs": {
+                n: {
+                    "loaded": s.pipeline is not None,
+                    "building": s.building,
+                    "queued": s.jobs.qsize(),
+                    "build_seconds": s.build_seconds,
+                }
+                for n, s in self.slots.items()
+            },
         }
 
     def submit(self, job: Job) -> Future:
@@ -128,12 +136,15 @@ class ModelPool:
             if self._closed:
                 raise QueueFull("the server is shutting down")
             if self._pending >= self.max_queue:
-                raise QueueFull(f"server busy: {self._pending} requests queued or running "
-                                f"(limit {self.max_queue}); retry later")
+                raise QueueFull(
+                    f"server busy: {self._pending} requests queued or running "
+                    f"(limit {self.max_queue}); retry later"
+                )
             self._pending += 1
             if slot.thread is None:
-                slot.thread = threading.Thread(target=self._work, args=(slot,), name=f"lvlm-serve-{slot.name}",
-                                               daemon=True)
+                slot.thread = threading.Thread(
+                    target=self._work, args=(slot,), name=f"lvlm-serve-{slot.name}", daemon=True
+                )
                 slot.thread.start()
         # released exactly once: when the job finishes, fails, or is cancelled while still queued
         job.future.add_done_callback(self._release)
@@ -158,8 +169,10 @@ class ModelPool:
                 pipe = slot.get_pipeline()
                 t_run = time.perf_counter()
                 res = pipe(job.image, job.prompt, box=job.boxes, point=job.points)
-                info = {"queue": job.started_at - job.queued_at,
-                        "build": 0.0 if built else t_run - job.started_at}
+                info = {
+                    "queue": job.started_at - job.queued_at,
+                    "build": 0.0 if built else t_run - job.started_at,
+                }
                 self.served += 1
                 job.future.set_result((res, info))
             except BaseException as exc:  # noqa: BLE001 - handed to the request; the worker goes on

@@ -11,6 +11,7 @@ name or a custom model config (JSON) can be the model. Data: a CSV / JSONL manif
     lvlm train clip --data scenes:6000 --model-config lvlm/assets/lvlm_shapes/train_config.json \\
         --train both --init scratch --epochs 12 --out runs/shapes
 """
+
 from __future__ import annotations
 
 import csv
@@ -49,12 +50,20 @@ INITS = ("scratch", "autoencoder", "imagenet")
 IMAGE_ENCODERS: dict[str, dict[str, Any]] = {
     "rn50": {"image_size": 224, "layers": [3, 4, 6, 3], "width": 64},
     "vit-b-16": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 16},
-    "swin-t": {"image_size": 224, "timm_model_name": "swin_tiny_patch4_window7_224", "timm_model_pretrained": False,
-               "timm_pool": "avg", "timm_proj": "linear"},
+    "swin-t": {
+        "image_size": 224,
+        "timm_model_name": "swin_tiny_patch4_window7_224",
+        "timm_model_pretrained": False,
+        "timm_pool": "avg",
+        "timm_proj": "linear",
+    },
 }
 # ImageNet weights per encoder for "FP" (timm / torchvision names resolved through their own caches)
-IMAGENET = {"rn50": "torchvision resnet50 IMAGENET1K_V1", "swin-t": "timm swin_tiny_patch4_window7_224",
-            "vit-b-16": "timm vit_base_patch16_224"}
+IMAGENET = {
+    "rn50": "torchvision resnet50 IMAGENET1K_V1",
+    "swin-t": "timm swin_tiny_patch4_window7_224",
+    "vit-b-16": "timm vit_base_patch16_224",
+}
 
 
 @dataclass
@@ -81,7 +90,9 @@ class ClipTrainConfig:
     workers: int = 0
     device: str = "auto"
     max_samples: int = 0
-    init_from: str = ""  # start from the weights of an open_clip model dir / file (fine-tuning, warm restarts)
+    init_from: str = (
+        ""  # start from the weights of an open_clip model dir / file (fine-tuning, warm restarts)
+    )
     group_positives: bool = False  # pairs with the same class (or caption) are positives of each other
     augment: str = "flip"  # "flip" (random horizontal flips), "dihedral" (flips and 90-degree turns), "none"
     scene_black_prob: float = 0.25  # scenes:N only: chance that all but the captioned object is blacked out
@@ -89,6 +100,7 @@ class ClipTrainConfig:
 
 
 # ------------------------------------------------------------------------------------------ data
+
 
 class PairSource:
     """Image-text pairs: ``images[i]`` (path or array) with ``texts[i]``; ``labels`` optional class ids.
@@ -101,8 +113,13 @@ class PairSource:
         label_texts: the class texts that retrieval is scored against when ``labels`` is given.
     """
 
-    def __init__(self, images: list[Any], texts: list[str], labels: list[int] | None = None,
-                 label_texts: list[str] | None = None):
+    def __init__(
+        self,
+        images: list[Any],
+        texts: list[str],
+        labels: list[int] | None = None,
+        label_texts: list[str] | None = None,
+    ):
         if len(images) != len(texts):
             raise ConfigError(f"{len(images)} images but {len(texts)} texts")
         self.images, self.texts, self.labels, self.label_texts = images, texts, labels, label_texts
@@ -127,8 +144,12 @@ class PairSource:
         Args:
             idx: pair indices.
         """
-        return PairSource([self.images[i] for i in idx], [self.texts[i] for i in idx],
-                          None if self.labels is None else [self.labels[i] for i in idx], self.label_texts)
+        return PairSource(
+            [self.images[i] for i in idx],
+            [self.texts[i] for i in idx],
+            None if self.labels is None else [self.labels[i] for i in idx],
+            self.label_texts,
+        )
 
 
 def load_pairs(data: str, max_samples: int = 0, seed: int = 0, scene_black_prob: float = 0.25) -> PairSource:
@@ -150,20 +171,29 @@ def load_pairs(data: str, max_samples: int = 0, seed: int = 0, scene_black_prob:
         except ValueError:
             raise ConfigError(f"training data {data!r}: give scenes:N with N a number of scenes") from None
         imgs, texts, labels = [], [], []
-        for img, cap, lab in tqdm(training_pairs(range(n), rng_seed=seed, black_prob=scene_black_prob), total=n,
-                                  desc="generating scenes", unit="scene", leave=False):
+        for img, cap, lab in tqdm(
+            training_pairs(range(n), rng_seed=seed, black_prob=scene_black_prob),
+            total=n,
+            desc="generating scenes",
+            unit="scene",
+            leave=False,
+        ):
             imgs.append(img)
             texts.append(cap)
             labels.append(lab)
         return PairSource(imgs, texts, labels, all_captions())
     p = Path(data)
     if not p.exists():
-        raise LvlmError(f"training data {data!r} not found: give scenes:N, a .csv/.jsonl manifest with 'image' and "
-                        "'text' columns, or a MIMIC-CXR-JPG root (files/pXX/pXXXXXXXX/sXXXXXXXX/*.jpg with reports)")
+        raise LvlmError(
+            f"training data {data!r} not found: give scenes:N, a .csv/.jsonl manifest with 'image' and "
+            "'text' columns, or a MIMIC-CXR-JPG root (files/pXX/pXXXXXXXX/sXXXXXXXX/*.jpg with reports)"
+        )
     if p.is_file():
         rows = _read_manifest(p)
         base = p.parent
-        images = [str((base / r["image"]) if not Path(r["image"]).is_absolute() else r["image"]) for r in rows]
+        images = [
+            str((base / r["image"]) if not Path(r["image"]).is_absolute() else r["image"]) for r in rows
+        ]
         texts = [r["text"] for r in rows]
     else:
         images, texts = _mimic_pairs(p)
@@ -197,8 +227,14 @@ def _mimic_pairs(root: Path) -> tuple[list[str], list[str]]:
         if not study.is_dir():
             continue
         rel = study.relative_to(files)
-        report = next((r / rel.parent / f"{study.name}.txt" for r in report_roots
-                       if (r / rel.parent / f"{study.name}.txt").is_file()), None)
+        report = next(
+            (
+                r / rel.parent / f"{study.name}.txt"
+                for r in report_roots
+                if (r / rel.parent / f"{study.name}.txt").is_file()
+            ),
+            None,
+        )
         if report is None:
             continue
         text = report_text(report.read_text(errors="replace"))
@@ -206,8 +242,10 @@ def _mimic_pairs(root: Path) -> tuple[list[str], list[str]]:
             images.append(str(jpg))
             texts.append(text)
     if not images:
-        raise LvlmError(f"{root}: no MIMIC-CXR-JPG studies with reports found (expected files/pXX/pSUBJECT/sSTUDY/*.jpg "
-                        "and reports sSTUDY.txt; dataset: https://physionet.org/content/mimic-cxr-jpg/)")
+        raise LvlmError(
+            f"{root}: no MIMIC-CXR-JPG studies with reports found (expected files/pXX/pSUBJECT/sSTUDY/*.jpg "
+            "and reports sSTUDY.txt; dataset: https://physionet.org/content/mimic-cxr-jpg/)"
+        )
     return images, texts
 
 
@@ -220,13 +258,16 @@ def report_text(report: str) -> str:
     import re
 
     sections = {}
-    for m in re.finditer(r"^\s*([A-Z][A-Z /]+):(.*?)(?=^\s*[A-Z][A-Z /]+:|\Z)", report, flags=re.DOTALL | re.MULTILINE):
+    for m in re.finditer(
+        r"^\s*([A-Z][A-Z /]+):(.*?)(?=^\s*[A-Z][A-Z /]+:|\Z)", report, flags=re.DOTALL | re.MULTILINE
+    ):
         sections[m.group(1).strip()] = " ".join(m.group(2).split())
     parts = [sections[k] for k in ("FINDINGS", "IMPRESSION") if sections.get(k)]
     return " ".join(parts) if parts else " ".join(report.split())
 
 
 # ----------------------------------------------------------------------------------------- model
+
 
 def build_model(cfg: ClipTrainConfig):
     """The open_clip model to train and its model config dict (saved with the weights).
@@ -243,16 +284,21 @@ def build_model(cfg: ClipTrainConfig):
         text_cfg = open_clip.get_model_config(cfg.text_model)
         if text_cfg is None:
             raise ConfigError(f"unknown open_clip text model {cfg.text_model!r}")
-        model_cfg = {"embed_dim": text_cfg["embed_dim"], "vision_cfg": dict(IMAGE_ENCODERS[cfg.model.lower()]),
-                     "text_cfg": text_cfg["text_cfg"]}
+        model_cfg = {
+            "embed_dim": text_cfg["embed_dim"],
+            "vision_cfg": dict(IMAGE_ENCODERS[cfg.model.lower()]),
+            "text_cfg": text_cfg["text_cfg"],
+        }
         if cfg.init == "imagenet" and "timm_model_name" in model_cfg["vision_cfg"]:
             model_cfg["vision_cfg"]["timm_model_pretrained"] = True
     else:
         model_cfg = open_clip.get_model_config(cfg.model)
         if model_cfg is None:
-            raise ConfigError(f"unknown model {cfg.model!r}; give an open_clip architecture "
-                              f"({', '.join(open_clip.list_models()[:8])}, ...), one of {', '.join(IMAGE_ENCODERS)}, "
-                              "or --model-config FILE")
+            raise ConfigError(
+                f"unknown model {cfg.model!r}; give an open_clip architecture "
+                f"({', '.join(open_clip.list_models()[:8])}, ...), one of {', '.join(IMAGE_ENCODERS)}, "
+                "or --model-config FILE"
+            )
     model = open_clip.CLIP(**model_cfg)
     if cfg.init == "imagenet" and "timm_model_name" not in model_cfg["vision_cfg"]:
         _load_imagenet_resnet(model)
@@ -268,8 +314,11 @@ def _load_imagenet_resnet(model) -> None:
 
     from ..weights import WeightSpec, resolve
 
-    spec = WeightSpec("resnet50-0676ba61.pth", url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
-                      license="BSD-3-Clause (torchvision)")
+    spec = WeightSpec(
+        "resnet50-0676ba61.pth",
+        url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        license="BSD-3-Clause (torchvision)",
+    )
     from ..weights import load_state_dict
 
     tv = torchvision.models.resnet50()
@@ -310,7 +359,8 @@ def set_trainable(model, train: str) -> list[str]:
     for name, p in model.named_parameters():
         is_visual = name.startswith("visual.")
         is_head = name in ("text_projection", "logit_scale") or name.startswith(
-            ("visual.proj", "visual.attnpool.c_proj", "visual.head", "visual.trunk.head"))
+            ("visual.proj", "visual.attnpool.c_proj", "visual.head", "visual.trunk.head")
+        )
         on = train == "both" or is_head or (train == "image" and is_visual)
         p.requires_grad_(on)
         if on:
@@ -319,6 +369,7 @@ def set_trainable(model, train: str) -> list[str]:
 
 
 # -------------------------------------------------------------------------------------- training
+
 
 class _Batches:
     """Preprocessed image tensors and tokenised texts, produced on the fly in batches."""
@@ -344,8 +395,13 @@ class _Batches:
         for a in arrs:
             t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float().unsqueeze(0) / 255.0
             if t.shape[-2:] != (self.image_size, self.image_size):
-                t = F.interpolate(t, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
-                                  align_corners=False)
+                t = F.interpolate(
+                    t,
+                    size=(self.image_size, self.image_size),
+                    mode="bilinear",
+                    antialias=True,
+                    align_corners=False,
+                )
             ts.append(t)
         x = torch.cat(ts)
         if self.augment in ("flip", "dihedral") and rng is not None:
@@ -386,7 +442,9 @@ def _caption_ids(texts: list[str]) -> list[int]:
     return [ids.setdefault(t, len(ids)) for t in texts]
 
 
-def _autoencoder_pretrain(model, batches: _Batches, n: int, cfg: ClipTrainConfig, device: str, log) -> list[float]:
+def _autoencoder_pretrain(
+    model, batches: _Batches, n: int, cfg: ClipTrainConfig, device: str, log
+) -> list[float]:
     """Villarreal et al. Table I: the image tower encodes, a small decoder reconstructs, MSE, Adam (lr 1e-3)."""
     import torch
     from torch import nn
@@ -396,9 +454,14 @@ def _autoencoder_pretrain(model, batches: _Batches, n: int, cfg: ClipTrainConfig
     s = batches.image_size
     base = max(s // 32, 2)
     decoder = nn.Sequential(
-        nn.Linear(emb_dim, 64 * base * base), nn.Unflatten(1, (64, base, base)), nn.ReLU(),
-        nn.Upsample(size=(s // 4, s // 4), mode="bilinear"), nn.Conv2d(64, 32, 3, padding=1), nn.ReLU(),
-        nn.Upsample(size=(s, s), mode="bilinear"), nn.Conv2d(32, 3, 3, padding=1),
+        nn.Linear(emb_dim, 64 * base * base),
+        nn.Unflatten(1, (64, base, base)),
+        nn.ReLU(),
+        nn.Upsample(size=(s // 4, s // 4), mode="bilinear"),
+        nn.Conv2d(64, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Upsample(size=(s, s), mode="bilinear"),
+        nn.Conv2d(32, 3, 3, padding=1),
     ).to(device)
     params = list(model.visual.parameters()) + list(decoder.parameters())
     opt = torch.optim.Adam(params, lr=cfg.ae_lr)
@@ -409,7 +472,7 @@ def _autoencoder_pretrain(model, batches: _Batches, n: int, cfg: ClipTrainConfig
         tot = 0.0
         bar = tqdm(range(0, n, cfg.batch_size), desc=f"autoencoder {ep + 1}/{cfg.ae_epochs}", leave=False)
         for b in bar:
-            x = batches.images(order[b:b + cfg.batch_size]).to(device)
+            x = batches.images(order[b : b + cfg.batch_size]).to(device)
             rec = decoder(model.visual(x))
             loss = torch.nn.functional.mse_loss(rec, x)
             opt.zero_grad()
@@ -461,8 +524,12 @@ def evaluate(model, batches: _Batches, device: str, batch_size: int = 256) -> di
     return {"val_loss": val_loss if losses else float("nan"), "retrieval_top1": top1}
 
 
-def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: bool = True,
-               stop_after_steps: int | None = None) -> dict[str, Any]:
+def train_clip(
+    cfg: ClipTrainConfig,
+    pairs: PairSource | None = None,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
     """Run (or resume) a CLIP training; returns the final metrics (also written to ``metrics.json``).
 
     ``stop_after_steps`` interrupts the run after that many optimiser steps (used to test resuming).
@@ -481,7 +548,9 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
 
     if cfg.setting:
         if cfg.setting not in SETTINGS:
-            raise ConfigError(f"setting {cfg.setting} unknown; valid: {', '.join(map(str, SETTINGS))} (Villarreal et al. Table II)")
+            raise ConfigError(
+                f"setting {cfg.setting} unknown; valid: {', '.join(map(str, SETTINGS))} (Villarreal et al. Table II)"
+            )
         s = SETTINGS[cfg.setting]
         cfg.model, cfg.init, cfg.train = s["model"], s["init"], s["train"]
     if cfg.init not in INITS:
@@ -502,8 +571,11 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
         from ..data.synthetic import all_captions, training_pairs
 
         n_val = max(2, int(len(pairs) * cfg.val_fraction))
-        val = list(training_pairs(range(5_000_000, 5_000_000 + n_val), rng_seed=cfg.seed, black_prob=0.0,
-                                  n_objects=1))
+        val = list(
+            training_pairs(
+                range(5_000_000, 5_000_000 + n_val), rng_seed=cfg.seed, black_prob=0.0, n_objects=1
+            )
+        )
         train_pairs = pairs
         val_pairs = PairSource([v[0] for v in val], [v[1] for v in val], [v[2] for v in val], all_captions())
     else:
@@ -520,7 +592,9 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
     image_size = image_size[0] if isinstance(image_size, (tuple, list)) else int(image_size)
     mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
     std = getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
-    tokenizer = open_clip.get_tokenizer("RN50", context_length=model_cfg["text_cfg"].get("context_length", 77))
+    tokenizer = open_clip.get_tokenizer(
+        "RN50", context_length=model_cfg["text_cfg"].get("context_length", 77)
+    )
     if cfg.augment not in AUGMENTS:
         raise ConfigError(f"augment={cfg.augment!r}; valid: {', '.join(AUGMENTS)}")
     train_b = _Batches(train_pairs, image_size, mean, std, tokenizer, augment=cfg.augment)
@@ -537,8 +611,15 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
         return m["retrieval_top1"] if not math.isnan(m["retrieval_top1"]) else -m["val_loss"]
 
     def save_best(epoch: int, m: dict[str, Any]) -> None:
-        save_open_clip(model, model_cfg, out / "best", image_size=image_size, mean=mean, std=std,
-                       meta={"epoch": epoch, **{k: v for k, v in m.items() if k not in ("epoch", "seconds")}})
+        save_open_clip(
+            model,
+            model_cfg,
+            out / "best",
+            image_size=image_size,
+            mean=mean,
+            std=std,
+            meta={"epoch": epoch, **{k: v for k, v in m.items() if k not in ("epoch", "seconds")}},
+        )
 
     resumed = (out / "last.pt").is_file()
     if not resumed and cfg.init == "autoencoder":
@@ -550,12 +631,17 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
     total = cfg.epochs * steps_per_epoch
     warm = max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+    )
     steps = {"step": 0}
 
     def state() -> dict[str, Any]:
-        return {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "step": steps["step"]}
+        return {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "step": steps["step"],
+        }
 
     def load(ck: dict[str, Any]) -> None:
         model.load_state_dict(ck["model"])
@@ -574,17 +660,26 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
         order = rng.permutation(len(train_pairs))
         tot, seen = 0.0, 0
         t0 = time.time()
-        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"clip epoch {epoch}/{cfg.epochs}",
-                   disable=not progress, leave=False)
+        bar = tqdm(
+            range(0, len(order), cfg.batch_size),
+            desc=f"clip epoch {epoch}/{cfg.epochs}",
+            disable=not progress,
+            leave=False,
+        )
         for b in bar:
-            idx = order[b:b + cfg.batch_size]
+            idx = order[b : b + cfg.batch_size]
             if len(idx) < 2:
                 continue
             groups = None
             if cfg.group_positives:
-                groups = ([train_pairs.labels[i] for i in idx] if train_pairs.labels is not None
-                          else _caption_ids([train_pairs.texts[i] for i in idx]))
-            loss = _clip_loss(model, train_b.images(idx, rng).to(device), train_b.texts(idx).to(device), groups)
+                groups = (
+                    [train_pairs.labels[i] for i in idx]
+                    if train_pairs.labels is not None
+                    else _caption_ids([train_pairs.texts[i] for i in idx])
+                )
+            loss = _clip_loss(
+                model, train_b.images(idx, rng).to(device), train_b.texts(idx).to(device), groups
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -597,21 +692,32 @@ def train_clip(cfg: ClipTrainConfig, pairs: PairSource | None = None, progress: 
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if stop_after_steps is not None and steps["step"] >= stop_after_steps:
                 raise KeyboardInterrupt(f"stopped after {steps['step']} steps")
-        return {"train_loss": tot / max(1, seen), **evaluate(model, val_b, device), "seconds": time.time() - t0}
+        return {
+            "train_loss": tot / max(1, seen),
+            **evaluate(model, val_b, device),
+            "seconds": time.time() - t0,
+        }
 
     history = loop.run(one_epoch, on_epoch_end=lambda m: log({"stage": "clip", **m}))
-    final = {"best_dir": str(out / "best"), "epochs": cfg.epochs, "trainable_parameters": len(trainable),
-             "first_val_loss": history[0]["val_loss"], "final_val_loss": history[-1]["val_loss"],
-             "val_loss_reduction": history[0]["val_loss"] - history[-1]["val_loss"],
-             "retrieval_top1": history[-1]["retrieval_top1"],
-             "best_retrieval_top1": max(h["retrieval_top1"] for h in history)}
+    final = {
+        "best_dir": str(out / "best"),
+        "epochs": cfg.epochs,
+        "trainable_parameters": len(trainable),
+        "first_val_loss": history[0]["val_loss"],
+        "final_val_loss": history[-1]["val_loss"],
+        "val_loss_reduction": history[0]["val_loss"] - history[-1]["val_loss"],
+        "retrieval_top1": history[-1]["retrieval_top1"],
+        "best_retrieval_top1": max(h["retrieval_top1"] for h in history),
+    }
     atomic_write_json(out / "metrics.json", final, indent=2)
     if has("matplotlib"):
         plot_curves({"": history}, out / "curves.png", CURVES, label="")
     return final
 
 
-def save_open_clip(model, model_cfg: dict, directory: Path, image_size: int, mean, std, meta: dict | None = None) -> Path:
+def save_open_clip(
+    model, model_cfg: dict, directory: Path, image_size: int, mean, std, meta: dict | None = None
+) -> Path:
     """Write an open_clip ``local-dir`` model: ``open_clip_config.json`` + ``open_clip_model.safetensors``.
 
     Args:
@@ -627,8 +733,16 @@ def save_open_clip(model, model_cfg: dict, directory: Path, image_size: int, mea
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    cfg = {"model_cfg": model_cfg, "preprocess_cfg": {"size": image_size, "mean": list(mean), "std": list(std),
-                                                      "interpolation": "bicubic", "resize_mode": "shortest"}}
+    cfg = {
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {
+            "size": image_size,
+            "mean": list(mean),
+            "std": list(std),
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        },
+    }
     if meta:
         cfg["lvlm"] = meta
     atomic_write_json(directory / "open_clip_config.json", cfg, indent=2)
@@ -643,16 +757,26 @@ CURVES = (("CLIP loss", ("train_loss", "val_loss")), ("retrieval top-1 (val)", (
 
 # ------------------------------------------------------------------------------------------- CLI
 
+
 def add_arguments(p) -> None:
     """Add the options of ``lvlm train clip`` to ``p``.
 
     Args:
         p: the ``argparse`` (sub)parser.
     """
-    p.add_argument("--data", required=True, help="scenes:N, a .csv/.jsonl manifest (image,text), or a MIMIC-CXR-JPG root")
+    p.add_argument(
+        "--data", required=True, help="scenes:N, a .csv/.jsonl manifest (image,text), or a MIMIC-CXR-JPG root"
+    )
     p.add_argument("--out", default="runs/clip", help="run directory (resumes when it holds last.pt)")
-    p.add_argument("--setting", type=int, default=0, help="Villarreal et al. Table II preset 1-7 (sets model, init, train)")
-    p.add_argument("--model", default="", help=f"open_clip architecture or one of {', '.join(IMAGE_ENCODERS)}")
+    p.add_argument(
+        "--setting",
+        type=int,
+        default=0,
+        help="Villarreal et al. Table II preset 1-7 (sets model, init, train)",
+    )
+    p.add_argument(
+        "--model", default="", help=f"open_clip architecture or one of {', '.join(IMAGE_ENCODERS)}"
+    )
     p.add_argument("--model-config", default="", help="open_clip model config JSON (custom architecture)")
     p.add_argument("--text-model", default="RN50", help="open_clip architecture whose text tower is used")
     p.add_argument("--text-pretrained", default="", help="pretrained tag of the text tower (e.g. openai)")
@@ -668,13 +792,24 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--init-from", default="", help="start from these open_clip weights (a model dir or file)")
-    p.add_argument("--group-positives", action="store_true",
-                   help="pairs of the same class / caption in a batch are positives, not negatives")
-    p.add_argument("--augment", default="flip", choices=AUGMENTS,
-                   help="flip: random horizontal flips; dihedral: flips and 90-degree turns (images with no "
-                        "canonical orientation: generated shapes, microscopy, tiles); none")
-    p.add_argument("--scene-black-prob", type=float, default=0.25,
-                   help="scenes:N only: chance that all but the captioned object is blacked out")
+    p.add_argument(
+        "--group-positives",
+        action="store_true",
+        help="pairs of the same class / caption in a batch are positives, not negatives",
+    )
+    p.add_argument(
+        "--augment",
+        default="flip",
+        choices=AUGMENTS,
+        help="flip: random horizontal flips; dihedral: flips and 90-degree turns (images with no "
+        "canonical orientation: generated shapes, microscopy, tiles); none",
+    )
+    p.add_argument(
+        "--scene-black-prob",
+        type=float,
+        default=0.25,
+        help="scenes:N only: chance that all but the captioned object is blacked out",
+    )
 
 
 def run(args) -> int:
@@ -683,14 +818,30 @@ def run(args) -> int:
     Args:
         args: the parsed options of :func:`add_arguments`.
     """
-    cfg = ClipTrainConfig(data=args.data, out=args.out, setting=args.setting, model=args.model,
-                          model_config=args.model_config, text_model=args.text_model,
-                          text_pretrained=args.text_pretrained, init=args.init, train=args.train,
-                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                          ae_epochs=args.ae_epochs, val_fraction=args.val_fraction, max_samples=args.max_samples,
-                          seed=args.seed, device=args.device, init_from=args.init_from,
-                          group_positives=args.group_positives, augment=args.augment,
-                          scene_black_prob=args.scene_black_prob)
+    cfg = ClipTrainConfig(
+        data=args.data,
+        out=args.out,
+        setting=args.setting,
+        model=args.model,
+        model_config=args.model_config,
+        text_model=args.text_model,
+        text_pretrained=args.text_pretrained,
+        init=args.init,
+        train=args.train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        ae_epochs=args.ae_epochs,
+        val_fraction=args.val_fraction,
+        max_samples=args.max_samples,
+        seed=args.seed,
+        device=args.device,
+        init_from=args.init_from,
+        group_positives=args.group_positives,
+        augment=args.augment,
+        scene_black_prob=args.scene_black_prob,
+    )
     if not cfg.model and not cfg.model_config and not cfg.setting:
         raise ConfigError("give --setting N, --model NAME or --model-config FILE")
     final = train_clip(cfg)

@@ -10,6 +10,7 @@ per-class table (Class | mIoU | Dice | Samples), per-sample scores and training 
 
 Python API: :func:`train_clipseg` (several seeds) and :class:`ClipSegTrainer` (one seed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,14 +37,22 @@ DRYWALL_PROMPTS: dict[str, list[str]] = {
 }
 
 #: The CLIPSeg drywall report table 1.
-DRYWALL_RECIPE = {"epochs": 20, "batch_size": 16, "lr": 1e-4, "weight_decay": 1e-4, "image_size": 352,
-           "seeds": (42, 123, 7), "threshold": 0.5}
+DRYWALL_RECIPE = {
+    "epochs": 20,
+    "batch_size": 16,
+    "lr": 1e-4,
+    "weight_decay": 1e-4,
+    "image_size": 352,
+    "seeds": (42, 123, 7),
+    "threshold": 0.5,
+}
 
 LAST = "last.pt"
 BEST = "best_decoder.safetensors"
 
 
 # --- data -------------------------------------------------------------------------------------------
+
 
 def _as_list(samples: Iterable) -> list:
     return samples if isinstance(samples, list) else list(samples)
@@ -113,8 +122,9 @@ class _SampleSet:
             raise LvlmError(f"sample {s.id}: mask shape {mask.shape} != image shape {img.shape[:2]}")
         size = {"height": self.image_size, "width": self.image_size}
         px = self.image_processor(images=[img], size=size, return_tensors="pt")["pixel_values"][0]
-        small = Image.fromarray(mask.astype(np.uint8) * 255).resize((self.image_size, self.image_size),
-                                                                    Image.NEAREST)
+        small = Image.fromarray(mask.astype(np.uint8) * 255).resize(
+            (self.image_size, self.image_size), Image.NEAREST
+        )
         out = {"pixels": px, "target": torch.from_numpy(np.asarray(small) > 127).float(), "index": i}
         if self.source_masks:
             out["mask"] = torch.from_numpy(mask)
@@ -124,15 +134,18 @@ class _SampleSet:
 def _collate(items: list[dict]) -> dict[str, Any]:
     import torch
 
-    out = {"pixels": torch.stack([it["pixels"] for it in items]),
-           "target": torch.stack([it["target"] for it in items]),
-           "index": [it["index"] for it in items]}
+    out = {
+        "pixels": torch.stack([it["pixels"] for it in items]),
+        "target": torch.stack([it["target"] for it in items]),
+        "index": [it["index"] for it in items],
+    }
     if "mask" in items[0]:
         out["mask"] = [it["mask"] for it in items]
     return out
 
 
 # --- one seed ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class EvalResult:
@@ -165,11 +178,26 @@ class ClipSegTrainer:
         progress: print one line per epoch and show progress bars.
     """
 
-    def __init__(self, train: Iterable, val: Iterable, out_dir: str | os.PathLike, model: str | None = None,
-                 seed: int = 42, epochs: int = 20, batch_size: int = 16, lr: float = 1e-4,
-                 weight_decay: float = 1e-4, image_size: int = 352, prompt_map: dict | None = None,
-                 augment: bool = True, threshold: float = 0.5, device: str = "auto", num_workers: int = 0,
-                 amp: bool | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        train: Iterable,
+        val: Iterable,
+        out_dir: str | os.PathLike,
+        model: str | None = None,
+        seed: int = 42,
+        epochs: int = 20,
+        batch_size: int = 16,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        image_size: int = 352,
+        prompt_map: dict | None = None,
+        augment: bool = True,
+        threshold: float = 0.5,
+        device: str = "auto",
+        num_workers: int = 0,
+        amp: bool | None = None,
+        progress: bool = True,
+    ) -> None:
         import torch
 
         from ..components import resolve_device
@@ -181,8 +209,10 @@ class ClipSegTrainer:
         if not self.val_samples:
             raise ConfigError("no validation samples (the best checkpoint is chosen by validation mIoU)")
         if epochs < 1 or batch_size < 1 or image_size < 8 or not 0 < threshold < 1:
-            raise ConfigError(f"bad settings: epochs={epochs}, batch_size={batch_size}, image_size={image_size}, "
-                              f"threshold={threshold}")
+            raise ConfigError(
+                f"bad settings: epochs={epochs}, batch_size={batch_size}, image_size={image_size}, "
+                f"threshold={threshold}"
+            )
         self.out = Path(out_dir)
         self.model_name = str(model or DEFAULT_MODEL)
         self.seed, self.epochs, self.batch_size = int(seed), int(epochs), int(batch_size)
@@ -190,7 +220,9 @@ class ClipSegTrainer:
         self.threshold = float(threshold)
         self.device = resolve_device(device)
         self.num_workers = int(num_workers)
-        self.amp = (self.device.startswith("cuda") if amp is None else bool(amp)) and self.device.startswith("cuda")
+        self.amp = (self.device.startswith("cuda") if amp is None else bool(amp)) and self.device.startswith(
+            "cuda"
+        )
         self.progress = progress
         self.prompt_map = DRYWALL_PROMPTS if prompt_map is None else dict(prompt_map)
 
@@ -211,10 +243,21 @@ class ClipSegTrainer:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.epochs)
 
         self.options = [prompt_options(s, self.prompt_map, augment) for s in self.train_samples]
-        texts = list(dict.fromkeys([t for o in self.options for t in o] + [s.prompt for s in self.val_samples]))
+        texts = list(
+            dict.fromkeys([t for o in self.options for t in o] + [s.prompt for s in self.val_samples])
+        )
         self.text_emb = self._embed_texts(texts)
-        self.loop = TrainLoop(self.out, self.epochs, self._state, self._load_state, score="val_miou",
-                              settings=self.settings, on_best=self._save_best, checkpoint=LAST, history_csv=True)
+        self.loop = TrainLoop(
+            self.out,
+            self.epochs,
+            self._state,
+            self._load_state,
+            score="val_miou",
+            settings=self.settings,
+            on_best=self._save_best,
+            checkpoint=LAST,
+            history_csv=True,
+        )
 
     # -- the loop's bookkeeping ---------------------------------------------------------------------
     @property
@@ -243,13 +286,16 @@ class ClipSegTrainer:
         max_len = int(self.net.config.text_config.max_position_embeddings)
         self.net.eval()
         for i in range(0, len(texts), 64):
-            chunk = texts[i:i + 64]
-            enc = self.processor.tokenizer(chunk, padding=True, truncation=True, max_length=max_len,
-                                           return_tensors="pt")
+            chunk = texts[i : i + 64]
+            enc = self.processor.tokenizer(
+                chunk, padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+            )
             with torch.no_grad():
-                emb = self.net.get_conditional_embeddings(batch_size=len(chunk),
-                                                          input_ids=enc["input_ids"].to(self.device),
-                                                          attention_mask=enc["attention_mask"].to(self.device))
+                emb = self.net.get_conditional_embeddings(
+                    batch_size=len(chunk),
+                    input_ids=enc["input_ids"].to(self.device),
+                    attention_mask=enc["attention_mask"].to(self.device),
+                )
             out.update(zip(chunk, emb))
         return out
 
@@ -258,8 +304,14 @@ class ClipSegTrainer:
 
         ds = _SampleSet(samples, self.processor.image_processor, self.image_size, source_masks=not train)
         return torch.utils.data.DataLoader(
-            ds, batch_size=self.batch_size, shuffle=train, generator=self.shuffle_gen if train else None,
-            num_workers=self.num_workers, collate_fn=_collate, pin_memory=self.device.startswith("cuda"))
+            ds,
+            batch_size=self.batch_size,
+            shuffle=train,
+            generator=self.shuffle_gen if train else None,
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+            pin_memory=self.device.startswith("cuda"),
+        )
 
     def _decoder_logits(self, pixels, texts: Sequence[str]):
         """B x s x s logits at the decoder's own resolution (the frozen CLIP runs without gradients)."""
@@ -276,8 +328,9 @@ class ClipSegTrainer:
 
         if tuple(logits.shape[-2:]) == (self.image_size, self.image_size):
             return logits
-        return F.interpolate(logits[:, None], size=(self.image_size, self.image_size), mode="bilinear",
-                             align_corners=False)[:, 0]
+        return F.interpolate(
+            logits[:, None], size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+        )[:, 0]
 
     # -- epochs ---------------------------------------------------------------------------------------
     def train_epoch(self) -> float:
@@ -289,8 +342,13 @@ class ClipSegTrainer:
         self.net.decoder.train()
         total = torch.zeros((), device=self.device)
         n = 0
-        bar = tqdm(self._loader(self.train_samples, train=True), desc=f"seed {self.seed} epoch "
-                   f"{self.epoch + 1}/{self.epochs}", unit="batch", disable=not self.progress, leave=False)
+        bar = tqdm(
+            self._loader(self.train_samples, train=True),
+            desc=f"seed {self.seed} epoch {self.epoch + 1}/{self.epochs}",
+            unit="batch",
+            disable=not self.progress,
+            leave=False,
+        )
         for batch in bar:
             pixels = batch["pixels"].to(self.device, non_blocking=True)
             target = batch["target"].to(self.device, non_blocking=True)
@@ -322,8 +380,13 @@ class ClipSegTrainer:
         self.net.eval()
         cut = math.log(self.threshold / (1.0 - self.threshold))  # sigmoid(x) > t  <=>  x > logit(t)
         losses, ious, dices = [], [], []
-        for batch in tqdm(self._loader(self.val_samples, train=False), desc="validating", unit="batch",
-                          disable=not self.progress, leave=False):
+        for batch in tqdm(
+            self._loader(self.val_samples, train=False),
+            desc="validating",
+            unit="batch",
+            disable=not self.progress,
+            leave=False,
+        ):
             idx = batch["index"]
             texts = [self.val_samples[i].prompt for i in idx]
             with torch.no_grad():
@@ -333,26 +396,39 @@ class ClipSegTrainer:
                 losses.append(bce_dice_loss(self._to_train_size(small), target) * len(idx))
                 for j, i in enumerate(idx):
                     gt = batch["mask"][j].to(self.device)
-                    up = F.interpolate(small[j][None, None], size=gt.shape, mode="bilinear", align_corners=False)
+                    up = F.interpolate(
+                        small[j][None, None], size=gt.shape, mode="bilinear", align_corners=False
+                    )
                     pred = up[0, 0] > cut
                     ious.append(iou(pred, gt))
                     dices.append(dice(pred, gt))
                     if save_dir is not None:
-                        save_mask(Path(save_dir) / mask_filename(self.val_samples[i].id, texts[j]),
-                                  pred.cpu().numpy())
+                        save_mask(
+                            Path(save_dir) / mask_filename(self.val_samples[i].id, texts[j]),
+                            pred.cpu().numpy(),
+                        )
         ious_np = torch.stack(ious).cpu().numpy()
         dices_np = torch.stack(dices).cpu().numpy()
         loss = float(torch.stack(losses).sum() / len(self.val_samples))
-        records = [{"id": s.id, "class": sample_class(s), "prompt": s.prompt, "iou": float(a), "dice": float(b)}
-                   for s, a, b in zip(self.val_samples, ious_np, dices_np)]
+        records = [
+            {"id": s.id, "class": sample_class(s), "prompt": s.prompt, "iou": float(a), "dice": float(b)}
+            for s, a, b in zip(self.val_samples, ious_np, dices_np)
+        ]
         return EvalResult(loss, float(ious_np.mean()), float(dices_np.mean()), records)
 
     # -- checkpoints -------------------------------------------------------------------------------
     @property
     def settings(self) -> dict[str, Any]:
-        return {"model": self.model_name, "seed": self.seed, "epochs": self.epochs, "batch_size": self.batch_size,
-                "lr": self.lr, "weight_decay": self.weight_decay, "image_size": self.image_size,
-                "threshold": self.threshold}
+        return {
+            "model": self.model_name,
+            "seed": self.seed,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "image_size": self.image_size,
+            "threshold": self.threshold,
+        }
 
     def _state(self) -> dict[str, Any]:
         """What ``last.pt`` holds besides the loop's bookkeeping: decoder, optimizer, scheduler, RNG states."""
@@ -364,8 +440,11 @@ class ClipSegTrainer:
             "model": decoder_state(self.net),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle_gen.get_state(),
-                    "prompt": self.prompt_rng.getstate()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "shuffle": self.shuffle_gen.get_state(),
+                "prompt": self.prompt_rng.getstate(),
+            },
         }
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
@@ -386,10 +465,19 @@ class ClipSegTrainer:
     def _save_best(self, epoch: int, rec: dict[str, Any]) -> None:
         from ..segmenters.clipseg import save_decoder
 
-        save_decoder(self.net, self.out / BEST, metadata={
-            "base_model": self.model_name, "epoch": epoch, "val_miou": f"{rec['val_miou']:.6f}",
-            "val_dice": f"{rec['val_dice']:.6f}", "seed": self.seed, "image_size": self.image_size,
-            "threshold": self.threshold})
+        save_decoder(
+            self.net,
+            self.out / BEST,
+            metadata={
+                "base_model": self.model_name,
+                "epoch": epoch,
+                "val_miou": f"{rec['val_miou']:.6f}",
+                "val_dice": f"{rec['val_dice']:.6f}",
+                "seed": self.seed,
+                "image_size": self.image_size,
+                "threshold": self.threshold,
+            },
+        )
 
     def save_last(self) -> Path:
         """Write ``last.pt``: decoder, optimizer, scheduler, RNG states, epoch, history and best score."""
@@ -399,8 +487,12 @@ class ClipSegTrainer:
         """Restore ``last.pt`` when it exists (False otherwise); its settings must match this run's."""
         return self.loop.resume()
 
-    def fit(self, resume: bool = False, overwrite: bool = False,
-            on_epoch_end: Callable[[ClipSegTrainer, dict], None] | None = None) -> list[dict[str, Any]]:
+    def fit(
+        self,
+        resume: bool = False,
+        overwrite: bool = False,
+        on_epoch_end: Callable[[ClipSegTrainer, dict], None] | None = None,
+    ) -> list[dict[str, Any]]:
         """Train to ``epochs``; ``resume`` continues ``last.pt``. Returns the history (one dict per epoch).
 
         Args:
@@ -413,22 +505,32 @@ class ClipSegTrainer:
             if self.load_last() and self.progress:
                 print(f"resuming {last} after epoch {self.epoch}/{self.epochs}")
         elif last.exists() and not overwrite:
-            raise ConfigError(f"{last} exists: pass --resume (resume=True) to continue that run, or --overwrite "
-                              "(overwrite=True) to start over")
+            raise ConfigError(
+                f"{last} exists: pass --resume (resume=True) to continue that run, or --overwrite "
+                "(overwrite=True) to start over"
+            )
 
         def one_epoch(epoch: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             train_loss = self.train_epoch()
             ev = self.evaluate()
-            return {"train_loss": train_loss, "val_loss": ev.loss, "val_miou": ev.miou, "val_dice": ev.dice,
-                    "lr": lr, "time_s": time.perf_counter() - t0}
+            return {
+                "train_loss": train_loss,
+                "val_loss": ev.loss,
+                "val_miou": ev.miou,
+                "val_dice": ev.dice,
+                "lr": lr,
+                "time_s": time.perf_counter() - t0,
+            }
 
         def report(rec: dict[str, Any]) -> None:
             if self.progress:
-                print(f"seed {self.seed} epoch {rec['epoch']}/{self.epochs}: train loss {rec['train_loss']:.4f}, "
-                      f"val loss {rec['val_loss']:.4f}, val mIoU {rec['val_miou']:.4f}, val Dice "
-                      f"{rec['val_dice']:.4f} ({rec['time_s']:.1f} s)")
+                print(
+                    f"seed {self.seed} epoch {rec['epoch']}/{self.epochs}: train loss {rec['train_loss']:.4f}, "
+                    f"val loss {rec['val_loss']:.4f}, val mIoU {rec['val_miou']:.4f}, val Dice "
+                    f"{rec['val_dice']:.4f} ({rec['time_s']:.1f} s)"
+                )
             if on_epoch_end is not None:
                 on_epoch_end(self, rec)
 
@@ -447,13 +549,22 @@ class ClipSegTrainer:
         self.net.to(self.device)
         ev = self.evaluate(save_dir=self.out / "predictions" if predictions else None)
         rows = class_table(ev.records)
-        write_table(rows, self.out / "results", title=f"Validation results, seed {self.seed} "
-                    f"(best epoch {self.best_epoch})")
+        write_table(
+            rows,
+            self.out / "results",
+            title=f"Validation results, seed {self.seed} (best epoch {self.best_epoch})",
+        )
         write_csv(self.out / "per_sample.csv", ev.records)
         if plot:
             plot_curves({self.seed: self.history}, self.out / "curves.png", CURVES)
-        return {"seed": self.seed, "best_epoch": self.best_epoch, "val_miou": ev.miou, "val_dice": ev.dice,
-                "checkpoint": str(self.out / BEST), "table": rows}
+        return {
+            "seed": self.seed,
+            "best_epoch": self.best_epoch,
+            "val_miou": ev.miou,
+            "val_dice": ev.dice,
+            "checkpoint": str(self.out / BEST),
+            "table": rows,
+        }
 
 
 def _tuplify(x):
@@ -461,6 +572,7 @@ def _tuplify(x):
 
 
 # --- outputs ------------------------------------------------------------------------------------------
+
 
 def class_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The CLIPSeg drywall report table 3: per class (first-seen order) mean IoU / Dice and count, then ``Overall``.
@@ -473,8 +585,14 @@ def class_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault(r["class"], []).append(r)
     rows = []
     for name, rs in list(groups.items()) + [("Overall", records)]:
-        rows.append({"Class": name[:1].upper() + name[1:], "mIoU": float(np.mean([r["iou"] for r in rs])),
-                     "Dice": float(np.mean([r["dice"] for r in rs])), "Samples": len(rs)})
+        rows.append(
+            {
+                "Class": name[:1].upper() + name[1:],
+                "mIoU": float(np.mean([r["iou"] for r in rs])),
+                "Dice": float(np.mean([r["dice"] for r in rs])),
+                "Samples": len(rs),
+            }
+        )
     return rows
 
 
@@ -500,22 +618,35 @@ def write_table(rows: list[dict[str, Any]], stem: Path, title: str = "") -> None
         title: a heading for the markdown file (none when empty).
     """
     atomic_write(stem.with_suffix(".md"), (f"# {title}\n\n" if title else "") + table_markdown(rows))
-    write_csv(stem.with_suffix(".csv"), [{**r, "mIoU": f"{r['mIoU']:.4f}", "Dice": f"{r['Dice']:.4f}"}
-                                         for r in rows])
+    write_csv(
+        stem.with_suffix(".csv"),
+        [{**r, "mIoU": f"{r['mIoU']:.4f}", "Dice": f"{r['Dice']:.4f}"} for r in rows],
+    )
 
 
 #: Panels of ``curves.png``: loss (train solid, validation dashed), validation mIoU and Dice per epoch.
-CURVES = (("BCE + Dice loss", ("train_loss", "val_loss")), ("validation mIoU", ("val_miou",)),
-          ("validation Dice", ("val_dice",)))
+CURVES = (
+    ("BCE + Dice loss", ("train_loss", "val_loss")),
+    ("validation mIoU", ("val_miou",)),
+    ("validation Dice", ("val_dice",)),
+)
 
 
 # --- several seeds ------------------------------------------------------------------------------------
 
-def train_clipseg(train: Iterable, val: Iterable, out_dir: str | os.PathLike = "runs/clipseg",
-                  seeds: Sequence[int] = DRYWALL_RECIPE["seeds"], resume: bool = False, overwrite: bool = False,
-                  predictions: bool = True, plot: bool = True,
-                  on_epoch_end: Callable[[ClipSegTrainer, dict], None] | None = None,
-                  **settings: Any) -> dict[str, Any]:
+
+def train_clipseg(
+    train: Iterable,
+    val: Iterable,
+    out_dir: str | os.PathLike = "runs/clipseg",
+    seeds: Sequence[int] = DRYWALL_RECIPE["seeds"],
+    resume: bool = False,
+    overwrite: bool = False,
+    predictions: bool = True,
+    plot: bool = True,
+    on_epoch_end: Callable[[ClipSegTrainer, dict], None] | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
     """Train one decoder per seed into ``out_dir/seed_{seed}/`` and summarise them.
 
     ``settings`` are :class:`ClipSegTrainer` arguments (model, epochs, batch_size, lr, weight_decay,
@@ -547,18 +678,36 @@ def train_clipseg(train: Iterable, val: Iterable, out_dir: str | os.PathLike = "
         histories[seed] = tr.history
         del tr
     best = max(runs, key=lambda r: r["val_miou"])
-    rows = [{"Seed": r["seed"], "Best epoch": r["best_epoch"], "mIoU": f"{r['val_miou']:.4f}",
-             "Dice": f"{r['val_dice']:.4f}"} for r in runs]
+    rows = [
+        {
+            "Seed": r["seed"],
+            "Best epoch": r["best_epoch"],
+            "mIoU": f"{r['val_miou']:.4f}",
+            "Dice": f"{r['val_dice']:.4f}",
+        }
+        for r in runs
+    ]
     write_csv(out / "summary.csv", rows)
     md = ["| Seed | Best epoch | mIoU | Dice |", "|---:|---:|---:|---:|"]
     md += [f"| {r['Seed']} | {r['Best epoch']} | {r['mIoU']} | {r['Dice']} |" for r in rows]
-    atomic_write(out / "summary.md", "# CLIPSeg decoder fine-tuning: validation per seed\n\n" + "\n".join(md)
-                 + f"\n\nBest seed: **{best['seed']}** ({best['checkpoint']})\n\n"
-                 + f"## Final evaluation results - best seed ({best['seed']})\n\n"
-                 + table_markdown(best["table"]))
-    write_table(best["table"], out / "results", title=f"Final evaluation results - best seed ({best['seed']})")
-    summary = {"best_seed": best["seed"], "checkpoint": best["checkpoint"], "val_miou": best["val_miou"],
-               "val_dice": best["val_dice"], "runs": [{k: v for k, v in r.items() if k != "table"} for r in runs]}
+    atomic_write(
+        out / "summary.md",
+        "# CLIPSeg decoder fine-tuning: validation per seed\n\n"
+        + "\n".join(md)
+        + f"\n\nBest seed: **{best['seed']}** ({best['checkpoint']})\n\n"
+        + f"## Final evaluation results - best seed ({best['seed']})\n\n"
+        + table_markdown(best["table"]),
+    )
+    write_table(
+        best["table"], out / "results", title=f"Final evaluation results - best seed ({best['seed']})"
+    )
+    summary = {
+        "best_seed": best["seed"],
+        "checkpoint": best["checkpoint"],
+        "val_miou": best["val_miou"],
+        "val_dice": best["val_dice"],
+        "runs": [{k: v for k, v in r.items() if k != "table"} for r in runs],
+    }
     atomic_write_json(out / "summary.json", summary)
     if plot:
         plot_curves(histories, out / "curves.png", CURVES)
@@ -567,8 +716,14 @@ def train_clipseg(train: Iterable, val: Iterable, out_dir: str | os.PathLike = "
 
 # --- folders ------------------------------------------------------------------------------------------
 
-def folder_samples(directory: str | os.PathLike, prompt: str, cls: str | None = None, val_fraction: float = 0.2,
-                   seed: int = 42) -> tuple[list, list]:
+
+def folder_samples(
+    directory: str | os.PathLike,
+    prompt: str,
+    cls: str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 42,
+) -> tuple[list, list]:
     """(train, val) Samples of a folder: ``train/`` + ``val/`` (or ``valid/``) each with ``images/`` +
     ``masks/``, or one ``images/`` + ``masks/`` split ``1 - val_fraction`` / ``val_fraction`` with ``seed``.
 
@@ -589,8 +744,11 @@ def folder_samples(directory: str | os.PathLike, prompt: str, cls: str | None = 
         cls = next((k for k, v in DRYWALL_PROMPTS.items() if prompt in v), d.name)
 
     def load(root: Path) -> list:
-        return list(ImageMaskFolder(str(root), prompt=prompt, mask_suffix=["", "_mask"], tags={"class": cls},
-                                    lazy_masks=True))
+        return list(
+            ImageMaskFolder(
+                str(root), prompt=prompt, mask_suffix=["", "_mask"], tags={"class": cls}, lazy_masks=True
+            )
+        )
 
     if (d / "train").is_dir():
         vd = next((d / n for n in ("val", "valid", "validation") if (d / n).is_dir()), None)
@@ -607,6 +765,7 @@ def folder_samples(directory: str | os.PathLike, prompt: str, cls: str | None = 
 
 # --- command line -------------------------------------------------------------------------------------
 
+
 def add_arguments(parser) -> None:
     """Options of ``lvlm train clipseg`` (defaults: the CLIPSeg drywall report's table 1).
 
@@ -615,40 +774,98 @@ def add_arguments(parser) -> None:
     """
     d = parser.add_argument_group("data (a registered dataset, or folders of images/ + masks/)")
     d.add_argument("--dataset", help="registered dataset name (see `lvlm list dataset`), e.g. drywall")
-    d.add_argument("--root", action="append", default=[], metavar="DIR",
-                   help="dataset root directory (repeat for a dataset made of several roots, e.g. drywall)")
+    d.add_argument(
+        "--root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="dataset root directory (repeat for a dataset made of several roots, e.g. drywall)",
+    )
     d.add_argument("--train-split", default="train", help="dataset split to train on (default: train)")
     d.add_argument("--val-split", default="valid", help="dataset split to validate on (default: valid)")
-    d.add_argument("--dataset-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra dataset constructor argument (repeatable; values parsed as YAML)")
-    d.add_argument("--val-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="constructor argument for the validation set only (for datasets without splits)")
-    d.add_argument("--data", action="append", default=[], metavar="DIR",
-                   help="folder with images/ + masks/ (or train/ + val/ holding them); repeatable")
-    d.add_argument("--prompt", action="append", default=[], metavar="TEXT",
-                   help="prompt of the --data folder(s): one for all, or one per --data, in order")
-    d.add_argument("--val-fraction", type=float, default=0.2,
-                   help="validation share of a --data folder without train/ + val/ (default: 0.2)")
+    d.add_argument(
+        "--dataset-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra dataset constructor argument (repeatable; values parsed as YAML)",
+    )
+    d.add_argument(
+        "--val-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="constructor argument for the validation set only (for datasets without splits)",
+    )
+    d.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder with images/ + masks/ (or train/ + val/ holding them); repeatable",
+    )
+    d.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="prompt of the --data folder(s): one for all, or one per --data, in order",
+    )
+    d.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="validation share of a --data folder without train/ + val/ (default: 0.2)",
+    )
     d.add_argument("--limit", type=int, help="use at most N training and N validation samples (smoke runs)")
     t = parser.add_argument_group("training")
-    t.add_argument("--model", default=None,
-                   help="base CLIPSeg: Hugging Face id, local directory or tiny-random (default: CIDAS/clipseg-rd64-refined)")
+    t.add_argument(
+        "--model",
+        default=None,
+        help="base CLIPSeg: Hugging Face id, local directory or tiny-random (default: CIDAS/clipseg-rd64-refined)",
+    )
     t.add_argument("--out", "-o", default="runs/clipseg", help="output directory (default: runs/clipseg)")
     t.add_argument("--epochs", type=int, default=DRYWALL_RECIPE["epochs"], help="(default: 20)")
     t.add_argument("--batch-size", type=int, default=DRYWALL_RECIPE["batch_size"], help="(default: 16)")
-    t.add_argument("--lr", type=float, default=DRYWALL_RECIPE["lr"], help="AdamW learning rate (default: 1e-4)")
-    t.add_argument("--weight-decay", type=float, default=DRYWALL_RECIPE["weight_decay"], help="(default: 1e-4)")
-    t.add_argument("--image-size", type=int, default=DRYWALL_RECIPE["image_size"],
-                   help="square training input side (default: 352)")
-    t.add_argument("--seeds", type=int, nargs="+", default=list(DRYWALL_RECIPE["seeds"]),
-                   help="one run per seed (default: 42 123 7)")
-    t.add_argument("--threshold", type=float, default=DRYWALL_RECIPE["threshold"], help="sigmoid threshold (default: 0.5)")
-    t.add_argument("--prompts", metavar="FILE",
-                   help="YAML/JSON {class: [phrasings]} for prompt augmentation (default: the CLIPSeg drywall report's lists)")
+    t.add_argument(
+        "--lr", type=float, default=DRYWALL_RECIPE["lr"], help="AdamW learning rate (default: 1e-4)"
+    )
+    t.add_argument(
+        "--weight-decay", type=float, default=DRYWALL_RECIPE["weight_decay"], help="(default: 1e-4)"
+    )
+    t.add_argument(
+        "--image-size",
+        type=int,
+        default=DRYWALL_RECIPE["image_size"],
+        help="square training input side (default: 352)",
+    )
+    t.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=list(DRYWALL_RECIPE["seeds"]),
+        help="one run per seed (default: 42 123 7)",
+    )
+    t.add_argument(
+        "--threshold",
+        type=float,
+        default=DRYWALL_RECIPE["threshold"],
+        help="sigmoid threshold (default: 0.5)",
+    )
+    t.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="YAML/JSON {class: [phrasings]} for prompt augmentation (default: the CLIPSeg drywall report's lists)",
+    )
     t.add_argument("--no-augment", action="store_true", help="train on each sample's own prompt only")
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: auto)")
     t.add_argument("--num-workers", type=int, default=2, help="data loader workers (default: 2)")
-    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast (default: on for CUDA)")
+    t.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bfloat16 autocast (default: on for CUDA)",
+    )
     t.add_argument("--resume", action="store_true", help="continue each seed's last.pt")
     t.add_argument("--overwrite", action="store_true", help="start over even where last.pt exists")
     t.add_argument("--no-predictions", action="store_true", help="do not write the validation masks")
@@ -675,8 +892,10 @@ def _load_data(args) -> tuple[list, list]:
             train_kw.setdefault("split", args.train_split)
             val_kw.setdefault("split", args.val_split)
         elif not val_extra:
-            raise ConfigError(f"dataset {args.dataset!r} has no splits: give --val-arg KEY=VALUE to make the "
-                              "validation set differ from the training set (e.g. --val-arg start=20000000)")
+            raise ConfigError(
+                f"dataset {args.dataset!r} has no splits: give --val-arg KEY=VALUE to make the "
+                "validation set differ from the training set (e.g. --val-arg start=20000000)"
+            )
         train = list(build("dataset", args.dataset, **train_kw))
         val = list(build("dataset", args.dataset, **val_kw))
     elif args.data:
@@ -733,14 +952,33 @@ def run(args) -> int:
     """
     train, val = _load_data(args)
     if not args.quiet:
-        print(f"clipseg: {len(train)} training and {len(val)} validation samples; seeds {args.seeds}; "
-              f"output {args.out}")
+        print(
+            f"clipseg: {len(train)} training and {len(val)} validation samples; seeds {args.seeds}; "
+            f"output {args.out}"
+        )
     train_clipseg(
-        train, val, args.out, seeds=args.seeds, resume=args.resume, overwrite=args.overwrite,
-        predictions=not args.no_predictions, plot=not args.no_plot, model=args.model, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, image_size=args.image_size,
-        prompt_map=_load_prompt_map(args.prompts), augment=not args.no_augment, threshold=args.threshold,
-        device=args.device, num_workers=args.num_workers, amp=args.amp, progress=not args.quiet)
+        train,
+        val,
+        args.out,
+        seeds=args.seeds,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        predictions=not args.no_predictions,
+        plot=not args.no_plot,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        image_size=args.image_size,
+        prompt_map=_load_prompt_map(args.prompts),
+        augment=not args.no_augment,
+        threshold=args.threshold,
+        device=args.device,
+        num_workers=args.num_workers,
+        amp=args.amp,
+        progress=not args.quiet,
+    )
     if not args.quiet:
         print((Path(args.out) / "summary.md").read_text())
     return 0

@@ -15,6 +15,7 @@ the same way for all of them:
   state includes every random generator it draws from;
 - :func:`plot_curves` draws the history with matplotlib (imported only then).
 """
+
 from __future__ import annotations
 
 import csv
@@ -51,11 +52,21 @@ class TrainLoop:
         history_csv: also write the history as CSV (``history.csv``).
     """
 
-    def __init__(self, out_dir: str | os.PathLike, epochs: int, state_fn: Callable[[], dict[str, Any]],
-                 load_fn: Callable[[dict[str, Any]], None], score: str | Callable[[Record], float] = "val_iou",
-                 min_delta: float = 0.0, patience: int | None = None, settings: Mapping[str, Any] | None = None,
-                 on_best: Callable[[int, Record], None] | None = None, checkpoint: str = "last.pt",
-                 history_file: str = "history.json", history_csv: bool = False) -> None:
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        epochs: int,
+        state_fn: Callable[[], dict[str, Any]],
+        load_fn: Callable[[dict[str, Any]], None],
+        score: str | Callable[[Record], float] = "val_iou",
+        min_delta: float = 0.0,
+        patience: int | None = None,
+        settings: Mapping[str, Any] | None = None,
+        on_best: Callable[[int, Record], None] | None = None,
+        checkpoint: str = "last.pt",
+        history_file: str = "history.json",
+        history_csv: bool = False,
+    ) -> None:
         self.out = Path(out_dir)
         self.epochs = int(epochs)
         self.state_fn, self.load_fn = state_fn, load_fn
@@ -77,8 +88,13 @@ class TrainLoop:
     # -- state ----------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """The loop's part of ``last.pt``."""
-        return {"history": self.history, "best": self.best, "best_epoch": self.best_epoch,
-                "bad_epochs": self.bad_epochs, "settings": self.settings}
+        return {
+            "history": self.history,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "settings": self.settings,
+        }
 
     def save(self) -> Path:
         """Write ``last.pt`` (trainer state, ``epoch`` and the loop's state under ``loop``) atomically."""
@@ -104,8 +120,10 @@ class TrainLoop:
         diff = {k: (saved.get(k), v) for k, v in self.settings.items() if saved.get(k) != v}
         if diff:
             what = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
-            raise ConfigError(f"{self.checkpoint} was written with other settings ({what}); resume with the same "
-                              "settings or start a new run in another output directory")
+            raise ConfigError(
+                f"{self.checkpoint} was written with other settings ({what}); resume with the same "
+                "settings or start a new run in another output directory"
+            )
         self.load_fn(state)
         self.epoch = int(state["epoch"])
         self.history = list(loop.get("history", []))
@@ -155,8 +173,9 @@ class TrainLoop:
         self.write_history()
         return improved
 
-    def run(self, epoch_fn: Callable[[int], Record],
-            on_epoch_end: Callable[[Record], None] | None = None) -> list[Record]:
+    def run(
+        self, epoch_fn: Callable[[int], Record], on_epoch_end: Callable[[Record], None] | None = None
+    ) -> list[Record]:
         """Run the missing epochs; returns the history.
 
         Args:
@@ -195,8 +214,12 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Pat
     return atomic_write(path, buf.getvalue())
 
 
-def plot_curves(histories: Mapping[Any, Sequence[Mapping[str, Any]]], path: str | os.PathLike,
-                panels: Sequence[tuple[str, Sequence[str]]], label: str = "seed") -> Path:
+def plot_curves(
+    histories: Mapping[Any, Sequence[Mapping[str, Any]]],
+    path: str | os.PathLike,
+    panels: Sequence[tuple[str, Sequence[str]]],
+    label: str = "seed",
+) -> Path:
     """One figure of training curves: a panel per ``(title, keys)``, a colour per run (matplotlib, lazy).
 
     In a panel of several keys, the keys starting with ``val_`` are drawn dashed and each line is labelled

@@ -23,6 +23,7 @@ family's adapter in :mod:`lvlm.models.sam`; decoder files are read and written b
 :mod:`lvlm.models.decoder_checkpoint` (``load_decoder_checkpoint(model, path)`` puts a trained decoder into a
 freshly built model: what the segmenters' ``decoder_checkpoint`` argument does).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,11 +63,23 @@ DECODER_FILE = "decoder.safetensors"
 LAST_FILE = "last.pt"
 HISTORY_FILE = "history.json"
 #: Panels of ``curves.png``: training loss, validation IoU (mean and per prompt kind) per epoch.
-CURVES = (("0.5 BCE + 0.5 Dice loss", ("train_loss",)), ("validation IoU", ("val_iou", "val_iou_point", "val_iou_box")))
+CURVES = (
+    ("0.5 BCE + 0.5 Dice loss", ("train_loss",)),
+    ("validation IoU", ("val_iou", "val_iou_point", "val_iou_box")),
+)
 
-__all__ = ["DecoderTrainConfig", "EmbeddingCache", "TrainResult", "evaluate_items", "evaluate_sam_decoder",
-           "load_decoder_checkpoint", "read_decoder_metadata", "save_decoder_checkpoint", "split_samples",
-           "train_sam_decoder"]
+__all__ = [
+    "DecoderTrainConfig",
+    "EmbeddingCache",
+    "TrainResult",
+    "evaluate_items",
+    "evaluate_sam_decoder",
+    "load_decoder_checkpoint",
+    "read_decoder_metadata",
+    "save_decoder_checkpoint",
+    "split_samples",
+    "train_sam_decoder",
+]
 
 
 def _masked_iou(pred, target, valid):
@@ -101,7 +114,9 @@ class DecoderTrainConfig:
     max_memory_mb: int = 4096  # embeddings kept in RAM up to this size, else read from the disk cache
 
     @classmethod
-    def from_any(cls, config: DecoderTrainConfig | dict | None = None, **overrides: Any) -> DecoderTrainConfig:
+    def from_any(
+        cls, config: DecoderTrainConfig | dict | None = None, **overrides: Any
+    ) -> DecoderTrainConfig:
         """A checked config from a config, a dict or None, with the non-None ``overrides`` applied.
 
         Args:
@@ -116,8 +131,10 @@ class DecoderTrainConfig:
         valid = [f.name for f in dataclasses.fields(cls)]
         bad = [k for k in base if k not in valid]
         if bad:
-            raise ConfigError(f"sam-decoder training: unknown key(s) {', '.join(map(repr, bad))}; "
-                              f"valid keys: {', '.join(valid)}")
+            raise ConfigError(
+                f"sam-decoder training: unknown key(s) {', '.join(map(repr, bad))}; "
+                f"valid keys: {', '.join(valid)}"
+            )
         cfg = cls(**base)
         cfg.validate()
         return cfg
@@ -158,13 +175,28 @@ class TrainResult:
         return self.best_epoch > 0
 
     def summary(self) -> dict[str, Any]:
-        return {"decoder": str(self.decoder_path), "best_epoch": self.best_epoch,
-                "base_val_iou": round(self.base_val_iou, 4), "best_val_iou": round(self.best_val_iou, 4),
-                "improved": self.improved, "stopped_early": self.stopped_early, "epochs_run": len(self.history) - 1,
-                "n_train": self.n_train, "n_val": self.n_val, "seconds": round(self.seconds, 1)}
+        return {
+            "decoder": str(self.decoder_path),
+            "best_epoch": self.best_epoch,
+            "base_val_iou": round(self.base_val_iou, 4),
+            "best_val_iou": round(self.best_val_iou, 4),
+            "improved": self.improved,
+            "stopped_early": self.stopped_early,
+            "epochs_run": len(self.history) - 1,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "seconds": round(self.seconds, 1),
+        }
 
 
-def _forward(arch: SamFamilyAdapter, emb, items: Items, idx: np.ndarray, use_point: np.ndarray, points: np.ndarray | None):
+def _forward(
+    arch: SamFamilyAdapter,
+    emb,
+    items: Items,
+    idx: np.ndarray,
+    use_point: np.ndarray,
+    points: np.ndarray | None,
+):
     """Low-res logits (B x L x L) and IoU predictions (B,) for items ``idx``; points / boxes per ``use_point``."""
     import torch
 
@@ -189,8 +221,13 @@ def _forward(arch: SamFamilyAdapter, emb, items: Items, idx: np.ndarray, use_poi
     return logits, ious
 
 
-def evaluate_items(arch: SamFamilyAdapter, store: EmbeddingStore, items: Items, kinds: Sequence[str] = ("point", "box"),
-                   batch_size: int = 16) -> dict[str, float]:
+def evaluate_items(
+    arch: SamFamilyAdapter,
+    store: EmbeddingStore,
+    items: Items,
+    kinds: Sequence[str] = ("point", "box"),
+    batch_size: int = 16,
+) -> dict[str, float]:
     """Mean IoU of the decoder on the items' low-res targets for each prompt kind, and their mean ``iou``.
 
     Args:
@@ -287,8 +324,10 @@ def train_sam_decoder(
     va_items, skipped_va = build_items(val, arch, cache, False)
     cache.close()
     if len(tr_items) == 0 or len(va_items) == 0:
-        raise LvlmError(f"sam-decoder training needs non-empty masks: {len(tr_items)} training and "
-                        f"{len(va_items)} validation objects ({skipped_tr + skipped_va} empty masks skipped)")
+        raise LvlmError(
+            f"sam-decoder training needs non-empty masks: {len(tr_items)} training and "
+            f"{len(va_items)} validation objects ({skipped_tr + skipped_va} empty masks skipped)"
+        )
     store = EmbeddingStore(cache, tr_items.keys + va_items.keys, cfg.max_memory_mb)
     kinds = _val_kinds(cfg.point_fraction)
 
@@ -296,16 +335,28 @@ def train_sam_decoder(
     total_steps = max(1, steps_per_epoch * cfg.epochs)
     params = [p for p in decoder.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=cfg.lr * cfg.min_lr_ratio)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=total_steps, eta_min=cfg.lr * cfg.min_lr_ratio
+    )
 
-    meta_base = {"model": model_name or type(model).__name__, "encoder_fingerprint": arch.fingerprint,
-                 "preprocess": arch.preprocess_mode, "img_size": arch.img_size,
-                 "config": dataclasses.asdict(cfg), "multimask_output": False}
+    meta_base = {
+        "model": model_name or type(model).__name__,
+        "encoder_fingerprint": arch.fingerprint,
+        "preprocess": arch.preprocess_mode,
+        "img_size": arch.img_size,
+        "config": dataclasses.asdict(cfg),
+        "multimask_output": False,
+    }
     decoder_path = out / DECODER_FILE
 
     def state() -> dict[str, Any]:
-        return {"decoder": decoder.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "encoder_fingerprint": arch.fingerprint, "config": dataclasses.asdict(cfg)}
+        return {
+            "decoder": decoder.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "encoder_fingerprint": arch.fingerprint,
+            "config": dataclasses.asdict(cfg),
+        }
 
     def load(st: dict[str, Any]) -> None:
         decoder.load_state_dict(st["decoder"])
@@ -315,9 +366,19 @@ def train_sam_decoder(
     def save_best(epoch: int, rec: dict[str, Any]) -> None:
         save_decoder_checkpoint(model, decoder_path, {**meta_base, "epoch": epoch, "val_iou": rec["val_iou"]})
 
-    loop = TrainLoop(out, cfg.epochs, state, load, score="val_iou", min_delta=cfg.min_delta, patience=cfg.patience,
-                     settings={"encoder_fingerprint": arch.fingerprint}, on_best=save_best, checkpoint=LAST_FILE,
-                     history_file=HISTORY_FILE)
+    loop = TrainLoop(
+        out,
+        cfg.epochs,
+        state,
+        load,
+        score="val_iou",
+        min_delta=cfg.min_delta,
+        patience=cfg.patience,
+        settings={"encoder_fingerprint": arch.fingerprint},
+        on_best=save_best,
+        checkpoint=LAST_FILE,
+        history_file=HISTORY_FILE,
+    )
     if resume:
         loop.resume(map_location=arch.device)
     if not loop.history:  # epoch 0: the base decoder
@@ -330,13 +391,15 @@ def train_sam_decoder(
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
         perm = torch.randperm(len(tr_items), generator=gen).numpy()
         use_point_all = prompt_kinds(len(tr_items), cfg.point_fraction, cfg.seed, epoch)
-        rnd_points = random_points(tr_items, perm, arch, cfg.seed, epoch) if cfg.point_mode == "random" else None
+        rnd_points = (
+            random_points(tr_items, perm, arch, cfg.seed, epoch) if cfg.point_mode == "random" else None
+        )
         decoder.train()
         losses = []
         for s in range(0, len(perm), cfg.batch_size):
-            idx = perm[s:s + cfg.batch_size]
+            idx = perm[s : s + cfg.batch_size]
             emb = store.get([tr_items.keys[i] for i in idx], arch.device)
-            pts = None if rnd_points is None else rnd_points[s:s + cfg.batch_size]
+            pts = None if rnd_points is None else rnd_points[s : s + cfg.batch_size]
             logits, iou_pred = _forward(arch, emb, tr_items, idx, use_point_all[idx], pts)
             valid = valid_mask([tr_items.valid[i] for i in idx], arch.lowres, arch.device)
             tgt = unpack_targets(tr_items, idx, arch.lowres, arch.device)
@@ -353,8 +416,11 @@ def train_sam_decoder(
             losses.append(float(loss.detach()))
         decoder.eval()
         metrics = evaluate_items(arch, store, va_items, kinds)
-        return {"train_loss": float(np.mean(losses)), "lr": float(opt.param_groups[0]["lr"]),
-                **{f"val_{k}": v for k, v in metrics.items()}}
+        return {
+            "train_loss": float(np.mean(losses)),
+            "lr": float(opt.param_groups[0]["lr"]),
+            **{f"val_{k}": v for k, v in metrics.items()},
+        }
 
     from tqdm.auto import tqdm
 
@@ -362,7 +428,9 @@ def train_sam_decoder(
 
     def after(rec: dict[str, Any]) -> None:
         bar.update(1)
-        bar.set_postfix(loss=f"{rec['train_loss']:.4f}", val_iou=f"{rec['val_iou']:.4f}", best=f"{loop.best:.4f}")
+        bar.set_postfix(
+            loss=f"{rec['train_loss']:.4f}", val_iou=f"{rec['val_iou']:.4f}", best=f"{loop.best:.4f}"
+        )
         if on_epoch_end:
             on_epoch_end(rec)
 
@@ -372,13 +440,29 @@ def train_sam_decoder(
         bar.close()
     if curves and has("matplotlib"):
         plot_curves({"": history}, out / "curves.png", CURVES, label="")
-    return TrainResult(out, decoder_path, history, loop.best_epoch, loop.best, history[0]["val_iou"],
-                       loop.stopped_early, len(tr_items), len(va_items), time.perf_counter() - t0)
+    return TrainResult(
+        out,
+        decoder_path,
+        history,
+        loop.best_epoch,
+        loop.best,
+        history[0]["val_iou"],
+        loop.stopped_early,
+        len(tr_items),
+        len(va_items),
+        time.perf_counter() - t0,
+    )
 
 
-def evaluate_sam_decoder(model: Any, samples: Iterable[Any], kinds: Sequence[str] = ("point", "box"),
-                         cache_dir: str | os.PathLike | None = None, device: str = "auto",
-                         preprocess: str = "auto", progress: bool = False) -> dict[str, float]:
+def evaluate_sam_decoder(
+    model: Any,
+    samples: Iterable[Any],
+    kinds: Sequence[str] = ("point", "box"),
+    cache_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    preprocess: str = "auto",
+    progress: bool = False,
+) -> dict[str, float]:
     """Mean low-res IoU of ``model``'s decoder on (image, mask) objects, per prompt kind: the trainer's
     validation measure (so a reloaded ``decoder.safetensors`` reproduces the run's best ``val_iou``).
 
@@ -397,5 +481,3 @@ def evaluate_sam_decoder(model: Any, samples: Iterable[Any], kinds: Sequence[str
     cache.close()
     store = EmbeddingStore(cache, items.keys, 4096)
     return evaluate_items(arch, store, items, tuple(kinds))
-
-

@@ -1,4 +1,5 @@
 """``lvlm train sam-decoder``: build the model and the datasets, train, print the summary as JSON."""
+
 from __future__ import annotations
 
 import json
@@ -47,23 +48,41 @@ def add_arguments(parser) -> None:
     Args:
         parser: the ``argparse`` (sub)parser.
     """
-    parser.add_argument("--model", default="litemedsam", choices=MODEL_NAMES, help="model family (default litemedsam)")
-    parser.add_argument("--model-type", help="SAM variant for --model sam: vit_b (default), vit_l, vit_h, vit_tiny")
-    parser.add_argument("--checkpoint", default="default",
-                        help="model weights: 'default' (official), a path, or 'random'")
-    parser.add_argument("--dataset", required=True, help="registered dataset of training objects (lvlm list dataset)")
+    parser.add_argument(
+        "--model", default="litemedsam", choices=MODEL_NAMES, help="model family (default litemedsam)"
+    )
+    parser.add_argument(
+        "--model-type", help="SAM variant for --model sam: vit_b (default), vit_l, vit_h, vit_tiny"
+    )
+    parser.add_argument(
+        "--checkpoint", default="default", help="model weights: 'default' (official), a path, or 'random'"
+    )
+    parser.add_argument(
+        "--dataset", required=True, help="registered dataset of training objects (lvlm list dataset)"
+    )
     parser.add_argument("--data-root", help="the dataset's root folder")
-    parser.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="another constructor argument of the dataset (repeatable), e.g. split=train")
-    parser.add_argument("--val-dataset", help="validation dataset (default: hold out --val-fraction of the training set)")
+    parser.add_argument(
+        "--data-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another constructor argument of the dataset (repeatable), e.g. split=train",
+    )
+    parser.add_argument(
+        "--val-dataset", help="validation dataset (default: hold out --val-fraction of the training set)"
+    )
     parser.add_argument("--val-data-arg", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--out", "-o", default="sam_decoder_run", help="run folder (decoder.safetensors, last.pt)")
+    parser.add_argument(
+        "--out", "-o", default="sam_decoder_run", help="run folder (decoder.safetensors, last.pt)"
+    )
     parser.add_argument("--config", help="YAML file of training settings (keys of DecoderTrainConfig)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--patience", type=int)
-    parser.add_argument("--point-fraction", type=float, help="share of point prompts, the rest boxes (default 0.5)")
+    parser.add_argument(
+        "--point-fraction", type=float, help="share of point prompts, the rest boxes (default 0.5)"
+    )
     parser.add_argument("--val-fraction", type=float)
     parser.add_argument("--no-hflip", action="store_true", help="no horizontal-flip augmentation")
     parser.add_argument("--seed", type=int)
@@ -88,8 +107,15 @@ def run(args) -> int:
         cfg = yaml.safe_load(Path(args.config).read_text()) or {}
         if not isinstance(cfg, dict):
             raise ConfigError(f"{args.config}: expected a mapping of training settings")
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience,
-                 "point_fraction": args.point_fraction, "val_fraction": args.val_fraction, "seed": args.seed}
+    overrides = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "patience": args.patience,
+        "point_fraction": args.point_fraction,
+        "val_fraction": args.val_fraction,
+        "seed": args.seed,
+    }
     if args.no_hflip:
         overrides["hflip"] = False
     config = DecoderTrainConfig.from_any(cfg, **overrides)
@@ -105,7 +131,17 @@ def run(args) -> int:
     device = resolve_device(args.device)
     model = build_model(args.model, args.model_type, args.checkpoint, device)
     name = args.model if args.model != "sam" else (args.model_type or "vit_b")
-    res = train_sam_decoder(model, train, val, out_dir=args.out, config=config, cache_dir=args.cache_dir,
-                            device=device, resume=args.resume, model_name=name, progress=not args.quiet)
+    res = train_sam_decoder(
+        model,
+        train,
+        val,
+        out_dir=args.out,
+        config=config,
+        cache_dir=args.cache_dir,
+        device=device,
+        resume=args.resume,
+        model_name=name,
+        progress=not args.quiet,
+    )
     print(json.dumps(res.summary(), indent=1))
     return 0

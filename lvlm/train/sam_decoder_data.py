@@ -8,6 +8,7 @@
 - :func:`split_samples`: the seeded train / validation split (by image or by object);
 - :func:`prompt_kinds` / :func:`random_points`: the per-epoch prompt draws.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,17 @@ from ..errors import ConfigError
 from ..fsutil import atomic_write
 from ..models.sam import SamFamilyAdapter
 
-__all__ = ["EmbeddingCache", "EmbeddingStore", "Items", "build_items", "prompt_kinds", "random_points",
-           "split_samples", "unpack_targets", "valid_mask"]
+__all__ = [
+    "EmbeddingCache",
+    "EmbeddingStore",
+    "Items",
+    "build_items",
+    "prompt_kinds",
+    "random_points",
+    "split_samples",
+    "unpack_targets",
+    "valid_mask",
+]
 
 
 # ----------------------------------------------------------------------------------- embedding cache
@@ -38,8 +48,13 @@ class EmbeddingCache:
         progress: show a progress bar while encoding.
     """
 
-    def __init__(self, arch: SamFamilyAdapter, cache_dir: str | os.PathLike | None = None, batch_size: int = 4,
-                 progress: bool = True):
+    def __init__(
+        self,
+        arch: SamFamilyAdapter,
+        cache_dir: str | os.PathLike | None = None,
+        batch_size: int = 4,
+        progress: bool = True,
+    ):
         if cache_dir is None:
             from ..weights import cache_dir as lvlm_home
 
@@ -166,7 +181,9 @@ def _sample_parts(s: Any) -> tuple[Any, Any]:
         return s.image, s.mask
     if isinstance(s, (tuple, list)) and len(s) >= 2:
         return s[0], s[1]
-    raise ConfigError(f"training samples must be lvlm.types.Sample or (image, mask) pairs, got {type(s).__name__}")
+    raise ConfigError(
+        f"training samples must be lvlm.types.Sample or (image, mask) pairs, got {type(s).__name__}"
+    )
 
 
 def _add_item(items: Items, arch: SamFamilyAdapter, key: str, mask: np.ndarray, flipped: bool) -> None:
@@ -191,7 +208,9 @@ def _group_key(image: Any, index: int, split_by: str) -> str:
     return image_key(np.asarray(image))
 
 
-def build_items(samples: Sequence[Any], arch: SamFamilyAdapter, cache: EmbeddingCache, flip: bool) -> tuple[Items, int]:
+def build_items(
+    samples: Sequence[Any], arch: SamFamilyAdapter, cache: EmbeddingCache, flip: bool
+) -> tuple[Items, int]:
     """Items of the samples (with their flipped copies when ``flip``); embeddings cached on the way.
 
     Args:
@@ -220,8 +239,9 @@ def build_items(samples: Sequence[Any], arch: SamFamilyAdapter, cache: Embedding
     return items, skipped
 
 
-def split_samples(samples: Sequence[Any], val_fraction: float, seed: int = 0,
-                  split_by: str = "image") -> tuple[list[Any], list[Any]]:
+def split_samples(
+    samples: Sequence[Any], val_fraction: float, seed: int = 0, split_by: str = "image"
+) -> tuple[list[Any], list[Any]]:
     """(train, val) lists: a seeded split of images (``split_by="image"``) or of objects (``"item"``).
 
     With ``split_by="image"`` all objects of one image land on the same side; when there is only one
@@ -239,7 +259,9 @@ def split_samples(samples: Sequence[Any], val_fraction: float, seed: int = 0,
     if len(uniq) < 2 and split_by == "image":
         return split_samples(samples, val_fraction, seed, "item")
     if len(uniq) < 2:
-        raise ConfigError(f"need at least 2 training objects to hold some out for validation, got {len(samples)}")
+        raise ConfigError(
+            f"need at least 2 training objects to hold some out for validation, got {len(samples)}"
+        )
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(uniq))
     n_val = min(len(uniq) - 1, max(1, round(val_fraction * len(uniq))))
@@ -283,7 +305,9 @@ class EmbeddingStore:
         if self.tensor is not None:
             idx = torch.as_tensor([self.index[k] for k in keys])
             return self.tensor[idx].to(device, non_blocking=True)
-        return torch.from_numpy(np.stack([np.asarray(self.cache.load(k, mmap=True)) for k in keys])).to(device)
+        return torch.from_numpy(np.stack([np.asarray(self.cache.load(k, mmap=True)) for k in keys])).to(
+            device
+        )
 
 
 def valid_mask(valid: Sequence[tuple[int, int]], size: int, device):
@@ -329,7 +353,9 @@ def prompt_kinds(n: int, point_fraction: float, seed: int, epoch: int) -> np.nda
     return rng.random(n) < point_fraction
 
 
-def random_points(items: Items, idx: Sequence[int], arch: SamFamilyAdapter, seed: int, epoch: int) -> np.ndarray:
+def random_points(
+    items: Items, idx: Sequence[int], arch: SamFamilyAdapter, seed: int, epoch: int
+) -> np.ndarray:
     """A random foreground pixel of each object's low-res target, in the model's input frame.
 
     Args:

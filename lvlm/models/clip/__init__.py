@@ -13,6 +13,7 @@ Every preset takes ``checkpoint``: ``"default"`` (official weights), a file path
 the Hugging Face hub also take ``revision``. Offline, a missing file is a
 :class:`~lvlm.errors.WeightsNotFoundError` naming the file, the folders and the URL within seconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,9 +46,20 @@ from .presets import (
 )
 
 __all__ = [
-    "HF_CONFIG_FILE", "HF_WEIGHT_FILES", "OPENAI_MEAN", "OPENAI_STD", "PRESETS", "TINY_CONFIGS",
-    "OpenClipModel", "build_open_clip", "clear_clip_cache", "load_clip", "load_open_clip", "load_weights",
-    "presets_markdown", "save_open_clip",
+    "HF_CONFIG_FILE",
+    "HF_WEIGHT_FILES",
+    "OPENAI_MEAN",
+    "OPENAI_STD",
+    "PRESETS",
+    "TINY_CONFIGS",
+    "OpenClipModel",
+    "build_open_clip",
+    "clear_clip_cache",
+    "load_clip",
+    "load_open_clip",
+    "load_weights",
+    "presets_markdown",
+    "save_open_clip",
 ]
 
 
@@ -55,29 +67,51 @@ __all__ = [
 # Registered presets
 # ------------------------------------------------------------------------------------------------
 def _make_preset(preset: str, p: dict[str, str]):
-    def build_preset(checkpoint: str | None = "default", device: str = "auto", seed: int = 0,
-                     revision: str | None = None) -> OpenClipModel:
-        return load_open_clip(p["model_name"], p["pretrained"] or None, checkpoint=checkpoint, device=device,
-                              name=preset, seed=seed, revision=revision)
+    def build_preset(
+        checkpoint: str | None = "default", device: str = "auto", seed: int = 0, revision: str | None = None
+    ) -> OpenClipModel:
+        return load_open_clip(
+            p["model_name"],
+            p["pretrained"] or None,
+            checkpoint=checkpoint,
+            device=device,
+            name=preset,
+            seed=seed,
+            revision=revision,
+        )
 
     build_preset.__name__ = f"build_{preset.replace('-', '_')}"
-    build_preset.__doc__ = (f"{preset}: CLIP {p['backbone']} pretrained on {p['data']}.\n\n    Args:\n"
-                            "        checkpoint: ``default`` (official weights), a file, or ``random``.\n"
-                            "        device: torch device (``auto``: CUDA when available).\n"
-                            "        seed: seed of a random initialisation.\n"
-                            "        revision: Hugging Face revision of hub-hosted weights.\n")
+    build_preset.__doc__ = (
+        f"{preset}: CLIP {p['backbone']} pretrained on {p['data']}.\n\n    Args:\n"
+        "        checkpoint: ``default`` (official weights), a file, or ``random``.\n"
+        "        device: torch device (``auto``: CUDA when available).\n"
+        "        seed: seed of a random initialisation.\n"
+        "        revision: Hugging Face revision of hub-hosted weights.\n"
+    )
     return build_preset
 
 
 for _preset, _p in PRESETS.items():
-    register("clip", _preset, description=f"{_p['backbone']} CLIP ({_p['data']})",
-             source=source_line(_p))(_make_preset(_preset, _p))
+    register("clip", _preset, description=f"{_p['backbone']} CLIP ({_p['data']})", source=source_line(_p))(
+        _make_preset(_preset, _p)
+    )
 
 
-@register("clip", "open_clip", description="any open_clip model: name + pretrained tag, hf-hub id, or a checkpoint file",
-          source="open_clip model name / tag / checkpoint path (+ model-config JSON beside it)")
-def build_open_clip(model_name: str | None = None, pretrained: str | None = None, checkpoint: str | None = None,
-                    device: str = "auto", seed: int = 0, name: str = "", revision: str | None = None) -> OpenClipModel:
+@register(
+    "clip",
+    "open_clip",
+    description="any open_clip model: name + pretrained tag, hf-hub id, or a checkpoint file",
+    source="open_clip model name / tag / checkpoint path (+ model-config JSON beside it)",
+)
+def build_open_clip(
+    model_name: str | None = None,
+    pretrained: str | None = None,
+    checkpoint: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    name: str = "",
+    revision: str | None = None,
+) -> OpenClipModel:
     """Any open_clip model: ``model_name`` + ``pretrained`` tag, or ``checkpoint`` = a weight file (FS-/FP- models).
 
     Args:
@@ -93,9 +127,12 @@ def build_open_clip(model_name: str | None = None, pretrained: str | None = None
         checkpoint = "default"
     if checkpoint is None and model_name and model_name.startswith("hf-hub:"):
         checkpoint = "default"
-    label = name or (Path(checkpoint).stem if checkpoint not in (None, "default", "random") else model_name or "open_clip")
-    return load_open_clip(model_name, pretrained, checkpoint=checkpoint, device=device, name=label, seed=seed,
-                          revision=revision)
+    label = name or (
+        Path(checkpoint).stem if checkpoint not in (None, "default", "random") else model_name or "open_clip"
+    )
+    return load_open_clip(
+        model_name, pretrained, checkpoint=checkpoint, device=device, name=label, seed=seed, revision=revision
+    )
 
 
 def _make_tiny(tiny: str):
@@ -109,20 +146,36 @@ def _make_tiny(tiny: str):
         if not is_random(checkpoint) and checkpoint != "default":
             load_weights(model, checkpoint, what=f"CLIP {tiny}")
             source = str(checkpoint)
-        return OpenClipModel(model, _tokenizer_for_cfg(cfg), name=tiny, device=resolve_device(device),
-                             model_cfg=cfg, source=source)
+        return OpenClipModel(
+            model,
+            _tokenizer_for_cfg(cfg),
+            name=tiny,
+            device=resolve_device(device),
+            model_cfg=cfg,
+            source=source,
+        )
 
     build_tiny.__name__ = f"build_{tiny.replace('-', '_')}"
-    build_tiny.__doc__ = (f"{tiny}: tiny randomly initialised open_clip model (seeded) for tests and smoke runs.\n\n"
-                          "    Args:\n        checkpoint: a weight file to load instead (``None``: random).\n"
-                          "        device: torch device.\n        seed: seed of the random initialisation.\n")
+    build_tiny.__doc__ = (
+        f"{tiny}: tiny randomly initialised open_clip model (seeded) for tests and smoke runs.\n\n"
+        "    Args:\n        checkpoint: a weight file to load instead (``None``: random).\n"
+        "        device: torch device.\n        seed: seed of the random initialisation.\n"
+    )
     return build_tiny
 
 
-register("clip", "tiny-rn", description="tiny random open_clip CLIP with a ModifiedResNet image tower (tests)",
-         source="random init, seeded (open_clip ModifiedResNet, 64 px)")(_make_tiny("tiny-rn"))
-register("clip", "tiny-vit", description="tiny random open_clip CLIP with a VisionTransformer image tower (tests)",
-         source="random init, seeded (open_clip VisionTransformer, 64 px, 16 px patches)")(_make_tiny("tiny-vit"))
+register(
+    "clip",
+    "tiny-rn",
+    description="tiny random open_clip CLIP with a ModifiedResNet image tower (tests)",
+    source="random init, seeded (open_clip ModifiedResNet, 64 px)",
+)(_make_tiny("tiny-rn"))
+register(
+    "clip",
+    "tiny-vit",
+    description="tiny random open_clip CLIP with a VisionTransformer image tower (tests)",
+    source="random init, seeded (open_clip VisionTransformer, 64 px, 16 px patches)",
+)(_make_tiny("tiny-vit"))
 
 
 # ------------------------------------------------------------------------------------------------

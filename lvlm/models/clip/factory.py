@@ -16,6 +16,7 @@ file or folder (how our own trained FS-/FP- models are loaded), or ``checkpoint=
 Offline, a missing file raises :class:`~lvlm.errors.WeightsNotFoundError` within seconds, naming the
 file, the folders looked in and where to get it. open_clip's own downloader is never called.
 """
+
 from __future__ import annotations
 
 import json
@@ -127,7 +128,7 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, what: str = "C
     else:
         sd = load_state_dict(path, what=what)
     if sd and next(iter(sd)).startswith("module."):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     hint = "give the right model_name or a model-config JSON beside the checkpoint"
     try:
         sd = convert_state_dict(model, sd)
@@ -144,12 +145,19 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, what: str = "C
         resize_text_pos_embed(sd, model)
     except (RuntimeError, AssertionError, ValueError, KeyError, AttributeError, TypeError) as exc:
         text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise WeightsError(f"{what} {str(path)!r}: the weights do not fit this model ({text}); {hint}") from None
+        raise WeightsError(
+            f"{what} {str(path)!r}: the weights do not fit this model ({text}); {hint}"
+        ) from None
     load_into(model, sd, what=what, path=path, hint=hint)
 
 
-def save_open_clip(model: torch.nn.Module, path: str | os.PathLike, model_name: str | None = None,
-                   model_cfg: dict | None = None, preprocess_cfg: dict | None = None) -> Path:
+def save_open_clip(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    model_name: str | None = None,
+    model_cfg: dict | None = None,
+    preprocess_cfg: dict | None = None,
+) -> Path:
     """Save an open_clip model's weights and ``<stem>.json`` (``model_name`` or ``model_cfg`` + preprocessing).
 
     Args:
@@ -160,7 +168,9 @@ def save_open_clip(model: torch.nn.Module, path: str | os.PathLike, model_name: 
         preprocess_cfg: the preprocessing config saved with it, or None.
     """
     if model_name is None and model_cfg is None:
-        raise ValueError("save_open_clip needs the open_clip model_name or the model_cfg to reload the weights")
+        raise ValueError(
+            "save_open_clip needs the open_clip model_name or the model_cfg to reload the weights"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -176,7 +186,9 @@ def save_open_clip(model: torch.nn.Module, path: str | os.PathLike, model_name: 
     if model_cfg is not None:
         meta["model_cfg"] = model_cfg
     if preprocess_cfg:
-        meta["preprocess_cfg"] = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess_cfg.items()}
+        meta["preprocess_cfg"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in preprocess_cfg.items()
+        }
     atomic_write_json(path.with_suffix(".json"), meta, indent=2)
     return path
 
@@ -194,7 +206,8 @@ def _weight_file(path: Path, label: str) -> Path:
             return found[0]
         raise WeightsNotFoundError(
             f"{label}: folder {path} holds {len(found) or 'no'} weight files; expected {HF_WEIGHT_FILES[0]} "
-            f"(or one {'/'.join(_WEIGHT_SUFFIXES)} file) with a model-config JSON")
+            f"(or one {'/'.join(_WEIGHT_SUFFIXES)} file) with a model-config JSON"
+        )
     raise WeightsNotFoundError(f"CLIP {label} checkpoint {str(path)!r}: file not found")
 
 
@@ -220,8 +233,10 @@ def _read_config_json(path: Path) -> tuple[str | None, dict | None, dict]:
         return None, data, pre
     if "model_name" in data:
         return data["model_name"], None, pre
-    raise ConfigError(f"{path}: expected 'model_name', 'model_cfg' or an open_clip model config "
-                      "(embed_dim, vision_cfg, text_cfg)")
+    raise ConfigError(
+        f"{path}: expected 'model_name', 'model_cfg' or an open_clip model config "
+        "(embed_dim, vision_cfg, text_cfg)"
+    )
 
 
 @contextmanager
@@ -235,11 +250,18 @@ def _seeded(seed: int):
 def _from_name(model_name: str, quick_gelu: bool, seed: int) -> torch.nn.Module:
     oc = _open_clip()
     if model_name.replace("/", "-") not in oc.list_models():
-        raise ConfigError(f"unknown open_clip model {model_name!r}; see open_clip.list_models() "
-                          "(or give a checkpoint with a model-config JSON beside it)")
+        raise ConfigError(
+            f"unknown open_clip model {model_name!r}; see open_clip.list_models() "
+            "(or give a checkpoint with a model-config JSON beside it)"
+        )
     with _seeded(seed), _quiet_open_clip():
-        return oc.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu,
-                               pretrained_image=False, pretrained_text=False)
+        return oc.create_model(
+            model_name,
+            pretrained=None,
+            force_quick_gelu=quick_gelu,
+            pretrained_image=False,
+            pretrained_text=False,
+        )
 
 
 class _DropRandomInitNote(logging.Filter):
@@ -316,8 +338,13 @@ def tag_weights(pcfg: dict, what: str, model_name: str, pretrained: str, revisio
     problems: list[str] = []
     if repo:
         try:
-            return hf_file(repo, [fname] if fname else list(HF_WEIGHT_FILES), what=what, revision=revision,
-                           looked_in=[base])
+            return hf_file(
+                repo,
+                [fname] if fname else list(HF_WEIGHT_FILES),
+                what=what,
+                revision=revision,
+                looked_in=[base],
+            )
         except WeightsNotFoundError as exc:  # gated repositories (WeightsError) are reported as they are
             problems.append(str(exc))
     if url:
@@ -336,7 +363,8 @@ def tag_weights(pcfg: dict, what: str, model_name: str, pretrained: str, revisio
     raise WeightsNotFoundError(
         f"{what}: weights {target.name} (open_clip {model_name} / {pretrained}) not found in {base} or the "
         f"Hugging Face cache {hf_cache_dir()} and {reason}. Get it from {sources} and put it at {target} "
-        "(or set LVLM_HOME / HF_HOME, or pass checkpoint=PATH).")
+        "(or set LVLM_HOME / HF_HOME, or pass checkpoint=PATH)."
+    )
 
 
 def hub_model_dir(repo: str, what: str, revision: str | None = None) -> Path:
@@ -352,17 +380,29 @@ def hub_model_dir(repo: str, what: str, revision: str | None = None) -> Path:
     for d in _hf_dirs(repo):
         if (d / HF_CONFIG_FILE).is_file():
             return d
-    d = hf_snapshot(repo, what=f"{what} ({HF_CONFIG_FILE} + {HF_WEIGHT_FILES[0]})", revision=revision,
-                    allow_patterns=[HF_CONFIG_FILE, *HF_WEIGHT_FILES, "*.json", "*.txt", "*.model"],
-                    looked_in=[cache_dir() / repo.replace("/", "--")])
+    d = hf_snapshot(
+        repo,
+        what=f"{what} ({HF_CONFIG_FILE} + {HF_WEIGHT_FILES[0]})",
+        revision=revision,
+        allow_patterns=[HF_CONFIG_FILE, *HF_WEIGHT_FILES, "*.json", "*.txt", "*.model"],
+        looked_in=[cache_dir() / repo.replace("/", "--")],
+    )
     if not (d / HF_CONFIG_FILE).is_file():
-        raise WeightsNotFoundError(f"{what}: {d} holds no {HF_CONFIG_FILE}: not an open_clip model ({hf_page(repo)})")
+        raise WeightsNotFoundError(
+            f"{what}: {d} holds no {HF_CONFIG_FILE}: not an open_clip model ({hf_page(repo)})"
+        )
     return d
 
 
-def load_open_clip(model_name: str | None = None, pretrained: str | None = None,
-                   checkpoint: str | os.PathLike | None = "default", device: str = "auto",
-                   name: str = "", seed: int = 0, revision: str | None = None) -> OpenClipModel:
+def load_open_clip(
+    model_name: str | None = None,
+    pretrained: str | None = None,
+    checkpoint: str | os.PathLike | None = "default",
+    device: str = "auto",
+    name: str = "",
+    seed: int = 0,
+    revision: str | None = None,
+) -> OpenClipModel:
     """Build an :class:`OpenClipModel`.
 
     Args:
@@ -392,25 +432,28 @@ def load_open_clip(model_name: str | None = None, pretrained: str | None = None,
         pcfg = oc.get_pretrained_cfg(model_name, pretrained)
         if not pcfg:
             tags = oc.list_pretrained_tags_by_model(model_name)
-            raise ConfigError(f"{label}: open_clip has no pretrained tag {pretrained!r} for {model_name!r}; "
-                              f"valid tags: {', '.join(tags) or '(none)'}")
+            raise ConfigError(
+                f"{label}: open_clip has no pretrained tag {pretrained!r} for {model_name!r}; "
+                f"valid tags: {', '.join(tags) or '(none)'}"
+            )
     quick_gelu = bool(pcfg.get("quick_gelu", False))
     pre_from_tag = {k: pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pcfg}
 
     if model_name and model_name.startswith("local-dir:"):  # open_clip's folder convention
-        checkpoint, model_name = model_name[len("local-dir:"):], None
+        checkpoint, model_name = model_name[len("local-dir:") :], None
 
     # 1) an explicit checkpoint file (or a folder holding one, e.g. what `lvlm train clip` writes)
     if checkpoint not in (None, "default") and not is_random(checkpoint):
-        return _from_checkpoint(Path(checkpoint).expanduser(), model_name, pre_from_tag, quick_gelu, seed,
-                                label, device)
+        return _from_checkpoint(
+            Path(checkpoint).expanduser(), model_name, pre_from_tag, quick_gelu, seed, label, device
+        )
 
     if model_name is None:
         raise ConfigError(f"{label}: give model_name (an open_clip model, e.g. RN50) and/or checkpoint=PATH")
 
     # 2) hf-hub models (BioCLIP, BiomedCLIP): the repo's folder in $LVLM_HOME or the Hugging Face cache
     if model_name.startswith("hf-hub:"):
-        repo = model_name[len("hf-hub:"):]
+        repo = model_name[len("hf-hub:") :]
         d = hub_model_dir(repo, label, revision=revision)
         _, model_cfg, pre = _read_config_json(d / HF_CONFIG_FILE)
         if model_cfg is None:
@@ -421,30 +464,54 @@ def load_open_clip(model_name: str | None = None, pretrained: str | None = None,
             tok = oc.get_tokenizer(f"local-dir:{d}")
         except (OSError, ValueError) as exc:  # an HF tokenizer that is neither in the folder nor cached
             text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise WeightsNotFoundError(f"{what}: the tokenizer of {model_name} cannot be loaded ({text})") from None
+            raise WeightsNotFoundError(
+                f"{what}: the tokenizer of {model_name} cannot be loaded ({text})"
+            ) from None
         source = "random"
         if not is_random(checkpoint):
             load_weights(model, _weight_file(d, label), what=what)
             source = str(d)
-        return OpenClipModel(model, tok, name=label, device=device, preprocess_cfg=pre, model_cfg=model_cfg,
-                             source=source)
+        return OpenClipModel(
+            model, tok, name=label, device=device, preprocess_cfg=pre, model_cfg=model_cfg, source=source
+        )
 
     # 3) random init of a named architecture
     if is_random(checkpoint) or not pretrained:  # no tag and no file: the architecture, randomly initialised
         model = _from_name(model_name, quick_gelu, seed)
-        return OpenClipModel(model, oc.get_tokenizer(model_name), name=label, device=device,
-                             preprocess_cfg=pre_from_tag, model_name=model_name, source="random")
+        return OpenClipModel(
+            model,
+            oc.get_tokenizer(model_name),
+            name=label,
+            device=device,
+            preprocess_cfg=pre_from_tag,
+            model_name=model_name,
+            source="random",
+        )
 
     # 4) official weights of a pretrained tag, through lvlm.weights
     path = tag_weights(pcfg, what, model_name, pretrained, revision=revision)
     model = _from_name(model_name, quick_gelu, seed)
     load_weights(model, path, what=what)
-    return OpenClipModel(model, oc.get_tokenizer(model_name), name=label, device=device,
-                         preprocess_cfg=pre_from_tag, model_name=model_name, source=str(path))
+    return OpenClipModel(
+        model,
+        oc.get_tokenizer(model_name),
+        name=label,
+        device=device,
+        preprocess_cfg=pre_from_tag,
+        model_name=model_name,
+        source=str(path),
+    )
 
 
-def _from_checkpoint(path: Path, model_name: str | None, pre_from_tag: dict, quick_gelu: bool, seed: int,
-                     label: str, device: str) -> OpenClipModel:
+def _from_checkpoint(
+    path: Path,
+    model_name: str | None,
+    pre_from_tag: dict,
+    quick_gelu: bool,
+    seed: int,
+    label: str,
+    device: str,
+) -> OpenClipModel:
     """A model from a checkpoint file / folder; the architecture from ``model_name`` or the JSON beside it."""
     oc = _open_clip()
     path = _weight_file(path, label)
@@ -455,11 +522,15 @@ def _from_checkpoint(path: Path, model_name: str | None, pre_from_tag: dict, qui
         cfg_name = json_name or (model_name if model_cfg is None else None)
         pre.update(pre_json)
     if model_cfg is None and cfg_name is None:
-        raise ConfigError(f"{label}: checkpoint {path} needs an open_clip model_name or a model-config JSON "
-                          f"beside it ({path.with_suffix('.json').name} or {HF_CONFIG_FILE})")
+        raise ConfigError(
+            f"{label}: checkpoint {path} needs an open_clip model_name or a model-config JSON "
+            f"beside it ({path.with_suffix('.json').name} or {HF_CONFIG_FILE})"
+        )
     if cfg_name is not None and cfg_name.startswith("hf-hub:"):
-        raise ConfigError(f"{label}: with a checkpoint file give a built-in open_clip model name or a config JSON, "
-                          f"not {cfg_name!r}")
+        raise ConfigError(
+            f"{label}: with a checkpoint file give a built-in open_clip model name or a config JSON, "
+            f"not {cfg_name!r}"
+        )
     if model_cfg is not None:
         with _seeded(seed):
             model = _model_from_cfg(model_cfg, quick_gelu=quick_gelu or None)
@@ -468,5 +539,13 @@ def _from_checkpoint(path: Path, model_name: str | None, pre_from_tag: dict, qui
         model = _from_name(cfg_name, quick_gelu, seed)
         tokenizer = oc.get_tokenizer(cfg_name)
     load_weights(model, path, what=f"CLIP {label}")
-    return OpenClipModel(model, tokenizer, name=label, device=device, preprocess_cfg=pre,
-                         model_name=cfg_name, model_cfg=model_cfg, source=str(path))
+    return OpenClipModel(
+        model,
+        tokenizer,
+        name=label,
+        device=device,
+        preprocess_cfg=pre,
+        model_name=cfg_name,
+        model_cfg=model_cfg,
+        source=str(path),
+    )

@@ -2,6 +2,7 @@
 :class:`~lvlm.models.clip_base.ClipModel` interface, with open_clip's preprocessing batched on device,
 a text-embedding cache and the CAM hooks (target layer, ViT token reshape) the saliency methods use.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,9 +45,17 @@ class OpenClipModel(ClipModel):
 
     text_cache_size = 4096
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, name: str = "", device: str = "cpu",
-                 preprocess_cfg: dict | None = None, model_name: str | None = None,
-                 model_cfg: dict | None = None, source: str = "") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        name: str = "",
+        device: str = "cpu",
+        preprocess_cfg: dict | None = None,
+        model_name: str | None = None,
+        model_cfg: dict | None = None,
+        source: str = "",
+    ) -> None:
         oc = open_clip_module()
         self.name = name
         self.device = str(device)
@@ -68,9 +77,14 @@ class OpenClipModel(ClipModel):
         self.interpolation = cfg.get("interpolation", "bicubic")
         self.resize_mode = cfg.get("resize_mode", "shortest")
         self.fill_color = int(cfg.get("fill_color", 0) or 0)
-        self.preprocess_cfg = {"size": self.image_size, "mean": self.mean, "std": self.std,
-                               "interpolation": self.interpolation, "resize_mode": self.resize_mode,
-                               "fill_color": self.fill_color}
+        self.preprocess_cfg = {
+            "size": self.image_size,
+            "mean": self.mean,
+            "std": self.std,
+            "interpolation": self.interpolation,
+            "resize_mode": self.resize_mode,
+            "fill_color": self.fill_color,
+        }
         from open_clip.transformer import VisionTransformer
 
         visual = model.visual
@@ -106,8 +120,14 @@ class OpenClipModel(ClipModel):
         if len(shapes) == 1:
             x = torch.from_numpy(np.ascontiguousarray(np.stack([np.asarray(im) for im in images])))
             return self.preprocess_chw(x.permute(0, 3, 1, 2).to(self.device))
-        return torch.cat([self.preprocess_chw(torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None]
-                                              .to(self.device)) for im in images])
+        return torch.cat(
+            [
+                self.preprocess_chw(
+                    torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].to(self.device)
+                )
+                for im in images
+            ]
+        )
 
     def preprocess_chw(self, x: torch.Tensor) -> torch.Tensor:
         """B x 3 x H x W uint8 (or 0-255 float) tensor on device -> B x 3 x S x S normalised pixels.
@@ -139,7 +159,7 @@ class OpenClipModel(ClipModel):
                 nh, nw = int(s * h / w), s
             xf = _resize(xf, (nh, nw), mode)
             top, left = round((nh - s) / 2.0), round((nw - s) / 2.0)
-            xf = xf[:, :, top:top + s, left:left + s]
+            xf = xf[:, :, top : top + s, left : left + s]
         return self.normalize(xf)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,8 +250,13 @@ class OpenClipModel(ClipModel):
         """
         from .factory import save_open_clip
 
-        return save_open_clip(self.model, path, model_name=self.model_name, model_cfg=self.model_cfg,
-                              preprocess_cfg=self.preprocess_cfg)
+        return save_open_clip(
+            self.model,
+            path,
+            model_name=self.model_name,
+            model_cfg=self.model_cfg,
+            preprocess_cfg=self.preprocess_cfg,
+        )
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
@@ -239,9 +264,17 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     h, w = x.shape[-2:]
     nh, nw = size
     if nw != w:
-        x = F.interpolate(x, size=(h, nw), mode=mode, align_corners=False, antialias=True).round().clamp(0, 255)
+        x = (
+            F.interpolate(x, size=(h, nw), mode=mode, align_corners=False, antialias=True)
+            .round()
+            .clamp(0, 255)
+        )
     if nh != h:
-        x = F.interpolate(x, size=(nh, nw), mode=mode, align_corners=False, antialias=True).round().clamp(0, 255)
+        x = (
+            F.interpolate(x, size=(nh, nw), mode=mode, align_corners=False, antialias=True)
+            .round()
+            .clamp(0, 255)
+        )
     return x
 
 

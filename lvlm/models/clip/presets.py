@@ -6,6 +6,7 @@ named by pretraining data and backbone; docs/clip.md maps them to the papers' ta
 configs built from open_clip's real tower classes for tests. Nothing here imports open_clip;
 :func:`presets_markdown` renders the table for the docs.
 """
+
 from __future__ import annotations
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -15,36 +16,85 @@ HF_CONFIG_FILE = "open_clip_config.json"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 PRESETS: dict[str, dict[str, str]] = {
-    "OA-RN50": {"model_name": "RN50", "pretrained": "openai", "backbone": "ResNet-50",
-                "data": "OpenAI WIT (400M image-text pairs)", "licence": "MIT"},
-    "OA-RN101": {"model_name": "RN101", "pretrained": "openai", "backbone": "ResNet-101",
-                 "data": "OpenAI WIT (400M image-text pairs)", "licence": "MIT"},
-    "OA-ViT-B": {"model_name": "ViT-B-16", "pretrained": "openai", "backbone": "ViT-B/16",
-                 "data": "OpenAI WIT (400M image-text pairs)", "licence": "MIT"},
-    "OA-ViT-L": {"model_name": "ViT-L-14", "pretrained": "openai", "backbone": "ViT-L/14",
-                 "data": "OpenAI WIT (400M image-text pairs)", "licence": "MIT"},
-    "CC-RN50": {"model_name": "RN50", "pretrained": "cc12m", "backbone": "ResNet-50",
-                "data": "Conceptual 12M (cc12m)", "licence": "MIT (open_clip weights)"},
-    "LA-ViT-B": {"model_name": "ViT-B-16", "pretrained": "laion400m_e32", "backbone": "ViT-B/16",
-                 "data": "LAION-400M (32 epochs)", "licence": "MIT (open_clip weights)"},
-    "BC-ViT-B": {"model_name": "hf-hub:imageomics/bioclip", "pretrained": "", "backbone": "ViT-B/16",
-                 "data": "TreeOfLife-10M (BioCLIP)", "licence": "MIT"},
-    "BiomedCLIP": {"model_name": "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
-                   "pretrained": "", "backbone": "ViT-B/16 + PubMedBERT",
-                   "data": "PMC-15M (PubMed Central figure-caption pairs)", "licence": "MIT"},
+    "OA-RN50": {
+        "model_name": "RN50",
+        "pretrained": "openai",
+        "backbone": "ResNet-50",
+        "data": "OpenAI WIT (400M image-text pairs)",
+        "licence": "MIT",
+    },
+    "OA-RN101": {
+        "model_name": "RN101",
+        "pretrained": "openai",
+        "backbone": "ResNet-101",
+        "data": "OpenAI WIT (400M image-text pairs)",
+        "licence": "MIT",
+    },
+    "OA-ViT-B": {
+        "model_name": "ViT-B-16",
+        "pretrained": "openai",
+        "backbone": "ViT-B/16",
+        "data": "OpenAI WIT (400M image-text pairs)",
+        "licence": "MIT",
+    },
+    "OA-ViT-L": {
+        "model_name": "ViT-L-14",
+        "pretrained": "openai",
+        "backbone": "ViT-L/14",
+        "data": "OpenAI WIT (400M image-text pairs)",
+        "licence": "MIT",
+    },
+    "CC-RN50": {
+        "model_name": "RN50",
+        "pretrained": "cc12m",
+        "backbone": "ResNet-50",
+        "data": "Conceptual 12M (cc12m)",
+        "licence": "MIT (open_clip weights)",
+    },
+    "LA-ViT-B": {
+        "model_name": "ViT-B-16",
+        "pretrained": "laion400m_e32",
+        "backbone": "ViT-B/16",
+        "data": "LAION-400M (32 epochs)",
+        "licence": "MIT (open_clip weights)",
+    },
+    "BC-ViT-B": {
+        "model_name": "hf-hub:imageomics/bioclip",
+        "pretrained": "",
+        "backbone": "ViT-B/16",
+        "data": "TreeOfLife-10M (BioCLIP)",
+        "licence": "MIT",
+    },
+    "BiomedCLIP": {
+        "model_name": "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+        "pretrained": "",
+        "backbone": "ViT-B/16 + PubMedBERT",
+        "data": "PMC-15M (PubMed Central figure-caption pairs)",
+        "licence": "MIT",
+    },
 }
 
 
 # Tiny random configs built from open_clip's real tower classes (ModifiedResNet, VisionTransformer).
 _TINY_TEXT = {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 TINY_CONFIGS: dict[str, dict] = {
-    "tiny-rn": {"embed_dim": 32,
-                "vision_cfg": {"layers": [1, 1, 1, 1], "width": 8, "head_width": 8, "image_size": 64},
-                "text_cfg": _TINY_TEXT},
-    "tiny-vit": {"embed_dim": 32,
-                 "vision_cfg": {"layers": 2, "width": 32, "head_width": 16, "patch_size": 16, "image_size": 64,
-                                "mlp_ratio": 2.0},
-                 "text_cfg": _TINY_TEXT},
+    "tiny-rn": {
+        "embed_dim": 32,
+        "vision_cfg": {"layers": [1, 1, 1, 1], "width": 8, "head_width": 8, "image_size": 64},
+        "text_cfg": _TINY_TEXT,
+    },
+    "tiny-vit": {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "layers": 2,
+            "width": 32,
+            "head_width": 16,
+            "patch_size": 16,
+            "image_size": 64,
+            "mlp_ratio": 2.0,
+        },
+        "text_cfg": _TINY_TEXT,
+    },
 }
 
 
@@ -60,7 +110,10 @@ def source_line(preset: dict[str, str]) -> str:
 
 def presets_markdown() -> str:
     """The presets as a Markdown table (preset, backbone, open_clip model / tag, data, licence) for the docs."""
-    rows = ["| preset | backbone | open_clip model / pretrained tag | data | licence |", "|---|---|---|---|---|"]
+    rows = [
+        "| preset | backbone | open_clip model / pretrained tag | data | licence |",
+        "|---|---|---|---|---|",
+    ]
     for name, p in PRESETS.items():
         tag = f"`{p['model_name']}`" + (f" / `{p['pretrained']}`" if p["pretrained"] else "")
         rows.append(f"| `{name}` | {p['backbone']} | {tag} | {p['data']} | {p['licence']} |")
