@@ -42,7 +42,8 @@ class Prompts:
     """Prompts for a prompted segmenter; K prompts give K masks.
 
     - ``boxes``: K x 4 xyxy, or None
-    - ``points``: K x P x 2 (x, y), or None (a P x 2 array is one prompt of P points); ``point_labels``: K x P (1 foreground, 0 background)
+    - ``points``: K x P x 2 (x, y), or None (a P x 2 array is one prompt of P points); ``point_labels``: K x P
+      (1 foreground, 0 background)
     - ``text``: the text prompt, for text-conditioned segmenters (CLIPSeg)
     - ``labels``: one label per prompt where the prompter names what each box is (a detector's class), else
       None; the masks of the prompts carry them (``Candidates.labels``, then ``Result.instances.labels``)

@@ -70,7 +70,8 @@ def cache_dir() -> Path:
 
 
 def offline() -> bool:
-    """True when ``LVLM_OFFLINE`` or ``HF_HUB_OFFLINE`` is set (to anything but ``0``): no download is tried."""
+    """True when ``LVLM_OFFLINE`` or ``HF_HUB_OFFLINE`` is set (to anything but ``0``): no download is
+    tried."""
     return os.environ.get("LVLM_OFFLINE", "") not in ("", "0") or os.environ.get(
         "HF_HUB_OFFLINE", ""
     ) not in ("", "0")
@@ -369,7 +370,8 @@ HF_ETAG_TIMEOUT_S = 10.0
 
 
 def hf_cache_dir() -> Path:
-    """The Hugging Face hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
+    """The Hugging Face hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+    ``~/.cache/huggingface/hub``."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     home = (
@@ -469,8 +471,8 @@ def _hf_fetch(
         return Path(fetch(False))
     except hub_errors.GatedRepoError:
         raise WeightsError(
-            f"{label} {repo!r} is a gated Hugging Face repository: request access at {hf_page(repo)} with your "
-            f"account, {token}."
+            f"{label} {repo!r} is a gated Hugging Face repository: request access at {hf_page(repo)} "
+            f"with your account, {token}."
         ) from None
     except hub_errors.RevisionNotFoundError:
         raise WeightsNotFoundError(

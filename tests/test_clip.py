@@ -116,7 +116,8 @@ def test_encode_text_is_cached(tiny_rn):
 
 
 def test_cam_target_layers_and_reshape(tiny_rn, tiny_vit):
-    """ResNet: the last conv stage (B x C x h x w); ViT: the last block's tokens -> B x C x h x w, class token dropped."""
+    """ResNet: the last conv stage (B x C x h x w); ViT: the last block's tokens -> B x C x h x w, class token
+    dropped."""
     img = _smooth_image(64, 64)
     for clip, grid in ((tiny_rn, 2), (tiny_vit, 4)):
         layer = clip.cam_target_layer()

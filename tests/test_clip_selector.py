@@ -1,4 +1,5 @@
-"""The `clip` selector on scenes where the right candidate is known, the merge combiner, and the base pipeline end to end."""
+"""The `clip` selector on scenes where the right candidate is known, the merge combiner, and the base pipeline
+end to end."""
 
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def stub():
     "crop", [c for c in CROPS if c != "blur_background"] + [["mask_black", "mask_crop", "bbox_crop"]]
 )
 def test_selector_picks_the_object_named(stub, crop):
-    """(blur_background keeps the other objects' colour, blurred: a mean-colour stub cannot tell; see below.)"""
+    """(blur_background keeps the other objects' colour, blurred: a mean-colour stub cannot tell; see
+    below.)"""
     sel = ClipSelector(model=stub, crop=crop, margin=0.05, templates="a photo of a {}")
     for seed in range(4):
         img, masks, names = scene(seed)
@@ -120,7 +122,8 @@ def test_all_crops_go_through_clip_in_chunked_batches_and_text_is_cached(stub):
 
 
 def test_merge_returns_both_halves_of_a_split_object(stub):
-    """Villarreal et al. Fig. 7: SAM returns the two lungs separately; `merge` unites near-best, non-overlapping masks."""
+    """Villarreal et al. Fig. 7: SAM returns the two lungs separately; `merge` unites near-best,
+    non-overlapping masks."""
     img, masks, names = scene(1)
     red = masks[names.index("red")]
     cols = np.where(red.any(0))[0]
@@ -149,7 +152,8 @@ def test_merge_returns_both_halves_of_a_split_object(stub):
 
 
 def test_area_prior_and_min_area(stub):
-    """Equal CLIP scores (a part of the object and the whole): the area prior prefers the whole; tiny ones are dropped."""
+    """Equal CLIP scores (a part of the object and the whole): the area prior prefers the whole; tiny ones are
+    dropped."""
     img, masks, names = scene(2)
     red = masks[names.index("red")]
     part = red.copy()
@@ -166,7 +170,8 @@ def test_area_prior_and_min_area(stub):
 
 
 def test_crop_geometry_on_a_real_clip_preprocessing():
-    """mask_crop shows the mask's box (plus margin) filling the model input; bbox_crop keeps the box's pixels."""
+    """mask_crop shows the mask's box (plus margin) filling the model input; bbox_crop keeps the box's
+    pixels."""
     clip = build("clip", "tiny-rn", device="cpu")
     img = np.full((100, 120, 3), 90, np.uint8)
     img[30:50, 40:60] = 255
@@ -200,7 +205,8 @@ def test_crop_geometry_on_a_real_clip_preprocessing():
 
 
 def test_blur_background_composite_matches_scipy():
-    """blur_background: the mask's pixels as they are, the rest Gaussian-blurred (sigma = blur_sigma x longer side)."""
+    """blur_background: the mask's pixels as they are, the rest Gaussian-blurred (sigma = blur_sigma x longer
+    side)."""
     from scipy.ndimage import gaussian_filter
 
     from lvlm.selectors.clip import _gaussian_blur

@@ -1,4 +1,5 @@
-"""The combine stage: one registered mechanism (best, union, merge, instances) at the end of every pipeline."""
+"""The combine stage: one registered mechanism (best, union, merge, instances) at the end of every
+pipeline."""
 
 from __future__ import annotations
 

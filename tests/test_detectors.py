@@ -1,5 +1,5 @@
-"""Detector prompters (GroundingDINO, OWLv2, OmDet-Turbo) on tiny random models of the real transformers classes,
-pinned against transformers' own processors, forwards and post-processing on the same weights."""
+"""Detector prompters (GroundingDINO, OWLv2, OmDet-Turbo) on tiny random models of the real transformers
+classes, pinned against transformers' own processors, forwards and post-processing on the same weights."""
 
 from __future__ import annotations
 
@@ -279,7 +279,8 @@ def test_drop_unmatched(images):
 
 
 def test_packaged_detector_and_sam3_configs_have_valid_keys():
-    """Every config under configs/detector and configs/sam3 names registered components with their real keys."""
+    """Every config under configs/detector and configs/sam3 names registered components with their real
+    keys."""
     from lvlm.pipeline import CONFIG_DIR, STAGES, load_config
     from lvlm.registry import check_kwargs, get
 

@@ -1,4 +1,5 @@
-"""The offline defaults: LiteMedSAM everything mode, and the embedded text-prompted pipeline (configs/embedded.yaml).
+"""The offline defaults: LiteMedSAM everything mode, and the embedded text-prompted pipeline
+(configs/embedded.yaml).
 
 The generator is checked against the ``litemedsam`` prompted segmenter (LiteMedSAM's reference
 preprocessing and decoding): its masks must be exactly the segmenter's masks for the same boxes. The
@@ -140,7 +141,8 @@ def test_cli_segments_the_red_star(tmp_path):
 
 @needs_shapes
 def test_embedded_default_tells_shapes_of_one_colour_apart():
-    """Two objects of the same colour: only the shape word says which one is meant (the CLIP must know shapes)."""
+    """Two objects of the same colour: only the shape word says which one is meant (the CLIP must know
+    shapes)."""
     from lvlm.pipeline import Pipeline
 
     seed = next(

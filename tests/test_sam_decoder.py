@@ -1,4 +1,5 @@
-"""SAM mask-decoder specialisation: batched decoding, training, early stopping, resume, reload, CLI, prompts."""
+"""SAM mask-decoder specialisation: batched decoding, training, early stopping, resume, reload, CLI,
+prompts."""
 
 from __future__ import annotations
 

@@ -133,7 +133,8 @@ def test_scene_generator_is_deterministic_and_masks_are_true():
     assert len({o.caption for o in a.objects}) == len(a.objects)
     for o in a.objects:
         assert o.mask.sum() > 30
-        # the mask covers exactly the painted pixels: its border pixels differ from the background just outside
+        # the mask covers exactly the painted pixels: its border pixels differ from the background just
+        # outside
         assert a.find(o.caption) is o
     masks = np.stack([o.mask for o in a.objects])
     assert masks.sum(0).max() == 1  # objects never overlap
@@ -151,7 +152,8 @@ def test_pair_source_split_is_seeded():
 
 
 def test_dihedral_augmentation_only_turns_and_flips_images():
-    """`--augment dihedral` shows each training image as one of the 8 symmetries of the square, nothing else."""
+    """`--augment dihedral` shows each training image as one of the 8 symmetries of the square, nothing
+    else."""
     from lvlm.train.clip import _Batches
 
     imgs = [make_scene(s, size=32, n_objects=1).image for s in range(16)]

@@ -104,14 +104,18 @@ LOADERS = {
         "LiteMedSAM decoder_checkpoint",
     ),
     "sam_decoder_checkpoint": (
-        "segmenter: {name: sam, model_type: vit_tiny, decoder_checkpoint: BAD, device: cpu, encoder_backend: torch}",
+        (
+            "segmenter: {name: sam, model_type: vit_tiny, decoder_checkpoint: BAD, device: cpu, "
+            "encoder_backend: torch}"
+        ),
         ["--box", "5,5,40,40"],
         "iou_token.weight",
         "SAM vit_tiny decoder_checkpoint",
     ),
     "clip_checkpoint": (
         (
-            "prompter: {name: saliency, clip: {name: tiny-rn, checkpoint: BAD}, method: gscorecam, device: cpu}\n"
+            "prompter: {name: saliency, clip: {name: tiny-rn, checkpoint: BAD}, method: gscorecam, "
+            "device: cpu}\n"
             "segmenter: {name: litemedsam, device: cpu, encoder_backend: torch}"
         ),
         ["--prompt", "a red square"],

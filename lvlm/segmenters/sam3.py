@@ -126,7 +126,8 @@ class Sam3Segmenter(PromptedSegmenter):
         return self._candidates(res, (h, w))
 
     def segment_many(self, images: Sequence[np.ndarray], prompts_list: Sequence[Prompts]) -> list[Candidates]:
-        """:meth:`segment` for a batch: one vision and one detector forward for the images without box exemplars.
+        """:meth:`segment` for a batch: one vision and one detector forward for the images without box
+        exemplars.
 
         Args:
             images: H x W x 3 uint8 images.

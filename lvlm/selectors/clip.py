@@ -3,8 +3,8 @@
 Every candidate mask is turned into an image (a *crop*: the mask on black, the mask's box, ...),
 all crops of an image go through the CLIP image tower in one batched, chunked forward on device,
 and each crop's cosine similarity to the prompt's text embedding scores its candidate, and the best one is
-chosen. Uniting near-best candidates (the two lungs that SAM returns as separate masks, Villarreal et al. Fig. 7) is
-the ``merge`` combiner's job (``combine: merge``), on these scores.
+chosen. Uniting near-best candidates (the two lungs that SAM returns as separate masks, Villarreal et al.
+Fig. 7) is the ``merge`` combiner's job (``combine: merge``), on these scores.
 """
 
 from __future__ import annotations
@@ -165,8 +165,8 @@ class ClipSelector(Selector):
 
     def __repr__(self) -> str:
         return (
-            f"ClipSelector(model={getattr(self.clip, 'name', type(self.clip).__name__)!r}, crop={self.crops}, "
-            f"rule={self.rule!r}, templates={len(self.templates)})"
+            f"ClipSelector(model={getattr(self.clip, 'name', type(self.clip).__name__)!r}, "
+            f"crop={self.crops}, rule={self.rule!r}, templates={len(self.templates)})"
         )
 
     # --- text -------------------------------------------------------------------------------
@@ -187,7 +187,8 @@ class ClipSelector(Selector):
 
     # --- images -----------------------------------------------------------------------------
     def crop_boxes(self, masks: np.ndarray) -> np.ndarray:
-        """Square xyxy crop regions of N masks: the mask's box plus ``margin``, its shorter side grown to a square.
+        """Square xyxy crop regions of N masks: the mask's box plus ``margin``, its shorter side grown to a
+        square.
 
         Args:
             masks: N x H x W bool masks.

@@ -103,4 +103,7 @@ class ClipSegPrompter(Prompter):
         ), extras
 
     def __repr__(self) -> str:
-        return f"ClipSegPrompter(model={self.clipseg.model_name!r}, threshold={self.threshold}, box_mode={self.box_mode!r})"
+        return (
+            f"ClipSegPrompter(model={self.clipseg.model_name!r}, threshold={self.threshold}, "
+            f"box_mode={self.box_mode!r})"
+        )

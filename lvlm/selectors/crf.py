@@ -1,10 +1,12 @@
-"""Fully connected (dense) CRF refining a saliency map into foreground / background (Krähenbühl & Koltun 2011).
+"""Fully connected (dense) CRF refining a saliency map into foreground / background (Krähenbühl & Koltun
+2011).
 
 Two labels (background 0, foreground 1). Energy: a unary term from the saliency map plus two Potts
 pairwise terms over *all* pixel pairs, as in pydensecrf's ``DenseCRF2D``:
 
 - Gaussian (smoothness): ``k(i, j) = exp(-|p_i - p_j|^2 / (2 gaussian_sxy^2))``, weight ``gaussian_compat``;
-- bilateral (appearance): ``exp(-|p_i - p_j|^2 / (2 bilateral_sxy^2) - |I_i - I_j|^2 / (2 bilateral_srgb^2))``,
+- bilateral (appearance):
+  ``exp(-|p_i - p_j|^2 / (2 bilateral_sxy^2) - |I_i - I_j|^2 / (2 bilateral_srgb^2))``,
   weight ``bilateral_compat`` (``I``: RGB in 0-255).
 
 Mean-field inference, ``iterations`` times: ``Q = softmax(-U + sum_k compat_k * Kn_k Q)``, starting from
@@ -139,7 +141,8 @@ class DenseCRF:
 
 def _gaussian_blur_sum(q: torch.Tensor, sigma_y: float, sigma_x: float) -> torch.Tensor:
     """``sum_j exp(-dy^2 / (2 sigma_y^2) - dx^2 / (2 sigma_x^2)) q_j`` over the pixels of the image: a
-    separable convolution with zero padding (no pixels beyond the border), truncated at 4 sigma. q: C x H x W."""
+    separable convolution with zero padding (no pixels beyond the border), truncated at 4 sigma.
+    q: C x H x W."""
 
     def taps(sigma: float) -> tuple[torch.Tensor, int]:
         r = max(1, math.ceil(4.0 * sigma))
@@ -264,7 +267,8 @@ class TorchDenseCRF(DenseCRF):
         return q[1].clamp(0, 1).cpu().numpy().astype(np.float32)
 
     def _mean_field(self, img: torch.Tensor, unary: torch.Tensor, fy: float, fx: float) -> torch.Tensor:
-        """Mean-field on a (possibly downsampled) grid: img 3 x h x w (0-255), unary 2 x h x w -> Q 2 x h x w."""
+        """Mean-field on a (possibly downsampled) grid: img 3 x h x w (0-255), unary 2 x h x w ->
+        Q 2 x h x w."""
         _, h, w = img.shape
         n = h * w
         # Gaussian kernel: separable, widths in (downsampled) pixels

@@ -1,4 +1,5 @@
-"""Prompter ``detector``: text -> open-vocabulary detector boxes -> any prompted segmenter (Grounded-SAM style).
+"""Prompter ``detector``: text -> open-vocabulary detector boxes -> any prompted segmenter (Grounded-SAM
+style).
 
 The detector -> SAM family of Grounded-SAM (Ren et al., 2024) and lang-segment-anything: a text-conditioned
 detector (GroundingDINO, MM-GroundingDINO / LLMDet, OWLv2, OmDet-Turbo; :mod:`lvlm.models.detectors`)
@@ -52,8 +53,9 @@ class DetectorPrompter(Prompter):
 
     Args:
         model: a preset (``grounding-dino-tiny``, ``grounding-dino-base``, ``mm-grounding-dino-tiny``,
-            ``llmdet-tiny``, ``owlv2-base``, ``omdet-turbo``), a Hugging Face id, a ``save_pretrained`` folder,
-            or ``tiny-random-grounding-dino`` / ``tiny-random-owlv2`` / ``tiny-random-omdet-turbo`` (tests).
+            ``llmdet-tiny``, ``owlv2-base``, ``omdet-turbo``), a Hugging Face id, a ``save_pretrained``
+            folder, or ``tiny-random-grounding-dino`` / ``tiny-random-owlv2`` / ``tiny-random-omdet-turbo``
+            (tests).
         threshold: box score threshold; ``default``: GroundingDINO 0.3 (lang-sam's box threshold), OWLv2 0.1,
             OmDet-Turbo 0.3 (transformers' post-processing defaults).
         text_threshold: GroundingDINO: a box's class is the phrase of its most probable token when that
@@ -197,6 +199,6 @@ class DetectorPrompter(Prompter):
 
     def __repr__(self) -> str:
         return (
-            f"DetectorPrompter(model={self.model_name!r}, family={self.family!r}, threshold={self.threshold}, "
-            f"nms={self.nms}, max_boxes={self.max_boxes})"
+            f"DetectorPrompter(model={self.model_name!r}, family={self.family!r}, "
+            f"threshold={self.threshold}, nms={self.nms}, max_boxes={self.max_boxes})"
         )

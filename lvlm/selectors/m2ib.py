@@ -29,7 +29,8 @@ from .cams import SaliencyMethod, as_text_features, clip_device, minmax
 
 
 def vit_blocks(clip: ClipModel) -> list[torch.nn.Module]:
-    """The transformer blocks of a ViT CLIP image tower (open_clip ``resblocks`` or a timm trunk's ``blocks``).
+    """The transformer blocks of a ViT CLIP image tower (open_clip ``resblocks`` or a timm trunk's
+    ``blocks``).
 
     Args:
         clip: a ViT CLIP model.
@@ -54,7 +55,8 @@ def vit_blocks(clip: ClipModel) -> list[torch.nn.Module]:
     source="ours (pure torch), after MedCLIP-SAMv2's M2IB",
 )
 class M2IB(SaliencyMethod):
-    """M2IB saliency: a per-token, per-channel bottleneck on one ViT block, fitted to keep the image-text match.
+    """M2IB saliency: a per-token, per-channel bottleneck on one ViT block, fitted to keep the image-text
+    match.
 
     Args:
         layer: index of the image-encoder block whose output is bottlenecked (MedCLIP-SAMv2: 7).

@@ -70,9 +70,9 @@ class SaliencyPrompter(Prompter):
     """Box / point prompts from a CLIP saliency map.
 
     - ``clip``: CLIP preset name, ``{name: ..., **kwargs}`` or a built :class:`ClipModel`;
-    - ``method``: ``gscorecam`` | ``hilacam`` (ViT) | ``m2ib`` (ViT; MedCLIP-SAMv2) | ``scorecam`` | ``gradcam``,
-      a ``{name: ...}`` dict or a callable ``(clip, pixels, text_features) -> S x S map``; ``topk``,
-      ``batch_size``, ``logit_scale`` go to the method when it takes them;
+    - ``method``: ``gscorecam`` | ``hilacam`` (ViT) | ``m2ib`` (ViT; MedCLIP-SAMv2) | ``scorecam`` |
+      ``gradcam``, a ``{name: ...}`` dict or a callable ``(clip, pixels, text_features) -> S x S map``;
+      ``topk``, ``batch_size``, ``logit_scale`` go to the method when it takes them;
     - ``templates``: text templates (``{}`` = the prompt) whose embeddings are averaged;
     - ``resize``: ``stretch`` the image to the CLIP input square, or ``pad`` it to a square first;
     - ``crf``: None, or a CRF backend spec (``{name: torch | pydensecrf, **parameters}``);
@@ -81,7 +81,8 @@ class SaliencyPrompter(Prompter):
     - ``box_mode``: ``largest`` region, the ``peak`` region (highest mean smoothed saliency), ``all``
       regions, one ``merged`` box, or ``none`` (points only);
       ``min_area``: smallest region kept (fraction of the image); ``max_boxes``: at most this many boxes;
-    - ``points`` / ``negative_points``: saliency peaks (positive) and low-saliency points (negative) per prompt;
+    - ``points`` / ``negative_points``: saliency peaks (positive) and low-saliency points (negative) per
+      prompt;
     - ``device``: where CLIP and the CRF run (``auto``: GPU when visible).
 
     Args:

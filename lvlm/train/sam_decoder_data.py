@@ -39,7 +39,8 @@ __all__ = [
 
 # ----------------------------------------------------------------------------------- embedding cache
 class EmbeddingCache:
-    """Image embeddings on disk, one ``.npy`` per image, keyed by image content hash under a model fingerprint.
+    """Image embeddings on disk, one ``.npy`` per image, keyed by image content hash under a model
+    fingerprint.
 
     Args:
         arch: the model's family adapter (its ``encode`` and ``fingerprint``).
@@ -341,7 +342,8 @@ def unpack_targets(items: Items, idx: Sequence[int], size: int, device):
 
 
 def prompt_kinds(n: int, point_fraction: float, seed: int, epoch: int) -> np.ndarray:
-    """Per object, True for a point prompt (probability ``point_fraction``), else a box; fixed by (seed, epoch).
+    """Per object, True for a point prompt (probability ``point_fraction``), else a box; fixed by
+    (seed, epoch).
 
     Args:
         n: number of objects.
