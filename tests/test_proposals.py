@@ -1,4 +1,5 @@
 """The proposal stage for box-only models (lvlm.generators.proposals) on a synthetic blob image."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -70,8 +71,9 @@ def test_blob_boxes_find_the_blobs_at_their_scale():
 def test_proposal_generator_finds_each_blob_once():
     img, gt = blob_image()
     seg = ComponentSegmenter()
-    gen = ProposalGenerator(segmenter=seg, zoom={"context": 4.0, "min_crop": 16}, sigmas=(3, 4.5, 6.5, 9),
-                            min_area=10)
+    gen = ProposalGenerator(
+        segmenter=seg, zoom={"context": 4.0, "min_crop": 16}, sigmas=(3, 4.5, 6.5, 9), min_area=10
+    )
     out = gen.generate(img)
     assert len(out) == len(BLOBS)
     inter = (out.masks[:, None] & gt[None]).sum((2, 3))

@@ -1,4 +1,5 @@
 """Tiled everything mode (lvlm.generators.tiled): tiles, and the merge of objects cut by tile borders."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -61,7 +62,9 @@ def test_touching_objects_in_different_tiles_stay_apart_with_overlap():
     h = w = 128
     img = np.zeros((h, w, 3), np.uint8)
     a, b = np.zeros((h, w), bool), np.zeros((h, w), bool)
-    a[50:70, 40:63] = True  # left object ends at x = 62, right one starts at x = 66: 3 px of background between
+    a[50:70, 40:63] = (
+        True  # left object ends at x = 62, right one starts at x = 66: 3 px of background between
+    )
     b[50:70, 66:90] = True
     img[a | b] = 255
     out = TiledGenerator(generator=ComponentsGenerator(), tile_size=72, overlap=16).generate(img)

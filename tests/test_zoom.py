@@ -1,4 +1,6 @@
-"""Zoomed prompts (lvlm.segmenters.zoom): windows, paste-back at the input resolution, real LiteMedSAM gain."""
+"""Zoomed prompts (lvlm.segmenters.zoom): windows, paste-back at the input resolution, real LiteMedSAM
+gain."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +23,8 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nuclei"
 
 
 class CropBoxSegmenter:
-    """Fake prompted segmenter: the 'embedding' is the crop; each mask is the whole crop (``full=True``) or the
+    """Fake prompted segmenter: the 'embedding' is the crop; each mask is the whole crop (``full=True``) or
+    the
     prompt box rasterised in the crop's frame; records the crops it saw."""
 
     source = "fake"
@@ -41,7 +44,7 @@ class CropBoxSegmenter:
             if self.full:
                 masks[k] = True
             else:
-                masks[k, int(y0):int(y1), int(x0):int(x1)] = True
+                masks[k, int(y0) : int(y1), int(x0) : int(x1)] = True
         return Candidates(masks, scores=np.full(len(prompts), 0.9), source=self.source)
 
 
@@ -56,11 +59,21 @@ def test_windows_at_borders_by_hand():
     # 80 x 100 image (h x w): side 4 x 10 = 40
     assert crop_window(np.array([0, 0, 10, 10]), 80, 100, z) == (0, 0, 40, 40)  # top-left: shifted inside
     assert crop_window(np.array([90, 70, 100, 80]), 80, 100, z) == (60, 40, 100, 80)  # bottom-right
-    assert crop_window(np.array([40, 30, 50, 40]), 80, 100, z) == (25, 15, 65, 55)  # centred: 45 - 20, 35 - 20
+    assert crop_window(np.array([40, 30, 50, 40]), 80, 100, z) == (
+        25,
+        15,
+        65,
+        55,
+    )  # centred: 45 - 20, 35 - 20
     # window larger than the image along y (200 > 80) and x (200 > 100): clipped to the image
     assert crop_window(np.array([10, 10, 60, 60]), 80, 100, z) == (0, 0, 100, 80)
     # a 2 px box gets min_crop
-    assert crop_window(np.array([50, 50, 52, 52]), 80, 100, ZoomSettings(min_crop=20, share=False)) == (41, 41, 61, 61)
+    assert crop_window(np.array([50, 50, 52, 52]), 80, 100, ZoomSettings(min_crop=20, share=False)) == (
+        41,
+        41,
+        61,
+        61,
+    )
 
 
 @pytest.mark.parametrize("full", [True, False])

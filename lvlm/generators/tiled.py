@@ -14,16 +14,15 @@ Fine-tuning for Small Object Detection", ICIP 2022) and micro-sam's tiled automa
    only touch (``overlap: 0``), when they touch across the shared edge.
 4. Duplicates (the same whole object seen by two tiles) are removed by mask NMS at ``nms_thresh``.
 """
+
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-from ..components import MaskGenerator, image_key
+from ..components import MaskGenerator
 from ..errors import ConfigError
-from ..io import load_image
 from ..registry import build, register
 from ..types import Candidates
 
@@ -53,15 +52,22 @@ def tile_windows(height: int, width: int, tile: int, overlap: int) -> list[tuple
         tile: tile side.
         overlap: pixels shared by neighbouring tiles.
     """
-    return [(x, y, min(x + tile, width), min(y + tile, height))
-            for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
+    return [
+        (x, y, min(x + tile, width), min(y + tile, height))
+        for y in tile_starts(height, tile, overlap)
+        for x in tile_starts(width, tile, overlap)
+    ]
 
 
 def _cut(mask: np.ndarray, win: tuple[int, int, int, int], height: int, width: int) -> bool:
     """Whether a tile's mask (tile frame) touches a tile edge that lies inside the image."""
     x0, y0, x1, y1 = win
-    return bool((x0 > 0 and mask[:, 0].any()) or (y0 > 0 and mask[0].any())
-                or (x1 < width and mask[:, -1].any()) or (y1 < height and mask[-1].any()))
+    return bool(
+        (x0 > 0 and mask[:, 0].any())
+        or (y0 > 0 and mask[0].any())
+        or (x1 < width and mask[:, -1].any())
+        or (y1 < height and mask[-1].any())
+    )
 
 
 def _intersect(a, b):
@@ -123,8 +129,9 @@ def merge_tiles(pieces: list[dict], height: int, width: int, merge_thresh: float
         mask = np.zeros((height, width), bool)
         for i in members:
             mask |= pieces[i]["mask"]
-        out.append({"mask": mask, "score": max(float(pieces[i]["score"]) for i in members),
-                    "pieces": len(members)})
+        out.append(
+            {"mask": mask, "score": max(float(pieces[i]["score"]) for i in members), "pieces": len(members)}
+        )
     return out
 
 
@@ -135,10 +142,13 @@ def _bbox(m: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-@register("generator", "tiled",
-          description="everything mode on overlapping tiles of any generator, masks cut by tile edges joined "
-          "again (SAHI / micro-sam tiling)",
-          source="the inner generator's weights")
+@register(
+    "generator",
+    "tiled",
+    description="everything mode on overlapping tiles of any generator, masks cut by tile edges joined "
+    "again (SAHI / micro-sam tiling)",
+    source="the inner generator's weights",
+)
 class TiledGenerator(MaskGenerator):
     """Any everything-mode generator run tile by tile, its masks merged across tile edges.
 
@@ -154,8 +164,14 @@ class TiledGenerator(MaskGenerator):
 
     cache_size = 2
 
-    def __init__(self, generator: Any = None, tile_size: int = 256, overlap: int = 32, merge_thresh: float = 0.5,
-                 nms_thresh: float = 0.5) -> None:
+    def __init__(
+        self,
+        generator: Any = None,
+        tile_size: int = 256,
+        overlap: int = 32,
+        merge_thresh: float = 0.5,
+        nms_thresh: float = 0.5,
+    ) -> None:
         if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 16:
             raise ConfigError(f"tile_size={tile_size!r}: expected an integer >= 16 (pixels)")
         if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile_size:
@@ -175,24 +191,17 @@ class TiledGenerator(MaskGenerator):
                 raise ConfigError("generator: give the inner generator's name, e.g. {name: litemedsam}")
             spec = build("generator", name, **spec)
         if not hasattr(spec, "generate"):
-            raise ConfigError(f"generator: {type(spec).__name__} is not a mask generator (no generate method)")
+            raise ConfigError(
+                f"generator: {type(spec).__name__} is not a mask generator (no generate method)"
+            )
         self.generator = spec
         self.source = f"tiled+{getattr(spec, 'source', type(spec).__name__)}"
-        self._cache: OrderedDict[str, Candidates] = OrderedDict()
 
-    def generate(self, image: np.ndarray) -> Candidates:
-        """Candidates of the whole image (``extra["tiles"]``: the tiles; ``extra["pieces"]``: pieces per mask).
-
-        Args:
-            image: H x W x 3 uint8 RGB (or anything :func:`lvlm.io.load_image` reads).
-        """
+    def _generate(self, img: np.ndarray) -> Candidates:
+        """Candidates of the whole image, cached by ``MaskGenerator.generate`` (``extra["tiles"]``: the tiles;
+        ``extra["pieces"]``: pieces per mask)."""
         from .proposals import mask_nms
 
-        img = load_image(image)
-        key = image_key(img)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
         h, w = img.shape[:2]
         wins = tile_windows(h, w, self.tile_size, self.overlap)
         pieces = []
@@ -204,8 +213,9 @@ class TiledGenerator(MaskGenerator):
                     continue
                 full = np.zeros((h, w), bool)
                 full[y0:y1, x0:x1] = m
-                pieces.append({"mask": full, "score": float(s), "tile": t, "win": win,
-                               "cut": _cut(m, win, h, w)})
+                pieces.append(
+                    {"mask": full, "score": float(s), "tile": t, "win": win, "cut": _cut(m, win, h, w)}
+                )
         merged = merge_tiles(pieces, h, w, self.merge_thresh)
         if not merged:
             out = Candidates.empty(h, w, source=self.source)
@@ -214,10 +224,13 @@ class TiledGenerator(MaskGenerator):
             scores = np.array([m["score"] for m in merged], np.float32)
             keep = mask_nms(masks, scores, self.nms_thresh, contained=1.0)
             keep = keep[np.argsort(-scores[keep], kind="stable")]
-            out = Candidates(masks[keep], scores=scores[keep], source=self.source,
-                             extra={"tiles": np.asarray(wins, np.int64),
-                                    "pieces": np.array([merged[i]["pieces"] for i in keep], np.int64)})
-        self._cache[key] = out
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+            out = Candidates(
+                masks[keep],
+                scores=scores[keep],
+                source=self.source,
+                extra={
+                    "tiles": np.asarray(wins, np.int64),
+                    "pieces": np.array([merged[i]["pieces"] for i in keep], np.int64),
+                },
+            )
         return out

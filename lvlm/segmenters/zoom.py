@@ -20,6 +20,7 @@ micro-sam's tiled prediction applied per prompt; MedSAM's own inference frames e
 Use it through the ``zoom`` argument of a prompted segmenter (``zoom: {context: 4.0}`` in a config), or
 call :func:`segment_zoomed` directly.
 """
+
 from __future__ import annotations
 
 import math
@@ -100,7 +101,8 @@ def zoom_settings(value: Any) -> ZoomSettings | None:
 
 
 def prompt_extents(prompts: Prompts) -> np.ndarray:
-    """K x 4 xyxy extent of each prompt: its box, else the bounding box of its points (zero-size for one point).
+    """K x 4 xyxy extent of each prompt: its box, else the bounding box of its points (zero-size for one
+    point).
 
     Args:
         prompts: box and/or point prompts.
@@ -116,7 +118,9 @@ def prompt_extents(prompts: Prompts) -> np.ndarray:
     raise ValueError("zoomed prompts need boxes or points")
 
 
-def crop_window(extent: np.ndarray, height: int, width: int, settings: ZoomSettings) -> tuple[int, int, int, int]:
+def crop_window(
+    extent: np.ndarray, height: int, width: int, settings: ZoomSettings
+) -> tuple[int, int, int, int]:
     """The integer window (x0, y0, x1, y1) of one prompt extent: a square of side
     ``max(min_crop, context * longer side)`` centred on the extent, shifted inside the image, clipped to it
     only where it is larger than the image.
@@ -145,13 +149,15 @@ def _side(window) -> int:
     return max(window[2] - window[0], window[3] - window[1])
 
 
-def assign_windows(extents: np.ndarray, height: int, width: int,
-                   settings: ZoomSettings) -> tuple[list[tuple[int, int, int, int]], np.ndarray]:
+def assign_windows(
+    extents: np.ndarray, height: int, width: int, settings: ZoomSettings
+) -> tuple[list[tuple[int, int, int, int]], np.ndarray]:
     """Windows for K prompt extents and, per prompt, the index of the window it is decoded in.
 
     Without ``share`` every prompt has its own window. With it, prompts are visited from the largest window
     down; a prompt not yet placed opens its own window, and every later prompt whose own window side is within
-    ``share_ratio`` of it and that has ``share_margin`` x its longer side of context inside the window on every
+    ``share_ratio`` of it and that has ``share_margin`` x its longer side of context inside the window on
+    every
     side (or reaches the image border there) joins it.
 
     Args:
@@ -184,9 +190,16 @@ def assign_windows(extents: np.ndarray, height: int, width: int,
                 continue
             x0, y0, x1, y1 = extents[j]
             m = settings.share_margin * max(x1 - x0, y1 - y0, 1.0)
-            ok = ((x0 - m >= wx0 or wx0 == 0) and (y0 - m >= wy0 or wy0 == 0)
-                  and (x1 + m <= wx1 or wx1 == width) and (y1 + m <= wy1 or wy1 == height)
-                  and x0 >= wx0 and y0 >= wy0 and x1 <= wx1 and y1 <= wy1)
+            ok = (
+                (x0 - m >= wx0 or wx0 == 0)
+                and (y0 - m >= wy0 or wy0 == 0)
+                and (x1 + m <= wx1 or wx1 == width)
+                and (y1 + m <= wy1 or wy1 == height)
+                and x0 >= wx0
+                and y0 >= wy0
+                and x1 <= wx1
+                and y1 <= wy1
+            )
             if ok:
                 assign[j] = wi
     return windows, assign
@@ -200,6 +213,7 @@ def grid_windows(height: int, width: int, side: int) -> list[tuple[int, int, int
         height, width: the image's size.
         side: window side, pixels.
     """
+
     def starts(size: int) -> list[int]:
         if side >= size:
             return [0]
@@ -207,12 +221,20 @@ def grid_windows(height: int, width: int, side: int) -> list[tuple[int, int, int
         out = list(range(0, size - side, step))
         return out + [size - side]
 
-    return [(x, y, min(x + side, width), min(y + side, height))
-            for y in starts(height) for x in starts(width)]
+    return [
+        (x, y, min(x + side, width), min(y + side, height)) for y in starts(height) for x in starts(width)
+    ]
 
 
-def _assign_grid(extents: np.ndarray, sides: np.ndarray, height: int, width: int, settings: ZoomSettings,
-                 windows: list, assign: np.ndarray) -> None:
+def _assign_grid(
+    extents: np.ndarray,
+    sides: np.ndarray,
+    height: int,
+    width: int,
+    settings: ZoomSettings,
+    windows: list,
+    assign: np.ndarray,
+) -> None:
     """Place the boxes that fit the grid (see :class:`ZoomSettings`) in the grid window where their smallest
     margin is largest; only the grid windows that receive a box are appended to ``windows``."""
     grid = grid_windows(height, width, settings.grid)
@@ -241,23 +263,31 @@ def _assign_grid(extents: np.ndarray, sides: np.ndarray, height: int, width: int
 
 def _embed_windows(segmenter, crops: list[np.ndarray], batch: int) -> list[Any]:
     """Embeddings of the crops, ``batch`` per encoder call where the segmenter can batch: its
-    ``_embed_many(images)``, or its SAM-family adapter's ``encode`` (one B x 3 x S x S encoder input), else one
+    ``_embed_many(images)``, or its SAM-family adapter's ``encode`` (one B x 3 x S x S encoder input), else
+    one
     ``_embed`` per crop."""
     from ..models.sam import ImageEmbedding, SamFamilyAdapter
 
     many = getattr(segmenter, "_embed_many", None)
     adapter = getattr(segmenter, "adapter", None)
-    if many is None and isinstance(adapter, SamFamilyAdapter) and getattr(segmenter, "embeddings", None) is None:
+    if (
+        many is None
+        and isinstance(adapter, SamFamilyAdapter)
+        and getattr(segmenter, "embeddings", None) is None
+    ):
 
         def many(images):
             feats = adapter.encode(images)
-            return [ImageEmbedding(feats[i:i + 1], im.shape[:2], tuple(adapter.input_size(*im.shape[:2])))
-                    for i, im in enumerate(images)]
+            return [
+                ImageEmbedding(feats[i : i + 1], im.shape[:2], tuple(adapter.input_size(*im.shape[:2])))
+                for i, im in enumerate(images)
+            ]
+
     if many is None:
         return [segmenter._embed(c) for c in crops]
     out: list[Any] = []
     for s in range(0, len(crops), batch):
-        out.extend(many(crops[s:s + batch]))
+        out.extend(many(crops[s : s + batch]))
     return out
 
 
@@ -309,6 +339,10 @@ def segment_zoomed(segmenter, image: np.ndarray, prompts: Prompts, zoom: Any = T
             if stability is None:
                 stability = np.zeros(k, np.float32)
             stability[idx] = cands.stability
-    return Candidates(masks, scores=scores, stability=stability, source=source,
-                      extra={"zoom_windows": np.asarray(windows, np.int64).reshape(-1, 4),
-                             "zoom_window_index": assign})
+    return Candidates(
+        masks,
+        scores=scores,
+        stability=stability,
+        source=source,
+        extra={"zoom_windows": np.asarray(windows, np.int64).reshape(-1, 4), "zoom_window_index": assign},
+    )
