@@ -1,23 +1,25 @@
-"""Everything mode: ``sam_fast`` vs segment_anything's SamAutomaticMaskGenerator, same model, image and settings.
+"""Everything mode: ``sam_fast`` vs segment_anything's SamAutomaticMaskGenerator,
+same model, image and settings.
 
-Both generators get the same randomly initialised SAM (``--model``: vit_tiny, vit_b, vit_l, vit_h or mobilesam;
-no weights can be downloaded here), with :func:`lvlm.testing.point_local_sam` decoder weights by
-default so that the official generator keeps a realistic number of distinct masks (``--plain-random`` keeps the
-plain random decoder: then almost every mask is removed by NMS). Every figure is a ratio of two measurements
-taken in this one run on the same inputs:
+Both generators get the same randomly initialised SAM (``--model``: vit_tiny, vit_b, vit_l, vit_h or
+mobilesam; no weights can be downloaded here), with :func:`lvlm.testing.point_local_sam` decoder weights by
+default so that the official generator keeps a realistic number of distinct masks (``--plain-random`` keeps
+the plain random decoder: then almost every mask is removed by NMS). Every figure is a ratio of two
+measurements taken in this one run on the same inputs:
 
 - ``speedup``: official seconds / ours seconds per image (median of ``--repeats`` after one warm-up each);
 - ``speedup_after_encoder``: the same without each generator's image-encoder time, and
   ``speedup_postprocessing`` without its encoder and mask-decoder time either (both timed by hooks on the
   shared modules): what is left is upsampling, scoring, filtering, NMS, encoding and output;
-- ``matched_iou``: mean over our masks of the best IoU with an official mask (``matched_iou_reverse`` the other
-  way round); ``count_ratio``: our mask count / the official count.
+- ``matched_iou``: mean over our masks of the best IoU with an official mask (``matched_iou_reverse`` the
+  other way round); ``count_ratio``: our mask count / the official count.
 
     python benchmarks/amg_speed.py --model vit_tiny --json                       # seconds, CPU
     python benchmarks/amg_speed.py --model vit_b --points-per-side 8 --json      # CPU, a few minutes
-    python benchmarks/amg_speed.py --model vit_h --device cuda --thresholds zero --size 1500x2250 --json  # GPU
+    python benchmarks/amg_speed.py --model vit_h --device cuda --thresholds zero --size 1500x2250 --json # GPU
     python benchmarks/amg_speed.py --model sam2_tiny_random --thresholds zero --box-nms-thresh 1.0 --json
-    python benchmarks/amg_speed.py --model vit_b --points-per-side 8 --thresholds zero --backend onnxruntime --json
+    python benchmarks/amg_speed.py --model vit_b --points-per-side 8 --thresholds zero \\
+        --backend onnxruntime --json
 
 SAM 2 (``--model sam2_<variant>``) compares ``sam2_fast`` with ``SAM2AutomaticMaskGenerator``; its random
 decoder gets no point-local weights (SAM 2's tiny model is too narrow for them), so ``--box-nms-thresh 1.0``

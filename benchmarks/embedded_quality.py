@@ -1,4 +1,5 @@
-"""Quality of the offline defaults on held-out generated scenes: embedded default, base pipeline, CLIP retrieval.
+"""Quality of the offline defaults on held-out generated scenes: embedded default, base pipeline,
+CLIP retrieval.
 
 All three use only what ships with lvlm (the ``lvlm-shapes`` CLIP and LiteMedSAM's weights), so this
 runs offline on a CPU. Scenes are :class:`lvlm.data.synthetic.ScenesDataset`'s held-out seeds (from
@@ -20,7 +21,8 @@ separately). ::
     OMP_NUM_THREADS=1 python benchmarks/embedded_quality.py --n 200 --json
     python benchmarks/embedded_quality.py --checkpoint runs/shapes/best/open_clip_model.safetensors
     python benchmarks/embedded_quality.py --retrieval-only --n 1000 --checkpoint runs/shapes/best  # seconds
-    python benchmarks/embedded_quality.py --n 200 --workers 2 --json   # scenes split over 2 one-thread processes
+    python benchmarks/embedded_quality.py --n 200 --workers 2 \\
+        --json  # scenes split over 2 one-thread processes
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ def build_pipelines(args):
 
 
 def score_scenes(args, start: int, n: int, progress: bool) -> list[dict]:
-    """One row per held-out scene ``start .. start + n - 1``: IoU of each pipeline's mask with the named object."""
+    """One row per held-out scene ``start .. start + n - 1``: IoU of each pipeline's mask with the named
+    object."""
     from tqdm.auto import tqdm
 
     from lvlm.data.synthetic import ScenesDataset, make_scene

@@ -1,4 +1,5 @@
-"""SAM image encoder: milliseconds per image in fp32, under bf16 autocast, and batched; FLOPs and share of peak.
+"""SAM image encoder: milliseconds per image in fp32, under bf16 autocast, and batched; FLOPs and share
+of peak.
 
 The encoder of a randomly initialised SAM (``--model``, weights do not change the cost) runs on a random
 1024 x 1024 input (the model's own input size) in four settings, timed in this one run:
@@ -20,7 +21,8 @@ CPUs: cores x clock x FMA width from /proc/cpuinfo) and of the rate a large matm
 
     python benchmarks/encoder_speed.py --model vit_b --threads 2 --json         # CPU
     python benchmarks/encoder_speed.py --model vit_b --device cuda --batch 8 --json
-    python benchmarks/encoder_speed.py --model litemedsam --threads 2 --settings fp32,onnxruntime --repeats 10 --json
+    python benchmarks/encoder_speed.py --model litemedsam --threads 2 --settings fp32,onnxruntime \\
+        --repeats 10 --json
 """
 
 from __future__ import annotations
@@ -238,7 +240,8 @@ def main(argv=None) -> int:
         print(json.dumps(out, indent=1))
     else:
         print(
-            f"{args.model} encoder, {size}x{size}, {out['gflops_per_image']:.1f} GFLOP/image, on {out['device']}"
+            f"{args.model} encoder, {size}x{size}, {out['gflops_per_image']:.1f} GFLOP/image, "
+            f"on {out['device']}"
         )
         for k, sec in res.items():
             frac = out["fraction_of_nominal_peak"][k]

@@ -226,7 +226,8 @@ def main() -> int:
             f"{m['rows']} rows"
         )
         print(
-            f"  bare component passes     {res['baseline_s']:.2f} s (generators {res['baseline_generator_s']:.2f} s, "
+            f"  bare component passes     {res['baseline_s']:.2f} s "
+            f"(generators {res['baseline_generator_s']:.2f} s, "
             f"selectors {res['baseline_selector_s']:.2f} s)"
         )
         print(

@@ -1,10 +1,11 @@
-"""End-to-end latency of a packaged pipeline (default: the embedded default) on the CPU, seconds per image by stage.
+"""End-to-end latency of a packaged pipeline (default: the embedded default) on the CPU, seconds per
+image by stage.
 
-Builds ``lvlm.Pipeline.from_config(--config)`` (timed separately: model loading), runs it on ``--n`` images with
-``--threads`` torch threads (default 2) and reports each stage of ``Result.timings`` (load, prompter,
-segmenter, generator, selector, total): the first image apart (cold: lazy initialisation) and the mean / median
-over the others, and the fp32 matmul rate measured before and after (on a shared machine, how much CPU the
-run got). A text-prompted pipeline gets ``--prompt``; a box-prompted one (the embedded LiteMedSAM
+Builds ``lvlm.Pipeline.from_config(--config)`` (timed separately: model loading), runs it on ``--n`` images
+with ``--threads`` torch threads (default 2) and reports each stage of ``Result.timings`` (load, prompter,
+segmenter, generator, selector, total): the first image apart (cold: lazy initialisation) and the mean /
+median over the others, and the fp32 matmul rate measured before and after (on a shared machine, how much
+CPU the run got). A text-prompted pipeline gets ``--prompt``; a box-prompted one (the embedded LiteMedSAM
 default) the box of the central half of each image.
 
 Images: the real ones under ../shared/data when present (nuclei 512x512 fluorescence, quokka 643x960 photo),
@@ -56,7 +57,8 @@ def images(n: int, size: tuple[int, int]) -> list[tuple[str, np.ndarray]]:
 
 
 def gemm_gflops(n: int = 1024, repeats: int = 3) -> float:
-    """GFLOP/s of an n x n x n fp32 matmul now: how much of the CPU this run actually gets (shared machines)."""
+    """GFLOP/s of an n x n x n fp32 matmul now: how much of the CPU this run actually gets (shared
+    machines)."""
     import torch
 
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -187,7 +189,8 @@ def main(argv=None) -> int:
         print(json.dumps(out, indent=1))
     else:
         print(
-            f"{args.config}: {out['pipeline']} ({out['encoder_backend']} encoder) on {out.get('cpu', 'CPU')}, "
+            f"{args.config}: {out['pipeline']} ({out['encoder_backend']} encoder) "
+            f"on {out.get('cpu', 'CPU')}, "
             f"{out['threads']} threads; built in {out['build_s']:.2f} s"
         )
         if "speedup" in out:

@@ -1,4 +1,5 @@
-"""Specialise LiteMedSAM's mask decoder on real nuclei and compare base vs specialised (Dhungana and Bista's recipe).
+"""Specialise LiteMedSAM's mask decoder on real nuclei and compare base vs specialised (Dhungana and
+Bista's recipe).
 
 Data: the shared 512 x 512 fluorescence image with 125 labelled nuclei (``../shared/data/nuclei``).
 Protocol (held-out by position, so no nucleus is seen in both roles):

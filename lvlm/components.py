@@ -44,7 +44,8 @@ def _remember(cache: OrderedDict, key: str, value: Any, size: int) -> None:
 
 
 def _cached(owner: Any, attr: str, image: np.ndarray, compute: Any) -> Any:
-    """``compute(image)`` through the LRU ``owner.<attr>`` (``owner.cache_size`` entries, keyed by content)."""
+    """``compute(image)`` through the LRU ``owner.<attr>`` (``owner.cache_size`` entries, keyed by
+    content)."""
     cache, key = _lru(owner, attr), image_key(image)
     if key in cache:
         cache.move_to_end(key)
@@ -195,7 +196,8 @@ class PromptedSegmenter:
         ]
 
     def _checked(self, image: np.ndarray, prompts: Prompts) -> Prompts:
-        """The prompts validated against the image and clipped to it (text-conditioned segmenters: as given)."""
+        """The prompts validated against the image and clipped to it (text-conditioned segmenters: as
+        given)."""
         if self.text_conditioned:
             return prompts
         h, w = image.shape[:2]

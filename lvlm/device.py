@@ -1,4 +1,5 @@
-"""Device names: ``auto`` -> ``cuda`` when a GPU is visible, else ``cpu`` (used by models and stages alike)."""
+"""Device names: ``auto`` -> ``cuda`` when a GPU is visible, else ``cpu`` (used by models and stages
+alike)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ def _floats(a: np.ndarray | None) -> list[float] | None:
 
 
 def candidates_to_json(c: Candidates) -> dict[str, Any]:
-    """The JSON-ready dict of one image's candidates (masks as COCO RLE strings; scores, boxes, stability as lists).
+    """The JSON-ready dict of one image's candidates (masks as COCO RLE strings; scores, boxes, stability
+    as lists).
 
     Args:
         c: the candidates to store.
@@ -84,7 +85,8 @@ class ImageContext:
         return self.key
 
     def key_for(self, image: np.ndarray) -> str:
-        """The content hash of ``image``: the current key when it is the current image's array, else hashed anew.
+        """The content hash of ``image``: the current key when it is the current image's array, else hashed
+        anew.
 
         Args:
             image: an H x W x 3 image array.

@@ -1,4 +1,5 @@
-"""Benchmark configs: datasets x pipelines (listed, or a product of stage options) x sweeps x prompt strategies.
+"""Benchmark configs: datasets x pipelines (listed, or a product of stage options) x sweeps x prompt
+strategies.
 
 A config (YAML or dict)::
 

@@ -2,13 +2,14 @@
 
 Written to ``RUN_DIR/report/`` for each dataset of the run:
 
-- ``table_<dataset>.{csv,md,tex}``: Villarreal et al.'s layout, ``Model | SAM | All | E | M | H | VH`` (mean IoU;
-  groups of the ``difficulty`` tag, or of ``class`` / ``defect`` where the data has those), best per column
-  in bold;
-- ``comparison_<dataset>.{csv,md}``: Dhungana and Bista's layout, ``model | prompt_strategy | iou_mean | iou_std |
-  dice_mean | ... | boundary_f1_std | num_samples``;
+- ``table_<dataset>.{csv,md,tex}``: Villarreal et al.'s layout, ``Model | SAM | All | E | M | H | VH``
+  (mean IoU; groups of the ``difficulty`` tag, or of ``class`` / ``defect`` where the data has those), best
+  per column in bold;
+- ``comparison_<dataset>.{csv,md}``: Dhungana and Bista's layout, ``model | prompt_strategy | iou_mean |
+  iou_std | dice_mean | ... | boundary_f1_std | num_samples``;
 - ``heatmap_<dataset>.{png,pdf}`` (CLIP x SAM mean IoU), ``bars_<dataset>.{png,pdf}`` (mean +- std);
-- ``gallery_<dataset>_{best,worst}.png``: image + prompt | prediction | ground truth, as Villarreal et al. Fig. 6;
+- ``gallery_<dataset>_{best,worst}.png``: image + prompt | prediction | ground truth, as Villarreal et al.
+  Fig. 6;
 
 and ``summary.csv`` with every combination's mean / std / n per group. Plots need matplotlib (imported
 only here).
@@ -179,7 +180,8 @@ def group_table(
     by: str | None = None,
     extra: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Villarreal et al.'s table: one line per combination, ``All`` then one column per group; values are means.
+    """Villarreal et al.'s table: one line per combination, ``All`` then one column per group; values are
+    means.
 
     Args:
         rows: result rows of one dataset.
@@ -324,7 +326,8 @@ def table_csv(t: dict[str, Any], path: Path) -> Path:
 
 
 def comparison_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Dhungana and Bista's comparison: per combination, model | prompt_strategy | <metric>_mean / _std | num_samples.
+    """Dhungana and Bista's comparison: per combination, model | prompt_strategy | <metric>_mean / _std |
+    num_samples.
 
     The :func:`extra_metrics` present in the rows (oracle IoU, selection efficiency, instance metrics) get
     their ``_mean`` / ``_std`` columns after the standard ones.
@@ -384,7 +387,8 @@ def dicts_markdown(rows: list[dict[str, Any]], digits: int = 4) -> str:
 
 
 def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every (dataset, combination, group) with mean / std / n of every metric (and of the extra ones present).
+    """Every (dataset, combination, group) with mean / std / n of every metric (and of the extra ones
+    present).
 
     Args:
         rows: result rows.

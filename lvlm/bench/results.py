@@ -2,9 +2,9 @@
 
 Commit discipline: a row is one ``write`` of its JSON text plus the newline, then ``flush`` (the row is
 then safe from a killed process) and ``fsync`` (safe from a crashed machine) at most ``fsync_interval``
-seconds later (0: after every row); a row counts as committed only when its newline is in the file. Opening the log drops a trailing partial
-line (a run killed mid-write) and reads the committed keys, so a resumed run neither loses nor repeats
-a row; ``append`` refuses a key that is already committed.
+seconds later (0: after every row); a row counts as committed only when its newline is in the file.
+Opening the log drops a trailing partial line (a run killed mid-write) and reads the committed keys, so a
+resumed run neither loses nor repeats a row; ``append`` refuses a key that is already committed.
 """
 
 from __future__ import annotations

@@ -91,8 +91,10 @@ def run(args) -> int:
         batch_size=args.batch_size,
     )
     print(
-        f"{out['run_dir']}: {out['written']} new rows ({out['total']} in all, {out['errors']} with errors) in "
-        f"{out['seconds']:.1f} s; generator passes {out['generator_passes']}, cache hits {out['cache_hits']}"
+        f"{out['run_dir']}: {out['written']} new rows "
+        f"({out['total']} in all, {out['errors']} with errors) in "
+        f"{out['seconds']:.1f} s; generator passes {out['generator_passes']}, "
+        f"cache hits {out['cache_hits']}"
     )
     print(f"tables and plots: lvlm report {out['run_dir']}")
     return 0

@@ -42,7 +42,8 @@ class Combiner:
             image: the H x W x 3 uint8 input image.
             text: the text prompt, or None (box / point prompts, everything mode).
             candidates: the candidate masks of the image.
-            selection: the selector's answer (its ``scores`` rate every candidate), or None without a selector.
+            selection: the selector's answer (its ``scores`` rate every candidate), or None without a
+                selector.
         """
         raise NotImplementedError
 

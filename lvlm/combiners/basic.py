@@ -83,7 +83,8 @@ def greedy_merge(
 
     Starting from the highest score, candidates are taken in score order while they score within ``margin``
     of the best; one is added when its overlap with the union chosen so far, as a fraction of the smaller
-    of the two, is below ``max_overlap`` (a mask containing the chosen one, or a near-duplicate, is not added).
+    of the two, is below ``max_overlap`` (a mask containing the chosen one, or a near-duplicate, is not
+    added).
 
     Args:
         masks: N x H x W bool candidate masks.
@@ -120,8 +121,8 @@ def greedy_merge(
     "combine", "merge", description="the best candidate plus near-best ones that add new area (two lungs)"
 )
 class MergeCombiner(Combiner):
-    """The union of the best candidate and the near-best ones that add new area (Villarreal et al. Fig. 7: SAM returns
-    the two lungs as separate masks and one mask can only hold one).
+    """The union of the best candidate and the near-best ones that add new area (Villarreal et al. Fig. 7:
+    SAM returns the two lungs as separate masks and one mask can only hold one).
 
     Args:
         margin: candidates scoring within ``margin`` of the best are considered (the selector's scores where a
@@ -269,6 +270,7 @@ class InstancesCombiner(Combiner):
 
     def __repr__(self) -> str:
         return (
-            f"InstancesCombiner(min_score={self.min_score}, nms_iou={self.nms_iou}, min_area={self.min_area}, "
+            f"InstancesCombiner(min_score={self.min_score}, nms_iou={self.nms_iou}, "
+            f"min_area={self.min_area}, "
             f"max_instances={self.max_instances})"
         )

@@ -22,15 +22,17 @@ MODES = ("intersect", "union", "weighted", "overlap")
     source="https://huggingface.co/CIDAS/clipseg-rd64-refined",
 )
 class ClipSegRefine(Combiner):
-    """The pipeline's mask (from ``base``, e.g. SAM + CLIP's choice) combined with CLIPSeg's mask for the text.
+    """The pipeline's mask (from ``base``, e.g. SAM + CLIP's choice) combined with CLIPSeg's mask for the
+    text.
 
-    ``mode``: ``intersect`` (pixels both agree on), ``union``, ``weighted`` (``weight * p_clipseg + (1 - weight)
-    * base > threshold``) or ``overlap`` (the connected parts of the base mask of which at least ``min_overlap``
-    lies inside the CLIPSeg mask: the base's boundaries, CLIPSeg's decision of which parts match the text).
+    ``mode``: ``intersect`` (pixels both agree on), ``union``, ``weighted``
+    (``weight * p_clipseg + (1 - weight) * base > threshold``) or ``overlap`` (the connected parts of the
+    base mask of which at least ``min_overlap`` lies inside the CLIPSeg mask: the base's boundaries,
+    CLIPSeg's decision of which parts match the text).
 
     Args:
-        base: the combiner whose mask is refined (a name or ``{name: ..., **kwargs}``); default ``best`` with a
-            selector, else ``union``.
+        base: the combiner whose mask is refined (a name or ``{name: ..., **kwargs}``); default ``best`` with
+            a selector, else ``union``.
         model: CLIPSeg weights: a Hugging Face id, a ``save_pretrained`` directory or ``tiny-random``.
         decoder_checkpoint: decoder weights from ``lvlm train clipseg``.
         threshold: on CLIPSeg's probabilities.

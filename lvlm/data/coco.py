@@ -1,7 +1,8 @@
-"""COCO val2017 instances: one object per image with its category name as the prompt, tagged by difficulty.
+"""COCO val2017 instances: one object per image with its category name as the prompt, tagged by
+difficulty.
 
-Villarreal et al. evaluate 100 hand-picked val2017 images, 25 per human-judged difficulty level; that list is not
-public. :func:`make_selection` builds a comparable 100-image, 4-level selection from objective cues
+Villarreal et al. evaluate 100 hand-picked val2017 images, 25 per human-judged difficulty level; that list is
+not public. :func:`make_selection` builds a comparable 100-image, 4-level selection from objective cues
 (number of instances, the object's area fraction, background clutter as edge density), written by
 ``scripts/make_coco_selection.py`` and read back with ``selection=``.
 """
@@ -23,11 +24,13 @@ from ..types import Sample
 from .base import Dataset, not_found, subsample
 
 URL = "https://cocodataset.org/#download (2017 Val images + 2017 Train/Val annotations)"
-LAYOUT = """\
-  ROOT/
-    annotations/instances_val2017.json
-    val2017/000000000139.jpg ...
-  selection file (optional): CSV with columns image_id,annotation_id,difficulty (scripts/make_coco_selection.py)"""
+LAYOUT = (
+    "  ROOT/\n"
+    "    annotations/instances_val2017.json\n"
+    "    val2017/000000000139.jpg ...\n"
+    "  selection file (optional): CSV with columns image_id,annotation_id,difficulty "
+    "(scripts/make_coco_selection.py)"
+)
 LEVELS = ("easy", "medium", "hard", "very hard")
 
 

@@ -1,4 +1,5 @@
-"""COD10K-v3 camouflaged objects: Image/ + GT_Object/ per split; the prompt is the animal class in the file name."""
+"""COD10K-v3 camouflaged objects: Image/ + GT_Object/ per split; the prompt is the animal class in the
+file name."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from ..types import Sample
 from .base import Dataset, find_by_stem, list_images, not_found, unique
 
 URL = "https://www.kaggle.com/datasets/aarekaz/cod10k (COD10K-v3; project page https://dengpingfan.github.io/pages/COD.html)"
-LAYOUT = """\
-  ROOT/                         (or ROOT/COD10K-v3/)
-    Train/Image/COD10K-CAM-1-Aquatic-1-BatFish-1.jpg ...   Train/GT_Object/COD10K-CAM-1-Aquatic-1-BatFish-1.png ...
-    Test/Image/...                                         Test/GT_Object/...   (binary masks, same stem, .png)"""
+LAYOUT = (
+    "  ROOT/                         (or ROOT/COD10K-v3/)\n"
+    "    Train/Image/COD10K-CAM-1-Aquatic-1-BatFish-1.jpg ...   "
+    "Train/GT_Object/COD10K-CAM-1-Aquatic-1-BatFish-1.png ...\n"
+    "    Test/Image/...                                         "
+    "Test/GT_Object/...   (binary masks, same stem, .png)"
+)
 SPLITS = {"train": "Train", "test": "Test"}
 
 
@@ -44,7 +48,8 @@ def words(name: str) -> str:
 
 @register("dataset", "cod10k", description="COD10K-v3 camouflaged animals (Image + GT_Object)", source=URL)
 class COD10K(Dataset):
-    """COD10K-v3 camouflaged object detection; Dhungana and Bista evaluate 200 test images sampled with a seed.
+    """COD10K-v3 camouflaged object detection; Dhungana and Bista evaluate 200 test images sampled with a
+    seed.
 
     The prompt is ``prompt`` formatted with the file name's ``{class}`` in words (``BatFish`` -> "bat fish"),
     falling back to ``default_prompt``. Only camouflaged (``-CAM-``) images with a mask are kept unless

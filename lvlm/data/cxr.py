@@ -1,4 +1,5 @@
-"""Chest X-rays with lung masks (Kaggle "Chest Xray Masks and Labels": Montgomery + Shenzhen), prompt "lungs"."""
+"""Chest X-rays with lung masks (Kaggle "Chest Xray Masks and Labels": Montgomery + Shenzhen), prompt
+"lungs"."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from ..types import Sample
 from .base import Dataset, find_by_stem, list_images, not_found
 
 URL = "https://www.kaggle.com/datasets/nikhilpandey360/chest-xray-masks-and-labels"
-LAYOUT = """\
-  ROOT/                         the unzipped archive (the 'data/' and 'Lung Segmentation/' levels are optional)
-    Lung Segmentation/
-      CXR_png/  MCUCXR_0001_0.png ...  (Montgomery, 138)   CHNCXR_0001_0.png ...  (Shenzhen, 662)
-      masks/    MCUCXR_0001_0.png ...  (same name)          CHNCXR_0001_0_mask.png (suffix _mask)
-  or the original Montgomery set: ROOT/CXR_png/*.png + ROOT/ManualMask/leftMask/*.png + rightMask/*.png"""
+LAYOUT = (
+    "  ROOT/                         the unzipped archive "
+    "(the 'data/' and 'Lung Segmentation/' levels are optional)\n"
+    "    Lung Segmentation/\n"
+    "      CXR_png/  MCUCXR_0001_0.png ...  (Montgomery, 138)   CHNCXR_0001_0.png ...  (Shenzhen, 662)\n"
+    "      masks/    MCUCXR_0001_0.png ...  (same name)          CHNCXR_0001_0_mask.png (suffix _mask)\n"
+    "  or the original Montgomery set: ROOT/CXR_png/*.png + ROOT/ManualMask/leftMask/*.png + rightMask/*.png"
+)
 SPLITS = ("test", "train", "all")
 
 
@@ -32,7 +35,8 @@ def _find_images_dir(root: Path) -> Path | None:
     source=URL,
 )
 class ChestXrayLungs(Dataset):
-    """Chest X-ray lung segmentation, as Villarreal et al.'s CXR set: 100 X-rays sampled with a seed from the test split.
+    """Chest X-ray lung segmentation, as Villarreal et al.'s CXR set: 100 X-rays sampled with a seed from the
+    test split.
 
     ``split``: ``"test"`` = the X-rays whose mask has the image's own file name (the Montgomery set, 138),
     the test split Kaggle notebooks on this archive use; ``"train"`` = the ``_mask``-suffixed ones

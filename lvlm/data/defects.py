@@ -45,7 +45,8 @@ MIN_PIXELS = 10  # a defect changing fewer pixels is drawn again
 
 
 def boxes_to_masks(boxes: np.ndarray | Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """N x H x W bool masks of N xyxy boxes (right / bottom exclusive): a pixel is in a box when its centre is.
+    """N x H x W bool masks of N xyxy boxes (right / bottom exclusive): a pixel is in a box when its centre
+    is.
 
     For box-only annotations (e.g. detection-style datasets) that a mask-trained decoder must learn from.
 

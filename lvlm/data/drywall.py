@@ -1,4 +1,5 @@
-"""Drywall QA (the CLIPSeg drywall report): Roboflow COCO-JSON exports of cracks and taping areas; boxes filled as masks."""
+"""Drywall QA (the CLIPSeg drywall report): Roboflow COCO-JSON exports of cracks and taping areas; boxes
+filled as masks."""
 
 from __future__ import annotations
 
@@ -70,8 +71,9 @@ class Drywall(Dataset):
     """One sample per (image, class) of a Roboflow COCO export: the union of that class's boxes, filled.
 
     Classes come from category names (``crack`` / ``taping``; override with ``class_map``); the prompt is the
-    first of the CLIPSeg drywall report's list for the class, or a seeded random one with ``prompt_mode="random"``; every
-    phrasing is in ``sample.prompts``. ``use_polygons`` fills segmentation polygons where an export has them.
+    first of the CLIPSeg drywall report's list for the class, or a seeded random one with
+    ``prompt_mode="random"``; every phrasing is in ``sample.prompts``. ``use_polygons`` fills segmentation
+    polygons where an export has them.
 
     Args:
         root: an export folder, or several (one dataset of all of them).

@@ -1,4 +1,5 @@
-"""Texture mosaics (Dhungana and Bista, wood textures): 2 x 2 tiles of 256 px -> a 512 px image with 4 quadrant masks.
+"""Texture mosaics (Dhungana and Bista, wood textures): 2 x 2 tiles of 256 px -> a 512 px image with 4
+quadrant masks.
 
 Textures are grouped by appearance: ResNet18 features (torchvision's architecture; ImageNet weights
 resolved through :mod:`lvlm.weights`, failing fast offline, or ``features="random"`` for a seeded random
@@ -36,7 +37,10 @@ RESNET18 = WeightSpec(
 )
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-URL = "e.g. the wood texture set of Dhungana and Bista (530 species images, 'wood_data/images/images/*.jpg'), or any texture folder"
+URL = (
+    "e.g. the wood texture set of Dhungana and Bista (530 species images, 'wood_data/images/images/*.jpg'), "
+    "or any texture folder"
+)
 LAYOUT = """\
   ROOT/**/*.jpg|png|...   texture images (searched recursively; the file stem names the texture,
                           a trailing size such as '-60x60' is dropped: 'oak-60x60.jpg' -> 'oak')"""

@@ -1,4 +1,5 @@
-"""MVTec AD: test/<defect>/*.png with ground_truth/<defect>/*_mask.png; defect-free images have empty masks."""
+"""MVTec AD: test/<defect>/*.png with ground_truth/<defect>/*_mask.png; defect-free images have empty
+masks."""
 
 from __future__ import annotations
 
@@ -12,18 +13,22 @@ from ..types import Sample
 from .base import Dataset, find_by_stem, list_images, not_found, unique
 
 URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad (CC BY-NC-SA 4.0)"
-LAYOUT = """\
-  ROOT/carpet/                  (ROOT is the unpacked mvtec_anomaly_detection/ folder, or the category folder itself)
-    train/good/000.png ...
-    test/good/000.png ...  test/cut/000.png ...  test/hole/ ...  test/metal_contamination/ ...
-    ground_truth/cut/000_mask.png ...  ground_truth/hole/ ...   (no ground_truth/good: those masks are empty)"""
+LAYOUT = (
+    "  ROOT/carpet/                  "
+    "(ROOT is the unpacked mvtec_anomaly_detection/ folder, or the category folder itself)\n"
+    "    train/good/000.png ...\n"
+    "    test/good/000.png ...  test/cut/000.png ...  test/hole/ ...  test/metal_contamination/ ...\n"
+    "    ground_truth/cut/000_mask.png ...  ground_truth/hole/ ...   "
+    "(no ground_truth/good: those masks are empty)"
+)
 
 
 @register(
     "dataset", "mvtec", description="MVTec AD defects of one category (per-defect-type tags)", source=URL
 )
 class MVTecAD(Dataset):
-    """MVTec AD anomaly segmentation of one ``category`` (Dhungana and Bista: carpet, 89 defective test images).
+    """MVTec AD anomaly segmentation of one ``category`` (Dhungana and Bista: carpet, 89 defective test
+    images).
 
     One sample per test image, tagged ``{"defect": <type>, "category": ...}``; ``include_good`` adds the
     defect-free test images with empty masks. ``prompt`` may use ``{defect}`` and ``{category}``

@@ -35,7 +35,8 @@ def _check_mask(mask: np.ndarray) -> np.ndarray:
 
 
 def snap_to_mask(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Each (x, y) of ``xy`` (N x 2) moved to the nearest foreground pixel of ``mask`` (unchanged when inside).
+    """Each (x, y) of ``xy`` (N x 2) moved to the nearest foreground pixel of ``mask`` (unchanged when
+    inside).
 
     Args:
         mask: an H x W bool mask with at least one pixel.

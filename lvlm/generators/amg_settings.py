@@ -1,5 +1,5 @@
-"""The automatic-mask-generator knobs shared by ``sam``, ``mobilesam``, ``litemedsam``, ``sam_fast``, ``sam2`` and
-``sam2_fast``: one dataclass, one :meth:`AmgSettings.validate` with one rule per knob.
+"""The automatic-mask-generator knobs shared by ``sam``, ``mobilesam``, ``litemedsam``, ``sam_fast``,
+``sam2`` and ``sam2_fast``: one dataclass, one :meth:`AmgSettings.validate` with one rule per knob.
 
 The names, meanings and defaults are segment_anything's ``SamAutomaticMaskGenerator`` (and SAM 2's, which
 adds ``mask_threshold``); each generator keeps them as constructor keyword arguments (config keys) and builds
@@ -105,7 +105,8 @@ class AmgSettings:
         crop_n_layers: layers of image crops (0: the whole image only), >= 0.
         crop_nms_thresh: box IoU of the NMS between crops, in [0, 1].
         crop_overlap_ratio: overlap of neighbouring crops, in [0, 1].
-        crop_n_points_downscale_factor: the grid of crop layer n has ``points_per_side / factor**n`` points, >= 1.
+        crop_n_points_downscale_factor: the grid of crop layer n has ``points_per_side / factor**n`` points,
+            >= 1.
         min_mask_region_area: holes and islands smaller than this (pixels) are removed, >= 0.
         mask_threshold: the logit threshold of a mask (SAM 2's knob; SAM's is fixed at 0).
         point_grids: explicit normalised point grids, one per crop layer (instead of ``points_per_side``).

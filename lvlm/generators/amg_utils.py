@@ -1,7 +1,8 @@
 """Batched mask utilities of the everything-mode engine (:mod:`lvlm.generators.sam_fast`), the batched
 counterparts of ``segment_anything.utils.amg`` (same results, on N masks at once, on the masks' device):
 
-- :func:`sam_postprocess_masks`: ``Sam.postprocess_masks`` without the upsampled rows / columns the crop drops;
+- :func:`sam_postprocess_masks`: ``Sam.postprocess_masks`` without the upsampled rows / columns the crop
+  drops;
 - :func:`boxes_from_projections`: ``batched_mask_to_box`` from row / column occupancy;
 - :func:`remove_small_regions_batched`: ``remove_small_regions`` (holes, then islands) on a stack of masks;
 - :func:`components` / :func:`label_components`: 8-connected components of a stack (scipy or torch).
@@ -22,9 +23,9 @@ import torch
 def sam_postprocess_masks(
     masks: torch.Tensor, img_size: int, input_size: Sequence[int], original_size: Sequence[int]
 ) -> torch.Tensor:
-    """``segment_anything.modeling.Sam.postprocess_masks`` that skips the rows and columns of the first upsampling
-    which the crop to ``input_size`` drops: bit-identical output (the first resize keeps its exact 1:4 scale and
-    every kept pixel its two source rows / columns), less work on non-square images.
+    """``segment_anything.modeling.Sam.postprocess_masks`` that skips the rows and columns of the first
+    upsampling which the crop to ``input_size`` drops: bit-identical output (the first resize keeps its exact
+    1:4 scale and every kept pixel its two source rows / columns), less work on non-square images.
 
     Args:
         masks: B x C x h x w low-resolution mask logits.

@@ -44,8 +44,8 @@ PROMPT_MODES = ("regions", "points")
 def litemedsam_as_sam(lite):
     """A segment_anything ``Sam`` sharing LiteMedSAM's modules (encoder, prompt encoder, mask decoder).
 
-    ``pixel_mean = 0``, ``pixel_std = 255``: ``Sam.preprocess`` scales to [0, 1] (LiteMedSAM min-max normalises;
-    the predictor of :class:`LiteMedSamGenerator` applies that exactly).
+    ``pixel_mean = 0``, ``pixel_std = 255``: ``Sam.preprocess`` scales to [0, 1] (LiteMedSAM min-max
+    normalises; the predictor of :class:`LiteMedSamGenerator` applies that exactly).
 
     Args:
         lite: a LiteMedSAM model (``image_encoder``, ``prompt_encoder``, ``mask_decoder``).
@@ -67,7 +67,8 @@ def _predictor_class():
     from segment_anything import SamPredictor
 
     class LiteMedSamPredictor(SamPredictor):
-        """SamPredictor whose ``set_image`` embeds with LiteMedSAM's preprocessing (area resize, min-max, pad)."""
+        """SamPredictor whose ``set_image`` embeds with LiteMedSAM's preprocessing (area resize, min-max,
+        pad)."""
 
         def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
             if image_format not in ("RGB", "BGR"):
@@ -96,7 +97,8 @@ def _predictor_class():
 
 # ------------------------------------------------------------------------------------------ region boxes
 def _kmeans_colours(x, k: int, iterations: int = 10):
-    """``k`` colour centres of N x 3 pixels (farthest-point initialisation from the mean, Lloyd iterations)."""
+    """``k`` colour centres of N x 3 pixels (farthest-point initialisation from the mean, Lloyd
+    iterations)."""
     import torch
 
     centres = [x.mean(0)]
@@ -123,7 +125,8 @@ def region_boxes(
     dedupe: float = 0.9,
     size: int = IMAGE_SIZE,
 ) -> np.ndarray:
-    """Box proposals (K x 4 xyxy, image pixels) from a colour over-segmentation of ``image`` (H x W x 3 uint8).
+    """Box proposals (K x 4 xyxy, image pixels) from a colour over-segmentation of ``image`` (H x W x 3
+    uint8).
 
     The image is resized to longest side ``size``; for each Gaussian ``sigma`` (pixels of that frame) the
     smoothed image's colours are quantised to ``colours`` k-means centres and every 8-connected region

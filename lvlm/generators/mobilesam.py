@@ -14,7 +14,8 @@ from .sam import SamGenerator
     source="MobileSAM weights mobile_sam.pt from github.com/ChaoningZhang/MobileSAM (Apache-2.0)",
 )
 class MobileSamGenerator(SamGenerator):
-    """:class:`~lvlm.generators.sam.SamGenerator` with ``model_type="mobilesam"``; same keys and defaults otherwise.
+    """:class:`~lvlm.generators.sam.SamGenerator` with ``model_type="mobilesam"``; same keys and defaults
+    otherwise.
 
     Args:
         checkpoint: ``default`` (the official MobileSAM weights), a path, or None / ``random``.
