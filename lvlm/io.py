@@ -77,7 +77,8 @@ def check_normalize(
 def normalize_intensity(
     arr: np.ndarray, normalize: str = "percentile", percentiles: Any = DEFAULT_PERCENTILES
 ) -> np.ndarray:
-    """Intensities of ``arr`` (any dtype, full precision) mapped to float64 [0, 1], one range for all channels.
+    """Intensities of ``arr`` (any dtype, full precision) mapped to float64 [0, 1], one range for all
+    channels.
 
     ``percentile``: ``(x - p_low) / (p_high - p_low)`` clipped to [0, 1], with the ``percentiles`` of the
     finite values (csbdeep's ``normalize``, clipped); ``minmax``: the same with the minimum and maximum;
@@ -218,7 +219,8 @@ def load_image(
                     w, h = img.size
                     if w * h > max_pixels():
                         raise ImageError(
-                            f"{what}: image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels():,}; "
+                            f"{what}: image is {w}x{h} = {w * h:,} pixels, "
+                            f"over the limit of {max_pixels():,}; "
                             "downscale it or raise the limit with LVLM_MAX_PIXELS"
                         )
                     img.load()

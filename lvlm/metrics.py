@@ -9,11 +9,12 @@ Conventions for empty masks (every 0/0 ratio): the value is **1 when both masks 
 So a correct "nothing here" (both empty) scores IoU = Dice = precision = recall = 1; predicting nothing
 for a non-empty object scores 0 everywhere; predicting something where the truth is empty scores 0.
 
-Boundary metrics (the prompt-strategy comparison of docs/benchmarks.md): the boundary of a mask is its pixels with a 4-neighbour outside the mask
-(the image frame is not a boundary: outside the image counts as the nearest edge pixel). Boundary
-precision is the fraction of predicted boundary pixels within ``tolerance`` pixels (Euclidean) of a
-ground-truth boundary pixel; boundary recall the converse; boundary F1 their harmonic mean (0 when both
-are 0). A mask with no boundary (empty, or the full image) follows the empty-mask convention above.
+Boundary metrics (the prompt-strategy comparison of docs/benchmarks.md): the boundary of a mask is its pixels
+with a 4-neighbour outside the mask (the image frame is not a boundary: outside the image counts as the
+nearest edge pixel). Boundary precision is the fraction of predicted boundary pixels within ``tolerance``
+pixels (Euclidean) of a ground-truth boundary pixel; boundary recall the converse; boundary F1 their harmonic
+mean (0 when both are 0). A mask with no boundary (empty, or the full image) follows the empty-mask convention
+above.
 """
 
 from __future__ import annotations
@@ -296,7 +297,8 @@ def selection_efficiency(selected_iou: float, oracle: float) -> float:
 
 
 def match_instances(pred_masks: Any, gt_masks: Any, iou: float = 0.5) -> dict[str, float]:
-    """One-to-one matching of predicted to ground-truth instances (Hungarian on IoU, pairs with IoU >= ``iou``).
+    """One-to-one matching of predicted to ground-truth instances (Hungarian on IoU, pairs with IoU >=
+    ``iou``).
 
     Args:
         pred_masks: P x H x W predicted instance masks (P may be 0).
@@ -423,7 +425,8 @@ def bce_dice_loss(
     dice_weight: float = 1.0,
     eps: float = 1.0,
 ) -> torch.Tensor:
-    """``bce_weight * BCE + dice_weight * (1 - soft Dice)``, each per sample over its valid pixels, then averaged.
+    """``bce_weight * BCE + dice_weight * (1 - soft Dice)``, each per sample over its valid pixels, then
+    averaged.
 
     The soft Dice is ``(2 sum p t + eps) / (sum p + sum t + eps)`` with ``p = sigmoid(logits)``.
 

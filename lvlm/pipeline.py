@@ -56,7 +56,8 @@ def find_config(name: str | os.PathLike) -> Path:
             return cand
     shipped = sorted(str(c.relative_to(CONFIG_DIR).with_suffix("")) for c in CONFIG_DIR.rglob("*.yaml"))
     raise ConfigError(
-        f"config {str(name)!r} not found (as a file or a packaged config); packaged configs: {', '.join(shipped)}"
+        f"config {str(name)!r} not found (as a file or a packaged config); "
+        f"packaged configs: {', '.join(shipped)}"
     )
 
 
@@ -83,16 +84,17 @@ def load_config(config: str | os.PathLike | dict) -> dict:
 
 
 class Pipeline:
-    """image + prompt -> generator | (prompter ->) segmenter -> candidates -> (selector ->) combiner -> Result.
+    """image + prompt -> generator | (prompter ->) segmenter -> candidates -> (selector ->) combiner ->
+    Result.
 
     Args:
         generator: an everything-mode mask generator (image -> candidate masks).
         prompter: turns the text into box / point prompts for ``segmenter``.
         segmenter: a prompted segmenter (boxes / points, or text for CLIPSeg -> masks).
         selector: rates every candidate for the text (and picks one).
-        combine: the combiner (a registered name, ``{name: ..., **kwargs}`` or an object): ``best``, ``union``,
-            ``merge``, ``instances``, ``clipseg_refine`` (``lvlm list combine``). Default: ``best`` (the
-            selector's choice) with a selector, else ``union``.
+        combine: the combiner (a registered name, ``{name: ..., **kwargs}`` or an object): ``best``,
+            ``union``, ``merge``, ``instances``, ``clipseg_refine`` (``lvlm list combine``). Default: ``best``
+            (the selector's choice) with a selector, else ``union``.
         description: free text.
     """
 
@@ -142,7 +144,8 @@ class Pipeline:
         bad = [k for k in cfg if k not in TOP_LEVEL_KEYS]
         if bad:
             raise ConfigError(
-                f"unknown top-level config key(s) {', '.join(map(repr, bad))}; valid keys: {', '.join(TOP_LEVEL_KEYS)}"
+                f"unknown top-level config key(s) {', '.join(map(repr, bad))}; "
+                f"valid keys: {', '.join(TOP_LEVEL_KEYS)}"
             )
         stages = {k: build_spec(k, cfg.get(k)) for k in STAGES}
         pipe = cls(**stages, combine=cfg.get("combine"), description=cfg.get("description", ""))
@@ -151,7 +154,8 @@ class Pipeline:
 
     @property
     def needs_text(self) -> bool:
-        """Whether every call needs a text prompt (a selector, a prompter, CLIPSeg or a text-reading combiner)."""
+        """Whether every call needs a text prompt (a selector, a prompter, CLIPSeg or a text-reading
+        combiner)."""
         return (
             self.selector is not None
             or self.prompter is not None

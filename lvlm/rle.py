@@ -45,7 +45,8 @@ def _pycocotools() -> Any:
 
 
 def _as_bool_stack(masks: Any) -> tuple[Any, bool]:
-    """N x H x W masks as a bool numpy array, or a bool torch tensor when on an accelerator (flag says which)."""
+    """N x H x W masks as a bool numpy array, or a bool torch tensor when on an accelerator (flag says
+    which)."""
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a core dependency
@@ -63,8 +64,8 @@ def _as_bool_stack(masks: Any) -> tuple[Any, bool]:
 
 
 def _changes_numpy(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mask index, column-major position of the first pixel of each new run, first pixels) of N x H x W masks,
-    sorted by mask then position; found without transposing the stack."""
+    """(mask index, column-major position of the first pixel of each new run, first pixels) of N x H x W
+    masks, sorted by mask then position; found without transposing the stack."""
     _, h, w = m.shape
     hw = h * w
     m = np.ascontiguousarray(m)
@@ -317,7 +318,8 @@ def area(rle: RLE) -> int:
 
 
 def to_bbox(rle: RLE) -> list[float]:
-    """Bounding box ``[x, y, w, h]`` of an RLE's foreground, as ``pycocotools.mask.toBbox`` (zeros when empty).
+    """Bounding box ``[x, y, w, h]`` of an RLE's foreground, as ``pycocotools.mask.toBbox`` (zeros when
+    empty).
 
     Args:
         rle: ``{"size": [h, w], "counts": ...}``.

@@ -81,7 +81,8 @@ def automatic_mask_generator_class():
     source="segment_anything; SAM checkpoints from dl.fbaipublicfiles.com (Apache-2.0)",
 )
 class SamGenerator(MaskGenerator):
-    """Everything-mode candidates from SAM: a grid of point prompts, filtered by predicted IoU and stability, NMS.
+    """Everything-mode candidates from SAM: a grid of point prompts, filtered by predicted IoU and stability,
+    NMS.
 
     The keys besides ``model_type`` / ``checkpoint`` / ``device`` are SamAutomaticMaskGenerator's, with its
     defaults. The last ``cache_size`` images' candidates

@@ -2,15 +2,16 @@
 
 The same engine as ``sam_fast`` (:class:`~lvlm.generators.sam_fast.FastAutomaticMaskGenerator`) with SAM 2's
 steps, each as ``sam2.automatic_mask_generator.SAM2AutomaticMaskGenerator`` runs it: the image transform of
-``SAM2Transforms`` (square resize, ImageNet normalisation), the backbone with ``no_mem_embed`` and the high-res
-features, float32 point coordinates normalised by the crop size, the decoder with ``repeat_image`` for batched
-points, the optional one-step mask-to-mask refinement (``use_m2m``), the generator's own ``mask_threshold``, and
-``min_mask_region_area`` as SAM 2 applies it: hole filling and sprinkle removal on the low-resolution logits
-before the single bilinear upsampling. SAM 2 does that with its compiled ``_C`` extension and skips it (with a
-warning) where the extension is not built; here it runs on any device with the batched component labelling of
-:func:`lvlm.generators.sam_fast.components`.
+``SAM2Transforms`` (square resize, ImageNet normalisation), the backbone with ``no_mem_embed`` and the
+high-res features, float32 point coordinates normalised by the crop size, the decoder with ``repeat_image``
+for batched points, the optional one-step mask-to-mask refinement (``use_m2m``), the generator's own
+``mask_threshold``, and ``min_mask_region_area`` as SAM 2 applies it: hole filling and sprinkle removal on the
+low-resolution logits before the single bilinear upsampling. SAM 2 does that with its compiled ``_C``
+extension and skips it (with a warning) where the extension is not built; here it runs on any device with the
+batched component labelling of :func:`lvlm.generators.sam_fast.components`.
 
-Crops (and several images with ``generate_batch``) share batched backbone calls, optionally under bf16 autocast.
+Crops (and several images with ``generate_batch``) share batched backbone calls, optionally under bf16
+autocast.
 """
 
 from __future__ import annotations
@@ -159,7 +160,8 @@ class Sam2FastGenerator(FastAutomaticMaskGenerator):
         self._dense_pe: torch.Tensor | None = None
 
     def _encode(self, crops: list[np.ndarray]) -> list[_Sam2Crop]:
-        """Backbone features of all crops, ``encoder_batch_size`` per call (each as ``SAM2ImagePredictor.set_image``)."""
+        """Backbone features of all crops, ``encoder_batch_size`` per call (each as
+        ``SAM2ImagePredictor.set_image``)."""
         model = self.model
         inputs = [self.transforms(np.ascontiguousarray(c)) for c in crops]  # on the CPU, as the official
         dev_type = torch.device(self.device).type
@@ -224,7 +226,8 @@ class Sam2FastGenerator(FastAutomaticMaskGenerator):
         return torch.cat(lows).view(low.shape), torch.cat(ious).view(iou.shape)
 
     def _upscale(self, low: torch.Tensor, state: _Sam2Crop, crop_hw: tuple[int, int]) -> torch.Tensor:
-        """``SAM2Transforms.postprocess_masks``: low-res hole / sprinkle removal, then bilinear to the crop size."""
+        """``SAM2Transforms.postprocess_masks``: low-res hole / sprinkle removal, then bilinear to the crop
+        size."""
         import torch.nn.functional as F
 
         masks = low[:, None].float()

@@ -15,7 +15,8 @@ differs is how the work is laid out:
   that pass are kept (no run-length encoding of every mask, no per-mask Python loop);
 - the full-resolution masks of the masks left after NMS are computed once at the end, on the device;
 - ``min_mask_region_area`` uses a batched connected-component labelling on the device (8-connectivity, see
-  :func:`lvlm.generators.amg_utils.label_components`) instead of one ``cv2`` call per mask, so OpenCV is not needed.
+  :func:`lvlm.generators.amg_utils.label_components`) instead of one ``cv2`` call per mask, so OpenCV is not
+  needed.
 
 One documented difference remains: when every island of a mask is smaller than ``min_mask_region_area`` and
 two of them tie for the largest, the official code keeps the one OpenCV labels first, this one the one whose
@@ -134,7 +135,7 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         """Pixels of full-resolution work per mask (bounds the chunk size)."""
         return crop_hw[0] * crop_hw[1]
 
-    # ------------------------------------------------------------------ MaskGenerator hooks (cached by the base)
+    # -------------------------------------------------------------- MaskGenerator hooks (cached by the base)
     def _generate(self, image: np.ndarray) -> Candidates:
         return self._generate_many([image])[0]
 
@@ -143,8 +144,9 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         return [self._to_candidates(d) for d in self._run(images)]
 
     def generate_records(self, image: Any) -> list[dict[str, Any]]:
-        """The official generator's output: a list of dicts with ``segmentation`` (per ``output_mode``), ``area``,
-        ``bbox`` (XYWH), ``predicted_iou``, ``point_coords``, ``stability_score`` and ``crop_box`` (XYWH).
+        """The official generator's output: a list of dicts with ``segmentation`` (per ``output_mode``),
+        ``area``, ``bbox`` (XYWH), ``predicted_iou``, ``point_coords``, ``stability_score`` and ``crop_box``
+        (XYWH).
 
         Args:
             image: an H x W x 3 uint8 image (or anything :func:`~lvlm.io.load_image` reads).
@@ -316,7 +318,8 @@ class FastAutomaticMaskGenerator(MaskGenerator):
     def _final_masks(
         self, data: dict[str, torch.Tensor], crop_of: dict[int, Any], h: int, w: int
     ) -> torch.Tensor:
-        """Full-resolution bool masks of the survivors, recomputed from their low-res logits, in the image frame."""
+        """Full-resolution bool masks of the survivors, recomputed from their low-res logits, in the image
+        frame."""
         n = len(data["low_res"])
         masks = torch.zeros(n, h, w, dtype=torch.bool, device=self.device)
         if n == 0:
@@ -335,7 +338,8 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         return masks
 
     def _postprocess_small_regions(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Fill small holes, drop small islands (as ``remove_small_regions``), then NMS preferring unchanged masks."""
+        """Fill small holes, drop small islands (as ``remove_small_regions``), then NMS preferring unchanged
+        masks."""
         from segment_anything.utils.amg import batched_mask_to_box
         from torchvision.ops.boxes import batched_nms
 
@@ -344,7 +348,8 @@ class FastAutomaticMaskGenerator(MaskGenerator):
         )
         boxes = batched_mask_to_box(masks)
         scores = (~changed).float()
-        # the official code runs this NMS on CPU tensors; so does this, so that ties (scores are 0/1) break alike
+        # the official code runs this NMS on CPU tensors; so does this, so that ties (scores are 0/1) break
+        # alike
         keep = batched_nms(
             boxes.float().cpu(),
             scores.cpu(),
@@ -558,7 +563,8 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
         )
 
     def _encode(self, crops: list[np.ndarray]) -> list[tuple[torch.Tensor, tuple[int, int]]]:
-        """Image embeddings of all crops, ``encoder_batch_size`` per call (each as ``SamPredictor.set_image``)."""
+        """Image embeddings of all crops, ``encoder_batch_size`` per call (each as
+        ``SamPredictor.set_image``)."""
         model = self.model
         inputs, sizes = [], []
         for crop in crops:

@@ -110,8 +110,9 @@ def tiny_clipseg(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
     """A tiny randomly initialised CLIPSeg (real architecture classes) with an offline tokenizer.
 
     The tokenizer is :func:`~lvlm.models.clip_base.byte_level_clip_tokenizer` (text split into
-    characters, no download). ~80k parameters; the decoder has the same layout as the real one (3 FiLM-conditioned
-    layers fed by 3 vision layers, complex transposed convolution), logits at half the input size.
+    characters, no download). ~80k parameters; the decoder has the same layout as the real one (3
+    FiLM-conditioned layers fed by 3 vision layers, complex transposed convolution), logits at half the input
+    size.
 
     Args:
         seed: the seed of the random weights.

@@ -6,10 +6,11 @@ per image out, boxes in input pixels, xyxy):
 
 - **GroundingDINO** (Liu et al., ECCV 2024; ``IDEA-Research/grounding-dino-tiny`` / ``-base``, Apache-2.0),
   and the checkpoints that share its head and post-processing: MM-GroundingDINO (Zhao et al., 2024;
-  ``openmmlab-community/mm_grounding_dino_*``) and LLMDet (Fu et al., CVPR 2025; ``iSEE-Laboratory/llmdet_*``).
-  The classes go into one prompt, lower case, period separated (``"a cat. a dog."``); a box's score is its
-  highest token probability (every box above the box threshold is kept, as lang-sam keeps them), and its
-  class is the phrase holding its most probable phrase token when that probability exceeds
+  ``openmmlab-community/mm_grounding_dino_*``) and LLMDet (Fu et al., CVPR 2025;
+  ``iSEE-Laboratory/llmdet_*``). The classes go into one prompt, lower case, period separated
+  (``"a cat. a dog."``); a box's score is its highest token probability (every box above the box threshold is
+  kept, as lang-sam keeps them), and its class is the phrase holding its most probable phrase token when that
+  probability exceeds
   ``text_threshold`` (else the box matched no phrase: label -1, as transformers then decodes no phrase).
 - **OWLv2** (Minderer et al., NeurIPS 2023; ``google/owlv2-base-patch16-ensemble``, Apache-2.0): one CLIP text
   embedding per class, cached per class string; the image is padded to a square, so boxes are scaled by
@@ -179,7 +180,8 @@ def load_detector(
     device: str = "cpu",
     seed: int = 0,
 ) -> Detector:
-    """A :class:`Detector` from a preset name, a hub id, a local ``save_pretrained`` folder or ``tiny-random-*``.
+    """A :class:`Detector` from a preset name, a hub id, a local ``save_pretrained`` folder or
+    ``tiny-random-*``.
 
     Args:
         model: a key of :data:`PRESETS`, a Hugging Face id, a folder, or a key of :data:`TINY`.
@@ -188,7 +190,8 @@ def load_detector(
         seed: seed of the ``tiny-random-*`` models.
 
     Raises:
-        WeightsError: (within seconds) the weights are not on disk and cannot be downloaded, naming the hub id.
+        WeightsError: (within seconds) the weights are not on disk and cannot be downloaded, naming the hub
+            id.
     """
     from ..optional import require
 
@@ -333,7 +336,8 @@ class Detector:
             sizes: each image's (height, width).
             classes: each image's class phrases.
             threshold: box score threshold.
-            text_threshold: GroundingDINO: a box whose best phrase token is not above it matches no class (-1).
+            text_threshold: GroundingDINO: a box whose best phrase token is not above it matches no class
+                (-1).
             nms: OmDet-Turbo: the IoU of its per-class NMS (its post-processing always runs one; 1.0 = none).
         """
         if self.family == GROUNDING_DINO:
@@ -436,7 +440,8 @@ def grounding_dino_postprocess(
     probable phrase token when that probability exceeds ``text_threshold``, else -1 (no phrase matched).
 
     Args:
-        outputs: ``GroundingDinoObjectDetectionOutput`` (``logits`` B x Q x T, ``pred_boxes`` B x Q x 4 cxcywh).
+        outputs: ``GroundingDinoObjectDetectionOutput`` (``logits`` B x Q x T, ``pred_boxes`` B x Q x 4
+            cxcywh).
         input_ids: B x T token ids of the prompts.
         sizes: each image's (height, width).
         classes: each image's class phrases, in prompt order.
@@ -571,7 +576,8 @@ def _clip_bpe_vocab() -> tuple[dict[str, int], str, str]:
 
 
 def tiny_detector(family: str, seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
-    """``(model, processor)``: a tiny randomly initialised detector of ``family`` (real classes, offline tokenizer).
+    """``(model, processor)``: a tiny randomly initialised detector of ``family`` (real classes, offline
+    tokenizer).
 
     GroundingDINO gets a BERT WordPiece tokenizer over a small word list (plus letters as word pieces),
     OWLv2 and OmDet-Turbo a CLIP byte-level BPE tokenizer with no merges (text split into characters).

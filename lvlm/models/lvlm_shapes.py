@@ -1,4 +1,5 @@
-"""``lvlm-shapes``: the small CLIP this library trained itself on generated shapes scenes, shipped in the package.
+"""``lvlm-shapes``: the small CLIP this library trained itself on generated shapes scenes, shipped in the
+package.
 
 It knows 6 colours x 5 shapes (and 3 textures) of :mod:`lvlm.data.synthetic`; it runs offline and is the
 CLIP of the embedded text-prompted default (``configs/embedded.yaml``). Model card:

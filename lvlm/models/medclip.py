@@ -1,8 +1,8 @@
 """MedCLIP (Wang et al. 2022) models behind the :class:`~lvlm.models.clip_base.ClipModel` interface.
 
 Presets ``MC-RN50`` (ResNet-50 image tower) and ``MC-SwinT`` (Swin-T image tower) of the benchmark's
-CLIP comparison table (docs/clip.md); both use MedCLIP's Bio_ClinicalBERT text tower. The ``medclip`` package is an optional
-extra (``pip install "lvlm[medclip]"``), imported only when a preset is built.
+CLIP comparison table (docs/clip.md); both use MedCLIP's Bio_ClinicalBERT text tower. The ``medclip`` package
+is an optional extra (``pip install "lvlm[medclip]"``), imported only when a preset is built.
 
 Weights: ``$LVLM_HOME/medclip-resnet/pytorch_model.bin`` (``medclip-vit/`` for Swin-T), or the
 published zip, downloaded and unpacked there when its host answers. MedCLIP also builds its towers
@@ -232,7 +232,9 @@ class MedClipModel(ClipModel):
     "clip",
     "MC-RN50",
     description="MedCLIP ResNet-50 (optional extra 'medclip')",
-    source="MedCLIP package, ResNet-50 image tower + Bio_ClinicalBERT; data: MIMIC-CXR + CheXpert; licence: MIT",
+    source=(
+        "MedCLIP package, ResNet-50 image tower + Bio_ClinicalBERT; data: MIMIC-CXR + CheXpert; licence: MIT"
+    ),
 )
 def build_mc_rn50(checkpoint: str | None = "default", device: str = "auto") -> MedClipModel:
     """MC-RN50: MedCLIP with a ResNet-50 image tower.

@@ -159,7 +159,8 @@ def _read_cached(path: Path) -> bytes | None:
 
 
 def _write_cached(path: Path, data: bytes) -> bool:
-    """Write ``data`` to ``path`` with :func:`lvlm.fsutil.atomic_write` (False, with a warning, when it fails)."""
+    """Write ``data`` to ``path`` with :func:`lvlm.fsutil.atomic_write` (False, with a warning, when it
+    fails)."""
     try:
         atomic_write(path, data, fsync=False)
         return True
@@ -177,11 +178,12 @@ class OnnxModule(torch.nn.Module):
     several, the caller gives the exported shapes).
 
     ``torch_module`` keeps the original module; ``state_dict`` gives its weights under its own keys (so
-    content hashes of the encoder are the same as the torch module's: for TinyViT, the folded one); loading a state dict into this module
-    raises, because it would not change what ONNX Runtime runs: build it again instead. ``path`` is the
-    cached ONNX file or None. ``threads``: ONNX Runtime's intra-op threads (default: ``torch.get_num_threads()``
-    at creation time). Threads do not spin between calls, so the torch stages that run in between keep the
-    cores. Always in eval mode (inference only); copies and pickles rebuild the session.
+    content hashes of the encoder are the same as the torch module's: for TinyViT, the folded one); loading a
+    state dict into this module raises, because it would not change what ONNX Runtime runs: build it again
+    instead. ``path`` is the cached ONNX file or None. ``threads``: ONNX Runtime's intra-op threads (default:
+    ``torch.get_num_threads()`` at creation time). Threads do not spin between calls, so the torch stages that
+    run in between keep the cores. Always in eval mode (inference only); copies and pickles rebuild the
+    session.
 
     Args:
         torch_module: the exported torch module (kept for its weights).

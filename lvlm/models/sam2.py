@@ -53,8 +53,14 @@ TINY_OVERRIDES = [
     "model.memory_attention.layer.self_attention.embedding_dim=32",
     "model.memory_attention.layer.cross_attention.embedding_dim=32",
     "model.memory_attention.layer.cross_attention.kv_in_dim=16",
-    f"model.memory_attention.layer.self_attention.feat_sizes=[{TINY_IMAGE_SIZE // 16},{TINY_IMAGE_SIZE // 16}]",
-    f"model.memory_attention.layer.cross_attention.feat_sizes=[{TINY_IMAGE_SIZE // 16},{TINY_IMAGE_SIZE // 16}]",
+    (
+        "model.memory_attention.layer.self_attention.feat_sizes="
+        f"[{TINY_IMAGE_SIZE // 16},{TINY_IMAGE_SIZE // 16}]"
+    ),
+    (
+        "model.memory_attention.layer.cross_attention.feat_sizes="
+        f"[{TINY_IMAGE_SIZE // 16},{TINY_IMAGE_SIZE // 16}]"
+    ),
     "model.memory_encoder.out_dim=16",
     "model.memory_encoder.position_encoding.num_pos_feats=16",
     "model.memory_encoder.fuser.layer.dim=32",
@@ -127,7 +133,8 @@ def build_sam2_model(variant: str = "large", checkpoint: Any = "default", device
 
 
 def _load_weights(model, path, variant: str) -> None:
-    """Load a SAM 2.1 checkpoint strictly; a bad file or one of another variant gives one WeightsError line."""
+    """Load a SAM 2.1 checkpoint strictly; a bad file or one of another variant gives one WeightsError
+    line."""
     what = f"SAM 2.1 {variant} checkpoint"
     load_into(
         model,
@@ -187,8 +194,9 @@ class Sam2Adapter:
         return emb
 
     def embed_many(self, images) -> list[dict[str, Any]]:
-        """:meth:`embed` of several images in one image-encoder forward (``SAM2ImagePredictor.set_image_batch``;
-        every image is resized to the model's square input, so sizes may differ).
+        """:meth:`embed` of several images in one image-encoder forward
+        (``SAM2ImagePredictor.set_image_batch``; every image is resized to the model's square input, so sizes
+        may differ).
 
         Args:
             images: H x W x 3 uint8 RGB images.

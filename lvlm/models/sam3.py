@@ -38,8 +38,8 @@ def load_sam3(
         seed: seed of the tiny random model.
 
     Raises:
-        WeightsError: within seconds when the weights are not in the cache and cannot be fetched (offline, or no
-            access to the gated repository), naming the repository and where to request access.
+        WeightsError: within seconds when the weights are not in the cache and cannot be fetched (offline, or
+            no access to the gated repository), naming the repository and where to request access.
     """
     from ..optional import require
 
@@ -67,8 +67,8 @@ def load_sam3(
 
 
 def tiny_sam3(seed: int = 0, image_size: int = 112) -> tuple[Any, Any]:
-    """A tiny randomly initialised ``Sam3Model`` (real classes, sizes as transformers' model tests) and a processor
-    with a CLIP byte-level BPE tokenizer made offline (no merges: text is split into characters).
+    """A tiny randomly initialised ``Sam3Model`` (real classes, sizes as transformers' model tests) and a
+    processor with a CLIP byte-level BPE tokenizer made offline (no merges: text is split into characters).
 
     Args:
         seed: torch seed of the initialisation.
@@ -253,8 +253,8 @@ class Sam3Runner:
         threshold: float = DEFAULT_THRESHOLD,
         mask_threshold: float = DEFAULT_MASK_THRESHOLD,
     ) -> list[dict[str, np.ndarray]]:
-        """transformers' ``post_process_instance_segmentation``: per image ``masks`` (N x H x W bool), ``boxes``
-        (N x 4 xyxy pixels), ``scores`` (N).
+        """transformers' ``post_process_instance_segmentation``: per image ``masks`` (N x H x W bool),
+        ``boxes`` (N x 4 xyxy pixels), ``scores`` (N).
 
         Args:
             outputs: the output of :meth:`forward`.

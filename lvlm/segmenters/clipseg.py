@@ -234,7 +234,8 @@ class ClipSegSegmenter(PromptedSegmenter):
 
 
 def restrict_to_prompts(mask: np.ndarray, prompts: Prompts) -> np.ndarray:
-    """K x H x W: ``mask`` inside each box, and/or its connected parts holding each prompt's foreground points.
+    """K x H x W: ``mask`` inside each box, and/or its connected parts holding each prompt's foreground
+    points.
 
     Args:
         mask: the H x W CLIPSeg mask.

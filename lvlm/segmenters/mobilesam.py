@@ -1,4 +1,5 @@
-"""``mobilesam``: the ``sam`` segmenter with MobileSAM (TinyViT encoder, SAM decoder): same prompts, a much smaller encoder."""
+"""``mobilesam``: the ``sam`` segmenter with MobileSAM (TinyViT encoder, SAM decoder): same prompts, a much
+smaller encoder."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from .sam import SamSegmenter
     source="MobileSAM weights mobile_sam.pt from github.com/ChaoningZhang/MobileSAM (Apache-2.0)",
 )
 class MobileSamSegmenter(SamSegmenter):
-    """:class:`~lvlm.segmenters.sam.SamSegmenter` with ``model_type="mobilesam"``; the other settings are the same.
+    """:class:`~lvlm.segmenters.sam.SamSegmenter` with ``model_type="mobilesam"``; the other settings are the
+    same.
 
     Args:
         checkpoint: ``default`` (the official MobileSAM weights), a path, or None / ``random``.

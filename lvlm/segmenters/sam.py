@@ -153,17 +153,19 @@ class SamSegmenter(SamFamilySegmenter):
     segment_anything's ``SamPredictor`` recipe (:class:`~lvlm.models.sam.SamAdapter`).
 
     Args:
-        model_type: vit_h / vit_l / vit_b / vit_tiny / mobilesam / medsam (the network; the recipe stays SAM's).
+        model_type: vit_h / vit_l / vit_b / vit_tiny / mobilesam / medsam (the network; the recipe stays
+            SAM's).
         checkpoint: ``default`` (official weights), a path, or null / ``random``.
         device: ``auto``, ``cpu``, ``cuda``...
         multimask: ``true`` = the best of SAM's 3 masks by predicted IoU, ``false`` = SAM's single mask,
-            ``auto`` (default) = 3 for a single-point prompt, 1 for boxes or several points (SAM's own advice).
+            ``auto`` (default) = 3 for a single-point prompt, 1 for boxes or several points (SAM's own
+            advice).
         batch_size: prompts per mask-decoder call.
         decoder_checkpoint: a mask decoder specialised with ``lvlm train sam-decoder``.
         encoder_backend: ``auto`` (default: ONNX Runtime on the CPU for MobileSAM's TinyViT encoder when
-            ``lvlm[onnx]`` is installed, torch otherwise), ``torch``, or ``onnxruntime`` (CPU; also for vit_b /
-            vit_l / medsam after a one-time export written to ``$LVLM_HOME/onnx``; not vit_h, over ONNX's 2 GB
-            limit).
+            ``lvlm[onnx]`` is installed, torch otherwise), ``torch``, or ``onnxruntime`` (CPU; also for vit_b
+            / vit_l / medsam after a one-time export written to ``$LVLM_HOME/onnx``; not vit_h, over ONNX's
+            2 GB limit).
         zoom: zoomed prompts (:mod:`lvlm.segmenters.zoom`, e.g. ``{context: 4.0}``); null (default): off.
     """
 

@@ -112,7 +112,8 @@ def build_open_clip(
     name: str = "",
     revision: str | None = None,
 ) -> OpenClipModel:
-    """Any open_clip model: ``model_name`` + ``pretrained`` tag, or ``checkpoint`` = a weight file (FS-/FP- models).
+    """Any open_clip model: ``model_name`` + ``pretrained`` tag, or ``checkpoint`` = a weight file (FS-/FP-
+    models).
 
     Args:
         model_name: open_clip model name, ``hf-hub:org/repo`` or ``local-dir:FOLDER``.

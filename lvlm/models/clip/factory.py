@@ -73,7 +73,8 @@ def _tokenizer_for_cfg(model_cfg: dict) -> Any:
 
 
 def _model_from_cfg(model_cfg: dict, quick_gelu: bool | None = None) -> torch.nn.Module:
-    """An open_clip model (random init) from an architecture config dict (``embed_dim``, ``vision_cfg``, ``text_cfg``)."""
+    """An open_clip model (random init) from an architecture config dict (``embed_dim``, ``vision_cfg``,
+    ``text_cfg``)."""
     oc = _open_clip()
     cfg = json.loads(json.dumps(model_cfg))  # deep copy, JSON-clean
     if quick_gelu is not None:
@@ -101,7 +102,8 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike, what: str = "CLIP") -> None:
-    """Load an open_clip-compatible checkpoint (``.safetensors``, torch state dict, OpenAI TorchScript archive).
+    """Load an open_clip-compatible checkpoint (``.safetensors``, torch state dict, OpenAI TorchScript
+    archive).
 
     The keys are converted as open_clip does (timm / TorchScript / ``module.`` layouts, position-embedding
     resizing); any problem is one :class:`~lvlm.errors.WeightsError` line naming the file and ``what``.
@@ -158,7 +160,8 @@ def save_open_clip(
     model_cfg: dict | None = None,
     preprocess_cfg: dict | None = None,
 ) -> Path:
-    """Save an open_clip model's weights and ``<stem>.json`` (``model_name`` or ``model_cfg`` + preprocessing).
+    """Save an open_clip model's weights and ``<stem>.json`` (``model_name`` or ``model_cfg`` +
+    preprocessing).
 
     Args:
         model: the open_clip model.

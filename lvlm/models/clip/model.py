@@ -29,7 +29,8 @@ def open_clip_module():
 
 
 class OpenClipModel(ClipModel):
-    """An open_clip model (``CLIP`` / ``CustomTextCLIP``) with its tokenizer and batched on-device preprocessing.
+    """An open_clip model (``CLIP`` / ``CustomTextCLIP``) with its tokenizer and batched on-device
+    preprocessing.
 
     Args:
         model: the open_clip model.
@@ -93,7 +94,10 @@ class OpenClipModel(ClipModel):
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"OpenClipModel({self.name!r}, image_size={self.image_size}, vit={self.is_vit}, device={self.device!r})"
+        return (
+            f"OpenClipModel({self.name!r}, image_size={self.image_size}, vit={self.is_vit}, "
+            f"device={self.device!r})"
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -217,7 +221,8 @@ class OpenClipModel(ClipModel):
         raise LvlmError(f"{self.name}: no CAM target layer known for image tower {type(visual).__name__}")
 
     def reshape_transform(self, activations: torch.Tensor) -> torch.Tensor:
-        """ViT block output (B x L x C tokens; open_clip 3.x runs batch-first) -> B x C x h x w, class token dropped.
+        """ViT block output (B x L x C tokens; open_clip 3.x runs batch-first) -> B x C x h x w, class token
+        dropped.
 
         Args:
             activations: the CAM target layer's output.
@@ -260,7 +265,8 @@ class OpenClipModel(ClipModel):
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """Antialiased resize in PIL's order: horizontal pass, round to 8 bits, vertical pass (matches PIL to 1 level)."""
+    """Antialiased resize in PIL's order: horizontal pass, round to 8 bits, vertical pass (matches PIL to 1
+    level)."""
     h, w = x.shape[-2:]
     nh, nw = size
     if nw != w:

@@ -1,8 +1,8 @@
 """The CLIP presets table: preset name -> open_clip model name, pretrained tag, data and licence.
 
 As open_clip's ``pretrained.py`` lists its tags, this module lists ours: one preset per CLIP backbone of
-the benchmark's CLIP comparison table (``OA-RN50``, ``OA-ViT-B``, ``CC-RN50``, ``LA-ViT-B``, ``BC-ViT-B``, ...,
-named by pretraining data and backbone; docs/clip.md maps them to the papers' tables), plus tiny random
+the benchmark's CLIP comparison table (``OA-RN50``, ``OA-ViT-B``, ``CC-RN50``, ``LA-ViT-B``, ``BC-ViT-B``,
+..., named by pretraining data and backbone; docs/clip.md maps them to the papers' tables), plus tiny random
 configs built from open_clip's real tower classes for tests. Nothing here imports open_clip;
 :func:`presets_markdown` renders the table for the docs.
 """
@@ -109,7 +109,8 @@ def source_line(preset: dict[str, str]) -> str:
 
 
 def presets_markdown() -> str:
-    """The presets as a Markdown table (preset, backbone, open_clip model / tag, data, licence) for the docs."""
+    """The presets as a Markdown table (preset, backbone, open_clip model / tag, data, licence) for the
+    docs."""
     rows = [
         "| preset | backbone | open_clip model / pretrained tag | data | licence |",
         "|---|---|---|---|---|",
