@@ -161,7 +161,7 @@ def build_pair(args, device: str, knobs: dict):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--model",
         default="vit_tiny",

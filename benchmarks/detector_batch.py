@@ -85,7 +85,7 @@ def loop_lang_sam(prompter, segmenter, images, prompts):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=8, help="images (one batch)")
     ap.add_argument("--size", default="96x128", help="HxW of the images")
     ap.add_argument("--detector", default="tiny-random-grounding-dino", help="detector prompter model")

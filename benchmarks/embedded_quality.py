@@ -220,7 +220,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200, help="held-out scenes (default 200)")
     ap.add_argument("--start", type=int, default=10_000_000, help="first seed (default 10,000,000: held out)")
     ap.add_argument("--checkpoint", help="lvlm-shapes weights to evaluate (default: the packaged ones)")

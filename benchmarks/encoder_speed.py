@@ -123,7 +123,7 @@ def gemm_rate(device: str, dtype: torch.dtype, n: int) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--model", default="vit_b", choices=["vit_tiny", "vit_b", "vit_l", "vit_h", "mobilesam", "litemedsam"]
     )

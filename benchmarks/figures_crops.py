@@ -44,7 +44,7 @@ def synthetic_scene(h: int = 300, w: int = 400, seed: int = 0) -> tuple[np.ndarr
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "img" / "crops.png"))
     ap.add_argument(
         "--margin", type=float, default=0.1, help="box margin (fraction of the box's longer side)"

@@ -37,7 +37,7 @@ def pick_clip(name: str | None) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=7, help="scene seed (lvlm.data.synthetic.make_scene)")
     ap.add_argument("--object", type=int, default=0, help="which object of the scene to ask for")
     ap.add_argument("--clip", default=None, help="CLIP preset (default: lvlm-shapes, else tiny-rn)")

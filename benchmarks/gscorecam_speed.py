@@ -167,7 +167,7 @@ def _probe(clip, pixels):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clip", default="tiny-rn", help="CLIP preset (a ResNet tower), default tiny-rn")
     ap.add_argument("--checkpoint", default=None, help="preset checkpoint: default | random | PATH")
     ap.add_argument("--device", default="auto")

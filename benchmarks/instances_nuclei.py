@@ -111,7 +111,7 @@ def save_gallery(path: Path, image: np.ndarray, masks: np.ndarray, gt: np.ndarra
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help=f"nuclei folder (default: {DEFAULT_DATA})"
     )

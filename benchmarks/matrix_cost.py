@@ -148,7 +148,7 @@ def part_baseline(args) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clips", "-C", type=int, default=3)
     ap.add_argument("--sams", "-S", type=int, default=2)
     ap.add_argument("--images", "-N", type=int, default=4)

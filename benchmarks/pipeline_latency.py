@@ -112,7 +112,7 @@ def summary(rows: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="embedded")
     ap.add_argument("--n", type=int, default=6, help="images (the first one is reported apart, cold)")
     ap.add_argument("--size", default="480x640", help="HxW of the synthetic images")
