@@ -93,6 +93,23 @@ def test_paste_back_at_input_resolution(full):
     np.testing.assert_allclose(out.scores, 0.9)
 
 
+def test_box_margin_loosens_the_decoded_box_not_the_window():
+    h, w = 80, 100
+    img = np.zeros((h, w, 3), np.uint8)
+    boxes = np.array([[40, 30, 50, 40], [0, 0, 10, 10]], np.float32)
+    plain = segment_zoomed(
+        CropBoxSegmenter(False), img, Prompts(boxes=boxes), ZoomSettings(min_crop=8, share=False)
+    )
+    seg = CropBoxSegmenter(False)
+    z = ZoomSettings(min_crop=8, share=False, box_margin=2)
+    out = segment_zoomed(seg, img, Prompts(boxes=boxes), z)
+    np.testing.assert_array_equal(out.extra["zoom_windows"], plain.extra["zoom_windows"])  # same windows
+    np.testing.assert_array_equal(out.masks[0], rect(h, w, 38, 28, 52, 42))  # the box grown by 2 px a side
+    np.testing.assert_array_equal(out.masks[1], rect(h, w, 0, 0, 12, 12))  # clipped at the window's edge
+    with pytest.raises(ConfigError, match="box_margin"):
+        zoom_settings({"box_margin": -1})
+
+
 def test_shared_windows():
     h, w = 200, 200
     img = np.zeros((h, w, 3), np.uint8)

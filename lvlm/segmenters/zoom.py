@@ -51,6 +51,10 @@ class ZoomSettings:
             window where it has the most context (at least ``share_margin`` x its side on every side, or the
             image border): a few encoder passes cover a field of small objects at one zoom.
         grid_ratio: largest ratio between ``grid`` and the own window side of a box decoded on the grid.
+        box_margin: pixels added on every side of each box before it is decoded (0: the box as given). Tight
+            boxes (drawn around a mask) fit MedSAM-family decoders better loosened a little, as those models
+            were trained with perturbed boxes; detector boxes are usually loose already. The window is chosen
+            from the box as given.
     """
 
     context: float = 4.0
@@ -61,6 +65,7 @@ class ZoomSettings:
     share_margin: float = 1.0
     grid: int = 0
     grid_ratio: float = 2.0
+    box_margin: float = 0.0
 
 
 def zoom_settings(value: Any) -> ZoomSettings | None:
@@ -91,8 +96,10 @@ def zoom_settings(value: Any) -> ZoomSettings | None:
         v = getattr(z, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"zoom.{name}={v!r}: expected an integer >= 1")
-    if isinstance(z.share_margin, bool) or not isinstance(z.share_margin, (int, float)) or z.share_margin < 0:
-        raise ConfigError(f"zoom.share_margin={z.share_margin!r}: expected a number >= 0")
+    for name in ("share_margin", "box_margin"):
+        v = getattr(z, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+            raise ConfigError(f"zoom.{name}={v!r}: expected a number >= 0")
     if isinstance(z.grid, bool) or not isinstance(z.grid, int) or z.grid < 0:
         raise ConfigError(f"zoom.grid={z.grid!r}: expected an integer >= 0 (0: no grid)")
     if not isinstance(z.share, bool):
@@ -291,10 +298,15 @@ def _embed_windows(segmenter, crops: list[np.ndarray], batch: int) -> list[Any]:
     return out
 
 
-def _shifted(prompts: Prompts, idx: np.ndarray, dx: int, dy: int) -> Prompts:
+def _shifted(
+    prompts: Prompts, idx: np.ndarray, dx: int, dy: int, margin: float = 0.0, size: tuple[int, int] = (0, 0)
+) -> Prompts:
     boxes = points = labels = None
     if prompts.boxes is not None:
         boxes = prompts.boxes[idx] - np.array([dx, dy, dx, dy], np.float32)
+        if margin:  # loosened, and kept inside the crop (size: its h, w)
+            boxes = boxes + np.array([-margin, -margin, margin, margin], np.float32)
+            boxes = np.clip(boxes, 0, np.array([size[1], size[0], size[1], size[0]], np.float32))
     if prompts.points is not None:
         points = prompts.points[idx] - np.array([dx, dy], np.float32)
         labels = prompts.point_labels[idx]
@@ -332,7 +344,9 @@ def segment_zoomed(segmenter, image: np.ndarray, prompts: Prompts, zoom: Any = T
         idx = np.flatnonzero(assign == wi)
         if len(idx) == 0:
             continue
-        cands = segmenter._decode(emb, _shifted(prompts, idx, x0, y0), crop)
+        cands = segmenter._decode(
+            emb, _shifted(prompts, idx, x0, y0, settings.box_margin, crop.shape[:2]), crop
+        )
         masks[idx, y0:y1, x0:x1] = cands.masks
         scores[idx] = cands.scores
         if cands.stability is not None:
