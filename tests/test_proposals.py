@@ -112,7 +112,7 @@ def test_packaged_configs_build():
     assert isinstance(pipe.generator, ProposalGenerator) and pipe.takes_no_prompt
     assert pipe.generator.zoom.context == 4.0 and pipe.generator.norm == ("percentile", (0.5, 99.5))
     seg = Pipeline.from_config("sam/litemedsam_box_zoom").segmenter
-    assert seg.zoom is not None and seg.zoom.context == 4.0
+    assert seg.zoom is not None and (seg.zoom.context, seg.zoom.box_margin) == (3.5, 2)
     assert Pipeline.from_config("sam/litemedsam_box").segmenter.zoom is None  # off by default
 
 
