@@ -176,6 +176,9 @@ def test_metrics_in_rows_are_right(toy, tmp_path):
         assert r["iou"] == pytest.approx(inter / union)
         assert r["labels"] == {"selector": "C0", "generator": "S0"}
         assert r["error"] is None
+        # the selector picks one candidate: the best candidate bounds it, and efficiency is the ratio
+        assert r["oracle_iou"] >= r["iou"] - 1e-9
+        assert r["selection_efficiency"] == pytest.approx(r["iou"] / r["oracle_iou"])
 
 
 def test_killed_five_times_and_resumed_gives_the_uninterrupted_rows(toy, tmp_path, monkeypatch):

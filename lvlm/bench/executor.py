@@ -381,6 +381,11 @@ class Executor:
             seconds=time.perf_counter() - t0,
             timings={k: round(v, 6) for k, v in res.timings.items()},
         )
+        if len(res.candidates):  # candidate recall: the best candidate, and how much of it the selection got
+            cands = torch.from_numpy(np.ascontiguousarray(res.candidates.masks)).to(self.metric_device)
+            oracle = M.oracle_iou(cands, gt_t)
+            eff = M.selection_efficiency(row["iou"], oracle)
+            row.update(oracle_iou=oracle, selection_efficiency=eff if np.isfinite(eff) else None)
         if self.save_masks:
             row["mask"] = rle.encode(res.mask)
         return row
