@@ -4,17 +4,20 @@ Both sides use the same models and images: a detector (default the tiny random G
 real transformers classes) and a prompted segmenter (default SAM's architecture at ``vit_tiny`` with
 random weights, ``--segmenter litemedsam`` for the real LiteMedSAM).
 
-- **loop** (lang-sam's ``LangSAM.predict`` one image at a time): for each image, the processor on that image
-  and its prompt, one detector forward, transformers' ``post_process_grounded_object_detection`` (box 0.3,
-  text 0.25), then every box of the image through the segmenter in one call;
+- **loop** (lang-sam's ``LangSAM.predict`` one image at a time, on the official code): for each image, the
+  processor on that image and its prompt, one detector forward, transformers'
+  ``post_process_grounded_object_detection`` (box 0.3, text 0.25), then every box of the image in one call of
+  the official predictor (segment_anything's ``SamPredictor.set_image`` + ``predict_torch``; for LiteMedSAM,
+  which has no predictor class, its mask decoder's own forward on the image's embedding);
 - **batched**: ``Pipeline.run_many(batch_size=--n)`` with the ``detector`` prompter: one detector forward for
-  all images (``prompts_many``), then all boxes of each image through the segmenter in one call.
+  all images (``prompts_many``), one encoder pass for all images (``embed_many``), and the boxes of all
+  images through shared mask-decoder calls (``lvlm.models.mask_decoding.decode_many``).
 
 Reported: seconds for each side (best of ``--repeats``, the two alternating), ``speedup`` (loop / batched),
 the detector stage alone (``detector_loop_s``, ``detector_batched_s``, ``detector_speedup``),
 ``max_box_diff`` (largest coordinate difference, in pixels, between the two sides' boxes of the same image;
-the images share one size, so the batch needs no padding) and ``box_count_mismatch`` (images whose box
-counts differ).
+the images share one size, so the batch needs no padding), ``box_count_mismatch`` (images whose box
+counts differ) and ``min_mask_iou`` (the lowest IoU between the two sides' union masks of an image).
 
     python benchmarks/detector_batch.py --json
     python benchmarks/detector_batch.py --n 8 --threads 2 --json
@@ -54,11 +57,39 @@ def segmenter_spec(name: str) -> dict:
     raise SystemExit(f"--segmenter {name!r}: sam-tiny or litemedsam")
 
 
-def loop_lang_sam(prompter, segmenter, images, prompts):
-    """lang-sam's per-image recipe with transformers directly: processor, forward, post-processing, SAM."""
+def official_segment(segmenter):
+    """``segment(image, boxes) -> H x W union mask`` on the official code: segment_anything's
+    ``SamPredictor`` for SAM; for LiteMedSAM its decoder's own forward (``fast_decoder`` off)."""
     import torch
+    from segment_anything import SamPredictor
 
     from lvlm.types import Prompts
+
+    if segmenter.source.startswith("sam"):
+        predictor = SamPredictor(segmenter.model)
+
+        def segment(img, boxes):
+            predictor.set_image(img)
+            bt = torch.as_tensor(boxes, dtype=torch.float32)
+            bt = predictor.transform.apply_boxes_torch(bt, img.shape[:2])
+            masks, _, _ = predictor.predict_torch(None, None, boxes=bt, multimask_output=False)
+            return masks[:, 0].any(0).numpy()
+
+        return segment
+    def segment(img, boxes):
+        segmenter.adapter.fast_decoder = False
+        try:
+            return segmenter.segment(img, Prompts(boxes=boxes)).union()
+        finally:
+            segmenter.adapter.fast_decoder = True
+
+    return segment
+
+
+def loop_lang_sam(prompter, segment, images, prompts):
+    """lang-sam's per-image recipe with transformers directly: processor, forward, post-processing, then the
+    official predictor on the image's boxes."""
+    import torch
 
     proc, net = prompter.detector.processor, prompter.detector.model
     boxes_out, masks_out = [], []
@@ -78,9 +109,7 @@ def loop_lang_sam(prompter, segmenter, images, prompts):
         boxes = boxes[np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= 1.0]
         boxes_out.append(boxes)
         t_det += time.perf_counter() - t0
-        masks_out.append(
-            segmenter.segment(img, Prompts(boxes=boxes)).union() if len(boxes) else np.zeros((h, w), bool)
-        )
+        masks_out.append(segment(img, boxes) if len(boxes) else np.zeros((h, w), bool))
     return boxes_out, masks_out, t_det
 
 
@@ -113,14 +142,15 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore", EmptyMaskWarning)
     # warm-up both paths once (lazy initialisation), then alternate
     pipe.run_many(images[:2], prompts[:2], progress=False, batch_size=2)
-    loop_lang_sam(pipe.prompter, pipe.segmenter, images[:2], prompts[:2])
+    segment = official_segment(pipe.segmenter)
+    loop_lang_sam(pipe.prompter, segment, images[:2], prompts[:2])
     t_loop, t_batch, det_loop, det_batch = [], [], [], []
     for r in range(args.repeats):
         for side in ("loop", "batch") if r % 2 == 0 else ("batch", "loop"):
             pipe.segmenter.__dict__.pop("_embed_cache", None)  # no embedding reuse across runs
             t0 = time.perf_counter()
             if side == "loop":
-                loop_boxes, _, t_det = loop_lang_sam(pipe.prompter, pipe.segmenter, images, prompts)
+                loop_boxes, loop_masks, t_det = loop_lang_sam(pipe.prompter, segment, images, prompts)
                 t_loop.append(time.perf_counter() - t0)
                 det_loop.append(t_det)
             else:
@@ -136,6 +166,10 @@ def main(argv=None) -> int:
         if len(a):
             oa, ob = np.lexsort(np.round(a, 2).T[::-1]), np.lexsort(np.round(b, 2).T[::-1])
             diffs.append(float(np.abs(a[oa] - b[ob]).max()))
+    ious = []
+    for a, r in zip(loop_masks, results):
+        union = np.logical_or(a, r.mask).sum()
+        ious.append(1.0 if union == 0 else float(np.logical_and(a, r.mask).sum() / union))
     out = {
         "n_images": args.n,
         "size": [h, w],
@@ -151,6 +185,7 @@ def main(argv=None) -> int:
         "detector_speedup": round(min(det_loop) / min(det_batch), 3),
         "max_box_diff": max(diffs) if diffs else 0.0,
         "box_count_mismatch": mismatch,
+        "min_mask_iou": round(min(ious), 6),
         "boxes_per_image": float(np.mean([len(b) for b in batch_boxes])),
     }
     print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))

@@ -112,7 +112,9 @@ class PromptedSegmenter:
 
     Subclasses implement ``_embed(image)`` (the expensive image encoder pass) and
     ``_decode(embedding, prompts, image)``; the embedding of the last ``cache_size`` images is
-    kept, so all prompts of an image, and repeated calls, reuse one encoder pass.
+    kept, so all prompts of an image, and repeated calls, reuse one encoder pass. Optional:
+    ``_embed_many(images)`` (one batched encoder pass) and ``_decode_many(embeddings, prompts_list, images)``
+    (the prompts of several images in shared decoder calls), which :meth:`segment_many` uses.
     """
 
     text_conditioned = False  # True for segmenters that take the text itself (CLIPSeg)
@@ -189,9 +191,15 @@ class PromptedSegmenter:
             return [self.segment(im, pr) for im, pr in zip(images, prompts_list)]
         checked = [self._checked(im, pr) for im, pr in zip(images, prompts_list)]
         whole = [i for i, pr in enumerate(checked) if not self._zoomed(pr)]
-        embeddings = dict(zip(whole, self.embed_many([images[i] for i in whole])))
+        embeddings = self.embed_many([images[i] for i in whole])
+        many = getattr(self, "_decode_many", None)
+        if many is not None:  # the prompts of all whole images share decoder calls
+            decoded = many(embeddings, [checked[i] for i in whole], [images[i] for i in whole])
+        else:
+            decoded = [self._decode(e, checked[i], images[i]) for e, i in zip(embeddings, whole)]
+        done = dict(zip(whole, decoded))
         return [
-            self._decode(embeddings[i], pr, im) if i in embeddings else self._segment_zoomed(im, pr)
+            done[i] if i in done else self._segment_zoomed(im, pr)
             for i, (im, pr) in enumerate(zip(images, checked))
         ]
 

@@ -456,18 +456,27 @@ def decode_prompts(
     multimask: bool = False,
     batch_size: int = 64,
     postprocess: Callable | None = None,
+    image_index=None,
+    fast: bool = True,
 ):
-    """Masks and predicted IoU of K prompts on one image embedding, ``batch_size`` prompts per decoder call.
+    """Masks and predicted IoU of K prompts on one or several image embeddings, ``batch_size`` prompts per
+    decoder call.
 
     ``boxes`` (K x 4) and ``points`` (K x P x 2, with ``labels`` K x P) are tensors already in the model's
-    input frame. With ``multimask`` the decoder's best of 3 masks by predicted IoU is kept, at low
-    resolution, before ``postprocess`` (low-res logits K x 1 x h x w -> K x 1 x H x W bool) runs on the
-    chunk. Returns (K x 1 x ... masks, K predicted IoU) as tensors on the embedding's device.
+    input frame. ``embedding`` is N x C x h x w: one image (N = 1), or N images with ``image_index`` (K)
+    giving each prompt's image, so the prompts of several images share decoder calls. With ``multimask`` the
+    decoder's best of 3 masks by predicted IoU is kept, at low resolution, before ``postprocess`` (low-res
+    logits k x 1 x h x w -> k x 1 x H x W bool) runs on the chunk. Returns (K x 1 x ... masks, K predicted
+    IoU) as tensors on the embedding's device.
+
+    Decoders with segment_anything's structure run through :func:`lvlm.models.mask_decoding.decode_many`
+    (the same function, less work); ``fast=False``, or another decoder, calls the module's own forward once
+    per image and chunk.
 
     Args:
         prompt_encoder: the model's prompt encoder.
         mask_decoder: the model's mask decoder.
-        embedding: the 1 x C x h x w image embedding.
+        embedding: the N x C x h x w image embedding(s).
         boxes: K x 4 boxes in the model frame, or None.
         points: K x P x 2 points in the model frame, or None.
         labels: K x P point labels (1 foreground, 0 background), with ``points``.
@@ -475,24 +484,36 @@ def decode_prompts(
         batch_size: prompts per decoder call.
         postprocess: low-res logits -> full-resolution bool masks, run per chunk; None keeps the low-res
             logits.
+        image_index: K image indices into ``embedding`` (None: every prompt on image 0).
+        fast: use :func:`~lvlm.models.mask_decoding.decode_many` where the decoder allows it.
     """
     import torch
 
+    from .mask_decoding import decode_many, supports
+
     k = len(boxes) if boxes is not None else len(points)
-    pe = prompt_encoder.get_dense_pe()
+    if image_index is None:
+        if embedding.shape[0] != 1:
+            raise ValueError(f"{embedding.shape[0]} image embeddings: give image_index (one per prompt)")
+        image_index = torch.zeros(k, dtype=torch.long, device=embedding.device)
+    image_index = torch.as_tensor(image_index, dtype=torch.long, device=embedding.device)
+    use_fast = fast and supports(mask_decoder)
+    pe = None if use_fast else prompt_encoder.get_dense_pe()
     masks, ious = [], []
     with torch.no_grad():
         for s in range(0, k, max(1, int(batch_size))):
             sl = slice(s, s + batch_size)
-            pts = None if points is None else (points[sl], labels[sl])
-            sparse, dense = prompt_encoder(points=pts, boxes=None if boxes is None else boxes[sl], masks=None)
-            low, iou = mask_decoder(
-                image_embeddings=embedding,
-                image_pe=pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
+            bx = None if boxes is None else boxes[sl]
+            pt = None if points is None else points[sl]
+            lb = None if points is None else labels[sl]
+            if use_fast:
+                low, iou = decode_many(
+                    prompt_encoder, mask_decoder, embedding, image_index[sl], bx, pt, lb, multimask
+                )
+            else:
+                low, iou = _decode_official(
+                    prompt_encoder, mask_decoder, pe, embedding, image_index[sl], bx, pt, lb, multimask
+                )
             if low.shape[1] > 1:
                 best = iou.argmax(dim=1)
                 rows = torch.arange(len(best), device=best.device)
@@ -501,7 +522,35 @@ def decode_prompts(
                 iou = iou[:, 0]
             masks.append(postprocess(low) if postprocess is not None else low)
             ious.append(iou)
+    if not masks:  # no prompts: zero rows of the decoder's low-res shape
+        h, w = (4 * int(v) for v in embedding.shape[-2:])
+        low = embedding.new_zeros((0, 1, h, w))
+        return (postprocess(low) if postprocess is not None else low), low.new_zeros(0)
     return torch.cat(masks), torch.cat(ious)
+
+
+def _decode_official(prompt_encoder, mask_decoder, pe, embedding, index, boxes, points, labels, multimask):
+    """The decoder's own forward on the prompts of one chunk, one call per image of the chunk."""
+    import torch
+
+    lows, ious = [], []
+    order = []
+    for i in torch.unique(index).tolist():
+        rows = (index == i).nonzero()[:, 0]
+        pts = None if points is None else (points[rows], labels[rows])
+        sparse, dense = prompt_encoder(points=pts, boxes=None if boxes is None else boxes[rows], masks=None)
+        low, iou = mask_decoder(
+            image_embeddings=embedding[i : i + 1],
+            image_pe=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        lows.append(low)
+        ious.append(iou)
+        order.append(rows)
+    inverse = torch.argsort(torch.cat(order))
+    return torch.cat(lows)[inverse], torch.cat(ious)[inverse]
 
 
 def prompt_tensors(prompts, device, scale_xy: tuple[float, float] = (1.0, 1.0)):
@@ -562,6 +611,9 @@ class SamFamilyAdapter:
 
     preprocess_mode = ""
     threshold = 0.0  # on the logits (SAM) or, in subclasses thresholding sigmoid, on the probability
+    #: decode through :func:`lvlm.models.mask_decoding.decode_many` where the decoder allows it (False: the
+    #: decoder module's own forward, e.g. to compare against it)
+    fast_decoder = True
 
     def __init__(self, model: Any, device: str = "auto") -> None:
         import torch
@@ -750,8 +802,79 @@ class SamFamilyAdapter:
             multimask=multimask,
             batch_size=batch_size,
             postprocess=lambda low: self.masks(low, h, w, threshold),
+            fast=self.fast_decoder,
         )
         return masks[:, 0], iou
+
+    def predict_many(
+        self,
+        embeddings: list[ImageEmbedding],
+        prompts_list,
+        multimask: bool = False,
+        batch_size: int = 64,
+        threshold: float | None = None,
+    ) -> list[tuple[Any, Any]]:
+        """:meth:`predict` of several images, their prompts sharing mask-decoder calls (``batch_size`` prompts
+        per call, across images); one (masks, iou) per image, equal to :meth:`predict` image by image.
+
+        Images whose prompts are of different kinds (boxes, or points of different counts) or whose
+        embeddings differ in shape are decoded image by image.
+
+        Args:
+            embeddings: one :class:`ImageEmbedding` per image.
+            prompts_list: one :class:`~lvlm.types.Prompts` per image, in its pixels.
+            multimask: keep the best of the decoder's 3 masks by predicted IoU.
+            batch_size: prompts per mask-decoder call.
+            threshold: overrides the family's mask threshold.
+        """
+        import torch
+
+        embeddings, prompts_list = list(embeddings), list(prompts_list)
+        if len(embeddings) != len(prompts_list):
+            raise ValueError(f"{len(embeddings)} embeddings but {len(prompts_list)} prompt sets")
+        tensors = [self.prompt_tensors(p, *e.original_size) for e, p in zip(embeddings, prompts_list)]
+
+        def kind(t):
+            boxes, points, _ = t
+            return (boxes is not None, None if points is None else tuple(points.shape[1:]))
+
+        if (
+            len(embeddings) < 2
+            or len({kind(t) for t in tensors}) > 1
+            or len({tuple(e.features.shape[1:]) for e in embeddings}) > 1
+        ):
+            return [
+                self.predict(e, p, multimask, batch_size, threshold) for e, p in zip(embeddings, prompts_list)
+            ]
+        counts = [len(t[0]) if t[0] is not None else len(t[1]) for t in tensors]
+
+        def cat(j):
+            return None if tensors[0][j] is None else torch.cat([t[j] for t in tensors])
+
+        index = torch.repeat_interleave(torch.arange(len(counts), device=self.device), torch.tensor(counts))
+        low, iou = decode_prompts(
+            self.model.prompt_encoder,
+            self.model.mask_decoder,
+            torch.cat([e.features for e in embeddings]),
+            cat(0),
+            cat(1),
+            cat(2),
+            multimask=multimask,
+            batch_size=batch_size,
+            image_index=index.to(self.device),
+            fast=self.fast_decoder,
+        )
+        out, start = [], 0
+        for e, n in zip(embeddings, counts):
+            h, w = e.original_size
+            rows = low[start : start + n]
+            masks = [
+                self.masks(rows[s : s + batch_size], h, w, threshold)[:, 0] for s in range(0, n, batch_size)
+            ]
+            empty = torch.zeros((0, h, w), dtype=torch.bool, device=low.device)
+            out.append((torch.cat(masks) if masks else empty, iou[start : start + n]))
+            start += n
+        return out
 
     def lowres_target(self, mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """The mask on the decoder's L x L low-res grid (bool, zero-padded) and the un-padded (h, w) there.

@@ -117,14 +117,28 @@ class SamFamilySegmenter(PromptedSegmenter):
         return self.adapter.embed_many([load_image(im) for im in images])
 
     def _decode(self, embedding: ImageEmbedding, prompts: Prompts, image: np.ndarray) -> Candidates:
-        masks, iou = self.adapter.predict(
-            embedding,
-            prompts,
-            multimask=use_multimask(self.multimask, prompts),
-            batch_size=self.batch_size,
-            threshold=self.threshold,
-        )
-        return Candidates(masks.cpu().numpy(), scores=iou.float().cpu().numpy(), source=self.source)
+        return self._decode_many([embedding], [prompts], [image])[0]
+
+    def _decode_many(
+        self, embeddings: list[ImageEmbedding], prompts_list: list[Prompts], images: list[np.ndarray]
+    ) -> list[Candidates]:
+        """The prompts of several images through shared mask-decoder calls (the adapter's ``predict_many``);
+        images that want a different ``multimask`` choice go in separate groups."""
+        out: list[Candidates | None] = [None] * len(embeddings)
+        groups: dict[bool, list[int]] = {}
+        for i, pr in enumerate(prompts_list):
+            groups.setdefault(use_multimask(self.multimask, pr), []).append(i)
+        for multimask, rows in groups.items():
+            got = self.adapter.predict_many(
+                [embeddings[i] for i in rows],
+                [prompts_list[i] for i in rows],
+                multimask=multimask,
+                batch_size=self.batch_size,
+                threshold=self.threshold,
+            )
+            for i, (masks, iou) in zip(rows, got):
+                out[i] = Candidates(masks.cpu().numpy(), scores=iou.float().cpu().numpy(), source=self.source)
+        return out
 
 
 def check_threshold(threshold: Any) -> float:
