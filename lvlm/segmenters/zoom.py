@@ -318,7 +318,9 @@ def segment_zoomed(segmenter, image: np.ndarray, prompts: Prompts, zoom: Any = T
 
     Args:
         segmenter: a prompted segmenter with ``_embed(image)`` and ``_decode(embedding, prompts, image)``
-            (every SAM-family segmenter of lvlm), optionally ``_embed_many(images)`` for batched encoding.
+            (every SAM-family segmenter of lvlm), optionally ``_embed_many(images)`` for batched encoding
+            and ``_decode_many(embeddings, prompts_list, images)`` for the prompts of all windows in shared
+            decoder calls.
         image: H x W x 3 uint8 RGB input image.
         prompts: K box and/or point prompts in the image's pixel frame (already validated and clipped).
         zoom: :class:`ZoomSettings`, or a value :func:`zoom_settings` accepts.
@@ -340,13 +342,19 @@ def segment_zoomed(segmenter, image: np.ndarray, prompts: Prompts, zoom: Any = T
     masks = np.zeros((k, h, w), bool)
     scores = np.zeros(k, np.float32)
     stability = None
-    for wi, (emb, crop, (x0, y0, x1, y1)) in enumerate(zip(embeddings, crops, windows)):
-        idx = np.flatnonzero(assign == wi)
-        if len(idx) == 0:
-            continue
-        cands = segmenter._decode(
-            emb, _shifted(prompts, idx, x0, y0, settings.box_margin, crop.shape[:2]), crop
-        )
+    used = [wi for wi in range(len(windows)) if np.any(assign == wi)]
+    rows = {wi: np.flatnonzero(assign == wi) for wi in used}
+    shifted = [
+        _shifted(prompts, rows[wi], windows[wi][0], windows[wi][1], settings.box_margin, crops[wi].shape[:2])
+        for wi in used
+    ]
+    many = getattr(segmenter, "_decode_many", None)
+    if many is not None:  # the prompts of all windows share decoder calls
+        decoded = many([embeddings[wi] for wi in used], shifted, [crops[wi] for wi in used])
+    else:
+        decoded = [segmenter._decode(embeddings[wi], pr, crops[wi]) for wi, pr in zip(used, shifted)]
+    for wi, cands in zip(used, decoded):
+        idx, (x0, y0, x1, y1) = rows[wi], windows[wi]
         masks[idx, y0:y1, x0:x1] = cands.masks
         scores[idx] = cands.scores
         if cands.stability is not None:
