@@ -320,18 +320,33 @@ def tones(color: str, n: int) -> list[str]:
     from matplotlib.colors import to_hex, to_rgb
 
     c = np.array(to_rgb(color))
-    return [to_hex(c * (1 - t) + t * np.ones(3) * 0.85 if t > 0 else c) for t in np.linspace(0, 0.55, n)]
+    return [to_hex(c * (1 - t) + 0.85 * t) for t in np.linspace(0, 0.55, n)]
 
 
 def input_tile(cv: Canvas, x: float, image: np.ndarray) -> None:
-    """The real input thumbnail."""
+    """The real input thumbnail.
+
+    Args:
+        cv: the canvas.
+        x: left edge of the tile.
+        image: the 256 x 256 uint8 crop.
+    """
     tax = cv.tile(x, True, "input (real):\nBBBC038 nuclei")
     vmax = float(np.percentile(image, 99.8))  # display contrast only
     tax.imshow(image, cmap="gray", vmin=0, vmax=vmax, extent=(0, 256, 256, 0), interpolation="lanczos")
 
 
 def diagram_mask_tile(cv: Canvas, x: float, masks: np.ndarray, color: str, caption: str, box=None) -> None:
-    """A schematic mask: the given blobs filled, the others faint (and the box prompt, dashed)."""
+    """A schematic mask: the given blobs filled, the others faint (and the box prompt, dashed).
+
+    Args:
+        cv: the canvas.
+        x: left edge of the tile.
+        masks: K x 256 x 256 booleans to fill.
+        color: their colour.
+        caption: the caption under the tile.
+        box: an xyxy box prompt to draw, or None.
+    """
     tax = cv.tile(x, False, caption)
     rest = blob_masks()
     faint = paint(rest, ["#DDDDDD"] * len(rest), 1.0)
@@ -340,7 +355,7 @@ def diagram_mask_tile(cv: Canvas, x: float, masks: np.ndarray, color: str, capti
         box_patch(tax, box, COLORS["prompter"], 1.2, "--")
 
 
-# -- the five families ------------------------------------------------------------------------------------
+# -- the five families: each takes the input crop and the detector data (see ``detector_data``) ------------
 def fig_clip_selection(image: np.ndarray, data: dict) -> Canvas:
     """CLIP selection: generator (everything mode) -> candidates -> CLIP selector -> mask."""
     cv = Canvas("CLIP selection (MedCLIP-SAM base)   config base/oa-vit-b_sam-vit-h")
