@@ -36,6 +36,7 @@ import torch
 from ..components import MaskGenerator, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
+from ..models.mask_decoding import decode_many, supports
 from ..registry import register
 from ..rle import encode_many
 from ..types import Candidates
@@ -597,6 +598,17 @@ class SamFastGenerator(FastAutomaticMaskGenerator):
         """``SamPredictor.predict_torch`` for a batch of single foreground points, without the upsampling."""
         model = self.model
         labels = torch.ones(len(in_points), 1, dtype=torch.int, device=in_points.device)
+        if self._ort_decoder is None and supports(model.mask_decoder):  # same function, less work
+            index = torch.zeros(len(in_points), dtype=torch.long, device=in_points.device)
+            return decode_many(
+                model.prompt_encoder,
+                model.mask_decoder,
+                state[0],
+                index,
+                points=in_points[:, None, :],
+                labels=labels,
+                multimask=self.multimask_output,
+            )
         sparse, dense = model.prompt_encoder(points=(in_points[:, None, :], labels), boxes=None, masks=None)
         if self._ort_decoder is not None:  # exported with a free number of points
             return self._ort_decoder(state[0], self._dense_pe, sparse)
