@@ -3,6 +3,7 @@ export cached on disk, clear errors and a torch fallback."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from lvlm.errors import ConfigError, LvlmError, MissingDependencyError
 from lvlm.models import onnx as lvlm_onnx
 from lvlm.models.onnx import OnnxModule, resolve_backend
-from lvlm.models.sam import build_litemedsam, build_sam, fuse_conv_bn
+from lvlm.models.sam import adapter_for, build_litemedsam, build_sam, fuse_conv_bn, onnx_encoder
 from lvlm.registry import build
 from lvlm.types import Prompts
 
@@ -47,13 +48,12 @@ def random_ort_model():
 def test_onnx_encoder_equals_the_shipped_torch_encoder(official_encoder, ort_model, random_ort_model):
     enc = ort_model.image_encoder
     assert isinstance(enc, OnnxModule)
-    x = torch.rand(
-        2, 3, 256, 256, generator=torch.Generator().manual_seed(3)
-    )  # batch 2: run one image at a time
+    assert enc.batched  # TinyViT exported with a dynamic batch axis: a batch is one session run
+    x = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(3))  # 3 different images
     with torch.no_grad():
         ref = official_encoder(x)
         out = enc(x)
-    assert out.shape == ref.shape == (2, 256, 64, 64)
+    assert out.shape == ref.shape == (3, 256, 64, 64)
     assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
     assert enc.img_size == 256  # attributes of the torch module stay readable (SamPredictor reads img_size)
     # the weights stay visible under the torch module's keys, so content hashes of the encoder (e.g. the
@@ -64,6 +64,81 @@ def test_onnx_encoder_equals_the_shipped_torch_encoder(official_encoder, ort_mod
     assert enc.state_dict().keys() == torch_model.image_encoder.state_dict().keys()
     assert encoder_fingerprint(ort_model) == encoder_fingerprint(torch_model)
     assert encoder_fingerprint(ort_model) != encoder_fingerprint(random_ort_model)
+
+
+class CountingSession:
+    """An ONNX Runtime session that records the batch size of each ``run``."""
+
+    def __init__(self, session):
+        self.session, self.batches = session, []
+
+    def run(self, outputs, feeds):
+        self.batches.append(len(feeds["input0"]))
+        return self.session.run(outputs, feeds)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_a_batch_of_images_is_one_session_run(ort_model):
+    """The SAM-family adapter's ``embed_many`` (segment_many, zoom crops) encodes its images in one run."""
+    from lvlm.io import load_image
+
+    img = load_image(EXAMPLE)
+    images = [img, img[::-1].copy(), img[:, ::-1].copy()]
+    adapter = adapter_for(ort_model, device="cpu")
+    enc = ort_model.image_encoder
+    enc.session = counting = CountingSession(enc.session)
+    try:
+        embs = adapter.embed_many(images)
+        alone = adapter.encode(images[2:])  # the same embedding as the image encoded on its own
+    finally:
+        enc.session = counting.session
+    assert counting.batches == [3, 1]
+    assert [e.features.shape for e in embs] == [(1, 256, 64, 64)] * 3
+    assert torch.allclose(embs[2].features, alone, atol=1e-4), (embs[2].features - alone).abs().max()
+
+
+def test_vit_encoder_batch_equals_torch_and_fixed_exports_still_run():
+    """SAM's ViT encoder exported with a batch axis gives torch's embeddings for a batch of 3 images in one
+    run; an export without one (a file cached by an earlier version) runs them one at a time."""
+    enc = build_sam("vit_tiny", None).image_encoder.eval()
+    size = int(enc.img_size)
+    x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = enc(x)
+    for mod, runs in (
+        (onnx_encoder(enc, "vit_tiny"), [3]),
+        (lvlm_onnx.onnx_module(enc, x[:1], "vit_tiny-fixed", batch_axis=False), [1, 1, 1]),
+    ):
+        assert mod.batched == (runs == [3])
+        mod.session = counting = CountingSession(mod.session)
+        out = mod(x)
+        assert counting.batches == runs
+        assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
+
+
+class LenBatch(torch.nn.Module):
+    """Reads its batch size with ``len(x)``, as TinyViT's ``PatchMerging`` does."""
+
+    def forward(self, x):
+        return x.reshape(len(x), 2, -1).sum(1)
+
+
+def test_batch_size_read_with_len_is_traced_else_the_export_falls_back(monkeypatch, tmp_path):
+    """``len(x)`` would trace the batch size as a constant; an export that fails the batch check is exported
+    again at batch 1, with a warning, and still gives torch's outputs."""
+    monkeypatch.setenv("LVLM_HOME", str(tmp_path))
+    m, x = LenBatch(), torch.rand(3, 4, 6)
+    mod = lvlm_onnx.onnx_module(m, x[:1], "len-batch")
+    assert mod.batched and torch.allclose(mod(x), m(x), atol=1e-6)
+    monkeypatch.setattr(lvlm_onnx, "_traced_len", lambda module: contextlib.nullcontext())
+    monkeypatch.setenv("LVLM_HOME", str(tmp_path / "again"))
+    with pytest.warns(UserWarning, match="batch axis differs from torch.*exported at batch 1"):
+        mod = lvlm_onnx.onnx_module(m, x[:1], "len-batch")
+    assert not mod.batched and torch.allclose(mod(x), m(x), atol=1e-6)
+    monkeypatch.setattr(lvlm_onnx, "export_bytes", None)  # cached as checked: later builds do not export
+    assert lvlm_onnx.onnx_module(m, x[:1], "len-batch").path == mod.path
 
 
 def test_segmenter_masks_same_with_both_backends():
@@ -117,10 +192,10 @@ def test_damaged_cache_file_is_exported_again(tmp_path, monkeypatch):
     monkeypatch.setenv("LVLM_HOME", str(tmp_path))
     enc = fuse_conv_bn(build_litemedsam(checkpoint="random").image_encoder)
     x = torch.zeros(1, 3, 256, 256)
-    first = lvlm_onnx.onnx_module(enc, x, "test-encoder")
+    first = lvlm_onnx.onnx_module(enc, x, "test-encoder", batch_axis=False)  # the cache, not the batch axis
     first.path.write_bytes(first.path.read_bytes()[:1000])  # e.g. an interrupted copy
     with pytest.warns(UserWarning, match="could not load the cached .*exporting it again"):
-        again = lvlm_onnx.onnx_module(enc, x, "test-encoder")
+        again = lvlm_onnx.onnx_module(enc, x, "test-encoder", batch_axis=False)
     assert again.path == first.path and again.path.stat().st_size > 1000
     with torch.no_grad():
         assert torch.allclose(again(x), enc(x), atol=1e-4)
@@ -151,7 +226,7 @@ def test_unwritable_cache_warns_and_still_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("LVLM_HOME", str(blocker))  # onnx/ cannot be created under a file
     enc = fuse_conv_bn(build_litemedsam(checkpoint="random").image_encoder)
     with pytest.warns(UserWarning, match="could not cache the ONNX export"):
-        mod = lvlm_onnx.onnx_module(enc, torch.zeros(1, 3, 256, 256), "test-encoder")
+        mod = lvlm_onnx.onnx_module(enc, torch.zeros(1, 3, 256, 256), "test-encoder", batch_axis=False)
     assert mod.path is None
     x = torch.rand(1, 3, 256, 256)
     with torch.no_grad():

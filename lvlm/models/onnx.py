@@ -6,6 +6,18 @@ versions, so later processes skip the export (a few seconds for LiteMedSAM's enc
 ``torch.nn.Module`` that takes and returns CPU tensors, so it drops in where the torch module was
 (``model.image_encoder = onnx_module(model.image_encoder, ...)``).
 
+A one-input module (an image encoder) is exported with a dynamic batch axis, so a batch of B images is one
+``session.run`` (ONNX Runtime's kernels then work on B images at once, as torch's do). The legacy (TorchScript
+tracing) exporter records every size a module reads with ``x.shape`` as a graph value, but Python's ``len(x)``
+turns the traced batch size into a constant: TinyViT's ``PatchMerging`` reads its batch size that way, so a
+plain export reshapes every batch to the example's. During the export ``len`` of a tensor is therefore traced
+as ``x.shape[0]`` in the modules that define the exported classes (:func:`_traced_len`), the example is traced
+at batch 2 and the new export is checked on a batch of 1 against torch's output as traced: a batch size
+still baked into the graph is then 2, which a batch of 1 does not fit (a wrong shape, an error or other
+values). An export that fails the check is replaced by a fixed batch-1 one (run one image at a time, with a
+warning). Exports without a batch axis (files cached by earlier versions, modules of several inputs) run one
+example per run as before.
+
 Why: on CPUs ONNX Runtime's convolution kernels (fused convolution + activation, blocked memory layouts)
 run LiteMedSAM's TinyViT encoder faster than eager torch, with the same embedding to 1.3e-6 (figures in
 docs/performance.md, ``benchmarks/encoder_speed.py --model litemedsam``).
@@ -13,6 +25,7 @@ docs/performance.md, ``benchmarks/encoder_speed.py --model litemedsam``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import warnings
@@ -94,6 +107,51 @@ def _examples(example) -> tuple:
     return tuple(example) if isinstance(example, (tuple, list)) else (example,)
 
 
+#: the dynamic axes of a one-input module exported with a batch axis (the outputs' names are the exporter's,
+#: so their batch axes follow from the input's)
+BATCH_AXES = {"input0": {0: "batch"}}
+#: the batch sizes of the check of a batch-axis export (traced at batch 2) against torch's output as traced:
+#: 1 catches a batch size baked into the graph for one ONNX Runtime run (tests/test_onnx.py compares batches
+#: of 3 with torch)
+CHECK_BATCHES = (1,)
+
+
+@contextlib.contextmanager
+def _traced_len(module):
+    """While the block runs, ``len(x)`` of a tensor in the code of ``module``'s classes is ``x.shape[0]``.
+
+    Under the tracing exporter ``x.shape[0]`` is a traced value, whereas Python's ``len`` converts it to an
+    int, i.e. a constant in the graph (TinyViT's ``PatchMerging``: ``B = len(x); x.view(B, H, W, -1)``). Each
+    module (Python file) that defines a class of ``module``'s submodules and has no ``len`` of its own gets a
+    module-level ``len`` for the block only; torch's own modules are left alone. Outside tracing the
+    replacement returns what ``len`` returns.
+
+    Args:
+        module: the torch module about to be exported.
+    """
+    import builtins
+    import sys
+
+    def traced_len(obj):
+        if isinstance(obj, torch.Tensor) and obj.dim() > 0:
+            return obj.shape[0]
+        return builtins.len(obj)
+
+    patched = []
+    for name in sorted({type(m).__module__ for m in module.modules()}):
+        mod = sys.modules.get(name)
+        if mod is None or name.split(".")[0] == "torch" or "len" in vars(mod):
+            continue
+        mod.len = traced_len
+        patched.append(mod)
+    try:
+        yield
+    finally:
+        for mod in patched:
+            if vars(mod).get("len") is traced_len:
+                del mod.len
+
+
 def _digest(module, example, opset: int, dynamic_axes: dict | None = None) -> str:
     """Key of an export: class, the versions of the packages of all its submodules' classes, lvlm's, torch's,
     opset, input shapes, dynamic axes, ``module.onnx_key`` (settings that change the graph but are no
@@ -118,9 +176,9 @@ def export_bytes(module, example, opset: int = OPSET, dynamic_axes: dict | None 
     """The ONNX model of ``module`` traced on ``example`` (a tensor or a tuple of tensors), as bytes.
 
     Inputs are named ``input0``, ``input1``, ... (outputs are read in order); shapes are fixed to the
-    example's (TinyViT's reshapes trace the batch size as a constant: :class:`OnnxModule` runs larger
-    batches of a one-input module one example at a time) except the ``dynamic_axes`` given, as
-    ``{"input2": {0: "n"}}``.
+    example's except the ``dynamic_axes`` given, as ``{"input2": {0: "n"}}`` (``len(x)`` of a tensor is
+    traced as ``x.shape[0]``: :func:`_traced_len`). Whether a dynamic axis really is dynamic in the graph is
+    not checked here (:func:`onnx_module` checks the batch axis it asks for).
 
     Args:
         module: the torch module (eval mode, CPU).
@@ -138,7 +196,7 @@ def export_bytes(module, example, opset: int = OPSET, dynamic_axes: dict | None 
         warnings.simplefilter(
             "ignore"
         )  # the exporter's deprecation and tracer notes are not the user's concern
-        with torch.no_grad():
+        with torch.no_grad(), _traced_len(module):
             torch.onnx.export(
                 module,
                 examples,
@@ -173,9 +231,11 @@ def _write_cached(path: Path, data: bytes) -> bool:
 
 
 class OnnxModule(torch.nn.Module):
-    """A ``torch.nn.Module`` whose forward runs an ONNX Runtime session (CPU, float32 in, float32 out; input
-    shapes are the export example's: with one input, a batch of several runs one example at a time; with
-    several, the caller gives the exported shapes).
+    """A ``torch.nn.Module`` whose forward runs an ONNX Runtime session (CPU, float32 in, float32 out).
+
+    With one input, any batch size: one ``session.run`` for the whole batch when the export has a dynamic
+    batch axis (:attr:`batched`), else one run per example; with several inputs, the caller gives the
+    exported shapes.
 
     ``torch_module`` keeps the original module; ``state_dict`` gives its weights under its own keys (so
     content hashes of the encoder are the same as the torch module's: for TinyViT, the folded one); loading a
@@ -204,6 +264,11 @@ class OnnxModule(torch.nn.Module):
             self, "torch_module", torch_module
         )  # kept, not a submodule: see _save_to_state_dict
         self.train(False)
+
+    @property
+    def batched(self) -> bool:
+        """True when the export's first input has a dynamic batch axis (a batch is one ``session.run``)."""
+        return not isinstance(self.session.get_inputs()[0].shape[0], int)
 
     def _session(self, model_bytes: bytes | None = None):
         ort = require("onnxruntime", "encoder_backend: onnxruntime")
@@ -271,14 +336,16 @@ class OnnxModule(torch.nn.Module):
             res = tuple(torch.from_numpy(o) for o in outs)
             return res[0] if len(res) == 1 else res
         x = arrays[0]
-        outs = [self.session.run(None, {"input0": x[i : i + 1]})[0] for i in range(x.shape[0])]
-        if not outs:  # an empty batch: the output shape of one example, zero rows
+        if x.shape[0] == 0:  # an empty batch: the output shape of one example, zero rows
             meta = self.session.get_outputs()[0]
             return torch.zeros((0, *meta.shape[1:]), dtype=torch.float32)
+        if self.batched:
+            return torch.from_numpy(self.session.run(None, {"input0": x})[0])
+        outs = [self.session.run(None, {"input0": x[i : i + 1]})[0] for i in range(x.shape[0])]
         return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))
 
     def extra_repr(self) -> str:
-        return f"onnxruntime, threads={self.threads}, file={self.path}"
+        return f"onnxruntime, threads={self.threads}, batched={self.batched}, file={self.path}"
 
 
 def onnx_module(
@@ -288,12 +355,18 @@ def onnx_module(
     threads: int | None = None,
     opset: int = OPSET,
     dynamic_axes: dict | None = None,
+    batch_axis: bool | None = None,
 ) -> OnnxModule:
     """``module`` (eval mode, CPU) as an :class:`OnnxModule`, exported on ``example`` (``dynamic_axes``: see
     :func:`export_bytes`).
 
     The export is cached in ``$LVLM_HOME/onnx/{name}-{digest}.onnx``; a cached file that ONNX Runtime cannot
     load (an interrupted copy) is exported again, with a warning. Errors are :class:`~lvlm.errors.LvlmError`.
+
+    With ``batch_axis`` the one input and the outputs get a dynamic batch axis (``BATCH_AXES``), so a batch is
+    one ``session.run``: the first row of ``example`` is traced at batch 2 and the new export is checked
+    against torch's output as traced on batches of ``CHECK_BATCHES``; an export that fails the check is
+    exported again at batch 1 (one run per example), with a warning, and cached as such.
 
     Args:
         module: the torch module (eval mode, CPU).
@@ -302,11 +375,19 @@ def onnx_module(
         threads: ONNX Runtime's intra-op threads (None: ``torch.get_num_threads()``).
         opset: the ONNX opset version.
         dynamic_axes: see :func:`export_bytes`.
+        batch_axis: export with a dynamic batch axis; None: for a one-input module given no ``dynamic_axes``.
     """
     if isinstance(module, OnnxModule):
         raise LvlmError(f"{name} already runs in ONNX Runtime; use it as it is")
     module = module.eval()
     n_in = len(_examples(example))
+    if batch_axis is None:
+        batch_axis = n_in == 1 and dynamic_axes is None
+    if batch_axis:
+        if n_in != 1 or dynamic_axes is not None:
+            raise LvlmError(f"{name}: batch_axis is for a module of one input and no other dynamic axes")
+        x = _examples(example)[0]
+        example, dynamic_axes = torch.cat([x[:1], x[:1]]), BATCH_AXES
     path = cache_dir() / "onnx" / f"{name}-{_digest(module, example, opset, dynamic_axes)}.onnx"
     data = _read_cached(path)
     if data is not None:
@@ -317,6 +398,26 @@ def onnx_module(
                 f"ONNX Runtime could not load the cached {path} ({type(exc).__name__}); exporting it again",
                 stacklevel=2,
             )
+    data, module_, traced = _export_and_load(module, example, opset, dynamic_axes, threads, n_in, name)
+    if batch_axis:
+        why = _batch_mismatch(module_, module, example, traced)
+        if why is not None:
+            warnings.warn(
+                f"the ONNX export of {name} with a batch axis {why}; exported at batch 1 instead "
+                "(one session run per image)",
+                stacklevel=2,
+            )
+            data, module_, _ = _export_and_load(module, example[:1], opset, None, threads, n_in, name)
+    if _write_cached(path, data):
+        module_.path, module_.model_bytes = path, None  # the session has its copy; copies read the file
+    return module_
+
+
+def _export_and_load(module, example, opset, dynamic_axes, threads, n_in: int, name: str):
+    """(bytes, :class:`OnnxModule`, torch's output on ``example`` as traced or None) of a new export; errors
+    are :class:`~lvlm.errors.LvlmError`."""
+    traced = []  # the tracer runs the forward on the example: its output is the check's reference
+    hook = module.register_forward_hook(lambda mod, args, out: traced.append(out))
     try:
         data = export_bytes(module, example, opset, dynamic_axes)
     except LvlmError:
@@ -325,16 +426,48 @@ def onnx_module(
         raise LvlmError(
             f"exporting {name} to ONNX failed ({type(exc).__name__}: {exc}); use the torch backend"
         ) from exc
+    finally:
+        hook.remove()
     try:
-        module_ = _checked(OnnxModule(module, data, threads, None), n_in, name)
+        mod = _checked(OnnxModule(module, data, threads, None), n_in, name)
     except Exception as exc:
         raise LvlmError(
             f"ONNX Runtime could not load the export of {name} ({type(exc).__name__}: {exc}); "
             "use the torch backend"
         ) from exc
-    if _write_cached(path, data):
-        module_.path, module_.model_bytes = path, None  # the session has its copy; copies read the file
-    return module_
+    return data, mod, (traced[-1] if traced else None)
+
+
+def _batch_mismatch(mod: OnnxModule, module, example, traced=None) -> str | None:
+    """None when ``mod``, a batch-axis export of ``module`` traced on ``example`` (batch 2), gives torch's
+    outputs on the first rows of ``example`` for each batch size in ``CHECK_BATCHES`` (one ``session.run``
+    each), else what is wrong.
+
+    Args:
+        mod: the new export.
+        module: the torch module.
+        example: the example it was traced on.
+        traced: ``module``'s output on ``example`` recorded during the export (None: computed here).
+    """
+    if not mod.batched:
+        return "has a fixed batch size"
+    x = torch.cat([example] * -(-max(CHECK_BATCHES) // len(example)))  # enough rows of the traced example
+    if traced is None or max(CHECK_BATCHES) > len(example):
+        with torch.no_grad():
+            traced = module(x)
+    refs = tuple(traced) if isinstance(traced, (tuple, list)) else (traced,)
+    for b in CHECK_BATCHES:
+        try:
+            outs = mod.session.run(None, {"input0": x[:b].to(torch.float32).numpy()})
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            return f"fails on a batch of {b} ({type(exc).__name__})"
+        if len(outs) != len(refs):
+            return f"has {len(outs)} outputs, not {len(refs)}"
+        for out, r in zip(outs, refs):
+            r = r[:b].detach().to(torch.float32).numpy()
+            if out.shape != r.shape or np.abs(out - r).max() > 1e-3 * max(1.0, float(np.abs(r).max())):
+                return f"differs from torch on a batch of {b}"
+    return None
 
 
 def _checked(mod: OnnxModule, n_inputs: int, name: str) -> OnnxModule:
