@@ -85,15 +85,24 @@ def _token_attention(attn, q, k, v):
 
 def _image_attention(attn, q, k, v):
     """An ``Attention`` module's attention of many image queries (B x HW x Ci) on a few token keys and
-    values (B x T x Ci): the scores are built transposed (B x heads x T x HW), normalised over the short T
-    axis."""
+    values (B x T x Ci), output projection included.
+
+    The scores are built transposed (B x heads x T x HW) and normalised over the short T axis; the output
+    projection is applied to the values first (per head: T x C), so the image side needs one product with
+    inner size heads x T and no head merge."""
     import torch
 
     n = attn.num_heads
     qh, kh, vh = _heads(q, n), _heads(k, n), _heads(v, n)
-    scores = torch.matmul(kh, qh.transpose(-1, -2)) * (1.0 / math.sqrt(qh.shape[-1]))
-    weights = torch.softmax(scores, dim=-2)
-    return attn.out_proj(_merge_heads(torch.matmul(weights.transpose(-1, -2), vh)))
+    b, _, t, d = kh.shape
+    hw = q.shape[1]
+    scores = torch.matmul(kh, qh.transpose(-1, -2)) * (1.0 / math.sqrt(d))  # B n T HW
+    weights = torch.softmax(scores, dim=-2).reshape(b, n * t, hw)
+    w_out = attn.out_proj.weight  # C x Ci, Ci = n d
+    c = w_out.shape[0]
+    values = torch.matmul(vh, w_out.view(c, n, d).permute(1, 2, 0)).reshape(b, n * t, c)  # B (n T) C
+    out = torch.bmm(weights.transpose(1, 2), values)
+    return out + attn.out_proj.bias if attn.out_proj.bias is not None else out
 
 
 def _conv_t2(conv, x, h: int, w: int):
