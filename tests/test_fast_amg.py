@@ -23,9 +23,9 @@ from lvlm.generators.amg_utils import (
     boxes_from_projections,
     label_components,
     remove_small_regions_batched,
-    sam_postprocess_masks,
 )
 from lvlm.generators.sam_fast import SamFastGenerator
+from lvlm.models.mask_decoding import sam_postprocess_masks
 from lvlm.models.sam import build_sam
 from lvlm.registry import available, build
 from lvlm.testing import point_local_sam

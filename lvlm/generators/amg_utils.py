@@ -1,50 +1,19 @@
 """Batched mask utilities of the everything-mode engine (:mod:`lvlm.generators.sam_fast`), the batched
 counterparts of ``segment_anything.utils.amg`` (same results, on N masks at once, on the masks' device):
 
-- :func:`sam_postprocess_masks`: ``Sam.postprocess_masks`` without the upsampled rows / columns the crop
-  drops;
 - :func:`boxes_from_projections`: ``batched_mask_to_box`` from row / column occupancy;
 - :func:`remove_small_regions_batched`: ``remove_small_regions`` (holes, then islands) on a stack of masks;
 - :func:`components` / :func:`label_components`: 8-connected components of a stack (scipy or torch).
 
 Pure functions of tensors; tests/test_fast_amg.py pins each against segment_anything's function of the same
-job (``batched_mask_to_box``, ``remove_small_regions``, ``Sam.postprocess_masks``) or scipy.
+job (``batched_mask_to_box``, ``remove_small_regions``) or scipy. ``Sam.postprocess_masks`` without the
+upsampled rows / columns the crop drops is :func:`lvlm.models.mask_decoding.sam_postprocess_masks`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import numpy as np
 import torch
-
-
-def sam_postprocess_masks(
-    masks: torch.Tensor, img_size: int, input_size: Sequence[int], original_size: Sequence[int]
-) -> torch.Tensor:
-    """``segment_anything.modeling.Sam.postprocess_masks`` that skips the rows and columns of the first
-    upsampling which the crop to ``input_size`` drops: bit-identical output (the first resize keeps its exact
-    1:4 scale and every kept pixel its two source rows / columns), less work on non-square images.
-
-    Args:
-        masks: B x C x h x w low-resolution mask logits.
-        img_size: the model's square input size (1024 for SAM).
-        input_size: ``(h, w)`` of the resized image inside the padded input.
-        original_size: ``(H, W)`` of the original image.
-    """
-    import torch.nn.functional as F
-
-    lh, lw = masks.shape[-2:]
-    fh, fw = img_size // lh, img_size // lw
-    if fh * lh != img_size or fw * lw != img_size:  # not an integer factor: do exactly what SAM does
-        m = F.interpolate(masks, (img_size, img_size), mode="bilinear", align_corners=False)
-    else:
-        kh = min(lh, math.ceil(input_size[0] / fh) + 1)
-        kw = min(lw, math.ceil(input_size[1] / fw) + 1)
-        m = F.interpolate(masks[..., :kh, :kw], (kh * fh, kw * fw), mode="bilinear", align_corners=False)
-    m = m[..., : input_size[0], : input_size[1]]
-    return F.interpolate(m, tuple(original_size), mode="bilinear", align_corners=False)
 
 
 def boxes_from_projections(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -36,12 +36,12 @@ import torch
 from ..components import MaskGenerator, resolve_device
 from ..errors import ConfigError
 from ..io import load_image
-from ..models.mask_decoding import decode_many, supports
+from ..models.mask_decoding import decode_many, sam_postprocess_masks, supports
 from ..registry import register
 from ..rle import encode_many
 from ..types import Candidates
 from .amg_settings import AmgSettings, check_positive_int
-from .amg_utils import boxes_from_projections, remove_small_regions_batched, sam_postprocess_masks
+from .amg_utils import boxes_from_projections, remove_small_regions_batched
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 

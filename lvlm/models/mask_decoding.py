@@ -22,9 +22,10 @@ structure. Inference only (no mask prompt); training keeps the official forward.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["decode_many", "supports"]
+__all__ = ["decode_many", "sam_postprocess_masks", "supports"]
 
 _BLOCK_PARTS = ("self_attn", "cross_attn_token_to_image", "cross_attn_image_to_token", "mlp", "norm4")
 _DECODER_PARTS = (
@@ -208,3 +209,31 @@ def decode_many(
     chosen = list(range(1, dec.num_mask_tokens)) if multimask else [0]
     hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, 1 + i]) for i in chosen], dim=1)
     return _upscaled_masks(dec, keys, hyper, h, w), iou[:, chosen]
+
+
+def sam_postprocess_masks(masks: Any, img_size: int, input_size: Sequence[int], original_size: Sequence[int]):
+    """``segment_anything.modeling.Sam.postprocess_masks`` that skips the rows and columns of the first
+    upsampling which the crop to ``input_size`` drops: bit-identical output (the first resize keeps its exact
+    1:4 scale and every kept pixel its two source rows / columns), less work on non-square images.
+
+    Args:
+        masks: B x C x h x w low-resolution mask logits.
+        img_size: the model's square input size (1024 for SAM).
+        input_size: ``(h, w)`` of the resized image inside the padded input.
+        original_size: ``(H, W)`` of the original image.
+    """
+    import torch.nn.functional as F
+
+    lh, lw = masks.shape[-2:]
+    if lh == img_size and lw == img_size:  # already at the input size (LiteMedSAM): crop, resize
+        m = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(m, tuple(original_size), mode="bilinear", align_corners=False)
+    fh, fw = img_size // lh, img_size // lw
+    if fh * lh != img_size or fw * lw != img_size:  # not an integer factor: do exactly what SAM does
+        m = F.interpolate(masks, (img_size, img_size), mode="bilinear", align_corners=False)
+    else:
+        kh = min(lh, math.ceil(input_size[0] / fh) + 1)
+        kw = min(lw, math.ceil(input_size[1] / fw) + 1)
+        m = F.interpolate(masks[..., :kh, :kw], (kh * fh, kw * fw), mode="bilinear", align_corners=False)
+    m = m[..., : input_size[0], : input_size[1]]
+    return F.interpolate(m, tuple(original_size), mode="bilinear", align_corners=False)

@@ -752,13 +752,9 @@ class SamFamilyAdapter:
             h: image height in pixels.
             w: image width in pixels.
         """
-        import torch.nn.functional as F
+        from .mask_decoding import sam_postprocess_masks
 
-        nh, nw = self.input_size(h, w)
-        x = low
-        if low.shape[-1] != self.img_size or low.shape[-2] != self.img_size:
-            x = F.interpolate(low, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
-        return F.interpolate(x[..., :nh, :nw], (h, w), mode="bilinear", align_corners=False)
+        return sam_postprocess_masks(low, self.img_size, self.input_size(h, w), (h, w))
 
     def masks(self, low, h: int, w: int, threshold: float | None = None):
         """Bool masks at H x W from low-res logits, thresholded as the family's reference does.
@@ -937,6 +933,10 @@ class SamAdapter(SamFamilyAdapter):
         return boxes, points, labels
 
     def postprocess(self, low, h: int, w: int):
+        from segment_anything.modeling import Sam
+
+        if getattr(type(self.model), "postprocess_masks", None) is Sam.postprocess_masks:
+            return super().postprocess(low, h, w)  # the same values, without the rows the crop drops
         return self.model.postprocess_masks(low, tuple(self.input_size(h, w)), (h, w))
 
 
