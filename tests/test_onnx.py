@@ -101,17 +101,21 @@ def test_a_batch_of_images_is_one_session_run(ort_model):
 
 def test_vit_encoder_batch_equals_torch_and_fixed_exports_still_run():
     """SAM's ViT encoder exported with a batch axis gives torch's embeddings for a batch of 3 images in one
-    run; an export without one (a file cached by an earlier version) runs them one at a time."""
+    run (or in runs of ``max_batch``); an export without one (a file cached by an earlier version) runs them
+    one at a time."""
     enc = build_sam("vit_tiny", None).image_encoder.eval()
     size = int(enc.img_size)
     x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ref = enc(x)
+    in_twos = onnx_encoder(enc, "vit_tiny")
+    in_twos.max_batch = 2
     for mod, runs in (
         (onnx_encoder(enc, "vit_tiny"), [3]),
+        (in_twos, [2, 1]),
         (lvlm_onnx.onnx_module(enc, x[:1], "vit_tiny-fixed", batch_axis=False), [1, 1, 1]),
     ):
-        assert mod.batched == (runs == [3])
+        assert mod.batched == (runs != [1, 1, 1])
         mod.session = counting = CountingSession(mod.session)
         out = mod(x)
         assert counting.batches == runs

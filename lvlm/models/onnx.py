@@ -234,8 +234,8 @@ class OnnxModule(torch.nn.Module):
     """A ``torch.nn.Module`` whose forward runs an ONNX Runtime session (CPU, float32 in, float32 out).
 
     With one input, any batch size: one ``session.run`` for the whole batch when the export has a dynamic
-    batch axis (:attr:`batched`), else one run per example; with several inputs, the caller gives the
-    exported shapes.
+    batch axis (:attr:`batched`; at most ``max_batch`` rows per run when that attribute is set), else one run
+    per example; with several inputs, the caller gives the exported shapes.
 
     ``torch_module`` keeps the original module; ``state_dict`` gives its weights under its own keys (so
     content hashes of the encoder are the same as the torch module's: for TinyViT, the folded one); loading a
@@ -257,6 +257,7 @@ class OnnxModule(torch.nn.Module):
     ):
         super().__init__()
         self.threads = int(threads or torch.get_num_threads())
+        self.max_batch: int | None = None  # rows per session.run of a batched export; None: the whole batch
         self.path = path
         self.model_bytes = None if path is not None else model_bytes  # a cached file is read again by a copy
         self.session = self._session(model_bytes)
@@ -339,9 +340,9 @@ class OnnxModule(torch.nn.Module):
         if x.shape[0] == 0:  # an empty batch: the output shape of one example, zero rows
             meta = self.session.get_outputs()[0]
             return torch.zeros((0, *meta.shape[1:]), dtype=torch.float32)
-        if self.batched:
-            return torch.from_numpy(self.session.run(None, {"input0": x})[0])
-        outs = [self.session.run(None, {"input0": x[i : i + 1]})[0] for i in range(x.shape[0])]
+        n = x.shape[0]
+        step = (n if self.max_batch is None else max(1, int(self.max_batch))) if self.batched else 1
+        outs = [self.session.run(None, {"input0": x[s : s + step]})[0] for s in range(0, n, step)]
         return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))
 
     def extra_repr(self) -> str:
