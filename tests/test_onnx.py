@@ -85,18 +85,18 @@ def test_a_batch_of_images_is_one_session_run(ort_model):
     from lvlm.io import load_image
 
     img = load_image(EXAMPLE)
-    images = [img, img[::-1].copy(), img[:, ::-1].copy()]
+    images = [img, img[::-1].copy()]
     adapter = adapter_for(ort_model, device="cpu")
     enc = ort_model.image_encoder
     enc.session = counting = CountingSession(enc.session)
     try:
         embs = adapter.embed_many(images)
-        alone = adapter.encode(images[2:])  # the same embedding as the image encoded on its own
+        alone = adapter.encode(images[1:])  # the same embedding as the image encoded on its own
     finally:
         enc.session = counting.session
-    assert counting.batches == [3, 1]
-    assert [e.features.shape for e in embs] == [(1, 256, 64, 64)] * 3
-    assert torch.allclose(embs[2].features, alone, atol=1e-4), (embs[2].features - alone).abs().max()
+    assert counting.batches == [2, 1]
+    assert [e.features.shape for e in embs] == [(1, 256, 64, 64)] * 2
+    assert torch.allclose(embs[1].features, alone, atol=1e-4), (embs[1].features - alone).abs().max()
 
 
 def test_vit_encoder_batch_equals_torch_and_fixed_exports_still_run():
