@@ -9,8 +9,9 @@ decoder in ``tests/test_mask_decoding.py``) with four changes:
 - the first block's image-side projections (the keys and values of the token-to-image attention and the
   queries of the image-to-token attention) do not depend on the prompt when no mask is given, so they are
   computed once per image instead of once per prompt;
-- the image-to-token attention (many image queries, a handful of token keys) takes its softmax over the token
-  axis of the transposed scores, so the reduction runs over a short axis of a contiguous tensor;
+- the image-to-token attention (many image queries, a handful of token keys) builds its scores transposed
+  from block-diagonal keys (no per-head copy of the image queries), takes the softmax over the short token
+  axis, and applies the output projection to the token values before the product with the weights;
 - the image tokens stay in one (B, HW, C) layout, and the upscaling's two stride-2 transposed convolutions run
   as matrix products on that layout; only the selected masks' hypernetwork outputs are computed.
 
@@ -88,16 +89,21 @@ def _image_attention(attn, q, k, v):
     """An ``Attention`` module's attention of many image queries (B x HW x Ci) on a few token keys and
     values (B x T x Ci), output projection included.
 
-    The scores are built transposed (B x heads x T x HW) and normalised over the short T axis; the output
-    projection is applied to the values first (per head: T x C), so the image side needs one product with
-    inner size heads x T and no head merge."""
+    The scores are built transposed (B x heads x T x HW), from block-diagonal keys so the image queries are
+    used as they are, and normalised over the short T axis; the output projection is applied to the values
+    first (per head: T x C), so the image side needs one product with inner size heads x T and no head
+    merge."""
     import torch
 
     n = attn.num_heads
-    qh, kh, vh = _heads(q, n), _heads(k, n), _heads(v, n)
+    kh, vh = _heads(k, n), _heads(v, n)
     b, _, t, d = kh.shape
     hw = q.shape[1]
-    scores = torch.matmul(kh, qh.transpose(-1, -2)) * (1.0 / math.sqrt(d))  # B n T HW
+    # the keys of head h only in head h's columns (B x (n T) x Ci): all heads' scores in one product with the
+    # B x HW x Ci queries as they are (no per-head copy of the large side)
+    eye = torch.eye(n, dtype=k.dtype, device=k.device)
+    blocks = (kh[:, :, :, None, :] * eye[None, :, None, :, None]).reshape(b, n * t, n * d)
+    scores = torch.bmm(blocks, q.transpose(1, 2)).view(b, n, t, hw) * (1.0 / math.sqrt(d))
     weights = torch.softmax(scores, dim=-2).reshape(b, n * t, hw)
     w_out = attn.out_proj.weight  # C x Ci, Ci = n d
     c = w_out.shape[0]
