@@ -136,6 +136,9 @@ def test_batch_size_read_with_len_is_traced_else_the_export_falls_back(monkeypat
     m, x = LenBatch(), torch.rand(3, 4, 6)
     mod = lvlm_onnx.onnx_module(m, x[:1], "len-batch")
     assert mod.batched and torch.allclose(mod(x), m(x), atol=1e-6)
+    # a batch-1 export of the same module (as earlier versions cached it) has its own file
+    fixed = lvlm_onnx.onnx_module(m, x[:1], "len-batch", batch_axis=False)
+    assert not fixed.batched and fixed.path != mod.path and torch.allclose(fixed(x), m(x), atol=1e-6)
     monkeypatch.setattr(lvlm_onnx, "_traced_len", lambda module: contextlib.nullcontext())
     monkeypatch.setenv("LVLM_HOME", str(tmp_path / "again"))
     with pytest.warns(UserWarning, match="batch axis differs from torch.*exported at batch 1"):
