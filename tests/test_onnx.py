@@ -81,19 +81,25 @@ class CountingSession:
 
 
 def test_a_batch_of_images_is_one_session_run(ort_model):
-    """The SAM-family adapter's ``embed_many`` (segment_many, zoom crops) encodes its images in one run."""
+    """The SAM-family adapter's ``embed_many`` (segment_many, zoom crops) encodes its images in one run with
+    ``max_batch`` None, one run per image by default."""
     from lvlm.io import load_image
 
     img = load_image(EXAMPLE)
     images = [img, img[::-1].copy()]
     adapter = adapter_for(ort_model, device="cpu")
     enc = ort_model.image_encoder
+    assert enc.max_batch == 1
     enc.session = counting = CountingSession(enc.session)
     try:
+        adapter.embed_many(images)
+        assert counting.batches == [1, 1]
+        counting.batches.clear()
+        enc.max_batch = None
         embs = adapter.embed_many(images)
         alone = adapter.encode(images[1:])  # the same embedding as the image encoded on its own
     finally:
-        enc.session = counting.session
+        enc.session, enc.max_batch = counting.session, 1
     assert counting.batches == [2, 1]
     assert [e.features.shape for e in embs] == [(1, 256, 64, 64)] * 2
     assert torch.allclose(embs[1].features, alone, atol=1e-4), (embs[1].features - alone).abs().max()
@@ -108,14 +114,15 @@ def test_vit_encoder_batch_equals_torch_and_fixed_exports_still_run():
     x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ref = enc(x)
-    in_twos = onnx_encoder(enc, "vit_tiny")
-    in_twos.max_batch = 2
-    for mod, runs in (
-        (onnx_encoder(enc, "vit_tiny"), [3]),
-        (in_twos, [2, 1]),
-        (lvlm_onnx.onnx_module(enc, x[:1], "vit_tiny-fixed", batch_axis=False), [1, 1, 1]),
+    whole, in_twos = onnx_encoder(enc, "vit_tiny"), onnx_encoder(enc, "vit_tiny")
+    whole.max_batch, in_twos.max_batch = None, 2
+    for mod, runs, batched in (
+        (whole, [3], True),
+        (in_twos, [2, 1], True),
+        (onnx_encoder(enc, "vit_tiny"), [1, 1, 1], True),  # the default: one image per run
+        (lvlm_onnx.onnx_module(enc, x[:1], "vit_tiny-fixed", batch_axis=False), [1, 1, 1], False),
     ):
-        assert mod.batched == (runs != [1, 1, 1])
+        assert mod.batched == batched
         mod.session = counting = CountingSession(mod.session)
         out = mod(x)
         assert counting.batches == runs

@@ -125,7 +125,29 @@ def _conv_t2(conv, x, h: int, w: int):
     return F.linear(x.reshape(b, h * w, -1), mat, bias).view(b, h, w, 2, 2, cout)
 
 
+#: image-side floats per chunk of the upscaling (a chunk's largest tensor: prompts x 16 h w x C/8)
+UPSCALE_CHUNK_FLOATS = 1 << 21
+
+
 def _upscaled_masks(decoder, keys, hyper, h: int, w: int):
+    """``output_upscaling`` of the image tokens (B x HW x C), then the masks ``hyper`` (B x M x C/8) picks,
+    in chunks of prompts whose upscaled tensors stay near ``UPSCALE_CHUNK_FLOATS`` floats (large decoders
+    upscale each prompt to 8 MB; whole batches of them would leave every cache)."""
+    import torch
+
+    per_prompt = 16 * h * w * max(1, keys.shape[-1] // 8)
+    step = max(1, UPSCALE_CHUNK_FLOATS // per_prompt)
+    if keys.shape[0] <= step:
+        return _upscaled_chunk(decoder, keys, hyper, h, w)
+    return torch.cat(
+        [
+            _upscaled_chunk(decoder, keys[s : s + step], hyper[s : s + step], h, w)
+            for s in range(0, keys.shape[0], step)
+        ]
+    )
+
+
+def _upscaled_chunk(decoder, keys, hyper, h: int, w: int):
     """``output_upscaling`` of the image tokens (B x HW x C), then the masks ``hyper`` (B x M x C/8) picks:
     B x M x 4h x 4w."""
     import torch.nn.functional as F
