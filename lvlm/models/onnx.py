@@ -234,7 +234,7 @@ class OnnxModule(torch.nn.Module):
     """A ``torch.nn.Module`` whose forward runs an ONNX Runtime session (CPU, float32 in, float32 out).
 
     With one input, any batch size: ``max_batch`` rows per ``session.run`` when the export has a dynamic batch
-    axis (:attr:`batched`; ``default_max_batch`` 1, None = the whole batch in one run), else one run per
+    axis (:attr:`batched`; ``max_batch`` 1 by default, None = the whole batch in one run), else one run per
     example; with several inputs, the caller gives the exported shapes.
 
     ``torch_module`` keeps the original module; ``state_dict`` gives its weights under its own keys (so
@@ -252,17 +252,16 @@ class OnnxModule(torch.nn.Module):
         path: the cached ONNX file, or None.
     """
 
-    #: rows per ``session.run`` of a batched export (None: the whole batch). One image per run is the
-    #: default: on the 2-core CPU measured (docs/performance.md) it was faster than whole batches, as a batch
-    #: of TinyViT inputs leaves the caches; set a larger value (or None) where more cores make batches pay.
-    default_max_batch: int | None = 1
+    #: rows per ``session.run`` of a batched export (None: the whole batch); set on the class or on one
+    #: module. One image per run is the default: on the 2-core CPU measured (docs/performance.md) it was
+    #: faster than whole batches, as a batch of TinyViT inputs leaves the caches.
+    max_batch: int | None = 1
 
     def __init__(
         self, torch_module, model_bytes: bytes, threads: int | None = None, path: Path | None = None
     ):
         super().__init__()
         self.threads = int(threads or torch.get_num_threads())
-        self.max_batch: int | None = self.default_max_batch
         self.path = path
         self.model_bytes = None if path is not None else model_bytes  # a cached file is read again by a copy
         self.session = self._session(model_bytes)

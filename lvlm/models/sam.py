@@ -455,7 +455,6 @@ def decode_prompts(
     labels=None,
     multimask: bool = False,
     batch_size: int = 64,
-    postprocess: Callable | None = None,
     image_index=None,
     fast: bool = True,
 ):
@@ -465,9 +464,9 @@ def decode_prompts(
     ``boxes`` (K x 4) and ``points`` (K x P x 2, with ``labels`` K x P) are tensors already in the model's
     input frame. ``embedding`` is N x C x h x w: one image (N = 1), or N images with ``image_index`` (K)
     giving each prompt's image, so the prompts of several images share decoder calls. With ``multimask`` the
-    decoder's best of 3 masks by predicted IoU is kept, at low resolution, before ``postprocess`` (low-res
-    logits k x 1 x h x w -> k x 1 x H x W bool) runs on the chunk. Returns (K x 1 x ... masks, K predicted
-    IoU) as tensors on the embedding's device.
+    decoder's best of 3 masks by predicted IoU is kept. Returns (K x 1 x L x L low-res logits, K predicted
+    IoU) as tensors on the embedding's device (the adapters' :meth:`~SamFamilyAdapter.masks` bring them to
+    the image).
 
     Decoders with segment_anything's structure run through :func:`lvlm.models.mask_decoding.decode_many`
     (the same function, less work); ``fast=False``, or another decoder, calls the module's own forward once
@@ -482,8 +481,6 @@ def decode_prompts(
         labels: K x P point labels (1 foreground, 0 background), with ``points``.
         multimask: decode 3 masks per prompt and keep the best by predicted IoU.
         batch_size: prompts per decoder call.
-        postprocess: low-res logits -> full-resolution bool masks, run per chunk; None keeps the low-res
-            logits.
         image_index: K image indices into ``embedding`` (None: every prompt on image 0).
         fast: use :func:`~lvlm.models.mask_decoding.decode_many` where the decoder allows it.
     """
@@ -520,12 +517,12 @@ def decode_prompts(
                 low, iou = low[rows, best][:, None], iou[rows, best]
             else:
                 iou = iou[:, 0]
-            masks.append(postprocess(low) if postprocess is not None else low)
+            masks.append(low)
             ious.append(iou)
     if not masks:  # no prompts: zero rows of the decoder's low-res shape
         h, w = (4 * int(v) for v in embedding.shape[-2:])
         low = embedding.new_zeros((0, 1, h, w))
-        return (postprocess(low) if postprocess is not None else low), low.new_zeros(0)
+        return low, low.new_zeros(0)
     return torch.cat(masks), torch.cat(ious)
 
 
@@ -777,7 +774,7 @@ class SamFamilyAdapter:
         threshold: float | None = None,
     ):
         """Masks (K x H x W bool) and predicted IoU (K) of K prompts on one image, ``batch_size`` per decoder
-        call.
+        call (:meth:`predict_many` of one image).
 
         Args:
             embedding: the image's :class:`ImageEmbedding`.
@@ -786,21 +783,7 @@ class SamFamilyAdapter:
             batch_size: prompts per mask-decoder call.
             threshold: overrides the family's mask threshold.
         """
-        h, w = embedding.original_size
-        boxes, points, labels = self.prompt_tensors(prompts, h, w)
-        masks, iou = decode_prompts(
-            self.model.prompt_encoder,
-            self.model.mask_decoder,
-            embedding.features,
-            boxes,
-            points,
-            labels,
-            multimask=multimask,
-            batch_size=batch_size,
-            postprocess=lambda low: self.masks(low, h, w, threshold),
-            fast=self.fast_decoder,
-        )
-        return masks[:, 0], iou
+        return self.predict_many([embedding], [prompts], multimask, batch_size, threshold)[0]
 
     def predict_many(
         self,
@@ -810,11 +793,12 @@ class SamFamilyAdapter:
         batch_size: int = 64,
         threshold: float | None = None,
     ) -> list[tuple[Any, Any]]:
-        """:meth:`predict` of several images, their prompts sharing mask-decoder calls (``batch_size`` prompts
-        per call, across images); one (masks, iou) per image, equal to :meth:`predict` image by image.
+        """Masks (K x H x W bool) and predicted IoU (K) of each image's prompts, the prompts of all the images
+        sharing mask-decoder calls (``batch_size`` prompts per call, across images); the masks are brought to
+        each image ``batch_size`` at a time.
 
         Images whose prompts are of different kinds (boxes, or points of different counts) or whose
-        embeddings differ in shape are decoded image by image.
+        embeddings differ in shape are decoded in separate calls.
 
         Args:
             embeddings: one :class:`ImageEmbedding` per image.
@@ -830,18 +814,27 @@ class SamFamilyAdapter:
             raise ValueError(f"{len(embeddings)} embeddings but {len(prompts_list)} prompt sets")
         tensors = [self.prompt_tensors(p, *e.original_size) for e, p in zip(embeddings, prompts_list)]
 
-        def kind(t):
-            boxes, points, _ = t
-            return (boxes is not None, None if points is None else tuple(points.shape[1:]))
+        def kind(i):
+            boxes, points, _ = tensors[i]
+            shape = tuple(embeddings[i].features.shape[1:])
+            return boxes is not None, None if points is None else tuple(points.shape[1:]), shape
 
-        if (
-            len(embeddings) < 2
-            or len({kind(t) for t in tensors}) > 1
-            or len({tuple(e.features.shape[1:]) for e in embeddings}) > 1
-        ):
-            return [
-                self.predict(e, p, multimask, batch_size, threshold) for e, p in zip(embeddings, prompts_list)
-            ]
+        groups: dict[tuple, list[int]] = {}
+        for i in range(len(embeddings)):
+            groups.setdefault(kind(i), []).append(i)
+        if len(groups) > 1:  # one call per kind of prompt, results back in order
+            out: list[Any] = [None] * len(embeddings)
+            for rows in groups.values():
+                got = self.predict_many(
+                    [embeddings[i] for i in rows],
+                    [prompts_list[i] for i in rows],
+                    multimask,
+                    batch_size,
+                    threshold,
+                )
+                for i, r in zip(rows, got):
+                    out[i] = r
+            return out
         counts = [len(t[0]) if t[0] is not None else len(t[1]) for t in tensors]
 
         def cat(j):
@@ -931,13 +924,6 @@ class SamAdapter(SamFamilyAdapter):
         if points is not None:
             points = self.transform.apply_coords_torch(points, (h, w))
         return boxes, points, labels
-
-    def postprocess(self, low, h: int, w: int):
-        from segment_anything.modeling import Sam
-
-        if getattr(type(self.model), "postprocess_masks", None) is Sam.postprocess_masks:
-            return super().postprocess(low, h, w)  # the same values, without the rows the crop drops
-        return self.model.postprocess_masks(low, tuple(self.input_size(h, w)), (h, w))
 
 
 def adapter_for(model: Any, preprocess: str = "auto", device: str = "auto") -> SamFamilyAdapter:
